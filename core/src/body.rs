@@ -1,0 +1,78 @@
+//! Byte streams and response bodies.
+
+use std::io;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+/// A stream of bytes moving through the core (request bodies, data being
+/// written to storage). Errors are `io::Error` so that any host can carry its
+/// own failure inside, and the core can recognise its own (see
+/// [`crate::digest::DigestMismatch`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+#[cfg(target_arch = "wasm32")]
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + 'static>>;
+
+/// A response body. `Stream` carries the storage backend's own body type so a
+/// host can hand it to its HTTP layer untouched (an R2 object body in a
+/// Worker, a file stream natively).
+pub enum Body<B> {
+    Empty,
+    Full(Bytes),
+    Stream(B),
+}
+
+impl<B> Body<B> {
+    pub fn map_stream<C>(self, f: impl FnOnce(B) -> C) -> Body<C> {
+        match self {
+            Body::Empty => Body::Empty,
+            Body::Full(b) => Body::Full(b),
+            Body::Stream(s) => Body::Stream(f(s)),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Body<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Body::Empty"),
+            Body::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
+            Body::Stream(_) => f.write_str("Body::Stream(..)"),
+        }
+    }
+}
+
+/// A stream over one in-memory buffer.
+pub fn once(bytes: Bytes) -> ByteStream {
+    Box::pin(futures::stream::once(async move { Ok(bytes) }))
+}
+
+/// An empty stream.
+pub fn empty() -> ByteStream {
+    Box::pin(futures::stream::empty())
+}
+
+/// Collect a stream into memory, failing once more than `limit` bytes arrive.
+/// Only for bodies the protocol bounds (manifests, small metadata).
+pub async fn collect_limited(mut stream: ByteStream, limit: usize) -> Result<Bytes, CollectError> {
+    use futures::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(CollectError::Io)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(CollectError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("body larger than allowed")]
+    TooLarge,
+    #[error("reading body: {0}")]
+    Io(io::Error),
+}

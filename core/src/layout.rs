@@ -1,0 +1,117 @@
+//! Where the registry keeps things in storage.
+//!
+//! ```text
+//! blobs/<alg>/<hex[0..2]>/<hex>                            blob and manifest bytes, shared by all repositories
+//! repositories/<name>/_layers/<alg>/<hex>                  "this repository has this blob" (empty)
+//! repositories/<name>/_manifests/revisions/<alg>/<hex>     "this repository has this manifest" (its media type)
+//! repositories/<name>/_manifests/tags/<tag>                the digest the tag points at
+//! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
+//! catalog/<name with '/' as '+'>                            one marker per repository, for _catalog
+//! uploads/<id>/state                                        upload session state (JSON)
+//! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
+//! ```
+//!
+//! Every variable part comes from a validated type ([`RepositoryName`],
+//! [`Tag`], [`Digest`], [`UploadId`]), whose grammar excludes `..`, empty
+//! components and anything but `[a-zA-Z0-9._-]` and `/`, so no key can
+//! escape its prefix. Name components cannot start with `_`, so `_layers`
+//! and friends never collide with a nested repository name.
+
+use crate::digest::Digest;
+use crate::reference::{RepositoryName, Tag};
+use crate::upload::UploadId;
+
+pub fn blob(d: &Digest) -> String {
+    format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+}
+
+pub fn repository(name: &RepositoryName) -> String {
+    format!("repositories/{name}/")
+}
+
+pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
+    format!("repositories/{name}/_layers/{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
+    format!(
+        "repositories/{name}/_manifests/revisions/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn tags_prefix(name: &RepositoryName) -> String {
+    format!("repositories/{name}/_manifests/tags/")
+}
+
+pub fn tag(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{}{tag}", tags_prefix(name))
+}
+
+pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
+    format!(
+        "repositories/{name}/_referrers/{}/{}/",
+        subject.algorithm().as_str(),
+        subject.hex()
+    )
+}
+
+pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> String {
+    format!(
+        "{}{}-{}",
+        referrers_prefix(name, subject),
+        referrer.algorithm().as_str(),
+        referrer.hex()
+    )
+}
+
+pub const CATALOG_PREFIX: &str = "catalog/";
+
+/// `+` is outside the name grammar, so the mapping is reversible and the
+/// marker is a single path component (no file/directory clash on disk
+/// between `a` and `a/b`).
+pub fn catalog_entry(name: &RepositoryName) -> String {
+    format!("{CATALOG_PREFIX}{}", name.as_str().replace('/', "+"))
+}
+
+pub fn catalog_name(key: &str) -> Option<RepositoryName> {
+    let raw = key.strip_prefix(CATALOG_PREFIX)?;
+    RepositoryName::parse(&raw.replace('+', "/")).ok()
+}
+
+pub const UPLOADS_PREFIX: &str = "uploads/";
+
+pub fn upload_dir(id: &UploadId) -> String {
+    format!("{UPLOADS_PREFIX}{id}/")
+}
+
+pub fn upload_state(id: &UploadId) -> String {
+    format!("{UPLOADS_PREFIX}{id}/state")
+}
+
+pub fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
+    format!("{UPLOADS_PREFIX}{id}/chunk-{offset:020}-{nonce}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_round_trip() {
+        let n = RepositoryName::parse("a/b-c/d.e").unwrap();
+        assert_eq!(catalog_entry(&n), "catalog/a+b-c+d.e");
+        assert_eq!(catalog_name(&catalog_entry(&n)), Some(n));
+        assert_eq!(catalog_name("catalog/A"), None);
+        assert_eq!(catalog_name("other/a"), None);
+    }
+
+    #[test]
+    fn blob_keys_fan_out() {
+        let d = Digest::sha256(b"x");
+        let k = blob(&d);
+        assert!(k.starts_with(&format!("blobs/sha256/{}/", &d.hex()[..2])));
+        assert!(k.ends_with(d.hex()));
+    }
+}

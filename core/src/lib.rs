@@ -1,0 +1,52 @@
+//! `kura-core`: the registry brain of kura.
+//!
+//! Everything a registry decides lives here: the distribution-spec grammar
+//! ([`reference`]), content addressing ([`digest`]), manifest validation
+//! ([`manifest`]), `/v2/` routing and wire format ([`api`]), the on-storage
+//! layout ([`layout`]) and the registry operations ([`registry`]). Hosts
+//! bring the bytes: a [`storage::Storage`] backend and, for mirroring, an
+//! HTTP client. Nothing in this crate opens a socket or a file, reads a
+//! clock, or needs an async runtime, so it builds for `wasm32-unknown-unknown`.
+
+pub mod api;
+pub mod body;
+pub mod digest;
+pub mod error;
+pub mod host;
+pub mod layout;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod storage;
+pub mod upload;
+
+pub use body::{Body, ByteStream};
+pub use digest::{Algorithm, Digest};
+pub use error::{ErrorCode, RegistryError};
+pub use host::Host;
+pub use reference::{Reference, RepositoryName, Tag};
+pub use registry::{Registry, RegistryConfig};
+pub use storage::Storage;
+
+/// `Send` on native targets, nothing on wasm32 where JS handles are `!Send`.
+///
+/// Core traits and futures use this bound so one definition serves the
+/// multi-threaded native runtime and the single-threaded JS hosts.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + ?Sized> MaybeSend for T {}
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSend {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSend for T {}
+
+/// `Sync` on native targets, nothing on wasm32.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSync: Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Sync + ?Sized> MaybeSync for T {}
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSync for T {}

@@ -1,0 +1,377 @@
+//! Image manifests and indexes: Docker schema 2, Docker manifest list, OCI
+//! image manifest, OCI image index, and OCI 1.1 artifacts (`artifactType`,
+//! `subject`).
+//!
+//! Manifests are stored and served as the exact bytes received (the digest
+//! is of the bytes); this module only parses them to validate a push and to
+//! find what they reference.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+pub mod media_type {
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    DockerManifest,
+    DockerManifestList,
+    OciManifest,
+    OciIndex,
+}
+
+impl Kind {
+    pub fn from_media_type(mt: &str) -> Option<Kind> {
+        match mt {
+            media_type::DOCKER_MANIFEST => Some(Kind::DockerManifest),
+            media_type::DOCKER_MANIFEST_LIST => Some(Kind::DockerManifestList),
+            media_type::OCI_MANIFEST => Some(Kind::OciManifest),
+            media_type::OCI_INDEX => Some(Kind::OciIndex),
+            _ => None,
+        }
+    }
+
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Kind::DockerManifest => media_type::DOCKER_MANIFEST,
+            Kind::DockerManifestList => media_type::DOCKER_MANIFEST_LIST,
+            Kind::OciManifest => media_type::OCI_MANIFEST,
+            Kind::OciIndex => media_type::OCI_INDEX,
+        }
+    }
+
+    pub fn is_index(self) -> bool {
+        matches!(self, Kind::DockerManifestList | Kind::OciIndex)
+    }
+}
+
+/// The media types a registry serves manifests as, for `Accept` headers.
+pub const ALL_MEDIA_TYPES: [&str; 4] = [
+    media_type::OCI_INDEX,
+    media_type::OCI_MANIFEST,
+    media_type::DOCKER_MANIFEST_LIST,
+    media_type::DOCKER_MANIFEST,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("schemaVersion must be 2")]
+    SchemaVersion,
+    #[error("Docker schema 1 manifests are not supported")]
+    Schema1,
+    #[error("unsupported manifest media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("mediaType {body:?} in the manifest does not match Content-Type {header:?}")]
+    MediaTypeMismatch { header: String, body: String },
+    #[error("cannot tell the manifest type: no Content-Type, no mediaType, no config or manifests")]
+    UnknownKind,
+    #[error("{0} requires the field {1:?}")]
+    MissingField(&'static str, &'static str),
+    #[error("{0} must not have the field {1:?}")]
+    ForbiddenField(&'static str, &'static str),
+    #[error("descriptor has an empty mediaType")]
+    EmptyDescriptorMediaType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Descriptor {
+    /// Layers a registry is not expected to hold (Windows foreign layers,
+    /// OCI non-distributable layers).
+    pub fn is_non_distributable(&self) -> bool {
+        self.media_type == media_type::DOCKER_FOREIGN_LAYER
+            || self.media_type.contains(".nondistributable.")
+    }
+}
+
+/// The wire shape, every field optional so validation can say what is wrong.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    schema_version: Option<u32>,
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
+    artifact_type: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A parsed, validated manifest or index.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub kind: Kind,
+    pub config: Option<Descriptor>,
+    pub layers: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
+    pub subject: Option<Descriptor>,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Strip parameters and whitespace from a Content-Type value.
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+/// Parse and validate manifest `bytes` pushed with `content_type`.
+pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let header = content_type.map(essence).filter(|s| !s.is_empty());
+
+    for mt in [header, raw.media_type.as_deref()].into_iter().flatten() {
+        if mt == media_type::DOCKER_SCHEMA1 || mt == media_type::DOCKER_SCHEMA1_SIGNED {
+            return Err(ManifestError::Schema1);
+        }
+    }
+    if raw.schema_version != Some(2) {
+        return Err(match raw.schema_version {
+            Some(1) => ManifestError::Schema1,
+            _ => ManifestError::SchemaVersion,
+        });
+    }
+
+    // A specific Content-Type is authoritative; generic ones defer to the body.
+    let header_kind = match header {
+        None | Some("application/json") | Some("application/octet-stream") => None,
+        Some(h) => Some(Kind::from_media_type(h).ok_or_else(|| ManifestError::UnsupportedMediaType(h.to_owned()))?),
+    };
+    let body_kind = match raw.media_type.as_deref() {
+        None => None,
+        Some(b) => Some(Kind::from_media_type(b).ok_or_else(|| ManifestError::UnsupportedMediaType(b.to_owned()))?),
+    };
+    if let (Some(h), Some(b)) = (header_kind, body_kind) {
+        if h != b {
+            return Err(ManifestError::MediaTypeMismatch {
+                header: h.media_type().to_owned(),
+                body: b.media_type().to_owned(),
+            });
+        }
+    }
+    let kind = match header_kind.or(body_kind) {
+        Some(k) => k,
+        None if raw.manifests.is_some() => Kind::OciIndex,
+        None if raw.config.is_some() => Kind::OciManifest,
+        None => return Err(ManifestError::UnknownKind),
+    };
+
+    // Refusing the other kind's fields closes the "manifest confusion" hole,
+    // where one document reads as an image to one client and as an index to
+    // another.
+    let what = kind.media_type();
+    let (config, layers, manifests) = if kind.is_index() {
+        if raw.config.is_some() {
+            return Err(ManifestError::ForbiddenField(what, "config"));
+        }
+        if raw.layers.is_some() {
+            return Err(ManifestError::ForbiddenField(what, "layers"));
+        }
+        let manifests = raw.manifests.ok_or(ManifestError::MissingField(what, "manifests"))?;
+        (None, Vec::new(), manifests)
+    } else {
+        if raw.manifests.is_some() {
+            return Err(ManifestError::ForbiddenField(what, "manifests"));
+        }
+        let config = raw.config.ok_or(ManifestError::MissingField(what, "config"))?;
+        let layers = raw.layers.ok_or(ManifestError::MissingField(what, "layers"))?;
+        (Some(config), layers, Vec::new())
+    };
+
+    let all = config.iter().chain(&layers).chain(&manifests).chain(&raw.subject);
+    if all.into_iter().any(|d| d.media_type.is_empty()) {
+        return Err(ManifestError::EmptyDescriptorMediaType);
+    }
+
+    Ok(Manifest {
+        kind,
+        config,
+        layers,
+        manifests,
+        subject: raw.subject,
+        artifact_type: raw.artifact_type,
+        annotations: raw.annotations,
+    })
+}
+
+impl Manifest {
+    pub fn media_type(&self) -> &'static str {
+        self.kind.media_type()
+    }
+
+    /// Blobs the registry must hold before accepting this manifest.
+    pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config
+            .iter()
+            .chain(self.layers.iter().filter(|d| !d.is_non_distributable()))
+    }
+
+    /// The artifact type shown in a referrers listing: `artifactType`, else
+    /// the config media type of an image manifest.
+    pub fn referrer_artifact_type(&self) -> Option<String> {
+        self.artifact_type
+            .clone()
+            .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()))
+    }
+
+    /// This manifest as an entry of a referrers index.
+    pub fn referrer_descriptor(&self, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type().to_owned(),
+            digest,
+            size,
+            urls: Vec::new(),
+            platform: None,
+            artifact_type: self.referrer_artifact_type(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn d(n: u8) -> String {
+        Digest::sha256(&[n]).to_string()
+    }
+
+    fn image(mt: Option<&str>) -> Vec<u8> {
+        let mut v = json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d(1), "size": 10},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(2), "size": 20},
+                {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": d(3), "size": 30, "urls": ["https://example.com/l"]}
+            ]
+        });
+        if let Some(mt) = mt {
+            v["mediaType"] = json!(mt);
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn image_manifest() {
+        let m = parse(&image(Some(media_type::OCI_MANIFEST)), Some(media_type::OCI_MANIFEST)).unwrap();
+        assert_eq!(m.kind, Kind::OciManifest);
+        let req: Vec<_> = m.required_blobs().map(|d| d.digest.to_string()).collect();
+        assert_eq!(req, vec![d(1), d(2)], "non-distributable layer is not required");
+        assert_eq!(m.referrer_artifact_type().as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+    }
+
+    #[test]
+    fn kind_from_header_body_or_shape() {
+        let docker = image(Some(media_type::DOCKER_MANIFEST));
+        assert_eq!(parse(&docker, None).unwrap().kind, Kind::DockerManifest);
+        assert_eq!(parse(&docker, Some("application/json")).unwrap().kind, Kind::DockerManifest);
+        assert_eq!(parse(&image(None), None).unwrap().kind, Kind::OciManifest);
+        assert_eq!(
+            parse(&image(None), Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8")).unwrap().kind,
+            Kind::DockerManifest
+        );
+    }
+
+    #[test]
+    fn mismatched_media_type() {
+        let err = parse(&image(Some(media_type::OCI_MANIFEST)), Some(media_type::DOCKER_MANIFEST)).unwrap_err();
+        assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }));
+        let err = parse(&image(None), Some("text/plain")).unwrap_err();
+        assert!(matches!(err, ManifestError::UnsupportedMediaType(_)));
+    }
+
+    #[test]
+    fn index() {
+        let idx = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "manifests": [
+                {"mediaType": media_type::OCI_MANIFEST, "digest": d(4), "size": 500, "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": media_type::OCI_MANIFEST, "digest": d(5), "size": 501, "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}}
+            ]
+        });
+        let m = parse(&serde_json::to_vec(&idx).unwrap(), Some(media_type::OCI_INDEX)).unwrap();
+        assert!(m.kind.is_index());
+        assert_eq!(m.manifests.len(), 2);
+        assert_eq!(m.manifests[1].platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(m.required_blobs().count(), 0);
+    }
+
+    #[test]
+    fn artifact_with_subject() {
+        let a = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sbom",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": d(6), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": media_type::OCI_MANIFEST, "digest": d(7), "size": 700},
+            "annotations": {"org.example": "x"}
+        });
+        let m = parse(&serde_json::to_vec(&a).unwrap(), Some(media_type::OCI_MANIFEST)).unwrap();
+        assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), d(7));
+        let r = m.referrer_descriptor(Digest::sha256(b"x"), 3);
+        assert_eq!(r.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
+        assert_eq!(r.annotations.unwrap()["org.example"], "x");
+    }
+
+    #[test]
+    fn invalid_documents() {
+        let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+            (b"not json".to_vec(), None),
+            (b"[]".to_vec(), None),
+            (b"{}".to_vec(), None),
+            (br#"{"schemaVersion":1,"name":"x"}"#.to_vec(), None),
+            (br#"{"schemaVersion":2}"#.to_vec(), None),
+            (br#"{"schemaVersion":3,"config":{}}"#.to_vec(), None),
+            (serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":media_type::OCI_MANIFEST,"layers":[]})).unwrap(), None),
+            (serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":media_type::OCI_INDEX,"manifests":[],"layers":[]})).unwrap(), None),
+            (serde_json::to_vec(&json!({"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:abc","size":1},"layers":[]})).unwrap(), None),
+            (serde_json::to_vec(&json!({"schemaVersion":2,"config":{"mediaType":"x","digest":d(1),"size":-1},"layers":[]})).unwrap(), None),
+            (serde_json::to_vec(&json!({"schemaVersion":2,"config":{"mediaType":"","digest":d(1),"size":1},"layers":[]})).unwrap(), None),
+            (image(None), Some(media_type::DOCKER_SCHEMA1_SIGNED)),
+            (image(Some(media_type::OCI_MANIFEST)), Some(media_type::OCI_INDEX)),
+        ];
+        for (i, (bytes, ct)) in cases.iter().enumerate() {
+            assert!(parse(bytes, *ct).is_err(), "case {i} accepted");
+        }
+    }
+}

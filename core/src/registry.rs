@@ -1,0 +1,869 @@
+//! Hosted repositories: the registry operations of the distribution spec
+//! over a [`Storage`] backend.
+
+use std::collections::HashSet;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::header::{HeaderName, HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, LOCATION, RANGE};
+use http::{Method, Request, StatusCode};
+
+use crate::api::{self, Route};
+use crate::body::{self, Body, ByteStream, CollectError};
+use crate::digest::{self, Algorithm, Digest, Hasher};
+use crate::error::{ErrorCode, RegistryError};
+use crate::host::Host;
+use crate::layout;
+use crate::manifest::{self, media_type, Descriptor};
+use crate::reference::{Reference, RepositoryName, Tag};
+use crate::storage::{PutMode, Storage, StorageError};
+use crate::upload::{Chunk, UploadId, UploadState};
+
+pub type Response<B> = http::Response<Body<B>>;
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Allow DELETE of manifests, tags and blobs.
+    pub delete_enabled: bool,
+    /// Largest manifest accepted, in bytes (OCI asks registries to take at
+    /// least 4 MiB).
+    pub max_manifest_size: usize,
+    /// Largest page of tags or repositories returned for one request.
+    pub max_page_size: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            delete_enabled: true,
+            max_manifest_size: 4 * 1024 * 1024,
+            max_page_size: 10_000,
+        }
+    }
+}
+
+pub struct Registry<S, H> {
+    storage: Arc<S>,
+    host: H,
+    config: RegistryConfig,
+    /// Repositories known to have a catalog marker, to skip rewriting it.
+    cataloged: Mutex<HashSet<RepositoryName>>,
+}
+
+impl<S: Storage, H: Host> Registry<S, H> {
+    pub fn new(storage: S, host: H, config: RegistryConfig) -> Self {
+        Registry {
+            storage: Arc::new(storage),
+            host,
+            config,
+            cataloged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Answer one `/v2/` request. Never fails: errors become OCI error
+    /// responses.
+    pub async fn handle(&self, req: Request<ByteStream>) -> Response<S::Body> {
+        let head = req.method() == Method::HEAD;
+        let mut resp = match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        if head {
+            // Keep Content-Length: HEAD reports the size of what GET sends.
+            *resp.body_mut() = Body::Empty;
+        }
+        resp.headers_mut()
+            .insert(api::API_VERSION_HEADER, HeaderValue::from_static(api::API_VERSION));
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<ByteStream>) -> Result<Response<S::Body>> {
+        let route = Route::parse(req.uri().path())?
+            .ok_or_else(|| RegistryError::new(ErrorCode::Unsupported, "not a registry API path").with_status(StatusCode::NOT_FOUND))?;
+        let (parts, body) = req.into_parts();
+        let m = &parts.method;
+        let is = |allowed: &[Method]| allowed.contains(m);
+        match route {
+            Route::Base if is(&[Method::GET, Method::HEAD]) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
+            Route::Catalog if is(&[Method::GET, Method::HEAD]) => self.catalog(&parts.uri).await,
+            Route::Tags(name) if is(&[Method::GET, Method::HEAD]) => self.tags(&name, &parts.uri).await,
+            Route::Manifest(name, r) if is(&[Method::GET, Method::HEAD]) => self.get_manifest(&name, &r).await,
+            Route::Manifest(name, r) if is(&[Method::PUT]) => {
+                let ct = api::header(&parts.headers, "content-type");
+                self.put_manifest(&name, &r, ct, body).await
+            }
+            Route::Manifest(name, r) if is(&[Method::DELETE]) => self.delete_manifest(&name, &r).await,
+            Route::Blob(name, d) if is(&[Method::GET, Method::HEAD]) => {
+                let range = api::header(&parts.headers, "range").filter(|_| m == Method::GET);
+                self.get_blob(&name, &d, range).await
+            }
+            Route::Blob(name, d) if is(&[Method::DELETE]) => self.delete_blob(&name, &d).await,
+            Route::Uploads(name) if is(&[Method::POST]) => self.start_upload(&name, &parts.uri, body).await,
+            Route::Upload(name, id) if is(&[Method::GET]) => self.upload_status(&name, &id).await,
+            Route::Upload(name, id) if is(&[Method::PATCH]) => {
+                let cr = api::header(&parts.headers, "content-range");
+                self.patch_upload(&name, &id, cr, body).await
+            }
+            Route::Upload(name, id) if is(&[Method::PUT]) => {
+                let cr = api::header(&parts.headers, "content-range");
+                self.finish_upload(&name, &id, &parts.uri, cr, body).await
+            }
+            Route::Upload(name, id) if is(&[Method::DELETE]) => self.cancel_upload(&name, &id).await,
+            Route::Referrers(name, d) if is(&[Method::GET, Method::HEAD]) => self.referrers(&name, &d, &parts.uri).await,
+            _ => Err(RegistryError::new(ErrorCode::Unsupported, format!("method {m} not allowed here"))),
+        }
+    }
+
+    // ----- manifests -------------------------------------------------------
+
+    async fn resolve(&self, name: &RepositoryName, reference: &Reference) -> Result<Digest> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => {
+                let raw = self
+                    .storage
+                    .read(&layout::tag(name, t))
+                    .await?
+                    .ok_or_else(|| manifest_unknown(name, reference))?;
+                let text = std::str::from_utf8(&raw).map_err(|_| RegistryError::internal("corrupt tag link"))?;
+                Digest::parse(text.trim()).map_err(|_| RegistryError::internal("corrupt tag link"))
+            }
+        }
+    }
+
+    async fn get_manifest(&self, name: &RepositoryName, reference: &Reference) -> Result<Response<S::Body>> {
+        let digest = self.resolve(name, reference).await?;
+        let media_type = self
+            .storage
+            .read(&layout::manifest_revision(name, &digest))
+            .await?
+            .ok_or_else(|| manifest_unknown(name, reference))?;
+        let bytes = self
+            .storage
+            .read(&layout::blob(&digest))
+            .await?
+            .ok_or_else(|| manifest_unknown(name, reference))?;
+        let mut resp = response(StatusCode::OK, Body::Full(bytes.clone()));
+        let h = resp.headers_mut();
+        set(h, CONTENT_TYPE, String::from_utf8_lossy(&media_type).as_ref());
+        set(h, CONTENT_LENGTH, &bytes.len().to_string());
+        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, ETAG, &format!("\"{digest}\""));
+        Ok(resp)
+    }
+
+    async fn put_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: ByteStream,
+    ) -> Result<Response<S::Body>> {
+        let bytes = body::collect_limited(body, self.config.max_manifest_size).await.map_err(|e| match e {
+            CollectError::TooLarge => RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!("manifest larger than {} bytes", self.config.max_manifest_size),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE),
+            CollectError::Io(e) => RegistryError::new(ErrorCode::ManifestInvalid, format!("reading manifest: {e}")),
+        })?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::compute(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("manifest digest is {actual}, not {d}"),
+                    ));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&bytes),
+        };
+        let parsed = manifest::parse(&bytes, content_type)
+            .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+
+        for d in parsed.required_blobs() {
+            self.check_blob_reference(name, d).await?;
+        }
+        for d in &parsed.manifests {
+            if self.storage.head(&layout::manifest_revision(name, &d.digest)).await?.is_none() {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("referenced manifest {} is not in {name}", d.digest),
+                ));
+            }
+        }
+
+        // Bytes first, then the revision link, then the tag: a crash at any
+        // point leaves nothing pointing at data that is not there.
+        let size = bytes.len() as u64;
+        self.storage.put(&layout::blob(&digest), bytes, PutMode::Overwrite).await?;
+        self.storage
+            .put(
+                &layout::manifest_revision(name, &digest),
+                Bytes::from(parsed.media_type()),
+                PutMode::Overwrite,
+            )
+            .await?;
+        if let Reference::Tag(t) = reference {
+            self.storage
+                .put(&layout::tag(name, t), Bytes::from(digest.to_string()), PutMode::Overwrite)
+                .await?;
+        }
+        if let Some(subject) = &parsed.subject {
+            let desc = parsed.referrer_descriptor(digest.clone(), size);
+            let json = serde_json::to_vec(&desc).expect("descriptor serializes");
+            self.storage
+                .put(&layout::referrer(name, &subject.digest, &digest), json.into(), PutMode::Overwrite)
+                .await?;
+        }
+        self.ensure_cataloged(name).await?;
+
+        let mut resp = response(StatusCode::CREATED, Body::Empty);
+        let h = resp.headers_mut();
+        set(h, LOCATION, &format!("/v2/{name}/manifests/{digest}"));
+        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, CONTENT_LENGTH, "0");
+        if let Some(subject) = &parsed.subject {
+            set(h, api::OCI_SUBJECT_HEADER, &subject.digest.to_string());
+        }
+        Ok(resp)
+    }
+
+    async fn check_blob_reference(&self, name: &RepositoryName, d: &Descriptor) -> Result<()> {
+        let unknown = || {
+            RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("blob {} is not in {name}", d.digest),
+            )
+        };
+        if self.storage.head(&layout::layer_link(name, &d.digest)).await?.is_none() {
+            return Err(unknown());
+        }
+        let meta = self.storage.head(&layout::blob(&d.digest)).await?.ok_or_else(unknown)?;
+        if meta.size != d.size {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("descriptor of {} says {} bytes, the blob has {}", d.digest, d.size, meta.size),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_manifest(&self, name: &RepositoryName, reference: &Reference) -> Result<Response<S::Body>> {
+        self.check_delete_enabled()?;
+        match reference {
+            Reference::Tag(t) => {
+                let key = layout::tag(name, t);
+                if self.storage.head(&key).await?.is_none() {
+                    return Err(manifest_unknown(name, reference));
+                }
+                self.storage.delete(&key).await?;
+            }
+            Reference::Digest(d) => {
+                let rev = layout::manifest_revision(name, d);
+                if self.storage.head(&rev).await?.is_none() {
+                    return Err(manifest_unknown(name, reference));
+                }
+                // Tags first, so no tag is ever left pointing at a deleted
+                // revision; the blob itself stays for garbage collection.
+                for key in self.storage.list(&layout::tags_prefix(name)).await? {
+                    if let Some(raw) = self.storage.read(&key).await? {
+                        if raw.as_ref() == d.to_string().as_bytes() {
+                            self.storage.delete(&key).await?;
+                        }
+                    }
+                }
+                if let Some(bytes) = self.storage.read(&layout::blob(d)).await? {
+                    if let Ok(m) = manifest::parse(&bytes, None) {
+                        if let Some(subject) = m.subject {
+                            self.storage.delete(&layout::referrer(name, &subject.digest, d)).await?;
+                        }
+                    }
+                }
+                self.storage.delete(&rev).await?;
+            }
+        }
+        Ok(accepted())
+    }
+
+    // ----- blobs -----------------------------------------------------------
+
+    async fn get_blob(&self, name: &RepositoryName, digest: &Digest, range: Option<&str>) -> Result<Response<S::Body>> {
+        let unknown = || RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in {name}"));
+        if self.storage.head(&layout::layer_link(name, digest)).await?.is_none() {
+            return Err(unknown());
+        }
+        let key = layout::blob(digest);
+        let (status, body, len, content_range) = match range {
+            None => {
+                let (meta, body) = self.storage.get(&key, None).await?.ok_or_else(unknown)?;
+                (StatusCode::OK, body, meta.size, None)
+            }
+            Some(value) => {
+                let size = self.storage.head(&key).await?.ok_or_else(unknown)?.size;
+                let r = api::parse_range(value, size).map_err(|()| {
+                    RegistryError::new(ErrorCode::RangeInvalid, format!("range {value:?} not satisfiable for {size} bytes"))
+                        .with_header(CONTENT_RANGE, format!("bytes */{size}"))
+                })?;
+                let (_, body) = self.storage.get(&key, Some(r.clone())).await?.ok_or_else(unknown)?;
+                let cr = format!("bytes {}-{}/{size}", r.start, r.end - 1);
+                (StatusCode::PARTIAL_CONTENT, body, r.end - r.start, Some(cr))
+            }
+        };
+        let mut resp = response(status, Body::Stream(body));
+        let h = resp.headers_mut();
+        set(h, CONTENT_TYPE, "application/octet-stream");
+        set(h, CONTENT_LENGTH, &len.to_string());
+        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, ACCEPT_RANGES, "bytes");
+        set(h, ETAG, &format!("\"{digest}\""));
+        if let Some(cr) = content_range {
+            set(h, CONTENT_RANGE, &cr);
+        }
+        Ok(resp)
+    }
+
+    async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<Response<S::Body>> {
+        self.check_delete_enabled()?;
+        let link = layout::layer_link(name, digest);
+        if self.storage.head(&link).await?.is_none() {
+            return Err(RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in {name}")));
+        }
+        self.storage.delete(&link).await?;
+        Ok(accepted())
+    }
+
+    async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.storage
+            .put(&layout::layer_link(name, digest), Bytes::new(), PutMode::Overwrite)
+            .await?;
+        self.ensure_cataloged(name).await
+    }
+
+    fn blob_created(&self, name: &RepositoryName, digest: &Digest) -> Response<S::Body> {
+        let mut resp = response(StatusCode::CREATED, Body::Empty);
+        let h = resp.headers_mut();
+        set(h, LOCATION, &format!("/v2/{name}/blobs/{digest}"));
+        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, CONTENT_LENGTH, "0");
+        resp
+    }
+
+    /// Store a whole blob from `body`, visible only if it hashes to `digest`.
+    async fn store_blob(&self, digest: &Digest, body: ByteStream) -> Result<()> {
+        let key = layout::blob(digest);
+        let verified = digest::verify(body, digest.clone(), None);
+        self.storage.put_stream(&key, verified).await.map_err(upload_error)?;
+        Ok(())
+    }
+
+    // ----- uploads ---------------------------------------------------------
+
+    async fn start_upload(&self, name: &RepositoryName, uri: &http::Uri, body: ByteStream) -> Result<Response<S::Body>> {
+        if let Some(mount) = api::query_param(uri, "mount") {
+            let digest = Digest::parse(&mount?)?;
+            if let Some(from) = api::query_param(uri, "from") {
+                let from = RepositoryName::parse(&from?)?;
+                let linked = self.storage.head(&layout::layer_link(&from, &digest)).await?.is_some();
+                if linked && self.storage.head(&layout::blob(&digest)).await?.is_some() {
+                    self.link_blob(name, &digest).await?;
+                    return Ok(self.blob_created(name, &digest));
+                }
+            }
+            // Not mountable: the spec says fall back to a normal session.
+        } else if let Some(d) = api::query_param(uri, "digest") {
+            let digest = Digest::parse(&d?)?;
+            self.store_blob(&digest, body).await?;
+            self.link_blob(name, &digest).await?;
+            return Ok(self.blob_created(name, &digest));
+        }
+
+        let mut raw = [0u8; 16];
+        self.host.fill_random(&mut raw);
+        let id = UploadId::from_random(raw);
+        let state = UploadState::new(name, self.host.now_unix_ms());
+        self.storage.put(&layout::upload_state(&id), state.encode(), PutMode::Create).await?;
+        Ok(self.upload_response(StatusCode::ACCEPTED, name, &id, &state))
+    }
+
+    fn upload_response(&self, status: StatusCode, name: &RepositoryName, id: &UploadId, state: &UploadState) -> Response<S::Body> {
+        let mut resp = response(status, Body::Empty);
+        let h = resp.headers_mut();
+        set(h, LOCATION, &format!("/v2/{name}/blobs/uploads/{id}"));
+        set(h, api::UPLOAD_UUID_HEADER, id.as_str());
+        set(h, RANGE, &state.range_header());
+        set(h, CONTENT_LENGTH, "0");
+        resp
+    }
+
+    async fn load_upload(&self, name: &RepositoryName, id: &UploadId) -> Result<UploadState> {
+        let unknown = || RegistryError::new(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"));
+        let raw = self.storage.read(&layout::upload_state(id)).await?.ok_or_else(unknown)?;
+        let state = UploadState::decode(&raw).ok_or_else(unknown)?;
+        if state.repository != name.as_str() {
+            return Err(unknown());
+        }
+        Ok(state)
+    }
+
+    async fn upload_status(&self, name: &RepositoryName, id: &UploadId) -> Result<Response<S::Body>> {
+        let state = self.load_upload(name, id).await?;
+        Ok(self.upload_response(StatusCode::NO_CONTENT, name, id, &state))
+    }
+
+    /// Check a chunk's Content-Range against the session: 416 if it does not
+    /// start where the upload is. Returns the chunk length it announces.
+    fn check_chunk_range(&self, name: &RepositoryName, id: &UploadId, state: &UploadState, content_range: Option<&str>) -> Result<Option<u64>> {
+        let Some(value) = content_range else {
+            return Ok(None);
+        };
+        let range_error = |msg: String| {
+            RegistryError::new(ErrorCode::RangeInvalid, msg)
+                .with_header(RANGE, state.range_header())
+                .with_header(LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+                .with_header(HeaderName::from_static(api::UPLOAD_UUID_HEADER), id.as_str())
+        };
+        let (start, end) = api::parse_content_range(value).ok_or_else(|| range_error(format!("malformed Content-Range {value:?}")))?;
+        if start != state.offset {
+            return Err(range_error(format!("chunk starts at {start}, upload is at {}", state.offset)));
+        }
+        Ok(Some(end - start + 1))
+    }
+
+    /// Store `body` as the session's next chunk and advance its state.
+    async fn append_chunk(&self, id: &UploadId, state: &mut UploadState, body: ByteStream, expected_len: Option<u64>) -> Result<()> {
+        let hasher = Hasher::restore(&state.hasher).ok_or_else(|| RegistryError::internal("corrupt upload state"))?;
+        let slot = Arc::new(Mutex::new(None));
+        let stream = Box::pin(Hashing {
+            inner: body,
+            hasher: Some(hasher),
+            len: 0,
+            expected_len,
+            done: slot.clone(),
+        });
+        let mut nonce = [0u8; 8];
+        self.host.fill_random(&mut nonce);
+        let nonce = hex::encode(nonce);
+        let key = layout::upload_chunk(id, state.offset, &nonce);
+        self.storage.put_stream(&key, stream).await.map_err(upload_error)?;
+        let (hasher, len) = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| RegistryError::internal("chunk stream did not finish"))?;
+        if len == 0 {
+            self.storage.delete(&key).await?;
+            return Ok(());
+        }
+        state.chunks.push(Chunk { offset: state.offset, nonce });
+        state.offset += len;
+        state.hasher = hasher.save();
+        state.updated_ms = self.host.now_unix_ms();
+        self.storage.put(&layout::upload_state(id), state.encode(), PutMode::Overwrite).await?;
+        Ok(())
+    }
+
+    async fn patch_upload(&self, name: &RepositoryName, id: &UploadId, content_range: Option<&str>, body: ByteStream) -> Result<Response<S::Body>> {
+        let mut state = self.load_upload(name, id).await?;
+        let expected = self.check_chunk_range(name, id, &state, content_range)?;
+        self.append_chunk(id, &mut state, body, expected).await?;
+        Ok(self.upload_response(StatusCode::ACCEPTED, name, id, &state))
+    }
+
+    async fn finish_upload(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+        uri: &http::Uri,
+        content_range: Option<&str>,
+        body: ByteStream,
+    ) -> Result<Response<S::Body>> {
+        let digest = match api::query_param(uri, "digest") {
+            Some(d) => Digest::parse(&d?)?,
+            None => return Err(RegistryError::new(ErrorCode::DigestInvalid, "digest query parameter required")),
+        };
+        let mut state = self.load_upload(name, id).await?;
+        let expected = self.check_chunk_range(name, id, &state, content_range)?;
+        let (first, body) = peek(body).await.map_err(|e| RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading body: {e}")))?;
+
+        if state.chunks.is_empty() {
+            // Monolithic: nothing staged, so the body goes straight to its
+            // final place through the verifier.
+            let body = match expected {
+                Some(n) => digest::verify(body, digest.clone(), Some(n)),
+                None => body,
+            };
+            self.store_blob(&digest, body).await?;
+        } else {
+            if first.is_some() {
+                self.append_chunk(id, &mut state, body, expected).await?;
+            }
+            self.commit_chunks(id, &state, &digest).await?;
+        }
+        self.link_blob(name, &digest).await?;
+        self.remove_upload(id).await?;
+        Ok(self.blob_created(name, &digest))
+    }
+
+    /// Move the staged chunks to the blob's place, if they hash to `digest`.
+    async fn commit_chunks(&self, id: &UploadId, state: &UploadState, digest: &Digest) -> Result<()> {
+        if digest.algorithm() == Algorithm::Sha256 {
+            let actual = Hasher::restore(&state.hasher)
+                .ok_or_else(|| RegistryError::internal("corrupt upload state"))?
+                .finish();
+            if &actual != digest {
+                return Err(RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("uploaded content has digest {actual}, not {digest}"),
+                ));
+            }
+            if let [only] = state.chunks.as_slice() {
+                // The chunk's bytes were hashed on their way into storage:
+                // renaming them is as good as writing them again, and free.
+                let from = layout::upload_chunk(id, only.offset, &only.nonce);
+                self.storage.rename(&from, &layout::blob(digest)).await?;
+                return Ok(());
+            }
+        }
+        // Several chunks (or a sha512 digest): join them through the verifier.
+        let keys: Vec<String> = state
+            .chunks
+            .iter()
+            .map(|c| layout::upload_chunk(id, c.offset, &c.nonce))
+            .collect();
+        let joined = self.join_chunks(keys);
+        self.store_blob(digest, joined).await
+    }
+
+    fn join_chunks(&self, keys: Vec<String>) -> ByteStream {
+        let storage = self.storage.clone();
+        let parts = futures::stream::iter(keys).then(move |key| {
+            let storage = storage.clone();
+            async move {
+                match storage.get(&key, None).await {
+                    Ok(Some((_, body))) => S::body_stream(body),
+                    Ok(None) => error_stream(io::Error::other(format!("upload chunk {key} missing"))),
+                    Err(e) => error_stream(io::Error::other(e.to_string())),
+                }
+            }
+        });
+        Box::pin(parts.flatten())
+    }
+
+    async fn cancel_upload(&self, name: &RepositoryName, id: &UploadId) -> Result<Response<S::Body>> {
+        self.load_upload(name, id).await?;
+        self.remove_upload(id).await?;
+        let mut resp = response(StatusCode::NO_CONTENT, Body::Empty);
+        set(resp.headers_mut(), CONTENT_LENGTH, "0");
+        Ok(resp)
+    }
+
+    async fn remove_upload(&self, id: &UploadId) -> Result<()> {
+        // State last: while it exists the session can be found and cleaned.
+        let state_key = layout::upload_state(id);
+        for key in self.storage.list(&layout::upload_dir(id)).await? {
+            if key != state_key {
+                self.storage.delete(&key).await?;
+            }
+        }
+        self.storage.delete(&state_key).await?;
+        Ok(())
+    }
+
+    /// Delete upload sessions not touched for `max_age_ms`. Returns how many.
+    pub async fn purge_stale_uploads(&self, max_age_ms: u64) -> Result<usize> {
+        let now = self.host.now_unix_ms();
+        let mut purged = 0;
+        let keys = self.storage.list(layout::UPLOADS_PREFIX).await?;
+        let ids: std::collections::BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(layout::UPLOADS_PREFIX)?.split('/').next())
+            .collect();
+        for id in ids.into_iter().filter_map(UploadId::parse) {
+            let stale = match self.storage.read(&layout::upload_state(&id)).await? {
+                Some(raw) => UploadState::decode(&raw).is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
+                None => true, // chunks without state: a crash mid-cleanup
+            };
+            if stale {
+                self.remove_upload(&id).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    // ----- discovery -------------------------------------------------------
+
+    async fn ensure_cataloged(&self, name: &RepositoryName) -> Result<()> {
+        if self.cataloged.lock().unwrap_or_else(|p| p.into_inner()).contains(name) {
+            return Ok(());
+        }
+        self.storage
+            .put(&layout::catalog_entry(name), Bytes::new(), PutMode::Overwrite)
+            .await?;
+        self.cataloged.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+        Ok(())
+    }
+
+    async fn tags(&self, name: &RepositoryName, uri: &http::Uri) -> Result<Response<S::Body>> {
+        if self.storage.head(&layout::catalog_entry(name)).await?.is_none() {
+            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {name} not known")));
+        }
+        let prefix = layout::tags_prefix(name);
+        let all: Vec<String> = self
+            .storage
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .filter(|t| Tag::parse(t).is_ok())
+            .collect();
+        let (page, next) = self.paginate(all, uri)?;
+        let body = serde_json::json!({ "name": name.as_str(), "tags": page });
+        let mut resp = json_response(StatusCode::OK, body.to_string().into());
+        if let Some((n, last)) = next {
+            let link = format!("</v2/{name}/tags/list?n={n}&last={}>; rel=\"next\"", api::percent_encode(&last));
+            set(resp.headers_mut(), LINK, &link);
+        }
+        Ok(resp)
+    }
+
+    async fn catalog(&self, uri: &http::Uri) -> Result<Response<S::Body>> {
+        let mut all: Vec<String> = self
+            .storage
+            .list(layout::CATALOG_PREFIX)
+            .await?
+            .iter()
+            .filter_map(|k| layout::catalog_name(k))
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        all.sort();
+        let (page, next) = self.paginate(all, uri)?;
+        let body = serde_json::json!({ "repositories": page });
+        let mut resp = json_response(StatusCode::OK, body.to_string().into());
+        if let Some((n, last)) = next {
+            set(resp.headers_mut(), LINK, &format!("</v2/_catalog?n={n}&last={}>; rel=\"next\"", api::percent_encode(&last)));
+        }
+        Ok(resp)
+    }
+
+    /// Apply `n` and `last` to a sorted list. Returns the page and, when more
+    /// entries follow, the `n` and `last` of the next page.
+    fn paginate(&self, sorted: Vec<String>, uri: &http::Uri) -> Result<(Vec<String>, Option<(usize, String)>)> {
+        let bad_n = || RegistryError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer");
+        let n = match api::query_param(uri, "n") {
+            None => None,
+            Some(v) => {
+                let v = v?;
+                Some(v.parse::<usize>().map_err(|_| bad_n())?.min(self.config.max_page_size))
+            }
+        };
+        let last = api::query_param(uri, "last").transpose()?;
+        let rest: Vec<String> = match &last {
+            Some(l) => sorted.into_iter().filter(|t| t.as_str() > l.as_str()).collect(),
+            None => sorted,
+        };
+        let n = n.unwrap_or(rest.len().min(self.config.max_page_size));
+        if n == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let more = rest.len() > n;
+        let page: Vec<String> = rest.into_iter().take(n).collect();
+        let next = more.then(|| (n, page.last().cloned().unwrap_or_default()));
+        Ok((page, next))
+    }
+
+    async fn referrers(&self, name: &RepositoryName, subject: &Digest, uri: &http::Uri) -> Result<Response<S::Body>> {
+        let filter = api::query_param(uri, "artifactType").transpose()?;
+        let mut manifests = Vec::new();
+        for key in self.storage.list(&layout::referrers_prefix(name, subject)).await? {
+            let Some(raw) = self.storage.read(&key).await? else { continue };
+            let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) else { continue };
+            // A referrer whose manifest was deleted without cleanup is not listed.
+            if self.storage.head(&layout::manifest_revision(name, &desc.digest)).await?.is_none() {
+                continue;
+            }
+            if filter.as_ref().is_none_or(|f| desc.artifact_type.as_deref() == Some(f.as_str())) {
+                manifests.push(desc);
+            }
+        }
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "manifests": manifests,
+        });
+        let bytes = Bytes::from(body.to_string());
+        let mut resp = response(StatusCode::OK, Body::Full(bytes.clone()));
+        let h = resp.headers_mut();
+        set(h, CONTENT_TYPE, media_type::OCI_INDEX);
+        set(h, CONTENT_LENGTH, &bytes.len().to_string());
+        if filter.is_some() {
+            set(h, api::OCI_FILTERS_APPLIED_HEADER, "artifactType");
+        }
+        Ok(resp)
+    }
+
+    fn check_delete_enabled(&self) -> Result<()> {
+        if self.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::new(ErrorCode::Unsupported, "deletes are disabled on this registry"))
+        }
+    }
+}
+
+fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
+    RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {reference} is not in {name}"))
+}
+
+/// Map a failed blob write: bad client bytes are the client's error,
+/// anything else is ours.
+fn upload_error(e: StorageError) -> RegistryError {
+    match e {
+        StorageError::Input(io) => {
+            if let Some(inner) = io.get_ref() {
+                if let Some(m) = inner.downcast_ref::<digest::DigestMismatch>() {
+                    return RegistryError::new(ErrorCode::DigestInvalid, m.to_string());
+                }
+                if let Some(m) = inner.downcast_ref::<digest::SizeMismatch>() {
+                    return RegistryError::new(ErrorCode::SizeInvalid, m.to_string());
+                }
+            }
+            RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading upload body: {io}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// Hash a chunk on its way to storage; hand the hasher back at the end.
+struct Hashing {
+    inner: ByteStream,
+    hasher: Option<Hasher>,
+    len: u64,
+    expected_len: Option<u64>,
+    done: Arc<Mutex<Option<(Hasher, u64)>>>,
+}
+
+impl Stream for Hashing {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.hasher.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.len += chunk.len() as u64;
+                if this.expected_len.is_some_and(|n| this.len > n) {
+                    this.hasher = None;
+                    return Poll::Ready(Some(Err(size_mismatch(this.expected_len, this.len))));
+                }
+                if let Some(h) = this.hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.hasher = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                let hasher = this.hasher.take().expect("checked above");
+                if this.expected_len.is_some_and(|n| this.len != n) {
+                    return Poll::Ready(Some(Err(size_mismatch(this.expected_len, this.len))));
+                }
+                *this.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((hasher, this.len));
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+fn error_stream(e: io::Error) -> ByteStream {
+    Box::pin(futures::stream::once(async move { Err(e) }))
+}
+
+fn size_mismatch(expected: Option<u64>, actual: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        digest::SizeMismatch { expected: expected.unwrap_or(0), actual },
+    )
+}
+
+/// Read the first item of a stream, returning it and a stream that still
+/// yields it.
+async fn peek(mut body: ByteStream) -> io::Result<(Option<Bytes>, ByteStream)> {
+    loop {
+        match body.next().await {
+            None => return Ok((None, body::empty())),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(b)) if b.is_empty() => continue,
+            Some(Ok(b)) => {
+                let again = futures::stream::once({
+                    let b = b.clone();
+                    async move { Ok(b) }
+                })
+                .chain(body);
+                return Ok((Some(b), Box::pin(again)));
+            }
+        }
+    }
+}
+
+fn response<B>(status: StatusCode, body: Body<B>) -> Response<B> {
+    let mut r = http::Response::new(body);
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response<B>(status: StatusCode, bytes: Bytes) -> Response<B> {
+    let len = bytes.len();
+    let mut r = response(status, Body::Full(bytes));
+    set(r.headers_mut(), CONTENT_TYPE, "application/json");
+    set(r.headers_mut(), CONTENT_LENGTH, &len.to_string());
+    r
+}
+
+fn accepted<B>() -> Response<B> {
+    let mut r = response(StatusCode::ACCEPTED, Body::Empty);
+    set(r.headers_mut(), CONTENT_LENGTH, "0");
+    r
+}
+
+/// The OCI error response for `e`.
+pub fn error_response<B>(e: &RegistryError) -> Response<B> {
+    let mut r = json_response(e.status, Bytes::from(e.body_json()));
+    for (name, value) in &e.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            r.headers_mut().insert(name.clone(), v);
+        }
+    }
+    r.headers_mut()
+        .insert(api::API_VERSION_HEADER, HeaderValue::from_static(api::API_VERSION));
+    r
+}
+
+fn set<K: http::header::IntoHeaderName>(h: &mut http::HeaderMap, name: K, value: &str) {
+    // Every value set here is built from validated parts (digests, names,
+    // numbers); a value that still fails is dropped rather than panicking.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}

@@ -1,0 +1,121 @@
+//! In-memory storage for tests and ephemeral use.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::{ObjectMeta, PutMode, Storage, StorageError};
+use crate::body::{self, ByteStream};
+
+#[derive(Default)]
+pub struct MemoryStorage {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (every critical section is a single insert/remove), so poisoning
+        // is safe to ignore.
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Total bytes stored.
+    pub fn total_size(&self) -> u64 {
+        self.lock().values().map(|b| b.len() as u64).sum()
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl Storage for MemoryStorage {
+    type Body = ByteStream;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        Ok(self.lock().get(key).map(|b| ObjectMeta { size: b.len() as u64 }))
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
+        let Some(data) = self.lock().get(key).cloned() else {
+            return Ok(None);
+        };
+        let meta = ObjectMeta { size: data.len() as u64 };
+        let slice = match range {
+            Some(r) => {
+                let end = r.end.min(meta.size) as usize;
+                let start = (r.start as usize).min(end);
+                data.slice(start..end)
+            }
+            None => data,
+        };
+        Ok(Some((meta, body::once(slice))))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        let mut map = self.lock();
+        if mode == PutMode::Create && map.contains_key(key) {
+            return Err(StorageError::AlreadyExists);
+        }
+        map.insert(key.to_owned(), data);
+        Ok(())
+    }
+
+    async fn put_stream(&self, key: &str, mut data: ByteStream) -> Result<u64, StorageError> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = data.next().await {
+            buf.extend_from_slice(&chunk.map_err(StorageError::Input)?);
+        }
+        let n = buf.len() as u64;
+        self.lock().insert(key.to_owned(), buf.freeze());
+        Ok(n)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let mut map = self.lock();
+        let data = map.remove(from).ok_or(StorageError::NotFound)?;
+        map.insert(to.to_owned(), data);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .lock()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conformance() {
+        futures::executor::block_on(super::super::conformance::run(&super::MemoryStorage::new()));
+    }
+}

@@ -1,0 +1,104 @@
+//! The storage driver interface: a small object store.
+//!
+//! Keys are `/`-separated strings built by [`crate::layout`]; backends treat
+//! them as opaque. The registry layout (blobs by digest, repository links,
+//! tags, upload sessions) is built above this trait, so every backend has
+//! the same semantics, checked by the [`conformance`] suite.
+
+use std::io;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::body::ByteStream;
+use crate::{MaybeSend, MaybeSync};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod memory;
+
+pub use memory::MemoryStorage;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists.
+    Create,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    #[error("object already exists")]
+    AlreadyExists,
+    /// The data stream given to a put failed; nothing was written.
+    #[error("input stream failed: {0}")]
+    Input(io::Error),
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+impl StorageError {
+    pub fn backend(e: impl std::fmt::Display) -> Self {
+        StorageError::Backend(e.to_string())
+    }
+}
+
+/// An object store, as much of one as a registry needs.
+///
+/// Contract (checked by [`conformance`]):
+/// - `put` and `put_stream` are atomic: readers see the old object or the
+///   whole new one, never a part. A `put_stream` whose input yields an error
+///   leaves no object behind and returns [`StorageError::Input`] with that
+///   error, so a verifying input stream ([`crate::digest::verify`]) makes
+///   the put "verified before visible".
+/// - `rename` moves an object atomically where the backend can (local disk);
+///   elsewhere it may copy then delete, but the destination still appears
+///   whole.
+/// - `delete` of a missing key succeeds.
+/// - `list` returns every key under a prefix, sorted, at any depth.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Storage: MaybeSend + MaybeSync + 'static {
+    /// The backend's own body for reads, handed to the host's HTTP layer
+    /// without passing through the core.
+    type Body: MaybeSend + 'static;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+
+    /// Read an object, or `range` of it (already clamped to its size by the
+    /// caller). `None` when it does not exist.
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<(ObjectMeta, Self::Body)>, StorageError>;
+
+    /// Read a small object whole (links, tags, manifests, session state).
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError>;
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError>;
+
+    /// Write a stream of any length without holding it in memory. Returns
+    /// the number of bytes written.
+    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError>;
+
+    /// Move `from` to `to`, replacing `to`.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Turn a read body into a byte stream, for the few places the core must
+    /// see the bytes (joining upload chunks).
+    fn body_stream(body: Self::Body) -> ByteStream;
+}

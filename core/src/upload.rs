@@ -1,0 +1,127 @@
+//! Blob upload sessions.
+//!
+//! A session is a state object plus the chunks received so far, each in its
+//! own storage object. Chunks are never appended in place (object stores
+//! cannot append) and each has a unique key, so the state always names
+//! chunks whose bytes produced its saved hash, even if two requests race.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Hasher;
+use crate::reference::RepositoryName;
+
+/// A session id: 32 lowercase hex characters from the host's random source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn parse(s: &str) -> Option<UploadId> {
+        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| UploadId(s.to_owned()))
+    }
+
+    pub fn from_random(bytes: [u8; 16]) -> UploadId {
+        UploadId(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub offset: u64,
+    pub nonce: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadState {
+    pub repository: String,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    /// Bytes received so far.
+    pub offset: u64,
+    pub chunks: Vec<Chunk>,
+    /// sha256 state over all bytes received (see [`Hasher::save`]).
+    pub hasher: String,
+}
+
+impl UploadState {
+    pub fn new(repository: &RepositoryName, now_ms: u64) -> Self {
+        UploadState {
+            repository: repository.as_str().to_owned(),
+            started_ms: now_ms,
+            updated_ms: now_ms,
+            offset: 0,
+            chunks: Vec::new(),
+            hasher: Hasher::new(crate::digest::Algorithm::Sha256).save(),
+        }
+    }
+
+    /// Parse stored state; `None` if it is not ours or is damaged (then the
+    /// session is treated as unknown rather than trusted).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let s: UploadState = serde_json::from_slice(bytes).ok()?;
+        let nonces_ok = s
+            .chunks
+            .iter()
+            .all(|c| !c.nonce.is_empty() && c.nonce.len() <= 32 && c.nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+        let offsets_ok = s.chunks.windows(2).all(|w| w[0].offset < w[1].offset)
+            && s.chunks.last().is_none_or(|c| c.offset < s.offset);
+        (nonces_ok && offsets_ok && Hasher::restore(&s.hasher).is_some()).then_some(s)
+    }
+
+    pub fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).expect("state serializes").into()
+    }
+
+    /// The `Range` header value distribution uses: `0-<last byte>`, and
+    /// `0-0` for an empty upload.
+    pub fn range_header(&self) -> String {
+        format!("0-{}", self.offset.saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let id = UploadId::from_random([0xab; 16]);
+        assert_eq!(UploadId::parse(id.as_str()), Some(id));
+        for bad in ["", "../../etc", &"A".repeat(32), &"a".repeat(31), &"a".repeat(33), "sha256:abc"] {
+            assert!(UploadId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_round_trip_and_damage() {
+        let name = RepositoryName::parse("a/b").unwrap();
+        let mut s = UploadState::new(&name, 5);
+        s.offset = 10;
+        s.chunks.push(Chunk { offset: 0, nonce: "00ff".into() });
+        let back = UploadState::decode(&s.encode()).unwrap();
+        assert_eq!(back.offset, 10);
+        assert_eq!(back.chunks, s.chunks);
+        assert_eq!(back.range_header(), "0-9");
+        assert_eq!(UploadState::new(&name, 0).range_header(), "0-0");
+
+        let mut bad = s.clone();
+        bad.chunks[0].nonce = "../x".into();
+        assert!(UploadState::decode(&bad.encode()).is_none());
+        let mut bad = s.clone();
+        bad.hasher = "junk".into();
+        assert!(UploadState::decode(&bad.encode()).is_none());
+        assert!(UploadState::decode(b"{").is_none());
+    }
+}

@@ -1,0 +1,287 @@
+//! kura's configuration: defaults, then a YAML file, then `KURA_*`
+//! environment variables, then command-line flags. Unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Local-disk storage root, used unless `storage.s3` is set.
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub tls: Option<TlsConfig>,
+    pub auth: Option<AuthConfig>,
+    pub registry: RegistrySection,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:5000".parse().expect("literal address"),
+            data_dir: PathBuf::from("kura-data"),
+            storage: StorageConfig::default(),
+            tls: None,
+            auth: None,
+            registry: RegistrySection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// e.g. `http://127.0.0.1:9000` for MinIO or another S3-compatible server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible
+    /// servers want. `false` uses virtual-hosted style (`bucket.endpoint`).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Allow a plain-HTTP endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate at startup (for trying things out).
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file with bcrypt hashes (`htpasswd -B`).
+    pub htpasswd: PathBuf,
+    /// Let clients without credentials pull.
+    #[serde(default)]
+    pub anonymous_pull: bool,
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_realm() -> String {
+    "kura".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Allow DELETE of manifests, tags and blobs.
+    pub delete_enabled: bool,
+    pub max_manifest_size: usize,
+    /// Upload sessions idle longer than this many seconds are removed.
+    pub upload_max_idle_secs: u64,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        let core = kura_core::RegistryConfig::default();
+        RegistrySection {
+            delete_enabled: core.delete_enabled,
+            max_manifest_size: core.max_manifest_size,
+            upload_max_idle_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `kura=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command-line values that override the file and environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Build the effective configuration.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            // figment skips missing files silently; a named file must exist.
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Yaml::file(file));
+        }
+        let fig = fig
+            .merge(Env::prefixed("KURA_").split("__"))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            match (&tls.cert, &tls.key, tls.self_signed) {
+                (Some(_), Some(_), false) | (None, None, true) => {}
+                (None, None, false) => bail!("tls: give cert and key, or self_signed: true"),
+                (_, _, true) => bail!("tls: self_signed cannot be combined with cert/key"),
+                _ => bail!("tls: cert and key must be given together"),
+            }
+        }
+        if let Some(s3) = &self.storage.s3 {
+            if s3.bucket.is_empty() {
+                bail!("storage.s3.bucket must not be empty");
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                bail!("storage.s3: access_key_id and secret_access_key go together");
+            }
+        }
+        if let Some(auth) = &self.auth {
+            crate::auth::Htpasswd::load(&auth.htpasswd)
+                .with_context(|| format!("auth.htpasswd {}", auth.htpasswd.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration as YAML, secrets masked.
+    pub fn to_yaml(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(s3) = shown.storage.s3.as_mut() {
+            if s3.secret_access_key.is_some() {
+                s3.secret_access_key = Some("********".into());
+            }
+        }
+        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("kura.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert!(c.storage.s3.is_none());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "listen: 127.0.0.1:6000\ndata_dir: /srv/kura\nregistry:\n  delete_enabled: false\n");
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/kura"));
+        assert!(!c.registry.delete_enabled);
+        let o = Overrides {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            data_dir: None,
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.listen.port(), 7000, "flags beat the file");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/kura"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["listne: 1.2.3.4:5\n", "storage:\n  s4: {}\n", "registry:\n  delete: true\n"] {
+            let f = write(dir.path(), text);
+            let err = Config::load(Some(&f), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_and_bad_tls() {
+        assert!(Config::load(Some(Path::new("/nonexistent/kura.yaml")), &Overrides::default()).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "tls:\n  cert: /a\n");
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn s3_section_and_masking() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "storage:\n  s3:\n    bucket: b\n    endpoint: http://127.0.0.1:9000\n    access_key_id: k\n    secret_access_key: s\n    allow_http: true\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let s3 = c.storage.s3.as_ref().unwrap();
+        assert!(s3.path_style);
+        assert_eq!(s3.region, "us-east-1");
+        let y = c.to_yaml();
+        assert!(y.contains("********") && !y.contains("secret_access_key: s\n"), "{y}");
+    }
+}

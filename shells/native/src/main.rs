@@ -1,0 +1,168 @@
+//! `kura`: an OCI / Docker registry.
+
+mod auth;
+mod config;
+mod host;
+mod server;
+mod storage;
+mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Overrides, TlsConfig};
+
+#[derive(Parser)]
+#[command(name = "kura", version, about = "An OCI / Docker registry and pull-through cache")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// YAML configuration file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Local-disk storage directory [default: ./kura-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve TLS with this certificate (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a generated self-signed certificate (written to
+    /// <data-dir>/self-signed.crt).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and print the effective configuration.
+    Check { file: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(Some(&file), &Overrides::default())?;
+            print!("{}", config.to_yaml());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let mut config = Config::load(
+                args.config.as_deref(),
+                &Overrides {
+                    listen: args.listen,
+                    data_dir: args.data_dir.clone(),
+                },
+            )?;
+            if args.tls_self_signed {
+                config.tls = Some(TlsConfig {
+                    self_signed: true,
+                    ..Default::default()
+                });
+            } else if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+                config.tls = Some(TlsConfig {
+                    cert: Some(cert),
+                    key: Some(key),
+                    self_signed: false,
+                });
+            }
+            init_logging(&config);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let app = server::build_app(&config)?;
+    server::spawn_upload_janitor(app.clone(), Duration::from_secs(config.registry.upload_max_idle_secs));
+    let router = server::router(app);
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = tcp.local_addr()?;
+    let storage = match &config.storage.s3 {
+        Some(s3) => format!("s3://{}", s3.bucket),
+        None => config.data_dir.display().to_string(),
+    };
+    match &config.tls {
+        None => {
+            tracing::info!(%addr, %storage, "kura listening (http)");
+            axum::serve(tcp, router).with_graceful_shutdown(shutdown_signal()).await?;
+        }
+        Some(tls) => {
+            let server_config = if tls.self_signed {
+                let out = config.data_dir.join("self-signed.crt");
+                let c = tls::self_signed(&out)?;
+                tracing::info!(cert = %out.display(), "generated a self-signed certificate");
+                c
+            } else {
+                let (cert, key) = (tls.cert.as_ref().expect("validated"), tls.key.as_ref().expect("validated"));
+                tls::server_config_from_files(cert, key)?
+            };
+            tracing::info!(%addr, %storage, "kura listening (https)");
+            let listener = tls::TlsListener::new(tcp, server_config)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+        }
+    }
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

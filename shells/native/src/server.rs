@@ -1,0 +1,139 @@
+//! The HTTP server: axum in front of the core's registry.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body as AxumBody;
+use axum::extract::State;
+use axum::Router;
+use futures::TryStreamExt;
+use http::{HeaderValue, Request, Response, StatusCode};
+use kura_core::api::{self, Route};
+use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryError};
+
+use crate::auth::{Authenticator, Decision, Htpasswd};
+use crate::config::Config;
+use crate::host::SystemHost;
+use crate::storage::ObjectStorage;
+
+pub type KuraRegistry = Registry<ObjectStorage, SystemHost>;
+
+pub struct App {
+    pub registry: KuraRegistry,
+    pub auth: Option<Authenticator>,
+}
+
+pub fn build_storage(config: &Config) -> anyhow::Result<ObjectStorage> {
+    match &config.storage.s3 {
+        None => ObjectStorage::local(&config.data_dir)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display())),
+        Some(s3) => {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&s3.bucket)
+                .with_region(&s3.region)
+                .with_allow_http(s3.allow_http)
+                .with_virtual_hosted_style_request(!s3.path_style);
+            if let Some(e) = &s3.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {
+                b = b.with_access_key_id(k).with_secret_access_key(s);
+            }
+            let store = b.build().context("configuring S3 storage")?;
+            let store: Arc<dyn object_store::ObjectStore> = match &s3.prefix {
+                Some(p) => Arc::new(object_store::prefix::PrefixStore::new(store, p.as_str())),
+                None => Arc::new(store),
+            };
+            Ok(ObjectStorage::new(store))
+        }
+    }
+}
+
+pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
+    let storage = build_storage(config)?;
+    let registry = Registry::new(
+        storage,
+        SystemHost,
+        RegistryConfig {
+            delete_enabled: config.registry.delete_enabled,
+            max_manifest_size: config.registry.max_manifest_size,
+            ..RegistryConfig::default()
+        },
+    );
+    let auth = match &config.auth {
+        None => None,
+        Some(a) => Some(Authenticator::new(Htpasswd::load(&a.htpasswd)?, a.anonymous_pull, a.realm.clone())),
+    };
+    Ok(Arc::new(App { registry, auth }))
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(handle).with_state(app)
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<AxumBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let resp = dispatch(&app, req).await;
+    tracing::info!(
+        target: "kura::access",
+        %method,
+        path = uri.path(),
+        query = uri.query().unwrap_or(""),
+        status = resp.status().as_u16(),
+        length = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
+    if let Some(auth) = &app.auth {
+        let route = Route::parse(req.uri().path()).ok().flatten();
+        let access = api::required_access(req.method(), route.as_ref());
+        let is_base = matches!(route, Some(Route::Base));
+        if auth.decide(req.headers(), access, is_base) == Decision::Challenge {
+            let err = RegistryError::new(ErrorCode::Unauthorized, "authentication required");
+            let mut resp = kura_core::registry::error_response::<ByteStream>(&err);
+            let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+            return to_axum(resp);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let stream: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
+    let resp = app.registry.handle(Request::from_parts(parts, stream)).await;
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!("internal error answered with 500");
+    }
+    to_axum(resp)
+}
+
+fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {
+    resp.map(|b| match b {
+        Body::Empty => AxumBody::empty(),
+        Body::Full(bytes) => AxumBody::from(bytes),
+        Body::Stream(s) => AxumBody::from_stream(s),
+    })
+}
+
+/// Remove abandoned upload sessions now and then.
+pub fn spawn_upload_janitor(app: Arc<App>, max_idle: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600).min(max_idle.max(Duration::from_secs(60))));
+        loop {
+            tick.tick().await;
+            match app.registry.purge_stale_uploads(max_idle.as_millis() as u64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "upload cleanup failed"),
+            }
+        }
+    });
+}

@@ -66,13 +66,18 @@ impl Route {
         // `/blobs/uploads/` and `/blobs/uploads` start a session; a last
         // segment with ':' is a digest, so `<repo>/blobs/uploads` could be a
         // repository named "…/blobs" — ids never contain ':'.
-        if n >= 3 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" && !segs[n - 1].contains(':') {
+        if n >= 3
+            && segs[n - 3] == "blobs"
+            && segs[n - 2] == "uploads"
+            && !segs[n - 1].contains(':')
+        {
             let name = name(n - 3)?;
             if segs[n - 1].is_empty() {
                 return Ok(Some(Route::Uploads(name)));
             }
-            let id = UploadId::parse(segs[n - 1])
-                .ok_or_else(|| RegistryError::new(ErrorCode::BlobUploadUnknown, "unknown upload id"))?;
+            let id = UploadId::parse(segs[n - 1]).ok_or_else(|| {
+                RegistryError::new(ErrorCode::BlobUploadUnknown, "unknown upload id")
+            })?;
             return Ok(Some(Route::Upload(name, id)));
         }
         if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
@@ -80,7 +85,10 @@ impl Route {
         }
         if n >= 3 {
             let last = percent_decode(segs[n - 1]).ok_or_else(|| {
-                RegistryError::new(ErrorCode::DigestInvalid, "bad percent-encoding in reference")
+                RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    "bad percent-encoding in reference",
+                )
             })?;
             match segs[n - 2] {
                 "manifests" => {
@@ -126,8 +134,12 @@ pub fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k).as_deref() == Some(key)).then(|| {
-            percent_decode(&v.replace('+', " "))
-                .ok_or_else(|| RegistryError::new(ErrorCode::Unsupported, format!("bad encoding of query parameter {key}")))
+            percent_decode(&v.replace('+', " ")).ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!("bad encoding of query parameter {key}"),
+                )
+            })
         })
     })
 }
@@ -166,39 +178,48 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// A `Range` header that is malformed or does not overlap the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("range not satisfiable")]
+pub struct BadRange;
+
 /// Parse a `Range: bytes=…` header against an object of `size` bytes.
 ///
 /// Returns the half-open byte range to serve. Only single ranges are
 /// supported (`a-b`, `a-`, `-n`); anything else, or a range that does not
 /// overlap the object, is an error the caller answers with 416.
-pub fn parse_range(value: &str, size: u64) -> Result<Range<u64>, ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?.trim();
+pub fn parse_range(value: &str, size: u64) -> Result<Range<u64>, BadRange> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(BadRange)?.trim();
     if spec.contains(',') {
-        return Err(());
+        return Err(BadRange);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let num = |s: &str| -> Result<u64, ()> {
+    let (a, b) = spec.split_once('-').ok_or(BadRange)?;
+    let num = |s: &str| -> Result<u64, BadRange> {
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(());
+            return Err(BadRange);
         }
-        s.parse().map_err(|_| ())
+        s.parse().map_err(|_| BadRange)
     };
     let range = if a.is_empty() {
         let n = num(b)?;
         if n == 0 {
-            return Err(());
+            return Err(BadRange);
         }
         size.saturating_sub(n)..size
     } else {
         let start = num(a)?;
-        let end = if b.is_empty() { size } else { num(b)?.saturating_add(1).min(size) };
+        let end = if b.is_empty() {
+            size
+        } else {
+            num(b)?.saturating_add(1).min(size)
+        };
         if end < start {
-            return Err(());
+            return Err(BadRange);
         }
         start..end
     };
     if range.start >= size || range.is_empty() {
-        return Err(());
+        return Err(BadRange);
     }
     Ok(range)
 }
@@ -208,11 +229,16 @@ pub fn parse_range(value: &str, size: u64) -> Result<Range<u64>, ()> {
 /// inclusive start and end.
 pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
-    let v = v.strip_prefix("bytes ").or_else(|| v.strip_prefix("bytes=")).unwrap_or(v);
+    let v = v
+        .strip_prefix("bytes ")
+        .or_else(|| v.strip_prefix("bytes="))
+        .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let num = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
     };
     let (start, end) = (num(a)?, num(b)?);
     (end >= start).then_some((start, end))
@@ -244,11 +270,20 @@ mod tests {
         assert_eq!(r("/v2/a/b/tags/list"), Some(Route::Tags(name("a/b"))));
         assert_eq!(
             r("/v2/a/manifests/latest"),
-            Some(Route::Manifest(name("a"), Reference::parse("latest").unwrap()))
+            Some(Route::Manifest(
+                name("a"),
+                Reference::parse("latest").unwrap()
+            ))
         );
-        assert_eq!(r(&format!("/v2/a/b/c/blobs/{d}")), Some(Route::Blob(name("a/b/c"), d.clone())));
+        assert_eq!(
+            r(&format!("/v2/a/b/c/blobs/{d}")),
+            Some(Route::Blob(name("a/b/c"), d.clone()))
+        );
         let enc = d.to_string().replace(':', "%3A");
-        assert_eq!(r(&format!("/v2/a/blobs/{enc}")), Some(Route::Blob(name("a"), d.clone())));
+        assert_eq!(
+            r(&format!("/v2/a/blobs/{enc}")),
+            Some(Route::Blob(name("a"), d.clone()))
+        );
         assert_eq!(r("/v2/a/blobs/uploads/"), Some(Route::Uploads(name("a"))));
         assert_eq!(r("/v2/a/blobs/uploads"), Some(Route::Uploads(name("a"))));
         let id = "0123456789abcdef0123456789abcdef";
@@ -257,12 +292,21 @@ mod tests {
             Some(Route::Upload(name("a"), UploadId::parse(id).unwrap()))
         );
         // A repository whose last component is "blobs" or "manifests".
-        assert_eq!(r(&format!("/v2/x/blobs/blobs/{d}")), Some(Route::Blob(name("x/blobs"), d.clone())));
+        assert_eq!(
+            r(&format!("/v2/x/blobs/blobs/{d}")),
+            Some(Route::Blob(name("x/blobs"), d.clone()))
+        );
         assert_eq!(
             r("/v2/manifests/manifests/v1"),
-            Some(Route::Manifest(name("manifests"), Reference::parse("v1").unwrap()))
+            Some(Route::Manifest(
+                name("manifests"),
+                Reference::parse("v1").unwrap()
+            ))
         );
-        assert_eq!(r(&format!("/v2/a/referrers/{d}")), Some(Route::Referrers(name("a"), d)));
+        assert_eq!(
+            r(&format!("/v2/a/referrers/{d}")),
+            Some(Route::Referrers(name("a"), d))
+        );
         assert_eq!(r("/v3/"), None);
         assert_eq!(r("/v2x"), None);
         assert_eq!(r("/v2/a/unknown/x"), None);
@@ -280,8 +324,14 @@ mod tests {
         assert_eq!(code("/v2/a/manifests/sha256:zz"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/latest"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/%zz"), ErrorCode::DigestInvalid);
-        assert_eq!(code("/v2/a/blobs/uploads/..%2F.."), ErrorCode::BlobUploadUnknown);
-        assert_eq!(code(&format!("/v2/{}/tags/list", "a".repeat(300))), ErrorCode::NameInvalid);
+        assert_eq!(
+            code("/v2/a/blobs/uploads/..%2F.."),
+            ErrorCode::BlobUploadUnknown
+        );
+        assert_eq!(
+            code(&format!("/v2/{}/tags/list", "a".repeat(300))),
+            ErrorCode::NameInvalid
+        );
     }
 
     #[test]
@@ -291,10 +341,20 @@ mod tests {
         assert_eq!(parse_range("bytes=90-1000", 100), Ok(90..100));
         assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
         assert_eq!(parse_range("bytes=-1000", 100), Ok(0..100));
-        for bad in ["bytes=100-", "bytes=5-4", "bytes=0-1,3-4", "bytes=-0", "items=0-1", "bytes=a-b", "bytes=-", "bytes=+1-2", "bytes=99999999999999999999999-"] {
-            assert_eq!(parse_range(bad, 100), Err(()), "{bad}");
+        for bad in [
+            "bytes=100-",
+            "bytes=5-4",
+            "bytes=0-1,3-4",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
+        ] {
+            assert_eq!(parse_range(bad, 100), Err(BadRange), "{bad}");
         }
-        assert_eq!(parse_range("bytes=0-", 0), Err(()));
+        assert_eq!(parse_range("bytes=0-", 0), Err(BadRange));
     }
 
     #[test]

@@ -68,11 +68,15 @@ impl Digest {
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            _ if alg.is_empty() || hex.is_empty() => return Err(DigestError::Malformed(truncate(s))),
+            _ if alg.is_empty() || hex.is_empty() => {
+                return Err(DigestError::Malformed(truncate(s)))
+            }
             _ => return Err(DigestError::UnsupportedAlgorithm(truncate(alg))),
         };
         let ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::BadEncoding(truncate(s)));
         }
@@ -220,7 +224,8 @@ pub struct SizeMismatch {
 
 /// Whether `err` is (or wraps) a verification failure from [`verify`].
 pub fn is_verification_error(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|e| e.is::<DigestMismatch>() || e.is::<SizeMismatch>())
+    err.get_ref()
+        .is_some_and(|e| e.is::<DigestMismatch>() || e.is::<SizeMismatch>())
 }
 
 /// Pass `inner` through while hashing it. Instead of ending cleanly, the
@@ -262,7 +267,10 @@ impl Stream for Verify {
                         this.hasher = None;
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            SizeMismatch { expected: want, actual: this.seen },
+                            SizeMismatch {
+                                expected: want,
+                                actual: this.seen,
+                            },
                         ))));
                     }
                 }
@@ -279,14 +287,20 @@ impl Stream for Verify {
                     if this.seen != want {
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            SizeMismatch { expected: want, actual: this.seen },
+                            SizeMismatch {
+                                expected: want,
+                                actual: this.seen,
+                            },
                         ))));
                     }
                 }
                 if actual != this.expected {
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        DigestMismatch { expected: this.expected.clone(), actual },
+                        DigestMismatch {
+                            expected: this.expected.clone(),
+                            actual,
+                        },
                     ))));
                 }
                 Poll::Ready(None)
@@ -301,7 +315,8 @@ mod tests {
     use futures::executor::block_on;
     use futures::StreamExt;
 
-    const EMPTY_SHA256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_SHA256: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn parse_and_display_round_trip() {
@@ -345,7 +360,11 @@ mod tests {
                 let saved = h.save();
                 let mut restored = Hasher::restore(&saved).expect("restore");
                 restored.update(&data[split..]);
-                assert_eq!(restored.finish(), Digest::compute(alg, &data), "{alg:?} split {split}");
+                assert_eq!(
+                    restored.finish(),
+                    Digest::compute(alg, &data),
+                    "{alg:?} split {split}"
+                );
             }
         }
         assert!(Hasher::restore("sha256:zz").is_none());

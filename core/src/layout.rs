@@ -22,7 +22,12 @@ use crate::reference::{RepositoryName, Tag};
 use crate::upload::UploadId;
 
 pub fn blob(d: &Digest) -> String {
-    format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+    format!(
+        "blobs/{}/{}/{}",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
 }
 
 pub fn repository(name: &RepositoryName) -> String {
@@ -30,7 +35,11 @@ pub fn repository(name: &RepositoryName) -> String {
 }
 
 pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
-    format!("repositories/{name}/_layers/{}/{}", d.algorithm().as_str(), d.hex())
+    format!(
+        "repositories/{name}/_layers/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {

@@ -14,12 +14,15 @@ use crate::digest::Digest;
 
 pub mod media_type {
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-    pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-    pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    pub const DOCKER_SCHEMA1_SIGNED: &str =
+        "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    pub const DOCKER_FOREIGN_LAYER: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +78,9 @@ pub enum ManifestError {
     UnsupportedMediaType(String),
     #[error("mediaType {body:?} in the manifest does not match Content-Type {header:?}")]
     MediaTypeMismatch { header: String, body: String },
-    #[error("cannot tell the manifest type: no Content-Type, no mediaType, no config or manifests")]
+    #[error(
+        "cannot tell the manifest type: no Content-Type, no mediaType, no config or manifests"
+    )]
     UnknownKind,
     #[error("{0} requires the field {1:?}")]
     MissingField(&'static str, &'static str),
@@ -92,7 +97,11 @@ pub struct Platform {
     pub os: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
 }
 
@@ -172,11 +181,17 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
     // A specific Content-Type is authoritative; generic ones defer to the body.
     let header_kind = match header {
         None | Some("application/json") | Some("application/octet-stream") => None,
-        Some(h) => Some(Kind::from_media_type(h).ok_or_else(|| ManifestError::UnsupportedMediaType(h.to_owned()))?),
+        Some(h) => Some(
+            Kind::from_media_type(h)
+                .ok_or_else(|| ManifestError::UnsupportedMediaType(h.to_owned()))?,
+        ),
     };
     let body_kind = match raw.media_type.as_deref() {
         None => None,
-        Some(b) => Some(Kind::from_media_type(b).ok_or_else(|| ManifestError::UnsupportedMediaType(b.to_owned()))?),
+        Some(b) => Some(
+            Kind::from_media_type(b)
+                .ok_or_else(|| ManifestError::UnsupportedMediaType(b.to_owned()))?,
+        ),
     };
     if let (Some(h), Some(b)) = (header_kind, body_kind) {
         if h != b {
@@ -204,18 +219,28 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
         if raw.layers.is_some() {
             return Err(ManifestError::ForbiddenField(what, "layers"));
         }
-        let manifests = raw.manifests.ok_or(ManifestError::MissingField(what, "manifests"))?;
+        let manifests = raw
+            .manifests
+            .ok_or(ManifestError::MissingField(what, "manifests"))?;
         (None, Vec::new(), manifests)
     } else {
         if raw.manifests.is_some() {
             return Err(ManifestError::ForbiddenField(what, "manifests"));
         }
-        let config = raw.config.ok_or(ManifestError::MissingField(what, "config"))?;
-        let layers = raw.layers.ok_or(ManifestError::MissingField(what, "layers"))?;
+        let config = raw
+            .config
+            .ok_or(ManifestError::MissingField(what, "config"))?;
+        let layers = raw
+            .layers
+            .ok_or(ManifestError::MissingField(what, "layers"))?;
         (Some(config), layers, Vec::new())
     };
 
-    let all = config.iter().chain(&layers).chain(&manifests).chain(&raw.subject);
+    let all = config
+        .iter()
+        .chain(&layers)
+        .chain(&manifests)
+        .chain(&raw.subject);
     if all.into_iter().any(|d| d.media_type.is_empty()) {
         return Err(ManifestError::EmptyDescriptorMediaType);
     }
@@ -291,28 +316,51 @@ mod tests {
 
     #[test]
     fn image_manifest() {
-        let m = parse(&image(Some(media_type::OCI_MANIFEST)), Some(media_type::OCI_MANIFEST)).unwrap();
+        let m = parse(
+            &image(Some(media_type::OCI_MANIFEST)),
+            Some(media_type::OCI_MANIFEST),
+        )
+        .unwrap();
         assert_eq!(m.kind, Kind::OciManifest);
         let req: Vec<_> = m.required_blobs().map(|d| d.digest.to_string()).collect();
-        assert_eq!(req, vec![d(1), d(2)], "non-distributable layer is not required");
-        assert_eq!(m.referrer_artifact_type().as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            req,
+            vec![d(1), d(2)],
+            "non-distributable layer is not required"
+        );
+        assert_eq!(
+            m.referrer_artifact_type().as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 
     #[test]
     fn kind_from_header_body_or_shape() {
         let docker = image(Some(media_type::DOCKER_MANIFEST));
         assert_eq!(parse(&docker, None).unwrap().kind, Kind::DockerManifest);
-        assert_eq!(parse(&docker, Some("application/json")).unwrap().kind, Kind::DockerManifest);
+        assert_eq!(
+            parse(&docker, Some("application/json")).unwrap().kind,
+            Kind::DockerManifest
+        );
         assert_eq!(parse(&image(None), None).unwrap().kind, Kind::OciManifest);
         assert_eq!(
-            parse(&image(None), Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8")).unwrap().kind,
+            parse(
+                &image(None),
+                Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8")
+            )
+            .unwrap()
+            .kind,
             Kind::DockerManifest
         );
     }
 
     #[test]
     fn mismatched_media_type() {
-        let err = parse(&image(Some(media_type::OCI_MANIFEST)), Some(media_type::DOCKER_MANIFEST)).unwrap_err();
+        let err = parse(
+            &image(Some(media_type::OCI_MANIFEST)),
+            Some(media_type::DOCKER_MANIFEST),
+        )
+        .unwrap_err();
         assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }));
         let err = parse(&image(None), Some("text/plain")).unwrap_err();
         assert!(matches!(err, ManifestError::UnsupportedMediaType(_)));
@@ -328,10 +376,17 @@ mod tests {
                 {"mediaType": media_type::OCI_MANIFEST, "digest": d(5), "size": 501, "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}}
             ]
         });
-        let m = parse(&serde_json::to_vec(&idx).unwrap(), Some(media_type::OCI_INDEX)).unwrap();
+        let m = parse(
+            &serde_json::to_vec(&idx).unwrap(),
+            Some(media_type::OCI_INDEX),
+        )
+        .unwrap();
         assert!(m.kind.is_index());
         assert_eq!(m.manifests.len(), 2);
-        assert_eq!(m.manifests[1].platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(
+            m.manifests[1].platform.as_ref().unwrap().variant.as_deref(),
+            Some("v8")
+        );
         assert_eq!(m.required_blobs().count(), 0);
     }
 
@@ -346,10 +401,17 @@ mod tests {
             "subject": {"mediaType": media_type::OCI_MANIFEST, "digest": d(7), "size": 700},
             "annotations": {"org.example": "x"}
         });
-        let m = parse(&serde_json::to_vec(&a).unwrap(), Some(media_type::OCI_MANIFEST)).unwrap();
+        let m = parse(
+            &serde_json::to_vec(&a).unwrap(),
+            Some(media_type::OCI_MANIFEST),
+        )
+        .unwrap();
         assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), d(7));
         let r = m.referrer_descriptor(Digest::sha256(b"x"), 3);
-        assert_eq!(r.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
+        assert_eq!(
+            r.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom")
+        );
         assert_eq!(r.annotations.unwrap()["org.example"], "x");
     }
 

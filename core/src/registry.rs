@@ -9,7 +9,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use http::header::{HeaderName, HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, LOCATION, RANGE};
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    LINK, LOCATION, RANGE,
+};
 use http::{Method, Request, StatusCode};
 
 use crate::api::{self, Route};
@@ -69,6 +72,10 @@ impl<S: Storage, H: Host> Registry<S, H> {
         &self.storage
     }
 
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }
@@ -85,33 +92,47 @@ impl<S: Storage, H: Host> Registry<S, H> {
             // Keep Content-Length: HEAD reports the size of what GET sends.
             *resp.body_mut() = Body::Empty;
         }
-        resp.headers_mut()
-            .insert(api::API_VERSION_HEADER, HeaderValue::from_static(api::API_VERSION));
+        resp.headers_mut().insert(
+            api::API_VERSION_HEADER,
+            HeaderValue::from_static(api::API_VERSION),
+        );
         resp
     }
 
     async fn dispatch(&self, req: Request<ByteStream>) -> Result<Response<S::Body>> {
-        let route = Route::parse(req.uri().path())?
-            .ok_or_else(|| RegistryError::new(ErrorCode::Unsupported, "not a registry API path").with_status(StatusCode::NOT_FOUND))?;
+        let route = Route::parse(req.uri().path())?.ok_or_else(|| {
+            RegistryError::new(ErrorCode::Unsupported, "not a registry API path")
+                .with_status(StatusCode::NOT_FOUND)
+        })?;
         let (parts, body) = req.into_parts();
         let m = &parts.method;
         let is = |allowed: &[Method]| allowed.contains(m);
         match route {
-            Route::Base if is(&[Method::GET, Method::HEAD]) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
+            Route::Base if is(&[Method::GET, Method::HEAD]) => {
+                Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
+            }
             Route::Catalog if is(&[Method::GET, Method::HEAD]) => self.catalog(&parts.uri).await,
-            Route::Tags(name) if is(&[Method::GET, Method::HEAD]) => self.tags(&name, &parts.uri).await,
-            Route::Manifest(name, r) if is(&[Method::GET, Method::HEAD]) => self.get_manifest(&name, &r).await,
+            Route::Tags(name) if is(&[Method::GET, Method::HEAD]) => {
+                self.tags(&name, &parts.uri).await
+            }
+            Route::Manifest(name, r) if is(&[Method::GET, Method::HEAD]) => {
+                self.get_manifest(&name, &r).await
+            }
             Route::Manifest(name, r) if is(&[Method::PUT]) => {
                 let ct = api::header(&parts.headers, "content-type");
                 self.put_manifest(&name, &r, ct, body).await
             }
-            Route::Manifest(name, r) if is(&[Method::DELETE]) => self.delete_manifest(&name, &r).await,
+            Route::Manifest(name, r) if is(&[Method::DELETE]) => {
+                self.delete_manifest(&name, &r).await
+            }
             Route::Blob(name, d) if is(&[Method::GET, Method::HEAD]) => {
-                let range = api::header(&parts.headers, "range").filter(|_| m == Method::GET);
-                self.get_blob(&name, &d, range).await
+                let range = api::header(&parts.headers, "range");
+                self.get_blob(&name, &d, range, m == Method::HEAD).await
             }
             Route::Blob(name, d) if is(&[Method::DELETE]) => self.delete_blob(&name, &d).await,
-            Route::Uploads(name) if is(&[Method::POST]) => self.start_upload(&name, &parts.uri, body).await,
+            Route::Uploads(name) if is(&[Method::POST]) => {
+                self.start_upload(&name, &parts.uri, body).await
+            }
             Route::Upload(name, id) if is(&[Method::GET]) => self.upload_status(&name, &id).await,
             Route::Upload(name, id) if is(&[Method::PATCH]) => {
                 let cr = api::header(&parts.headers, "content-range");
@@ -121,9 +142,16 @@ impl<S: Storage, H: Host> Registry<S, H> {
                 let cr = api::header(&parts.headers, "content-range");
                 self.finish_upload(&name, &id, &parts.uri, cr, body).await
             }
-            Route::Upload(name, id) if is(&[Method::DELETE]) => self.cancel_upload(&name, &id).await,
-            Route::Referrers(name, d) if is(&[Method::GET, Method::HEAD]) => self.referrers(&name, &d, &parts.uri).await,
-            _ => Err(RegistryError::new(ErrorCode::Unsupported, format!("method {m} not allowed here"))),
+            Route::Upload(name, id) if is(&[Method::DELETE]) => {
+                self.cancel_upload(&name, &id).await
+            }
+            Route::Referrers(name, d) if is(&[Method::GET, Method::HEAD]) => {
+                self.referrers(&name, &d, &parts.uri).await
+            }
+            _ => Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                format!("method {m} not allowed here"),
+            )),
         }
     }
 
@@ -138,13 +166,18 @@ impl<S: Storage, H: Host> Registry<S, H> {
                     .read(&layout::tag(name, t))
                     .await?
                     .ok_or_else(|| manifest_unknown(name, reference))?;
-                let text = std::str::from_utf8(&raw).map_err(|_| RegistryError::internal("corrupt tag link"))?;
+                let text = std::str::from_utf8(&raw)
+                    .map_err(|_| RegistryError::internal("corrupt tag link"))?;
                 Digest::parse(text.trim()).map_err(|_| RegistryError::internal("corrupt tag link"))
             }
         }
     }
 
-    async fn get_manifest(&self, name: &RepositoryName, reference: &Reference) -> Result<Response<S::Body>> {
+    async fn get_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
         let digest = self.resolve(name, reference).await?;
         let media_type = self
             .storage
@@ -158,7 +191,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
             .ok_or_else(|| manifest_unknown(name, reference))?;
         let mut resp = response(StatusCode::OK, Body::Full(bytes.clone()));
         let h = resp.headers_mut();
-        set(h, CONTENT_TYPE, String::from_utf8_lossy(&media_type).as_ref());
+        set(
+            h,
+            CONTENT_TYPE,
+            String::from_utf8_lossy(&media_type).as_ref(),
+        );
         set(h, CONTENT_LENGTH, &bytes.len().to_string());
         set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
         set(h, ETAG, &format!("\"{digest}\""));
@@ -172,14 +209,21 @@ impl<S: Storage, H: Host> Registry<S, H> {
         content_type: Option<&str>,
         body: ByteStream,
     ) -> Result<Response<S::Body>> {
-        let bytes = body::collect_limited(body, self.config.max_manifest_size).await.map_err(|e| match e {
-            CollectError::TooLarge => RegistryError::new(
-                ErrorCode::SizeInvalid,
-                format!("manifest larger than {} bytes", self.config.max_manifest_size),
-            )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE),
-            CollectError::Io(e) => RegistryError::new(ErrorCode::ManifestInvalid, format!("reading manifest: {e}")),
-        })?;
+        let bytes = body::collect_limited(body, self.config.max_manifest_size)
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge => RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    format!(
+                        "manifest larger than {} bytes",
+                        self.config.max_manifest_size
+                    ),
+                )
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE),
+                CollectError::Io(e) => {
+                    RegistryError::new(ErrorCode::ManifestInvalid, format!("reading manifest: {e}"))
+                }
+            })?;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::compute(d.algorithm(), &bytes);
@@ -200,7 +244,12 @@ impl<S: Storage, H: Host> Registry<S, H> {
             self.check_blob_reference(name, d).await?;
         }
         for d in &parsed.manifests {
-            if self.storage.head(&layout::manifest_revision(name, &d.digest)).await?.is_none() {
+            if self
+                .storage
+                .head(&layout::manifest_revision(name, &d.digest))
+                .await?
+                .is_none()
+            {
                 return Err(RegistryError::new(
                     ErrorCode::ManifestBlobUnknown,
                     format!("referenced manifest {} is not in {name}", d.digest),
@@ -211,7 +260,9 @@ impl<S: Storage, H: Host> Registry<S, H> {
         // Bytes first, then the revision link, then the tag: a crash at any
         // point leaves nothing pointing at data that is not there.
         let size = bytes.len() as u64;
-        self.storage.put(&layout::blob(&digest), bytes, PutMode::Overwrite).await?;
+        self.storage
+            .put(&layout::blob(&digest), bytes, PutMode::Overwrite)
+            .await?;
         self.storage
             .put(
                 &layout::manifest_revision(name, &digest),
@@ -221,14 +272,22 @@ impl<S: Storage, H: Host> Registry<S, H> {
             .await?;
         if let Reference::Tag(t) = reference {
             self.storage
-                .put(&layout::tag(name, t), Bytes::from(digest.to_string()), PutMode::Overwrite)
+                .put(
+                    &layout::tag(name, t),
+                    Bytes::from(digest.to_string()),
+                    PutMode::Overwrite,
+                )
                 .await?;
         }
         if let Some(subject) = &parsed.subject {
             let desc = parsed.referrer_descriptor(digest.clone(), size);
             let json = serde_json::to_vec(&desc).expect("descriptor serializes");
             self.storage
-                .put(&layout::referrer(name, &subject.digest, &digest), json.into(), PutMode::Overwrite)
+                .put(
+                    &layout::referrer(name, &subject.digest, &digest),
+                    json.into(),
+                    PutMode::Overwrite,
+                )
                 .await?;
         }
         self.ensure_cataloged(name).await?;
@@ -251,20 +310,36 @@ impl<S: Storage, H: Host> Registry<S, H> {
                 format!("blob {} is not in {name}", d.digest),
             )
         };
-        if self.storage.head(&layout::layer_link(name, &d.digest)).await?.is_none() {
+        if self
+            .storage
+            .head(&layout::layer_link(name, &d.digest))
+            .await?
+            .is_none()
+        {
             return Err(unknown());
         }
-        let meta = self.storage.head(&layout::blob(&d.digest)).await?.ok_or_else(unknown)?;
+        let meta = self
+            .storage
+            .head(&layout::blob(&d.digest))
+            .await?
+            .ok_or_else(unknown)?;
         if meta.size != d.size {
             return Err(RegistryError::new(
                 ErrorCode::ManifestInvalid,
-                format!("descriptor of {} says {} bytes, the blob has {}", d.digest, d.size, meta.size),
+                format!(
+                    "descriptor of {} says {} bytes, the blob has {}",
+                    d.digest, d.size, meta.size
+                ),
             ));
         }
         Ok(())
     }
 
-    async fn delete_manifest(&self, name: &RepositoryName, reference: &Reference) -> Result<Response<S::Body>> {
+    async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
         self.check_delete_enabled()?;
         match reference {
             Reference::Tag(t) => {
@@ -291,7 +366,9 @@ impl<S: Storage, H: Host> Registry<S, H> {
                 if let Some(bytes) = self.storage.read(&layout::blob(d)).await? {
                     if let Ok(m) = manifest::parse(&bytes, None) {
                         if let Some(subject) = m.subject {
-                            self.storage.delete(&layout::referrer(name, &subject.digest, d)).await?;
+                            self.storage
+                                .delete(&layout::referrer(name, &subject.digest, d))
+                                .await?;
                         }
                     }
                 }
@@ -303,29 +380,62 @@ impl<S: Storage, H: Host> Registry<S, H> {
 
     // ----- blobs -----------------------------------------------------------
 
-    async fn get_blob(&self, name: &RepositoryName, digest: &Digest, range: Option<&str>) -> Result<Response<S::Body>> {
-        let unknown = || RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in {name}"));
-        if self.storage.head(&layout::layer_link(name, digest)).await?.is_none() {
+    async fn get_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: Option<&str>,
+        head_only: bool,
+    ) -> Result<Response<S::Body>> {
+        let unknown = || {
+            RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in {name}"),
+            )
+        };
+        if self
+            .storage
+            .head(&layout::layer_link(name, digest))
+            .await?
+            .is_none()
+        {
             return Err(unknown());
         }
         let key = layout::blob(digest);
         let (status, body, len, content_range) = match range {
+            // HEAD reports the whole blob; no need to open it.
+            _ if head_only => {
+                let size = self.storage.head(&key).await?.ok_or_else(unknown)?.size;
+                (StatusCode::OK, Body::Empty, size, None)
+            }
             None => {
                 let (meta, body) = self.storage.get(&key, None).await?.ok_or_else(unknown)?;
-                (StatusCode::OK, body, meta.size, None)
+                (StatusCode::OK, Body::Stream(body), meta.size, None)
             }
             Some(value) => {
                 let size = self.storage.head(&key).await?.ok_or_else(unknown)?.size;
-                let r = api::parse_range(value, size).map_err(|()| {
-                    RegistryError::new(ErrorCode::RangeInvalid, format!("range {value:?} not satisfiable for {size} bytes"))
-                        .with_header(CONTENT_RANGE, format!("bytes */{size}"))
+                let r = api::parse_range(value, size).map_err(|_| {
+                    RegistryError::new(
+                        ErrorCode::RangeInvalid,
+                        format!("range {value:?} not satisfiable for {size} bytes"),
+                    )
+                    .with_header(CONTENT_RANGE, format!("bytes */{size}"))
                 })?;
-                let (_, body) = self.storage.get(&key, Some(r.clone())).await?.ok_or_else(unknown)?;
+                let (_, body) = self
+                    .storage
+                    .get(&key, Some(r.clone()))
+                    .await?
+                    .ok_or_else(unknown)?;
                 let cr = format!("bytes {}-{}/{size}", r.start, r.end - 1);
-                (StatusCode::PARTIAL_CONTENT, body, r.end - r.start, Some(cr))
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    Body::Stream(body),
+                    r.end - r.start,
+                    Some(cr),
+                )
             }
         };
-        let mut resp = response(status, Body::Stream(body));
+        let mut resp = response(status, body);
         let h = resp.headers_mut();
         set(h, CONTENT_TYPE, "application/octet-stream");
         set(h, CONTENT_LENGTH, &len.to_string());
@@ -338,11 +448,18 @@ impl<S: Storage, H: Host> Registry<S, H> {
         Ok(resp)
     }
 
-    async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<Response<S::Body>> {
+    async fn delete_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Response<S::Body>> {
         self.check_delete_enabled()?;
         let link = layout::layer_link(name, digest);
         if self.storage.head(&link).await?.is_none() {
-            return Err(RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in {name}")));
+            return Err(RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in {name}"),
+            ));
         }
         self.storage.delete(&link).await?;
         Ok(accepted())
@@ -350,7 +467,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
 
     async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
         self.storage
-            .put(&layout::layer_link(name, digest), Bytes::new(), PutMode::Overwrite)
+            .put(
+                &layout::layer_link(name, digest),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
             .await?;
         self.ensure_cataloged(name).await
     }
@@ -368,18 +489,30 @@ impl<S: Storage, H: Host> Registry<S, H> {
     async fn store_blob(&self, digest: &Digest, body: ByteStream) -> Result<()> {
         let key = layout::blob(digest);
         let verified = digest::verify(body, digest.clone(), None);
-        self.storage.put_stream(&key, verified).await.map_err(upload_error)?;
+        self.storage
+            .put_stream(&key, verified)
+            .await
+            .map_err(upload_error)?;
         Ok(())
     }
 
     // ----- uploads ---------------------------------------------------------
 
-    async fn start_upload(&self, name: &RepositoryName, uri: &http::Uri, body: ByteStream) -> Result<Response<S::Body>> {
+    async fn start_upload(
+        &self,
+        name: &RepositoryName,
+        uri: &http::Uri,
+        body: ByteStream,
+    ) -> Result<Response<S::Body>> {
         if let Some(mount) = api::query_param(uri, "mount") {
             let digest = Digest::parse(&mount?)?;
             if let Some(from) = api::query_param(uri, "from") {
                 let from = RepositoryName::parse(&from?)?;
-                let linked = self.storage.head(&layout::layer_link(&from, &digest)).await?.is_some();
+                let linked = self
+                    .storage
+                    .head(&layout::layer_link(&from, &digest))
+                    .await?
+                    .is_some();
                 if linked && self.storage.head(&layout::blob(&digest)).await?.is_some() {
                     self.link_blob(name, &digest).await?;
                     return Ok(self.blob_created(name, &digest));
@@ -397,11 +530,19 @@ impl<S: Storage, H: Host> Registry<S, H> {
         self.host.fill_random(&mut raw);
         let id = UploadId::from_random(raw);
         let state = UploadState::new(name, self.host.now_unix_ms());
-        self.storage.put(&layout::upload_state(&id), state.encode(), PutMode::Create).await?;
+        self.storage
+            .put(&layout::upload_state(&id), state.encode(), PutMode::Create)
+            .await?;
         Ok(self.upload_response(StatusCode::ACCEPTED, name, &id, &state))
     }
 
-    fn upload_response(&self, status: StatusCode, name: &RepositoryName, id: &UploadId, state: &UploadState) -> Response<S::Body> {
+    fn upload_response(
+        &self,
+        status: StatusCode,
+        name: &RepositoryName,
+        id: &UploadId,
+        state: &UploadState,
+    ) -> Response<S::Body> {
         let mut resp = response(status, Body::Empty);
         let h = resp.headers_mut();
         set(h, LOCATION, &format!("/v2/{name}/blobs/uploads/{id}"));
@@ -412,8 +553,13 @@ impl<S: Storage, H: Host> Registry<S, H> {
     }
 
     async fn load_upload(&self, name: &RepositoryName, id: &UploadId) -> Result<UploadState> {
-        let unknown = || RegistryError::new(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"));
-        let raw = self.storage.read(&layout::upload_state(id)).await?.ok_or_else(unknown)?;
+        let unknown =
+            || RegistryError::new(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"));
+        let raw = self
+            .storage
+            .read(&layout::upload_state(id))
+            .await?
+            .ok_or_else(unknown)?;
         let state = UploadState::decode(&raw).ok_or_else(unknown)?;
         if state.repository != name.as_str() {
             return Err(unknown());
@@ -421,14 +567,24 @@ impl<S: Storage, H: Host> Registry<S, H> {
         Ok(state)
     }
 
-    async fn upload_status(&self, name: &RepositoryName, id: &UploadId) -> Result<Response<S::Body>> {
+    async fn upload_status(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<Response<S::Body>> {
         let state = self.load_upload(name, id).await?;
         Ok(self.upload_response(StatusCode::NO_CONTENT, name, id, &state))
     }
 
     /// Check a chunk's Content-Range against the session: 416 if it does not
     /// start where the upload is. Returns the chunk length it announces.
-    fn check_chunk_range(&self, name: &RepositoryName, id: &UploadId, state: &UploadState, content_range: Option<&str>) -> Result<Option<u64>> {
+    fn check_chunk_range(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+        state: &UploadState,
+        content_range: Option<&str>,
+    ) -> Result<Option<u64>> {
         let Some(value) = content_range else {
             return Ok(None);
         };
@@ -436,18 +592,32 @@ impl<S: Storage, H: Host> Registry<S, H> {
             RegistryError::new(ErrorCode::RangeInvalid, msg)
                 .with_header(RANGE, state.range_header())
                 .with_header(LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
-                .with_header(HeaderName::from_static(api::UPLOAD_UUID_HEADER), id.as_str())
+                .with_header(
+                    HeaderName::from_static(api::UPLOAD_UUID_HEADER),
+                    id.as_str(),
+                )
         };
-        let (start, end) = api::parse_content_range(value).ok_or_else(|| range_error(format!("malformed Content-Range {value:?}")))?;
+        let (start, end) = api::parse_content_range(value)
+            .ok_or_else(|| range_error(format!("malformed Content-Range {value:?}")))?;
         if start != state.offset {
-            return Err(range_error(format!("chunk starts at {start}, upload is at {}", state.offset)));
+            return Err(range_error(format!(
+                "chunk starts at {start}, upload is at {}",
+                state.offset
+            )));
         }
         Ok(Some(end - start + 1))
     }
 
     /// Store `body` as the session's next chunk and advance its state.
-    async fn append_chunk(&self, id: &UploadId, state: &mut UploadState, body: ByteStream, expected_len: Option<u64>) -> Result<()> {
-        let hasher = Hasher::restore(&state.hasher).ok_or_else(|| RegistryError::internal("corrupt upload state"))?;
+    async fn append_chunk(
+        &self,
+        id: &UploadId,
+        state: &mut UploadState,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<()> {
+        let hasher = Hasher::restore(&state.hasher)
+            .ok_or_else(|| RegistryError::internal("corrupt upload state"))?;
         let slot = Arc::new(Mutex::new(None));
         let stream = Box::pin(Hashing {
             inner: body,
@@ -460,7 +630,10 @@ impl<S: Storage, H: Host> Registry<S, H> {
         self.host.fill_random(&mut nonce);
         let nonce = hex::encode(nonce);
         let key = layout::upload_chunk(id, state.offset, &nonce);
-        self.storage.put_stream(&key, stream).await.map_err(upload_error)?;
+        self.storage
+            .put_stream(&key, stream)
+            .await
+            .map_err(upload_error)?;
         let (hasher, len) = slot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -470,15 +643,30 @@ impl<S: Storage, H: Host> Registry<S, H> {
             self.storage.delete(&key).await?;
             return Ok(());
         }
-        state.chunks.push(Chunk { offset: state.offset, nonce });
+        state.chunks.push(Chunk {
+            offset: state.offset,
+            nonce,
+        });
         state.offset += len;
         state.hasher = hasher.save();
         state.updated_ms = self.host.now_unix_ms();
-        self.storage.put(&layout::upload_state(id), state.encode(), PutMode::Overwrite).await?;
+        self.storage
+            .put(
+                &layout::upload_state(id),
+                state.encode(),
+                PutMode::Overwrite,
+            )
+            .await?;
         Ok(())
     }
 
-    async fn patch_upload(&self, name: &RepositoryName, id: &UploadId, content_range: Option<&str>, body: ByteStream) -> Result<Response<S::Body>> {
+    async fn patch_upload(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+        content_range: Option<&str>,
+        body: ByteStream,
+    ) -> Result<Response<S::Body>> {
         let mut state = self.load_upload(name, id).await?;
         let expected = self.check_chunk_range(name, id, &state, content_range)?;
         self.append_chunk(id, &mut state, body, expected).await?;
@@ -495,11 +683,18 @@ impl<S: Storage, H: Host> Registry<S, H> {
     ) -> Result<Response<S::Body>> {
         let digest = match api::query_param(uri, "digest") {
             Some(d) => Digest::parse(&d?)?,
-            None => return Err(RegistryError::new(ErrorCode::DigestInvalid, "digest query parameter required")),
+            None => {
+                return Err(RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    "digest query parameter required",
+                ))
+            }
         };
         let mut state = self.load_upload(name, id).await?;
         let expected = self.check_chunk_range(name, id, &state, content_range)?;
-        let (first, body) = peek(body).await.map_err(|e| RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading body: {e}")))?;
+        let (first, body) = peek(body).await.map_err(|e| {
+            RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading body: {e}"))
+        })?;
 
         if state.chunks.is_empty() {
             // Monolithic: nothing staged, so the body goes straight to its
@@ -521,7 +716,12 @@ impl<S: Storage, H: Host> Registry<S, H> {
     }
 
     /// Move the staged chunks to the blob's place, if they hash to `digest`.
-    async fn commit_chunks(&self, id: &UploadId, state: &UploadState, digest: &Digest) -> Result<()> {
+    async fn commit_chunks(
+        &self,
+        id: &UploadId,
+        state: &UploadState,
+        digest: &Digest,
+    ) -> Result<()> {
         if digest.algorithm() == Algorithm::Sha256 {
             let actual = Hasher::restore(&state.hasher)
                 .ok_or_else(|| RegistryError::internal("corrupt upload state"))?
@@ -557,7 +757,9 @@ impl<S: Storage, H: Host> Registry<S, H> {
             async move {
                 match storage.get(&key, None).await {
                     Ok(Some((_, body))) => S::body_stream(body),
-                    Ok(None) => error_stream(io::Error::other(format!("upload chunk {key} missing"))),
+                    Ok(None) => {
+                        error_stream(io::Error::other(format!("upload chunk {key} missing")))
+                    }
                     Err(e) => error_stream(io::Error::other(e.to_string())),
                 }
             }
@@ -565,7 +767,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
         Box::pin(parts.flatten())
     }
 
-    async fn cancel_upload(&self, name: &RepositoryName, id: &UploadId) -> Result<Response<S::Body>> {
+    async fn cancel_upload(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<Response<S::Body>> {
         self.load_upload(name, id).await?;
         self.remove_upload(id).await?;
         let mut resp = response(StatusCode::NO_CONTENT, Body::Empty);
@@ -596,7 +802,8 @@ impl<S: Storage, H: Host> Registry<S, H> {
             .collect();
         for id in ids.into_iter().filter_map(UploadId::parse) {
             let stale = match self.storage.read(&layout::upload_state(&id)).await? {
-                Some(raw) => UploadState::decode(&raw).is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
+                Some(raw) => UploadState::decode(&raw)
+                    .is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
                 None => true, // chunks without state: a crash mid-cleanup
             };
             if stale {
@@ -610,19 +817,39 @@ impl<S: Storage, H: Host> Registry<S, H> {
     // ----- discovery -------------------------------------------------------
 
     async fn ensure_cataloged(&self, name: &RepositoryName) -> Result<()> {
-        if self.cataloged.lock().unwrap_or_else(|p| p.into_inner()).contains(name) {
+        if self
+            .cataloged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+        {
             return Ok(());
         }
         self.storage
-            .put(&layout::catalog_entry(name), Bytes::new(), PutMode::Overwrite)
+            .put(
+                &layout::catalog_entry(name),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
             .await?;
-        self.cataloged.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+        self.cataloged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
         Ok(())
     }
 
     async fn tags(&self, name: &RepositoryName, uri: &http::Uri) -> Result<Response<S::Body>> {
-        if self.storage.head(&layout::catalog_entry(name)).await?.is_none() {
-            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {name} not known")));
+        if self
+            .storage
+            .head(&layout::catalog_entry(name))
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {name} not known"),
+            ));
         }
         let prefix = layout::tags_prefix(name);
         let all: Vec<String> = self
@@ -633,11 +860,17 @@ impl<S: Storage, H: Host> Registry<S, H> {
             .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
             .filter(|t| Tag::parse(t).is_ok())
             .collect();
-        let (page, next) = self.paginate(all, uri)?;
+        let Page {
+            entries: page,
+            next,
+        } = self.paginate(all, uri)?;
         let body = serde_json::json!({ "name": name.as_str(), "tags": page });
         let mut resp = json_response(StatusCode::OK, body.to_string().into());
         if let Some((n, last)) = next {
-            let link = format!("</v2/{name}/tags/list?n={n}&last={}>; rel=\"next\"", api::percent_encode(&last));
+            let link = format!(
+                "</v2/{name}/tags/list?n={n}&last={}>; rel=\"next\"",
+                api::percent_encode(&last)
+            );
             set(resp.headers_mut(), LINK, &link);
         }
         Ok(resp)
@@ -653,52 +886,101 @@ impl<S: Storage, H: Host> Registry<S, H> {
             .map(|n| n.as_str().to_owned())
             .collect();
         all.sort();
-        let (page, next) = self.paginate(all, uri)?;
+        let Page {
+            entries: page,
+            next,
+        } = self.paginate(all, uri)?;
         let body = serde_json::json!({ "repositories": page });
         let mut resp = json_response(StatusCode::OK, body.to_string().into());
         if let Some((n, last)) = next {
-            set(resp.headers_mut(), LINK, &format!("</v2/_catalog?n={n}&last={}>; rel=\"next\"", api::percent_encode(&last)));
+            set(
+                resp.headers_mut(),
+                LINK,
+                &format!(
+                    "</v2/_catalog?n={n}&last={}>; rel=\"next\"",
+                    api::percent_encode(&last)
+                ),
+            );
         }
         Ok(resp)
     }
 
     /// Apply `n` and `last` to a sorted list. Returns the page and, when more
     /// entries follow, the `n` and `last` of the next page.
-    fn paginate(&self, sorted: Vec<String>, uri: &http::Uri) -> Result<(Vec<String>, Option<(usize, String)>)> {
-        let bad_n = || RegistryError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer");
+    fn paginate(&self, sorted: Vec<String>, uri: &http::Uri) -> Result<Page> {
+        let bad_n = || {
+            RegistryError::new(
+                ErrorCode::PaginationNumberInvalid,
+                "n must be a non-negative integer",
+            )
+        };
         let n = match api::query_param(uri, "n") {
             None => None,
             Some(v) => {
                 let v = v?;
-                Some(v.parse::<usize>().map_err(|_| bad_n())?.min(self.config.max_page_size))
+                Some(
+                    v.parse::<usize>()
+                        .map_err(|_| bad_n())?
+                        .min(self.config.max_page_size),
+                )
             }
         };
         let last = api::query_param(uri, "last").transpose()?;
         let rest: Vec<String> = match &last {
-            Some(l) => sorted.into_iter().filter(|t| t.as_str() > l.as_str()).collect(),
+            Some(l) => sorted
+                .into_iter()
+                .filter(|t| t.as_str() > l.as_str())
+                .collect(),
             None => sorted,
         };
         let n = n.unwrap_or(rest.len().min(self.config.max_page_size));
         if n == 0 {
-            return Ok((Vec::new(), None));
+            return Ok(Page {
+                entries: Vec::new(),
+                next: None,
+            });
         }
         let more = rest.len() > n;
         let page: Vec<String> = rest.into_iter().take(n).collect();
         let next = more.then(|| (n, page.last().cloned().unwrap_or_default()));
-        Ok((page, next))
+        Ok(Page {
+            entries: page,
+            next,
+        })
     }
 
-    async fn referrers(&self, name: &RepositoryName, subject: &Digest, uri: &http::Uri) -> Result<Response<S::Body>> {
+    async fn referrers(
+        &self,
+        name: &RepositoryName,
+        subject: &Digest,
+        uri: &http::Uri,
+    ) -> Result<Response<S::Body>> {
         let filter = api::query_param(uri, "artifactType").transpose()?;
         let mut manifests = Vec::new();
-        for key in self.storage.list(&layout::referrers_prefix(name, subject)).await? {
-            let Some(raw) = self.storage.read(&key).await? else { continue };
-            let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) else { continue };
+        for key in self
+            .storage
+            .list(&layout::referrers_prefix(name, subject))
+            .await?
+        {
+            let Some(raw) = self.storage.read(&key).await? else {
+                continue;
+            };
+            let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) else {
+                continue;
+            };
             // A referrer whose manifest was deleted without cleanup is not listed.
-            if self.storage.head(&layout::manifest_revision(name, &desc.digest)).await?.is_none() {
+            if self
+                .storage
+                .head(&layout::manifest_revision(name, &desc.digest))
+                .await?
+                .is_none()
+            {
                 continue;
             }
-            if filter.as_ref().is_none_or(|f| desc.artifact_type.as_deref() == Some(f.as_str())) {
+            if filter
+                .as_ref()
+                .is_none_or(|f| desc.artifact_type.as_deref() == Some(f.as_str()))
+            {
                 manifests.push(desc);
             }
         }
@@ -722,13 +1004,25 @@ impl<S: Storage, H: Host> Registry<S, H> {
         if self.config.delete_enabled {
             Ok(())
         } else {
-            Err(RegistryError::new(ErrorCode::Unsupported, "deletes are disabled on this registry"))
+            Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                "deletes are disabled on this registry",
+            ))
         }
     }
 }
 
+/// One page of a listing, and the `n` and `last` of the next if any.
+struct Page {
+    entries: Vec<String>,
+    next: Option<(usize, String)>,
+}
+
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
-    RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {reference} is not in {name}"))
+    RegistryError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in {name}"),
+    )
 }
 
 /// Map a failed blob write: bad client bytes are the client's error,
@@ -744,7 +1038,10 @@ fn upload_error(e: StorageError) -> RegistryError {
                     return RegistryError::new(ErrorCode::SizeInvalid, m.to_string());
                 }
             }
-            RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading upload body: {io}"))
+            RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("reading upload body: {io}"),
+            )
         }
         other => other.into(),
     }
@@ -803,7 +1100,10 @@ fn error_stream(e: io::Error) -> ByteStream {
 fn size_mismatch(expected: Option<u64>, actual: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        digest::SizeMismatch { expected: expected.unwrap_or(0), actual },
+        digest::SizeMismatch {
+            expected: expected.unwrap_or(0),
+            actual,
+        },
     )
 }
 
@@ -855,8 +1155,10 @@ pub fn error_response<B>(e: &RegistryError) -> Response<B> {
             r.headers_mut().insert(name.clone(), v);
         }
     }
-    r.headers_mut()
-        .insert(api::API_VERSION_HEADER, HeaderValue::from_static(api::API_VERSION));
+    r.headers_mut().insert(
+        api::API_VERSION_HEADER,
+        HeaderValue::from_static(api::API_VERSION),
+    );
     r
 }
 

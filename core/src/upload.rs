@@ -18,7 +18,9 @@ pub struct UploadId(String);
 
 impl UploadId {
     pub fn parse(s: &str) -> Option<UploadId> {
-        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| UploadId(s.to_owned()))
     }
 
@@ -71,10 +73,11 @@ impl UploadState {
     /// session is treated as unknown rather than trusted).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let s: UploadState = serde_json::from_slice(bytes).ok()?;
-        let nonces_ok = s
-            .chunks
-            .iter()
-            .all(|c| !c.nonce.is_empty() && c.nonce.len() <= 32 && c.nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+        let nonces_ok = s.chunks.iter().all(|c| {
+            !c.nonce.is_empty()
+                && c.nonce.len() <= 32
+                && c.nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        });
         let offsets_ok = s.chunks.windows(2).all(|w| w[0].offset < w[1].offset)
             && s.chunks.last().is_none_or(|c| c.offset < s.offset);
         (nonces_ok && offsets_ok && Hasher::restore(&s.hasher).is_some()).then_some(s)
@@ -99,7 +102,14 @@ mod tests {
     fn ids() {
         let id = UploadId::from_random([0xab; 16]);
         assert_eq!(UploadId::parse(id.as_str()), Some(id));
-        for bad in ["", "../../etc", &"A".repeat(32), &"a".repeat(31), &"a".repeat(33), "sha256:abc"] {
+        for bad in [
+            "",
+            "../../etc",
+            &"A".repeat(32),
+            &"a".repeat(31),
+            &"a".repeat(33),
+            "sha256:abc",
+        ] {
             assert!(UploadId::parse(bad).is_none(), "{bad}");
         }
     }
@@ -109,7 +119,10 @@ mod tests {
         let name = RepositoryName::parse("a/b").unwrap();
         let mut s = UploadState::new(&name, 5);
         s.offset = 10;
-        s.chunks.push(Chunk { offset: 0, nonce: "00ff".into() });
+        s.chunks.push(Chunk {
+            offset: 0,
+            nonce: "00ff".into(),
+        });
         let back = UploadState::decode(&s.encode()).unwrap();
         assert_eq!(back.offset, 10);
         assert_eq!(back.chunks, s.chunks);

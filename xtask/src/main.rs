@@ -1,1 +1,99 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `cargo xtask test` — install test peers if missing, check formatting and
+//!   lints, prove kura-core builds for wasm32, run every test.
+//! - `cargo xtask wasm` — build kura-core for `wasm32-unknown-unknown`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&rest),
+        Some("wasm") => wasm(),
+        _ => {
+            eprintln!("usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn test(args: &[&str]) -> anyhow::Result<()> {
+    let (flags, test_args) = match args.iter().position(|a| *a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    if !flags.contains(&"--no-setup") {
+        run(Command::new("bash").arg("scripts/test-env.sh"))?;
+    }
+    run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    wasm()?;
+    run(Command::new(cargo())
+        .args(["test", "--workspace"])
+        .args(test_args))
+}
+
+/// kura-core must stay buildable for the edge. This machine kind has no
+/// `rustup target add`; `scripts/test-env.sh` links a `wasm` toolchain.
+fn wasm() -> anyhow::Result<()> {
+    let has_wasm_toolchain = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("wasm"))
+        })
+        .unwrap_or(false);
+    let mut cmd = Command::new("cargo");
+    if has_wasm_toolchain {
+        cmd.arg("+wasm");
+    }
+    // rustup's proxy picks the toolchain from `+wasm`; clear cargo's own
+    // RUSTC so the nested cargo does not inherit the stable compiler.
+    cmd.env_remove("RUSTC")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    run(cmd.args([
+        "build",
+        "-p",
+        "kura-core",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]))
+}

@@ -36,7 +36,11 @@ async fn fetch<S: Storage>(s: &S, key: &str) -> Option<Bytes> {
 }
 
 async fn fetch_range<S: Storage>(s: &S, key: &str, r: std::ops::Range<u64>) -> Bytes {
-    let (_, body) = s.get(key, Some(r)).await.expect("get range").expect("exists");
+    let (_, body) = s
+        .get(key, Some(r))
+        .await
+        .expect("get range")
+        .expect("exists");
     collect(S::body_stream(body)).await.expect("read body")
 }
 
@@ -72,39 +76,69 @@ fn chunked(data: &Bytes, chunk: usize) -> ByteStream {
 
 async fn missing_objects<S: Storage>(s: &S) {
     let k = "conformance/missing/object";
-    assert!(s.head(k).await.expect("head").is_none(), "head of missing key");
-    assert!(s.get(k, None).await.expect("get").is_none(), "get of missing key");
-    assert!(s.read(k).await.expect("read").is_none(), "read of missing key");
-    assert!(s.list("conformance/missing/").await.expect("list").is_empty());
+    assert!(
+        s.head(k).await.expect("head").is_none(),
+        "head of missing key"
+    );
+    assert!(
+        s.get(k, None).await.expect("get").is_none(),
+        "get of missing key"
+    );
+    assert!(
+        s.read(k).await.expect("read").is_none(),
+        "read of missing key"
+    );
+    assert!(s
+        .list("conformance/missing/")
+        .await
+        .expect("list")
+        .is_empty());
 }
 
 async fn put_and_read<S: Storage>(s: &S) {
     let k = "conformance/put/a.b-c_d/object";
     let data = pattern(1000, 1);
-    s.put(k, data.clone(), PutMode::Overwrite).await.expect("put");
+    s.put(k, data.clone(), PutMode::Overwrite)
+        .await
+        .expect("put");
     assert_eq!(s.head(k).await.unwrap().expect("exists").size, 1000);
     assert_eq!(s.read(k).await.unwrap().expect("exists"), data);
     assert_eq!(fetch(s, k).await.expect("exists"), data);
 
     let empty = "conformance/put/empty";
-    s.put(empty, Bytes::new(), PutMode::Overwrite).await.expect("put empty");
+    s.put(empty, Bytes::new(), PutMode::Overwrite)
+        .await
+        .expect("put empty");
     assert_eq!(s.head(empty).await.unwrap().expect("empty exists").size, 0);
     assert_eq!(s.read(empty).await.unwrap().expect("empty exists").len(), 0);
 
     let long = format!("conformance/put/{}", "x".repeat(200));
-    s.put(&long, data.clone(), PutMode::Overwrite).await.expect("long key");
+    s.put(&long, data.clone(), PutMode::Overwrite)
+        .await
+        .expect("long key");
     assert_eq!(s.read(&long).await.unwrap().expect("long key exists"), data);
 }
 
 async fn put_modes<S: Storage>(s: &S) {
     let k = "conformance/modes/object";
-    s.put(k, Bytes::from_static(b"first"), PutMode::Create).await.expect("create new");
-    match s.put(k, Bytes::from_static(b"second"), PutMode::Create).await {
+    s.put(k, Bytes::from_static(b"first"), PutMode::Create)
+        .await
+        .expect("create new");
+    match s
+        .put(k, Bytes::from_static(b"second"), PutMode::Create)
+        .await
+    {
         Err(StorageError::AlreadyExists) => {}
         other => panic!("create over existing object: {other:?}"),
     }
-    assert_eq!(s.read(k).await.unwrap().unwrap(), "first", "failed create must not write");
-    s.put(k, Bytes::from_static(b"third"), PutMode::Overwrite).await.expect("overwrite");
+    assert_eq!(
+        s.read(k).await.unwrap().unwrap(),
+        "first",
+        "failed create must not write"
+    );
+    s.put(k, Bytes::from_static(b"third"), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
     assert_eq!(s.read(k).await.unwrap().unwrap(), "third");
 }
 
@@ -112,18 +146,34 @@ async fn ranges<S: Storage>(s: &S) {
     let k = "conformance/ranges/object";
     let data = pattern(100_000, 2);
     s.put(k, data.clone(), PutMode::Overwrite).await.unwrap();
-    for r in [0..1, 0..100_000, 99_999..100_000, 1234..56_789, 50_000..50_001] {
+    for r in [
+        0..1,
+        0..100_000,
+        99_999..100_000,
+        1234..56_789,
+        50_000..50_001,
+    ] {
         let got = fetch_range(s, k, r.clone()).await;
-        assert_eq!(got, data.slice(r.start as usize..r.end as usize), "range {r:?}");
+        assert_eq!(
+            got,
+            data.slice(r.start as usize..r.end as usize),
+            "range {r:?}"
+        );
     }
     let (meta, _) = s.get(k, Some(10..20)).await.unwrap().unwrap();
-    assert_eq!(meta.size, 100_000, "ranged get reports the object's full size");
+    assert_eq!(
+        meta.size, 100_000,
+        "ranged get reports the object's full size"
+    );
 }
 
 async fn streamed_puts<S: Storage>(s: &S) {
     let k = "conformance/stream/large";
     let data = pattern(LARGE, 3);
-    let n = s.put_stream(k, chunked(&data, 64 * 1024 + 7)).await.expect("put_stream");
+    let n = s
+        .put_stream(k, chunked(&data, 64 * 1024 + 7))
+        .await
+        .expect("put_stream");
     assert_eq!(n, LARGE as u64);
     assert_eq!(s.head(k).await.unwrap().unwrap().size, LARGE as u64);
     let back = fetch(s, k).await.unwrap();
@@ -139,8 +189,20 @@ async fn streamed_puts<S: Storage>(s: &S) {
     assert_eq!(s.read(k2).await.unwrap().unwrap(), small);
 
     let k3 = "conformance/stream/empty";
-    assert_eq!(s.put_stream(k3, crate::body::empty()).await.expect("empty stream"), 0);
-    assert_eq!(s.head(k3).await.unwrap().expect("empty streamed object").size, 0);
+    assert_eq!(
+        s.put_stream(k3, crate::body::empty())
+            .await
+            .expect("empty stream"),
+        0
+    );
+    assert_eq!(
+        s.head(k3)
+            .await
+            .unwrap()
+            .expect("empty streamed object")
+            .size,
+        0
+    );
 
     // A stream replaces an existing object.
     s.put_stream(k3, chunked(&small, 4096)).await.unwrap();
@@ -151,28 +213,41 @@ async fn failed_stream_leaves_nothing<S: Storage>(s: &S) {
     // Input that dies half way (a client disconnect).
     let k = "conformance/failed/new";
     let data = pattern(LARGE, 5);
-    let broken: ByteStream = Box::pin(
-        chunked(&data, 1 << 20)
-            .take(7)
-            .chain(futures::stream::once(async { Err(io::Error::other("client went away")) })),
-    );
+    let broken: ByteStream = Box::pin(chunked(&data, 1 << 20).take(7).chain(
+        futures::stream::once(async { Err(io::Error::other("client went away")) }),
+    ));
     match s.put_stream(k, broken).await {
         Err(StorageError::Input(e)) => assert_eq!(e.to_string(), "client went away"),
         other => panic!("put_stream of a failing stream: {other:?}"),
     }
-    assert!(s.head(k).await.unwrap().is_none(), "partial object visible after failed stream");
-    assert!(s.list("conformance/failed/").await.unwrap().is_empty(), "partial object listed");
+    assert!(
+        s.head(k).await.unwrap().is_none(),
+        "partial object visible after failed stream"
+    );
+    assert!(
+        s.list("conformance/failed/").await.unwrap().is_empty(),
+        "partial object listed"
+    );
 
     // Bytes that do not match their digest, over an existing object: the
     // old object must survive untouched.
     let k2 = "conformance/failed/existing";
-    s.put(k2, Bytes::from_static(b"old"), PutMode::Overwrite).await.unwrap();
+    s.put(k2, Bytes::from_static(b"old"), PutMode::Overwrite)
+        .await
+        .unwrap();
     let wrong = Digest::sha256(b"something else");
-    match s.put_stream(k2, digest::verify(chunked(&data, 1 << 20), wrong, None)).await {
+    match s
+        .put_stream(k2, digest::verify(chunked(&data, 1 << 20), wrong, None))
+        .await
+    {
         Err(StorageError::Input(e)) => assert!(digest::is_verification_error(&e), "{e}"),
         other => panic!("put_stream of unverified bytes: {other:?}"),
     }
-    assert_eq!(s.read(k2).await.unwrap().unwrap(), "old", "failed put replaced object");
+    assert_eq!(
+        s.read(k2).await.unwrap().unwrap(),
+        "old",
+        "failed put replaced object"
+    );
 }
 
 async fn rename<S: Storage>(s: &S) {
@@ -180,10 +255,15 @@ async fn rename<S: Storage>(s: &S) {
     let data = pattern(3000, 6);
     s.put(a, data.clone(), PutMode::Overwrite).await.unwrap();
     s.rename(a, b).await.expect("rename to new key");
-    assert!(s.head(a).await.unwrap().is_none(), "source remains after rename");
+    assert!(
+        s.head(a).await.unwrap().is_none(),
+        "source remains after rename"
+    );
     assert_eq!(s.read(b).await.unwrap().unwrap(), data);
 
-    s.put(a, Bytes::from_static(b"newer"), PutMode::Overwrite).await.unwrap();
+    s.put(a, Bytes::from_static(b"newer"), PutMode::Overwrite)
+        .await
+        .unwrap();
     s.rename(a, b).await.expect("rename over existing key");
     assert_eq!(s.read(b).await.unwrap().unwrap(), "newer");
 
@@ -196,7 +276,9 @@ async fn rename<S: Storage>(s: &S) {
 
 async fn delete<S: Storage>(s: &S) {
     let k = "conformance/delete/object";
-    s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite).await.unwrap();
+    s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite)
+        .await
+        .unwrap();
     s.delete(k).await.expect("delete");
     assert!(s.head(k).await.unwrap().is_none());
     s.delete(k).await.expect("delete of a missing key succeeds");
@@ -211,7 +293,9 @@ async fn list<S: Storage>(s: &S) {
         "conformance/lister/x",
     ];
     for k in keys {
-        s.put(k, Bytes::from_static(b"1"), PutMode::Overwrite).await.unwrap();
+        s.put(k, Bytes::from_static(b"1"), PutMode::Overwrite)
+            .await
+            .unwrap();
     }
     assert_eq!(
         s.list("conformance/list/").await.unwrap(),

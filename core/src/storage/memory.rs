@@ -40,7 +40,9 @@ impl Storage for MemoryStorage {
     type Body = ByteStream;
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        Ok(self.lock().get(key).map(|b| ObjectMeta { size: b.len() as u64 }))
+        Ok(self.lock().get(key).map(|b| ObjectMeta {
+            size: b.len() as u64,
+        }))
     }
 
     async fn get(
@@ -51,7 +53,9 @@ impl Storage for MemoryStorage {
         let Some(data) = self.lock().get(key).cloned() else {
             return Ok(None);
         };
-        let meta = ObjectMeta { size: data.len() as u64 };
+        let meta = ObjectMeta {
+            size: data.len() as u64,
+        };
         let slice = match range {
             Some(r) => {
                 let end = r.end.min(meta.size) as usize;

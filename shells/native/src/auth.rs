@@ -18,7 +18,8 @@ pub struct Htpasswd {
 
 impl Htpasswd {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text)
     }
 
@@ -33,7 +34,10 @@ impl Htpasswd {
                 bail!("line {}: expected user:hash", n + 1);
             };
             if !(hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
-                bail!("line {}: user {user:?} has a non-bcrypt hash (create it with htpasswd -B)", n + 1);
+                bail!(
+                    "line {}: user {user:?} has a non-bcrypt hash (create it with htpasswd -B)",
+                    n + 1
+                );
             }
             users.insert(user.to_owned(), hash.to_owned());
         }
@@ -85,10 +89,16 @@ impl Authenticator {
     }
 
     fn valid_credentials(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return false;
         };
-        let Some(encoded) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) else {
+        let Some(encoded) = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+        else {
             return false;
         };
         let key: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
@@ -133,7 +143,10 @@ mod tests {
     fn header(user: &str, pass: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-        h.insert(http::header::AUTHORIZATION, format!("Basic {v}").parse().unwrap());
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Basic {v}").parse().unwrap(),
+        );
         h
     }
 
@@ -146,14 +159,30 @@ mod tests {
         assert_eq!(a.decide(&none, Access::Pull, false), Decision::Allow);
         assert_eq!(a.decide(&none, Access::Pull, true), Decision::Challenge);
         assert_eq!(a.decide(&none, Access::Push, false), Decision::Challenge);
-        assert_eq!(a.decide(&header("alice", "secret"), Access::Push, false), Decision::Allow);
-        assert_eq!(a.decide(&header("alice", "secret"), Access::Delete, false), Decision::Allow, "cached");
-        assert_eq!(a.decide(&header("alice", "wrong"), Access::Push, false), Decision::Challenge);
-        assert_eq!(a.decide(&header("bob", "secret"), Access::Push, false), Decision::Challenge);
+        assert_eq!(
+            a.decide(&header("alice", "secret"), Access::Push, false),
+            Decision::Allow
+        );
+        assert_eq!(
+            a.decide(&header("alice", "secret"), Access::Delete, false),
+            Decision::Allow,
+            "cached"
+        );
+        assert_eq!(
+            a.decide(&header("alice", "wrong"), Access::Push, false),
+            Decision::Challenge
+        );
+        assert_eq!(
+            a.decide(&header("bob", "secret"), Access::Push, false),
+            Decision::Challenge
+        );
 
         let pw = Htpasswd::parse(&format!("alice:{hash}\n")).unwrap();
         let strict = Authenticator::new(pw, false, "kura".into());
-        assert_eq!(strict.decide(&none, Access::Pull, false), Decision::Challenge);
+        assert_eq!(
+            strict.decide(&none, Access::Pull, false),
+            Decision::Challenge
+        );
     }
 
     #[test]

@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "listen: 127.0.0.1:6000\ndata_dir: /srv/kura\nregistry:\n  delete_enabled: false\n");
+        let f = write(
+            dir.path(),
+            "listen: 127.0.0.1:6000\ndata_dir: /srv/kura\nregistry:\n  delete_enabled: false\n",
+        );
         let c = Config::load(Some(&f), &Overrides::default()).unwrap();
         assert_eq!(c.listen.port(), 6000);
         assert_eq!(c.data_dir, PathBuf::from("/srv/kura"));
@@ -255,16 +258,26 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        for text in ["listne: 1.2.3.4:5\n", "storage:\n  s4: {}\n", "registry:\n  delete: true\n"] {
+        for text in [
+            "listne: 1.2.3.4:5\n",
+            "storage:\n  s4: {}\n",
+            "registry:\n  delete: true\n",
+        ] {
             let f = write(dir.path(), text);
-            let err = Config::load(Some(&f), &Overrides::default()).unwrap_err().to_string();
+            let err = Config::load(Some(&f), &Overrides::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("unknown field"), "{text:?}: {err}");
         }
     }
 
     #[test]
     fn missing_file_and_bad_tls() {
-        assert!(Config::load(Some(Path::new("/nonexistent/kura.yaml")), &Overrides::default()).is_err());
+        assert!(Config::load(
+            Some(Path::new("/nonexistent/kura.yaml")),
+            &Overrides::default()
+        )
+        .is_err());
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "tls:\n  cert: /a\n");
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
@@ -282,6 +295,9 @@ mod tests {
         assert!(s3.path_style);
         assert_eq!(s3.region, "us-east-1");
         let y = c.to_yaml();
-        assert!(y.contains("********") && !y.contains("secret_access_key: s\n"), "{y}");
+        assert!(
+            y.contains("********") && !y.contains("secret_access_key: s\n"),
+            "{y}"
+        );
     }
 }

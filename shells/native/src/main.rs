@@ -17,7 +17,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, LogFormat, Overrides, TlsConfig};
 
 #[derive(Parser)]
-#[command(name = "kura", version, about = "An OCI / Docker registry and pull-through cache")]
+#[command(
+    name = "kura",
+    version,
+    about = "An OCI / Docker registry and pull-through cache"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,8 +103,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -110,7 +117,10 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let app = server::build_app(&config)?;
-    server::spawn_upload_janitor(app.clone(), Duration::from_secs(config.registry.upload_max_idle_secs));
+    server::spawn_upload_janitor(
+        app.clone(),
+        Duration::from_secs(config.registry.upload_max_idle_secs),
+    );
     let router = server::router(app);
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -123,7 +133,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match &config.tls {
         None => {
             tracing::info!(%addr, %storage, "kura listening (http)");
-            axum::serve(tcp, router).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(tcp, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
         Some(tls) => {
             let server_config = if tls.self_signed {
@@ -132,12 +144,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 tracing::info!(cert = %out.display(), "generated a self-signed certificate");
                 c
             } else {
-                let (cert, key) = (tls.cert.as_ref().expect("validated"), tls.key.as_ref().expect("validated"));
+                let (cert, key) = (
+                    tls.cert.as_ref().expect("validated"),
+                    tls.key.as_ref().expect("validated"),
+                );
                 tls::server_config_from_files(cert, key)?
             };
             tracing::info!(%addr, %storage, "kura listening (https)");
             let listener = tls::TlsListener::new(tcp, server_config)?;
-            axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
     }
     tracing::info!("shut down cleanly");

@@ -64,7 +64,11 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     );
     let auth = match &config.auth {
         None => None,
-        Some(a) => Some(Authenticator::new(Htpasswd::load(&a.htpasswd)?, a.anonymous_pull, a.realm.clone())),
+        Some(a) => Some(Authenticator::new(
+            Htpasswd::load(&a.htpasswd)?,
+            a.anonymous_pull,
+            a.realm.clone(),
+        )),
     };
     Ok(Arc::new(App { registry, auth }))
 }
@@ -108,7 +112,10 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
     }
     let (parts, body) = req.into_parts();
     let stream: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
-    let resp = app.registry.handle(Request::from_parts(parts, stream)).await;
+    let resp = app
+        .registry
+        .handle(Request::from_parts(parts, stream))
+        .await;
     if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!("internal error answered with 500");
     }
@@ -126,10 +133,16 @@ fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {
 /// Remove abandoned upload sessions now and then.
 pub fn spawn_upload_janitor(app: Arc<App>, max_idle: Duration) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600).min(max_idle.max(Duration::from_secs(60))));
+        let mut tick = tokio::time::interval(
+            Duration::from_secs(3600).min(max_idle.max(Duration::from_secs(60))),
+        );
         loop {
             tick.tick().await;
-            match app.registry.purge_stale_uploads(max_idle.as_millis() as u64).await {
+            match app
+                .registry
+                .purge_stale_uploads(max_idle.as_millis() as u64)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
                 Err(e) => tracing::warn!(error = %e, "upload cleanup failed"),

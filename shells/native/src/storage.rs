@@ -10,7 +10,9 @@ use futures::{StreamExt, TryStreamExt};
 use kura_core::storage::{ObjectMeta, PutMode, Storage, StorageError};
 use kura_core::ByteStream;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart,
+};
 
 /// Objects smaller than this are written with one PUT; larger ones stream
 /// through a multipart upload in parts of this size (S3's minimum part is
@@ -32,7 +34,8 @@ impl ObjectStorage {
     /// Local disk under `root` (created if missing).
     pub fn local(root: &std::path::Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?
+            .with_automatic_cleanup(true);
         Ok(Self::new(Arc::new(fs)))
     }
 }
@@ -44,7 +47,9 @@ fn path(key: &str) -> Result<Path, StorageError> {
 fn map_err(e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound,
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => StorageError::AlreadyExists,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            StorageError::AlreadyExists
+        }
         other => StorageError::backend(other),
     }
 }
@@ -61,7 +66,11 @@ impl Storage for ObjectStorage {
         }
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
@@ -90,7 +99,10 @@ impl Storage for ObjectStorage {
             PutMode::Overwrite => object_store::PutMode::Overwrite,
             PutMode::Create => object_store::PutMode::Create,
         };
-        let opts = PutOptions { mode, ..Default::default() };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
         self.store
             .put_opts(&path(key)?, PutPayload::from(data), opts)
             .await
@@ -108,7 +120,10 @@ impl Storage for ObjectStorage {
                 Some(Err(e)) => return Err(StorageError::Input(e)),
                 None => {
                     let n = head.len() as u64;
-                    self.store.put(&location, head.freeze().into()).await.map_err(map_err)?;
+                    self.store
+                        .put(&location, head.freeze().into())
+                        .await
+                        .map_err(map_err)?;
                     return Ok(n);
                 }
             }
@@ -144,7 +159,10 @@ impl Storage for ObjectStorage {
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        self.store.rename(&path(from)?, &path(to)?).await.map_err(map_err)
+        self.store
+            .rename(&path(from)?, &path(to)?)
+            .await
+            .map_err(map_err)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

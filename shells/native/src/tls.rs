@@ -24,24 +24,34 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<rustl
     if certs.is_empty() {
         anyhow::bail!("no certificate in {}", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading private key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading private key {}", key.display()))?;
     server_config(certs, key)
 }
 
 /// A certificate for localhost and the loopback addresses, written as PEM
 /// to `cert_out` so clients can be told to trust it.
 pub fn self_signed(cert_out: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let ck = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
     if let Some(dir) = cert_out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(cert_out, ck.cert.pem()).with_context(|| format!("writing {}", cert_out.display()))?;
+    std::fs::write(cert_out, ck.cert.pem())
+        .with_context(|| format!("writing {}", cert_out.display()))?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     server_config(vec![ck.cert.der().clone()], key)
 }
 
-fn server_config(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<rustls::ServerConfig> {
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -42,6 +42,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the route addresses, if any.
+    pub fn name(&self) -> Option<&RepositoryName> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Uploads(n)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+
     /// Parse a request path. `Ok(None)` for paths outside the API (404);
     /// `Err` for API paths with an invalid name, tag or digest.
     pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {

@@ -15,13 +15,22 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'sta
 #[cfg(target_arch = "wasm32")]
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + 'static>>;
 
+/// A boxed future: `Send` natively, not on wasm32 (see [`crate::MaybeSend`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+#[cfg(target_arch = "wasm32")]
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
 /// A response body. `Stream` carries the storage backend's own body type so a
 /// host can hand it to its HTTP layer untouched (an R2 object body in a
 /// Worker, a file stream natively).
 pub enum Body<B> {
     Empty,
     Full(Bytes),
+    /// The storage backend's own body.
     Stream(B),
+    /// Bytes produced by the core (a cache fill followed as it arrives).
+    Relay(ByteStream),
 }
 
 impl<B> Body<B> {
@@ -30,6 +39,7 @@ impl<B> Body<B> {
             Body::Empty => Body::Empty,
             Body::Full(b) => Body::Full(b),
             Body::Stream(s) => Body::Stream(f(s)),
+            Body::Relay(s) => Body::Relay(s),
         }
     }
 }
@@ -40,6 +50,7 @@ impl<B> std::fmt::Debug for Body<B> {
             Body::Empty => f.write_str("Body::Empty"),
             Body::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
             Body::Stream(_) => f.write_str("Body::Stream(..)"),
+            Body::Relay(_) => f.write_str("Body::Relay(..)"),
         }
     }
 }

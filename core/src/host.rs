@@ -4,6 +4,7 @@
 //! `std`, so the host supplies both (the native shell from the OS, a Worker
 //! from `Date.now()` and `crypto.getRandomValues`).
 
+use crate::body::BoxFuture;
 use crate::{MaybeSend, MaybeSync};
 
 pub trait Host: MaybeSend + MaybeSync + 'static {
@@ -12,4 +13,9 @@ pub trait Host: MaybeSend + MaybeSync + 'static {
     /// Fill `out` with cryptographically secure random bytes. Upload session
     /// ids come from here, and they must not be guessable.
     fn fill_random(&self, out: &mut [u8]);
+    /// Run `task` to completion independently of the request that started
+    /// it (a cache fill must finish even if its first client goes away).
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+    /// A future that completes after `ms` milliseconds (retry backoff).
+    fn sleep(&self, ms: u64) -> BoxFuture<'static, ()>;
 }

@@ -6,6 +6,7 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>     "this repository has this manifest" (its media type)
 //! repositories/<name>/_manifests/tags/<tag>                the digest the tag points at
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
+//! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
 //! catalog/<name with '/' as '+'>                            one marker per repository, for _catalog
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
@@ -56,6 +57,11 @@ pub fn tags_prefix(name: &RepositoryName) -> String {
 
 pub fn tag(name: &RepositoryName, tag: &Tag) -> String {
     format!("{}{tag}", tags_prefix(name))
+}
+
+/// When a mirrored tag was last checked upstream (JSON).
+pub fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
+    format!("repositories/{name}/_cache/tags/{tag}")
 }
 
 pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {

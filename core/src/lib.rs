@@ -10,8 +10,10 @@
 
 pub mod api;
 pub mod body;
+pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod fetch;
 pub mod host;
 pub mod layout;
 pub mod manifest;
@@ -19,8 +21,9 @@ pub mod reference;
 pub mod registry;
 pub mod storage;
 pub mod upload;
+pub mod upstream;
 
-pub use body::{Body, ByteStream};
+pub use body::{Body, BoxFuture, ByteStream};
 pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, RegistryError};
 pub use host::Host;

@@ -17,17 +17,20 @@ use http::{Method, Request, StatusCode};
 
 use crate::api::{self, Route};
 use crate::body::{self, Body, ByteStream, CollectError};
+use crate::cache::Mirrors;
 use crate::digest::{self, Algorithm, Digest, Hasher};
 use crate::error::{ErrorCode, RegistryError};
+use crate::fetch::{Fetch, NoFetch};
 use crate::host::Host;
 use crate::layout;
 use crate::manifest::{self, media_type, Descriptor};
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::storage::{PutMode, Storage, StorageError};
 use crate::upload::{Chunk, UploadId, UploadState};
+use crate::upstream::{UpstreamConfig, UpstreamError};
 
 pub type Response<B> = http::Response<Body<B>>;
-type Result<T, E = RegistryError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -50,21 +53,47 @@ impl Default for RegistryConfig {
     }
 }
 
-pub struct Registry<S, H> {
-    storage: Arc<S>,
-    host: H,
-    config: RegistryConfig,
+pub struct Registry<S, H, F = NoFetch> {
+    pub(crate) storage: Arc<S>,
+    pub(crate) host: Arc<H>,
+    pub(crate) config: RegistryConfig,
     /// Repositories known to have a catalog marker, to skip rewriting it.
     cataloged: Mutex<HashSet<RepositoryName>>,
+    pub(crate) mirrors: Mirrors<F, H>,
 }
 
-impl<S: Storage, H: Host> Registry<S, H> {
+impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
+    /// A registry of hosted repositories only.
     pub fn new(storage: S, host: H, config: RegistryConfig) -> Self {
+        Self::build(storage, Arc::new(host), config, Mirrors::none())
+    }
+}
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    /// A registry that mirrors `upstreams` (pull-through cache) and hosts
+    /// every other namespace. With `default_upstream`, names without a
+    /// registry prefix or `?ns=` go to that upstream (Docker's
+    /// `registry-mirrors` sends bare names).
+    pub fn with_upstreams(
+        storage: S,
+        host: H,
+        config: RegistryConfig,
+        fetch: F,
+        upstreams: Vec<UpstreamConfig>,
+        default_upstream: Option<String>,
+    ) -> Result<Self, UpstreamError> {
+        let host = Arc::new(host);
+        let mirrors = Mirrors::new(Arc::new(fetch), host.clone(), upstreams, default_upstream)?;
+        Ok(Self::build(storage, host, config, mirrors))
+    }
+
+    fn build(storage: S, host: Arc<H>, config: RegistryConfig, mirrors: Mirrors<F, H>) -> Self {
         Registry {
             storage: Arc::new(storage),
             host,
             config,
             cataloged: Mutex::new(HashSet::new()),
+            mirrors,
         }
     }
 
@@ -105,6 +134,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
                 .with_status(StatusCode::NOT_FOUND)
         })?;
         let (parts, body) = req.into_parts();
+        if let Some(name) = route.name() {
+            if let Some(target) = self.mirrors.target(name, &parts.uri)? {
+                return self.dispatch_mirror(route, target, &parts).await;
+            }
+        }
         let m = &parts.method;
         let is = |allowed: &[Method]| allowed.contains(m);
         match route {
@@ -157,7 +191,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
 
     // ----- manifests -------------------------------------------------------
 
-    async fn resolve(&self, name: &RepositoryName, reference: &Reference) -> Result<Digest> {
+    pub(crate) async fn resolve(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Digest> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
             Reference::Tag(t) => {
@@ -173,7 +211,7 @@ impl<S: Storage, H: Host> Registry<S, H> {
         }
     }
 
-    async fn get_manifest(
+    pub(crate) async fn get_manifest(
         &self,
         name: &RepositoryName,
         reference: &Reference,
@@ -380,7 +418,7 @@ impl<S: Storage, H: Host> Registry<S, H> {
 
     // ----- blobs -----------------------------------------------------------
 
-    async fn get_blob(
+    pub(crate) async fn get_blob(
         &self,
         name: &RepositoryName,
         digest: &Digest,
@@ -465,7 +503,7 @@ impl<S: Storage, H: Host> Registry<S, H> {
         Ok(accepted())
     }
 
-    async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+    pub(crate) async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
         self.storage
             .put(
                 &layout::layer_link(name, digest),
@@ -816,7 +854,7 @@ impl<S: Storage, H: Host> Registry<S, H> {
 
     // ----- discovery -------------------------------------------------------
 
-    async fn ensure_cataloged(&self, name: &RepositoryName) -> Result<()> {
+    pub(crate) async fn ensure_cataloged(&self, name: &RepositoryName) -> Result<()> {
         if self
             .cataloged
             .lock()
@@ -839,7 +877,11 @@ impl<S: Storage, H: Host> Registry<S, H> {
         Ok(())
     }
 
-    async fn tags(&self, name: &RepositoryName, uri: &http::Uri) -> Result<Response<S::Body>> {
+    pub(crate) async fn tags(
+        &self,
+        name: &RepositoryName,
+        uri: &http::Uri,
+    ) -> Result<Response<S::Body>> {
         if self
             .storage
             .head(&layout::catalog_entry(name))
@@ -949,7 +991,7 @@ impl<S: Storage, H: Host> Registry<S, H> {
         })
     }
 
-    async fn referrers(
+    pub(crate) async fn referrers(
         &self,
         name: &RepositoryName,
         subject: &Digest,
@@ -1018,7 +1060,7 @@ struct Page {
     next: Option<(usize, String)>,
 }
 
-fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
+pub(crate) fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
     RegistryError::new(
         ErrorCode::ManifestUnknown,
         format!("manifest {reference} is not in {name}"),
@@ -1093,7 +1135,7 @@ impl Stream for Hashing {
     }
 }
 
-fn error_stream(e: io::Error) -> ByteStream {
+pub(crate) fn error_stream(e: io::Error) -> ByteStream {
     Box::pin(futures::stream::once(async move { Err(e) }))
 }
 
@@ -1127,13 +1169,13 @@ async fn peek(mut body: ByteStream) -> io::Result<(Option<Bytes>, ByteStream)> {
     }
 }
 
-fn response<B>(status: StatusCode, body: Body<B>) -> Response<B> {
+pub(crate) fn response<B>(status: StatusCode, body: Body<B>) -> Response<B> {
     let mut r = http::Response::new(body);
     *r.status_mut() = status;
     r
 }
 
-fn json_response<B>(status: StatusCode, bytes: Bytes) -> Response<B> {
+pub(crate) fn json_response<B>(status: StatusCode, bytes: Bytes) -> Response<B> {
     let len = bytes.len();
     let mut r = response(status, Body::Full(bytes));
     set(r.headers_mut(), CONTENT_TYPE, "application/json");
@@ -1162,7 +1204,7 @@ pub fn error_response<B>(e: &RegistryError) -> Response<B> {
     r
 }
 
-fn set<K: http::header::IntoHeaderName>(h: &mut http::HeaderMap, name: K, value: &str) {
+pub(crate) fn set<K: http::header::IntoHeaderName>(h: &mut http::HeaderMap, name: K, value: &str) {
     // Every value set here is built from validated parts (digests, names,
     // numbers); a value that still fails is dropped rather than panicking.
     if let Ok(v) = HeaderValue::from_str(value) {

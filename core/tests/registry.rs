@@ -9,7 +9,7 @@ use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use kura_core::storage::{MemoryStorage, Storage};
-use kura_core::{body, Body, ByteStream, Digest, Host, Registry, RegistryConfig};
+use kura_core::{body, Body, BoxFuture, ByteStream, Digest, Host, Registry, RegistryConfig};
 use serde_json::json;
 
 struct TestHost {
@@ -36,6 +36,12 @@ impl Host for TestHost {
         for (i, b) in out.iter_mut().enumerate() {
             *b = n[i % 8] ^ (i as u8);
         }
+    }
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        std::thread::spawn(move || block_on(task));
+    }
+    fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
+        Box::pin(async move { std::thread::sleep(std::time::Duration::from_millis(ms)) })
     }
 }
 
@@ -97,7 +103,7 @@ fn call(
         let body = match body {
             Body::Empty => Bytes::new(),
             Body::Full(b) => b,
-            Body::Stream(s) => {
+            Body::Stream(s) | Body::Relay(s) => {
                 let mut s = <MemoryStorage as Storage>::body_stream(s);
                 let mut out = Vec::new();
                 while let Some(c) = s.next().await {

@@ -20,6 +20,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub auth: Option<AuthConfig>,
     pub registry: RegistrySection,
+    pub mirror: MirrorConfig,
     pub log: LogConfig,
 }
 
@@ -32,6 +33,7 @@ impl Default for Config {
             tls: None,
             auth: None,
             registry: RegistrySection::default(),
+            mirror: MirrorConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -126,6 +128,81 @@ impl Default for RegistrySection {
     }
 }
 
+/// Pull-through mirroring of upstream registries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    pub upstreams: Vec<UpstreamSection>,
+    /// Names without a registry prefix or `?ns=` go to this upstream (what
+    /// Docker's `registry-mirrors` needs). Unset: such names are hosted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// HTTP(S) proxy for upstream traffic; unset: HTTPS_PROXY, HTTP_PROXY,
+    /// ALL_PROXY and NO_PROXY from the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<String>,
+    /// Extra PEM CA bundles trusted for upstream TLS (private registries).
+    pub ca_files: Vec<PathBuf>,
+    pub connect_timeout_secs: u64,
+    pub read_timeout_secs: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            upstreams: Vec::new(),
+            default: None,
+            proxy: None,
+            no_proxy: None,
+            ca_files: Vec::new(),
+            connect_timeout_secs: 10,
+            read_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// The registry name clients use: `docker.io`, `ghcr.io`, `quay.io`.
+    pub name: String,
+    /// e.g. `https://registry-1.docker.io`
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Seconds a tag is served without asking the upstream.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl_secs: u64,
+    /// How old cached tags may be when served because the upstream fails.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_secs: u64,
+}
+
+fn default_tag_ttl() -> u64 {
+    300
+}
+
+fn default_max_stale() -> u64 {
+    7 * 24 * 3600
+}
+
+impl UpstreamSection {
+    pub fn to_core(&self) -> kura_core::upstream::UpstreamConfig {
+        kura_core::upstream::UpstreamConfig {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            tag_ttl_ms: self.tag_ttl_secs.saturating_mul(1000),
+            max_stale_ms: self.max_stale_secs.saturating_mul(1000),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -209,6 +286,11 @@ impl Config {
     /// The configuration as YAML, secrets masked.
     pub fn to_yaml(&self) -> String {
         let mut shown = self.clone();
+        for u in &mut shown.mirror.upstreams {
+            if u.password.is_some() {
+                u.password = Some("********".into());
+            }
+        }
         if let Some(s3) = shown.storage.s3.as_mut() {
             if s3.secret_access_key.is_some() {
                 s3.secret_access_key = Some("********".into());

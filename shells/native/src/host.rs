@@ -1,6 +1,8 @@
 //! The core's host capabilities from the operating system.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kura_core::BoxFuture;
 
 pub struct SystemHost;
 
@@ -16,5 +18,13 @@ impl kura_core::Host for SystemHost {
         // Without an entropy source upload ids would be guessable; refusing
         // to run is better than that.
         getrandom::fill(out).expect("the OS random source failed");
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+
+    fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
     }
 }

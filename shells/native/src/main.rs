@@ -2,6 +2,7 @@
 
 mod auth;
 mod config;
+mod fetch;
 mod host;
 mod server;
 mod storage;

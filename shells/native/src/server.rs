@@ -15,10 +15,11 @@ use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryE
 
 use crate::auth::{Authenticator, Decision, Htpasswd};
 use crate::config::Config;
+use crate::fetch::HttpFetch;
 use crate::host::SystemHost;
 use crate::storage::ObjectStorage;
 
-pub type KuraRegistry = Registry<ObjectStorage, SystemHost>;
+pub type KuraRegistry = Registry<ObjectStorage, SystemHost, HttpFetch>;
 
 pub struct App {
     pub registry: KuraRegistry,
@@ -53,7 +54,7 @@ pub fn build_storage(config: &Config) -> anyhow::Result<ObjectStorage> {
 
 pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let storage = build_storage(config)?;
-    let registry = Registry::new(
+    let registry = Registry::with_upstreams(
         storage,
         SystemHost,
         RegistryConfig {
@@ -61,7 +62,16 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
             max_manifest_size: config.registry.max_manifest_size,
             ..RegistryConfig::default()
         },
-    );
+        HttpFetch::new(&config.mirror)?,
+        config
+            .mirror
+            .upstreams
+            .iter()
+            .map(|u| u.to_core())
+            .collect(),
+        config.mirror.default.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("mirror configuration: {e}"))?;
     let auth = match &config.auth {
         None => None,
         Some(a) => Some(Authenticator::new(
@@ -126,7 +136,7 @@ fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {
     resp.map(|b| match b {
         Body::Empty => AxumBody::empty(),
         Body::Full(bytes) => AxumBody::from(bytes),
-        Body::Stream(s) => AxumBody::from_stream(s),
+        Body::Stream(s) | Body::Relay(s) => AxumBody::from_stream(s),
     })
 }
 

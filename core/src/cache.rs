@@ -1,0 +1,1034 @@
+//! The pull-through cache: which upstream a request belongs to, and the
+//! policy for serving it.
+//!
+//! - Content addressed by digest is immutable: once verified and stored it
+//!   is served from storage.
+//! - Tags are trusted for the upstream's `tag_ttl_ms`, then revalidated with
+//!   a HEAD (free of Docker Hub's pull quota); the manifest is fetched again
+//!   only when the digest changed.
+//! - When the upstream fails (down, 5xx, 429), cached tags are served up to
+//!   `max_stale_ms` old, marked with a `Warning` header.
+//! - Concurrent misses share one upstream fetch. A blob fill runs as its own
+//!   task (it completes even if every client leaves), spools into the upload
+//!   area in fixed-size chunks, and every client follows it: from storage
+//!   for spooled chunks, from memory for the unspooled tail. Memory is one
+//!   chunk per blob being filled, whatever the blob size or client count.
+//! - Nothing becomes visible under a digest before its bytes verified; the
+//!   last byte is held back from clients until then, so a lying or
+//!   truncated upstream yields a broken response, never a complete wrong
+//!   blob.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::StreamExt;
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, WARNING};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+use crate::api::{self, Route};
+use crate::body::{self, Body, ByteStream, CollectError};
+use crate::digest::{self, Digest, Hasher};
+use crate::error::{ErrorCode, RegistryError};
+use crate::fetch::Fetch;
+use crate::host::Host;
+use crate::layout;
+use crate::manifest;
+use crate::reference::{Reference, RepositoryName, Tag};
+use crate::registry::{error_stream, manifest_unknown, set, Registry, Response, Result};
+use crate::storage::{PutMode, Storage};
+use crate::upload::{UploadId, UploadState};
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
+
+/// Spooled chunk size: the most memory one blob fill holds.
+const SPOOL_CHUNK: usize = 8 * 1024 * 1024;
+
+pub const OCI_NAMESPACE_HEADER: &str = "oci-namespace";
+/// Says how a mirrored response was served: `hit`, `miss`, `revalidated`
+/// or `stale`.
+pub const CACHE_HEADER: &str = "x-kura-cache";
+
+/// The configured upstreams and the fills in progress.
+pub struct Mirrors<F, H> {
+    upstreams: Vec<Arc<Upstream<F, H>>>,
+    default: Option<usize>,
+    manifest_flights: Flights,
+    blob_flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
+}
+
+/// Where a mirrored request goes.
+pub struct MirrorTarget<F, H> {
+    pub upstream: Arc<Upstream<F, H>>,
+    /// The name the upstream knows (`library/alpine`).
+    pub remote: RepositoryName,
+    /// The name kura stores it under (`docker.io/library/alpine`).
+    pub local: RepositoryName,
+}
+
+impl<F: Fetch, H: Host> Mirrors<F, H> {
+    pub(crate) fn none() -> Self {
+        Mirrors {
+            upstreams: Vec::new(),
+            default: None,
+            manifest_flights: Flights::default(),
+            blob_flights: Arc::default(),
+        }
+    }
+
+    pub(crate) fn new(
+        fetch: Arc<F>,
+        host: Arc<H>,
+        configs: Vec<UpstreamConfig>,
+        default: Option<String>,
+    ) -> Result<Self, UpstreamError> {
+        let mut upstreams = Vec::new();
+        for c in configs {
+            // The name doubles as a path prefix and a storage key component.
+            if c.name.contains('/') || RepositoryName::parse(&c.name).is_err() {
+                return Err(UpstreamError::Invalid(format!(
+                    "upstream name {:?} must be one lowercase name component such as docker.io",
+                    c.name
+                )));
+            }
+            if upstreams
+                .iter()
+                .any(|u: &Arc<Upstream<F, H>>| u.config.name == c.name)
+            {
+                return Err(UpstreamError::Invalid(format!(
+                    "upstream {:?} configured twice",
+                    c.name
+                )));
+            }
+            upstreams.push(Arc::new(Upstream::new(c, fetch.clone(), host.clone())?));
+        }
+        let default = match default {
+            None => None,
+            Some(d) => Some(
+                upstreams
+                    .iter()
+                    .position(|u| u.config.name == d)
+                    .ok_or_else(|| {
+                        UpstreamError::Invalid(format!("default upstream {d:?} is not configured"))
+                    })?,
+            ),
+        };
+        Ok(Mirrors {
+            upstreams,
+            default,
+            manifest_flights: Flights::default(),
+            blob_flights: Arc::default(),
+        })
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Arc<Upstream<F, H>>> {
+        self.upstreams.iter().find(|u| u.config.name == name)
+    }
+
+    /// Route a repository name to an upstream: `?ns=<registry>`, then a
+    /// `<registry>/` prefix, then the default upstream. `None` means
+    /// hosted. Only configured upstreams are ever contacted.
+    pub fn target(&self, name: &RepositoryName, uri: &Uri) -> Result<Option<MirrorTarget<F, H>>> {
+        if self.upstreams.is_empty() {
+            return Ok(None);
+        }
+        let not_mirrored = |ns: &str| {
+            RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("registry {ns:?} is not mirrored here"),
+            )
+            .with_status(StatusCode::NOT_FOUND)
+        };
+        let (upstream, remote) = if let Some(ns) = api::query_param(uri, "ns") {
+            let ns = ns?;
+            (
+                self.by_name(&ns).ok_or_else(|| not_mirrored(&ns))?,
+                name.clone(),
+            )
+        } else {
+            let (first, rest) = name.as_str().split_once('/').unwrap_or((name.as_str(), ""));
+            match self.by_name(first) {
+                Some(u) if !rest.is_empty() => (u, RepositoryName::parse(rest)?),
+                // A first component with a dot names a registry host.
+                None if first.contains('.') && !rest.is_empty() => return Err(not_mirrored(first)),
+                _ => match self.default {
+                    Some(i) => (&self.upstreams[i], name.clone()),
+                    None => return Ok(None),
+                },
+            }
+        };
+        let local = RepositoryName::parse(&format!(
+            "{}/{}",
+            upstream.config.name,
+            upstream.config.upstream_name(remote.as_str())
+        ))?;
+        Ok(Some(MirrorTarget {
+            upstream: upstream.clone(),
+            remote,
+            local,
+        }))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TagCache {
+    digest: Digest,
+    checked_ms: u64,
+}
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    pub(crate) async fn dispatch_mirror(
+        &self,
+        route: Route,
+        t: MirrorTarget<F, H>,
+        parts: &http::request::Parts,
+    ) -> Result<Response<S::Body>> {
+        let m = &parts.method;
+        let read = *m == Method::GET || *m == Method::HEAD;
+        let mut resp = match route {
+            Route::Manifest(_, r) if read => self.mirror_manifest(&t, &r).await?,
+            Route::Blob(_, d) if read => {
+                let range = api::header(&parts.headers, "range");
+                self.mirror_blob(&t, &d, range, *m == Method::HEAD).await?
+            }
+            Route::Tags(_) if read => self.tags(&t.local, &parts.uri).await?,
+            Route::Referrers(_, d) if read => self.referrers(&t.local, &d, &parts.uri).await?,
+            _ => {
+                return Err(RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "{} is a read-only mirror of {}",
+                        t.remote, t.upstream.config.name
+                    ),
+                ))
+            }
+        };
+        set(
+            resp.headers_mut(),
+            HeaderName::from_static(OCI_NAMESPACE_HEADER),
+            &t.upstream.config.name,
+        );
+        Ok(resp)
+    }
+
+    // ----- manifests -------------------------------------------------------
+
+    async fn mirror_manifest(
+        &self,
+        t: &MirrorTarget<F, H>,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
+        match reference {
+            Reference::Digest(d) => {
+                let mut fetched = false;
+                loop {
+                    if self
+                        .storage
+                        .head(&layout::manifest_revision(&t.local, d))
+                        .await?
+                        .is_some()
+                    {
+                        let resp = self.get_manifest(&t.local, reference).await?;
+                        return Ok(mark(resp, if fetched { "miss" } else { "hit" }));
+                    }
+                    match self
+                        .mirrors
+                        .manifest_flights
+                        .join(format!("{}@{d}", t.local))
+                    {
+                        Joined::Follower(rx) => {
+                            let _ = rx.await;
+                        }
+                        Joined::Leader(_lead) => {
+                            self.fetch_manifest(t, &d.to_string(), Some(d), None)
+                                .await?;
+                            fetched = true;
+                        }
+                    }
+                }
+            }
+            Reference::Tag(tag) => {
+                let ttl = t.upstream.config.tag_ttl_ms;
+                let max_stale = t.upstream.config.max_stale_ms;
+                let mut waited = false;
+                loop {
+                    let cached = self.tag_cache(&t.local, tag).await?;
+                    let now = self.host.now_unix_ms();
+                    if let Some(c) = &cached {
+                        let age = now.saturating_sub(c.checked_ms);
+                        if age < ttl {
+                            return Ok(mark(self.get_manifest(&t.local, reference).await?, "hit"));
+                        }
+                        // Another request just tried the upstream and failed.
+                        if waited && age <= max_stale {
+                            return self.stale(t, reference).await;
+                        }
+                    }
+                    match self
+                        .mirrors
+                        .manifest_flights
+                        .join(format!("{}:{tag}", t.local))
+                    {
+                        Joined::Follower(rx) => {
+                            let _ = rx.await;
+                            waited = true;
+                        }
+                        Joined::Leader(_lead) => return self.revalidate_tag(t, tag, cached).await,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tag_cache(&self, local: &RepositoryName, tag: &Tag) -> Result<Option<TagCache>> {
+        let Some(raw) = self.storage.read(&layout::tag_cache(local, tag)).await? else {
+            return Ok(None);
+        };
+        let Ok(c) = serde_json::from_slice::<TagCache>(&raw) else {
+            return Ok(None);
+        };
+        // The tag may have been written by an older fill; trust only a
+        // complete chain tag -> revision.
+        if self
+            .storage
+            .head(&layout::manifest_revision(local, &c.digest))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(c))
+    }
+
+    async fn revalidate_tag(
+        &self,
+        t: &MirrorTarget<F, H>,
+        tag: &Tag,
+        cached: Option<TagCache>,
+    ) -> Result<Response<S::Body>> {
+        let reference = Reference::Tag(tag.clone());
+        let now = self.host.now_unix_ms();
+        let Some(cached) = cached else {
+            self.fetch_manifest(t, tag.as_str(), None, Some(tag))
+                .await?;
+            return Ok(mark(self.get_manifest(&t.local, &reference).await?, "miss"));
+        };
+        let stale_ok = now.saturating_sub(cached.checked_ms) <= t.upstream.config.max_stale_ms;
+        match t
+            .upstream
+            .manifest(&t.remote, tag.as_str(), Method::HEAD)
+            .await
+        {
+            Ok(resp) => {
+                let upstream_digest = api::header(resp.headers(), api::CONTENT_DIGEST_HEADER)
+                    .and_then(|d| Digest::parse(d.trim()).ok());
+                if upstream_digest.as_ref() == Some(&cached.digest) {
+                    self.write_tag_cache(&t.local, tag, &cached.digest).await?;
+                    return Ok(mark(
+                        self.get_manifest(&t.local, &reference).await?,
+                        "revalidated",
+                    ));
+                }
+                match self.fetch_manifest(t, tag.as_str(), None, Some(tag)).await {
+                    Ok(_) => Ok(mark(self.get_manifest(&t.local, &reference).await?, "miss")),
+                    Err(e) if stale_ok && e.code == ErrorCode::Unavailable => {
+                        self.stale(t, &reference).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) if e.allows_stale() && stale_ok => self.stale(t, &reference).await,
+            Err(UpstreamError::NotFound) => Err(manifest_unknown(&t.remote, &reference)),
+            Err(e) => Err(upstream_failure(e, ErrorCode::ManifestUnknown)),
+        }
+    }
+
+    async fn stale(
+        &self,
+        t: &MirrorTarget<F, H>,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
+        let mut resp = mark(self.get_manifest(&t.local, reference).await?, "stale");
+        set(
+            resp.headers_mut(),
+            WARNING,
+            &format!(
+                "110 kura \"Response is stale: {} unavailable\"",
+                t.upstream.config.name
+            ),
+        );
+        Ok(resp)
+    }
+
+    async fn write_tag_cache(
+        &self,
+        local: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<()> {
+        let c = TagCache {
+            digest: digest.clone(),
+            checked_ms: self.host.now_unix_ms(),
+        };
+        let json = serde_json::to_vec(&c).expect("tag cache serializes");
+        self.storage
+            .put(
+                &layout::tag_cache(local, tag),
+                json.into(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Fetch a manifest from upstream, verify it, store it. A manifest whose
+    /// bytes do not match the digest asked for or announced is refused.
+    async fn fetch_manifest(
+        &self,
+        t: &MirrorTarget<F, H>,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Result<Digest> {
+        let resp = t
+            .upstream
+            .manifest(&t.remote, reference, Method::GET)
+            .await
+            .map_err(|e| upstream_failure(e, ErrorCode::ManifestUnknown))?;
+        let content_type = api::header(resp.headers(), "content-type").map(str::to_owned);
+        let announced =
+            api::header(resp.headers(), api::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());
+        let bytes = body::collect_limited(
+            F::body_stream(resp.into_body()),
+            self.config.max_manifest_size,
+        )
+        .await
+        .map_err(|e| match e {
+            CollectError::TooLarge => {
+                RegistryError::new(ErrorCode::ManifestInvalid, "upstream manifest too large")
+            }
+            CollectError::Io(e) => RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("reading upstream manifest: {e}"),
+            ),
+        })?;
+        let lying = |what: String| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("upstream {}: {what}", t.upstream.config.name),
+            )
+        };
+        let digest = match expected {
+            Some(d) => {
+                let actual = Digest::compute(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(lying(format!("manifest {d} has digest {actual}")));
+                }
+                actual
+            }
+            None => Digest::sha256(&bytes),
+        };
+        if let Some(a) = announced {
+            let a =
+                Digest::parse(&a).map_err(|_| lying(format!("bad Docker-Content-Digest {a:?}")))?;
+            if a.algorithm() == digest.algorithm() && a != digest {
+                return Err(lying(format!("announced {a}, sent {digest}")));
+            }
+        }
+        let parsed = manifest::parse(&bytes, content_type.as_deref()).map_err(|e| {
+            RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("upstream manifest invalid: {e}"),
+            )
+        })?;
+        let size = bytes.len() as u64;
+        self.storage
+            .put(&layout::blob(&digest), bytes, PutMode::Overwrite)
+            .await?;
+        self.storage
+            .put(
+                &layout::manifest_revision(&t.local, &digest),
+                Bytes::from(parsed.media_type()),
+                PutMode::Overwrite,
+            )
+            .await?;
+        if let Some(subject) = &parsed.subject {
+            let desc = serde_json::to_vec(&parsed.referrer_descriptor(digest.clone(), size))
+                .expect("descriptor serializes");
+            self.storage
+                .put(
+                    &layout::referrer(&t.local, &subject.digest, &digest),
+                    desc.into(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        if let Some(tag) = tag {
+            self.storage
+                .put(
+                    &layout::tag(&t.local, tag),
+                    Bytes::from(digest.to_string()),
+                    PutMode::Overwrite,
+                )
+                .await?;
+            self.write_tag_cache(&t.local, tag, &digest).await?;
+        }
+        self.ensure_cataloged(&t.local).await?;
+        Ok(digest)
+    }
+
+    // ----- blobs -----------------------------------------------------------
+
+    async fn mirror_blob(
+        &self,
+        t: &MirrorTarget<F, H>,
+        digest: &Digest,
+        range: Option<&str>,
+        head: bool,
+    ) -> Result<Response<S::Body>> {
+        let stored = self.storage.head(&layout::blob(digest)).await?.is_some();
+        if stored {
+            let linked = self
+                .storage
+                .head(&layout::layer_link(&t.local, digest))
+                .await?
+                .is_some();
+            if !linked {
+                // Stored for another repository: the bytes are verified, but
+                // ask the upstream whether this repository may have them.
+                match t.upstream.blob_head(&t.remote, &digest.to_string()).await {
+                    Ok(_) => {}
+                    Err(UpstreamError::NotFound) => {
+                        return Err(RegistryError::new(
+                            ErrorCode::BlobUnknown,
+                            format!("blob {digest} not in {}", t.remote),
+                        ))
+                    }
+                    Err(e) if e.allows_stale() => {}
+                    Err(e) => return Err(upstream_failure(e, ErrorCode::BlobUnknown)),
+                }
+                self.link_blob(&t.local, digest).await?;
+            }
+            return Ok(mark(
+                self.get_blob(&t.local, digest, range, head).await?,
+                "hit",
+            ));
+        }
+
+        let flight = self.blob_flight(t, digest);
+        let size = flight.started().await.map_err(|e| match e {
+            FlightError::Upstream(e) => upstream_failure(e, ErrorCode::BlobUnknown),
+            FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
+        })?;
+        let (status, start, end, content_range) = match (range, size) {
+            (Some(r), Some(size)) if !head => {
+                let rg = api::parse_range(r, size).map_err(|_| {
+                    RegistryError::new(
+                        ErrorCode::RangeInvalid,
+                        format!("range {r:?} not satisfiable for {size} bytes"),
+                    )
+                    .with_header(CONTENT_RANGE, format!("bytes */{size}"))
+                })?;
+                let cr = format!("bytes {}-{}/{size}", rg.start, rg.end - 1);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    rg.start,
+                    Some(rg.end),
+                    Some(cr),
+                )
+            }
+            _ => (StatusCode::OK, 0, size, None),
+        };
+        let body = if head {
+            Body::Empty
+        } else {
+            Body::Relay(follow(
+                flight,
+                self.storage.clone(),
+                layout::blob(digest),
+                start,
+                end,
+            ))
+        };
+        let mut resp = crate::registry::response(status, body);
+        let h = resp.headers_mut();
+        set(h, CONTENT_TYPE, "application/octet-stream");
+        if let Some(end) = end {
+            set(h, CONTENT_LENGTH, &(end - start).to_string());
+        }
+        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, ACCEPT_RANGES, "bytes");
+        if let Some(cr) = content_range {
+            set(h, CONTENT_RANGE, &cr);
+        }
+        Ok(mark(resp, "miss"))
+    }
+
+    /// Join the fill of `digest`, or start it.
+    fn blob_flight(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> Arc<BlobFlight> {
+        let mut flights = self
+            .mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = flights.get(digest) {
+            return f.clone();
+        }
+        let flight = Arc::new(BlobFlight::default());
+        flights.insert(digest.clone(), flight.clone());
+        drop(flights);
+
+        let mut raw = [0u8; 16];
+        self.host.fill_random(&mut raw);
+        let fill = Fill {
+            storage: self.storage.clone(),
+            upstream: t.upstream.clone(),
+            host: self.host.clone(),
+            remote: t.remote.clone(),
+            local: t.local.clone(),
+            digest: digest.clone(),
+            spool: UploadId::from_random(raw),
+            flight: flight.clone(),
+            flights: self.mirrors.blob_flights.clone(),
+        };
+        self.host.spawn(Box::pin(fill.run()));
+        flight
+    }
+}
+
+fn mark<B>(mut resp: Response<B>, how: &'static str) -> Response<B> {
+    resp.headers_mut().insert(
+        HeaderName::from_static(CACHE_HEADER),
+        HeaderValue::from_static(how),
+    );
+    resp
+}
+
+/// An upstream failure as the client sees it.
+fn upstream_failure(e: UpstreamError, unknown: ErrorCode) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => RegistryError::new(unknown, "not found upstream"),
+        other => RegistryError::new(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+// ----- single flight for manifests ------------------------------------------
+
+#[derive(Default)]
+struct Flights {
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+enum Joined<'a> {
+    Leader(Lead<'a>),
+    Follower(oneshot::Receiver<()>),
+}
+
+/// Held by the one request doing the upstream work; dropping it (done,
+/// failed, or cancelled) wakes the followers, who look at storage again.
+struct Lead<'a> {
+    flights: &'a Flights,
+    key: String,
+}
+
+impl Flights {
+    fn join(&self, key: String) -> Joined<'_> {
+        let mut map = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&key) {
+            Some(waiters) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                Joined::Follower(rx)
+            }
+            None => {
+                map.insert(key.clone(), Vec::new());
+                Joined::Leader(Lead { flights: self, key })
+            }
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let waiters = self
+            .flights
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+            .unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+// ----- blob fills -------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum FlightError {
+    Upstream(UpstreamError),
+    Broken(String),
+}
+
+impl std::fmt::Display for FlightError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlightError::Upstream(e) => e.fmt(f),
+            FlightError::Broken(m) => f.write_str(m),
+        }
+    }
+}
+
+struct Spooled {
+    offset: u64,
+    len: u64,
+    key: String,
+}
+
+#[derive(Default)]
+struct FlightState {
+    /// Upstream headers arrived.
+    started: bool,
+    size: Option<u64>,
+    received: u64,
+    spooled: Vec<Spooled>,
+    /// Received but not yet spooled, as `(offset, bytes)`.
+    tail: Vec<(u64, Bytes)>,
+    outcome: Option<Result<(), FlightError>>,
+    wakers: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct BlobFlight {
+    state: Mutex<FlightState>,
+}
+
+enum Step {
+    Done,
+    Fail(String),
+    Bytes(Bytes),
+    Spool(String, Range<u64>),
+    Stored(Range<u64>),
+    Wait(oneshot::Receiver<()>),
+}
+
+impl BlobFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut FlightState)) {
+        let wakers = {
+            let mut s = self.lock();
+            f(&mut s);
+            std::mem::take(&mut s.wakers)
+        };
+        for w in wakers {
+            let _ = w.send(());
+        }
+    }
+
+    /// Wait for the upstream's answer: the blob size if it said, or why not.
+    async fn started(&self) -> Result<Option<u64>, FlightError> {
+        loop {
+            let rx = {
+                let mut s = self.lock();
+                if s.started {
+                    return Ok(s.size);
+                }
+                if let Some(Err(e)) = &s.outcome {
+                    return Err(e.clone());
+                }
+                let (tx, rx) = oneshot::channel();
+                s.wakers.push(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+    }
+
+    /// What a client at `pos` (reading up to `end`) can do next.
+    fn step(&self, pos: u64, end: Option<u64>) -> Step {
+        let mut s = self.lock();
+        if let Some(Err(e)) = &s.outcome {
+            return Step::Fail(e.to_string());
+        }
+        let done = matches!(s.outcome, Some(Ok(())));
+        let end = end.or(if done { Some(s.received) } else { s.size });
+        if end.is_some_and(|e| pos >= e) {
+            return Step::Done;
+        }
+        if done {
+            return Step::Stored(pos..end.unwrap_or(s.received));
+        }
+        // The last byte waits for verification.
+        let readable = s.received.saturating_sub(1).min(end.unwrap_or(u64::MAX));
+        if pos < readable {
+            for sp in &s.spooled {
+                if pos >= sp.offset && pos < sp.offset + sp.len {
+                    let to = (sp.offset + sp.len).min(readable);
+                    return Step::Spool(sp.key.clone(), pos - sp.offset..to - sp.offset);
+                }
+            }
+            for (off, b) in &s.tail {
+                let (off, len) = (*off, b.len() as u64);
+                if pos >= off && pos < off + len {
+                    let to = (off + len).min(readable);
+                    return Step::Bytes(b.slice((pos - off) as usize..(to - off) as usize));
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        s.wakers.push(tx);
+        Step::Wait(rx)
+    }
+}
+
+/// A client's view of a fill: bytes from `start` to `end` as they arrive.
+fn follow<S: Storage>(
+    flight: Arc<BlobFlight>,
+    storage: Arc<S>,
+    blob_key: String,
+    start: u64,
+    end: Option<u64>,
+) -> ByteStream {
+    let parts = futures::stream::unfold(Some(start), move |pos| {
+        let flight = flight.clone();
+        let storage = storage.clone();
+        let blob_key = blob_key.clone();
+        async move {
+            let mut pos = pos?;
+            loop {
+                match flight.step(pos, end) {
+                    Step::Done => return None,
+                    Step::Fail(msg) => {
+                        return Some((error_stream(std::io::Error::other(msg)), None))
+                    }
+                    Step::Bytes(b) => {
+                        pos += b.len() as u64;
+                        return Some((body::once(b), Some(pos)));
+                    }
+                    Step::Spool(key, r) => match storage.get(&key, Some(r.clone())).await {
+                        Ok(Some((_, body))) => {
+                            pos += r.end - r.start;
+                            return Some((S::body_stream(body), Some(pos)));
+                        }
+                        // Spooled chunks go away once the blob is stored.
+                        _ => continue,
+                    },
+                    Step::Stored(r) => {
+                        return match storage.get(&blob_key, Some(r)).await {
+                            Ok(Some((_, body))) => Some((S::body_stream(body), None)),
+                            Ok(None) => Some((
+                                error_stream(std::io::Error::other("cached blob vanished")),
+                                None,
+                            )),
+                            Err(e) => {
+                                Some((error_stream(std::io::Error::other(e.to_string())), None))
+                            }
+                        };
+                    }
+                    Step::Wait(rx) => {
+                        let _ = rx.await;
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(parts.flatten())
+}
+
+/// The task that fills one blob from upstream.
+struct Fill<S, F, H> {
+    storage: Arc<S>,
+    upstream: Arc<Upstream<F, H>>,
+    host: Arc<H>,
+    remote: RepositoryName,
+    local: RepositoryName,
+    digest: Digest,
+    spool: UploadId,
+    flight: Arc<BlobFlight>,
+    flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
+}
+
+impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
+    async fn run(self) {
+        let outcome = self.fill().await;
+        self.flight.update(|s| s.outcome = Some(outcome));
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+        // Clients still reading spooled chunks fall back to the stored blob.
+        if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
+            for k in keys {
+                let _ = self.storage.delete(&k).await;
+            }
+        }
+    }
+
+    async fn fill(&self) -> Result<(), FlightError> {
+        let resp = self
+            .upstream
+            .blob(&self.remote, &self.digest.to_string(), None)
+            .await
+            .map_err(FlightError::Upstream)?;
+        let size = api::header(resp.headers(), "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let broken = |m: String| {
+            FlightError::Broken(format!(
+                "upstream {} blob {}: {m}",
+                self.upstream.config.name, self.digest
+            ))
+        };
+        let store = |e: crate::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
+        // A state object marks the spool as a live session for the janitor.
+        let state = UploadState::new(&self.local, self.host.now_unix_ms());
+        self.storage
+            .put(
+                &layout::upload_state(&self.spool),
+                state.encode(),
+                PutMode::Overwrite,
+            )
+            .await
+            .map_err(store)?;
+        self.flight.update(|s| {
+            s.started = true;
+            s.size = size;
+        });
+
+        let mut body = F::body_stream(resp.into_body());
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let mut received = 0u64;
+        let mut unspooled = 0usize;
+        let mut chunks = 0usize;
+        loop {
+            let item = body.next().await;
+            let last = item.is_none();
+            if let Some(item) = item {
+                let chunk =
+                    item.map_err(|e| broken(format!("body failed after {received} bytes: {e}")))?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                hasher.update(&chunk);
+                let offset = received;
+                received += chunk.len() as u64;
+                unspooled += chunk.len();
+                if size.is_some_and(|s| received > s) {
+                    return Err(broken(format!(
+                        "more than the announced {} bytes",
+                        size.unwrap_or(0)
+                    )));
+                }
+                self.flight.update(|s| {
+                    s.received = received;
+                    s.tail.push((offset, chunk));
+                });
+            }
+            if unspooled >= SPOOL_CHUNK || (last && unspooled > 0) {
+                self.spool_tail(chunks).await.map_err(store)?;
+                chunks += 1;
+                unspooled = 0;
+            }
+            if last {
+                break;
+            }
+        }
+        if let Some(s) = size {
+            if received != s {
+                return Err(broken(format!("truncated: {received} of {s} bytes")));
+            }
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(broken(format!("content has digest {actual}")));
+        }
+        self.commit(chunks, received).await.map_err(store)?;
+        Ok(())
+    }
+
+    /// Write the unspooled tail as one chunk object.
+    async fn spool_tail(&self, index: usize) -> Result<(), crate::storage::StorageError> {
+        let (offset, data) = {
+            let s = self.flight.lock();
+            let offset = s.tail.first().map(|(o, _)| *o).unwrap_or(s.received);
+            let mut buf = BytesMut::with_capacity(s.tail.iter().map(|(_, b)| b.len()).sum());
+            for (_, b) in &s.tail {
+                buf.extend_from_slice(b);
+            }
+            (offset, buf.freeze())
+        };
+        let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
+        let len = data.len() as u64;
+        self.storage.put(&key, data, PutMode::Overwrite).await?;
+        self.flight.update(|s| {
+            s.spooled.push(Spooled { offset, len, key });
+            s.tail.clear();
+        });
+        Ok(())
+    }
+
+    /// Move the verified spool into place and link it.
+    async fn commit(&self, chunks: usize, size: u64) -> Result<(), crate::storage::StorageError> {
+        let blob = layout::blob(&self.digest);
+        let keys: Vec<String> = self
+            .flight
+            .lock()
+            .spooled
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
+        debug_assert_eq!(keys.len(), chunks);
+        match keys.as_slice() {
+            [] => {
+                self.storage
+                    .put(&blob, Bytes::new(), PutMode::Overwrite)
+                    .await?
+            }
+            [only] => {
+                // Clients may be reading the chunk; renaming keeps open
+                // files readable on disk, and S3 copies before deleting.
+                self.storage.rename(only, &blob).await?;
+            }
+            many => {
+                let storage = self.storage.clone();
+                let parts = futures::stream::iter(many.to_vec()).then(move |key| {
+                    let storage = storage.clone();
+                    async move {
+                        match storage.get(&key, None).await {
+                            Ok(Some((_, body))) => S::body_stream(body),
+                            _ => error_stream(std::io::Error::other(format!(
+                                "spool chunk {key} missing"
+                            ))),
+                        }
+                    }
+                });
+                let joined: ByteStream = Box::pin(parts.flatten());
+                self.storage
+                    .put_stream(
+                        &blob,
+                        digest::verify(joined, self.digest.clone(), Some(size)),
+                    )
+                    .await?;
+            }
+        }
+        self.storage
+            .put(
+                &layout::layer_link(&self.local, &self.digest),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        self.storage
+            .put(
+                &layout::catalog_entry(&self.local),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+}

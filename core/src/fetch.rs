@@ -1,0 +1,55 @@
+//! The HTTP client capability: how the core talks to upstream registries.
+//!
+//! A host implements [`Fetch`] with its own client (reqwest natively, the
+//! runtime's `fetch` in a Worker). The core builds requests, follows
+//! redirects and does authentication itself, so hosts only move bytes.
+
+use async_trait::async_trait;
+
+use crate::body::ByteStream;
+use crate::{MaybeSend, MaybeSync};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Could not connect, TLS failed, the connection dropped.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Fetch: MaybeSend + MaybeSync + 'static {
+    /// The host's response body type.
+    type Body: MaybeSend + 'static;
+
+    /// Send one request (GET or HEAD, no body). Must not follow redirects:
+    /// the core does, to drop credentials when the host changes.
+    async fn fetch(&self, req: http::Request<()>)
+        -> Result<http::Response<Self::Body>, FetchError>;
+
+    fn body_stream(body: Self::Body) -> ByteStream;
+}
+
+/// For registries without upstreams.
+pub struct NoFetch;
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl Fetch for NoFetch {
+    type Body = ByteStream;
+
+    async fn fetch(
+        &self,
+        _req: http::Request<()>,
+    ) -> Result<http::Response<ByteStream>, FetchError> {
+        Err(FetchError::Other("no upstreams configured".into()))
+    }
+
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}

@@ -1,0 +1,594 @@
+//! The client for upstream registries: Docker token auth, basic auth,
+//! redirects to blob CDNs, retries, and Docker Hub's `library/` names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64_lite::encode as b64;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode, Uri};
+
+use crate::body::{self, CollectError};
+use crate::fetch::{Fetch, FetchError};
+use crate::host::Host;
+use crate::manifest::ALL_MEDIA_TYPES;
+use crate::reference::RepositoryName;
+
+/// One configured upstream registry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The registry's name as clients write it: `docker.io`, `ghcr.io`. It
+    /// is matched against `?ns=` and the first path component.
+    pub name: String,
+    /// Base URL, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// How long a tag is trusted before it is revalidated upstream.
+    pub tag_ttl_ms: u64,
+    /// How old cached content may be when served because the upstream
+    /// fails.
+    pub max_stale_ms: u64,
+}
+
+impl UpstreamConfig {
+    /// Docker Hub keeps official images under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        matches!(
+            self.name.as_str(),
+            "docker.io" | "index.docker.io" | "registry-1.docker.io"
+        )
+    }
+
+    /// The repository name to ask the upstream for.
+    pub fn upstream_name(&self, name: &str) -> String {
+        if self.is_docker_hub() && !name.contains('/') {
+            format!("library/{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream denied access ({0})")]
+    Denied(u16),
+    /// The upstream is down, overloaded or unreachable (after retries).
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream sent an invalid response: {0}")]
+    Invalid(String),
+}
+
+impl UpstreamError {
+    /// Whether cached content may be served instead (stale-if-error).
+    pub fn allows_stale(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unavailable(_) | UpstreamError::Status(_) | UpstreamError::Denied(_)
+        )
+    }
+}
+
+const MAX_REDIRECTS: usize = 5;
+const MAX_ATTEMPTS: u32 = 3;
+/// Longest `Retry-After` honoured before giving up on this request.
+const MAX_RETRY_AFTER_MS: u64 = 10_000;
+const TOKEN_BODY_LIMIT: usize = 64 * 1024;
+
+pub struct Upstream<F, H> {
+    pub config: UpstreamConfig,
+    fetch: Arc<F>,
+    host: Arc<H>,
+    base: Uri,
+    /// Bearer tokens by scope, with their expiry (host clock, ms).
+    tokens: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl<F: Fetch, H: Host> Upstream<F, H> {
+    pub fn new(config: UpstreamConfig, fetch: Arc<F>, host: Arc<H>) -> Result<Self, UpstreamError> {
+        let base: Uri =
+            config.url.trim_end_matches('/').parse().map_err(|e| {
+                UpstreamError::Invalid(format!("upstream url {:?}: {e}", config.url))
+            })?;
+        if base.scheme().is_none() || base.authority().is_none() {
+            return Err(UpstreamError::Invalid(format!(
+                "upstream url {:?} needs a scheme and host",
+                config.url
+            )));
+        }
+        Ok(Upstream {
+            config,
+            fetch,
+            host,
+            base,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// GET or HEAD a manifest.
+    pub async fn manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &str,
+        method: Method,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        self.request(repo, &format!("manifests/{reference}"), method, None)
+            .await
+    }
+
+    /// GET a blob, or a byte range of it (`bytes=a-b`).
+    pub async fn blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &str,
+        range: Option<String>,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        self.request(repo, &format!("blobs/{digest}"), Method::GET, range)
+            .await
+    }
+
+    /// HEAD a blob: does the upstream have it for this repository?
+    pub async fn blob_head(
+        &self,
+        repo: &RepositoryName,
+        digest: &str,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        self.request(repo, &format!("blobs/{digest}"), Method::HEAD, None)
+            .await
+    }
+
+    async fn request(
+        &self,
+        repo: &RepositoryName,
+        suffix: &str,
+        method: Method,
+        range: Option<String>,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        let name = self.config.upstream_name(repo.as_str());
+        let base = self.base.to_string();
+        let url = format!("{}/v2/{name}/{suffix}", base.trim_end_matches('/'));
+        let scope = format!("repository:{name}:pull");
+        let mut attempt = 0;
+        let mut authed_once = false;
+        loop {
+            attempt += 1;
+            let resp = self
+                .send_following_redirects(&url, &method, &scope, range.as_deref())
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    self.backoff(attempt, None).await;
+                    let _ = e;
+                    continue;
+                }
+                Err(e) => return Err(UpstreamError::Unavailable(e.to_string())),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !authed_once {
+                authed_once = true;
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(Challenge::parse);
+                drop(resp);
+                match challenge {
+                    Some(Challenge::Bearer(params)) => {
+                        self.obtain_token(&params, &scope).await?;
+                        continue;
+                    }
+                    Some(Challenge::Basic) if self.config.username.is_some() => {
+                        // Basic credentials are sent from the start once
+                        // the upstream asked for them.
+                        self.lock_tokens()
+                            .insert(scope.clone(), (String::new(), u64::MAX));
+                        continue;
+                    }
+                    _ => return Err(UpstreamError::Denied(401)),
+                }
+            }
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| s * 1000);
+            match status {
+                StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(UpstreamError::Denied(status.as_u16()))
+                }
+                s if (s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error())
+                    && attempt < MAX_ATTEMPTS =>
+                {
+                    if retry_after.is_some_and(|ms| ms > MAX_RETRY_AFTER_MS) {
+                        return Err(UpstreamError::Unavailable(format!(
+                            "upstream answered {s}, retry after {}s",
+                            retry_after.unwrap_or(0) / 1000
+                        )));
+                    }
+                    self.backoff(attempt, retry_after).await;
+                }
+                s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+                    return Err(UpstreamError::Unavailable(format!("upstream answered {s}")))
+                }
+                s => return Err(UpstreamError::Status(s.as_u16())),
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: u32, retry_after_ms: Option<u64>) {
+        let ms = retry_after_ms.unwrap_or(100 * 4u64.pow(attempt.saturating_sub(1)));
+        self.host.sleep(ms.min(MAX_RETRY_AFTER_MS)).await;
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Authorization header for `scope`, if any.
+    fn authorization(&self, scope: &str) -> Option<String> {
+        let now = self.host.now_unix_ms();
+        let mut tokens = self.lock_tokens();
+        match tokens.get(scope) {
+            Some((t, _)) if t.is_empty() => self.basic(),
+            Some((t, exp)) if *exp > now => Some(format!("Bearer {t}")),
+            Some(_) => {
+                tokens.remove(scope);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn basic(&self) -> Option<String> {
+        let user = self.config.username.as_deref()?;
+        let pass = self.config.password.as_deref().unwrap_or("");
+        Some(format!(
+            "Basic {}",
+            b64(format!("{user}:{pass}").as_bytes())
+        ))
+    }
+
+    async fn send_following_redirects(
+        &self,
+        url: &str,
+        method: &Method,
+        scope: &str,
+        range: Option<&str>,
+    ) -> Result<Response<F::Body>, FetchError> {
+        let origin: Uri = url
+            .parse()
+            .map_err(|e| FetchError::Other(format!("bad url {url}: {e}")))?;
+        let mut current = origin.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut b = Request::builder()
+                .method(method.clone())
+                .uri(current.clone());
+            if current.path().contains("/manifests/") {
+                b = b.header(ACCEPT, ALL_MEDIA_TYPES.join(", "));
+            }
+            if let Some(r) = range {
+                b = b.header(RANGE, r);
+            }
+            // Credentials go only to the upstream itself, never to the CDN
+            // a blob redirect points at.
+            if current.authority() == origin.authority() {
+                if let Some(auth) = self.authorization(scope) {
+                    b = b.header(AUTHORIZATION, auth);
+                }
+            }
+            let req = b.body(()).map_err(|e| FetchError::Other(e.to_string()))?;
+            let resp = self.fetch.fetch(req).await?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| FetchError::Other("redirect without Location".into()))?;
+            current = resolve(&current, location)?;
+        }
+        Err(FetchError::Other("too many redirects".into()))
+    }
+
+    async fn obtain_token(
+        &self,
+        params: &HashMap<String, String>,
+        default_scope: &str,
+    ) -> Result<(), UpstreamError> {
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| UpstreamError::Invalid("Bearer challenge without realm".into()))?;
+        let realm_uri: Uri = realm
+            .parse()
+            .map_err(|_| UpstreamError::Invalid(format!("bad token realm {realm:?}")))?;
+        if realm_uri.scheme().is_none() || realm_uri.authority().is_none() {
+            return Err(UpstreamError::Invalid(format!(
+                "token realm {realm:?} is not an absolute URL"
+            )));
+        }
+        let mut query = Vec::new();
+        if let Some(s) = params.get("service") {
+            query.push(format!("service={}", crate::api::percent_encode(s)));
+        }
+        query.push(format!(
+            "scope={}",
+            crate::api::percent_encode(default_scope)
+        ));
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let url = format!("{realm}{sep}{}", query.join("&"));
+        let mut b = Request::builder().method(Method::GET).uri(&url);
+        if let Some(basic) = self.basic() {
+            b = b.header(AUTHORIZATION, basic);
+        }
+        let req = b
+            .body(())
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let resp = self
+            .fetch
+            .fetch(req)
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("token server: {e}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(if status.is_server_error() {
+                UpstreamError::Unavailable(format!("token server answered {status}"))
+            } else {
+                UpstreamError::Denied(status.as_u16())
+            });
+        }
+        let bytes = body::collect_limited(F::body_stream(resp.into_body()), TOKEN_BODY_LIMIT)
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge => UpstreamError::Invalid("token response too large".into()),
+                CollectError::Io(e) => UpstreamError::Unavailable(format!("token server: {e}")),
+            })?;
+        let token = parse_token(&bytes)?;
+        let expires = self.host.now_unix_ms() + token.1.saturating_sub(10).max(1) * 1000;
+        self.lock_tokens()
+            .insert(default_scope.to_owned(), (token.0, expires));
+        Ok(())
+    }
+}
+
+/// `(token, expires_in seconds)` from a token server's JSON.
+fn parse_token(bytes: &Bytes) -> Result<(String, u64), UpstreamError> {
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let t: TokenResponse = serde_json::from_slice(bytes)
+        .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
+    let token = t
+        .token
+        .or(t.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| UpstreamError::Invalid("token response has no token".into()))?;
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(UpstreamError::Invalid(
+            "token has characters not allowed in a header".into(),
+        ));
+    }
+    // The distribution token spec's default lifetime is 60 seconds.
+    Ok((token, t.expires_in.unwrap_or(60)))
+}
+
+/// Resolve a `Location` header against the request URL.
+fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
+    let bad = || FetchError::Other(format!("bad redirect location {location:?}"));
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().map_err(|_| bad());
+    }
+    let scheme = base.scheme_str().ok_or_else(bad)?;
+    let authority = base.authority().ok_or_else(bad)?;
+    if let Some(rest) = location.strip_prefix("//") {
+        return format!("{scheme}://{rest}").parse().map_err(|_| bad());
+    }
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}")
+            .parse()
+            .map_err(|_| bad());
+    }
+    let dir = base.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    format!("{scheme}://{authority}{dir}/{location}")
+        .parse()
+        .map_err(|_| bad())
+}
+
+/// An authentication challenge from `WWW-Authenticate`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer(HashMap<String, String>),
+    Basic,
+    Other,
+}
+
+impl Challenge {
+    /// Lenient: scheme case-insensitive, values quoted or not, commas
+    /// inside quotes kept, unknown parameters ignored.
+    pub fn parse(value: &str) -> Challenge {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Challenge::Basic;
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Challenge::Other;
+        }
+        let mut params = HashMap::new();
+        let mut chars = rest.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+                chars.next();
+            }
+            let key: String =
+                std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+            if key.is_empty() {
+                break;
+            }
+            if chars.next_if_eq(&'=').is_none() {
+                continue;
+            }
+            let mut val = String::new();
+            if chars.next_if_eq(&'"').is_some() {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                val.push(n);
+                            }
+                        }
+                        '"' => break,
+                        c => val.push(c),
+                    }
+                }
+            } else {
+                val = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                    .collect::<String>()
+                    .trim()
+                    .to_owned();
+            }
+            params.insert(key.trim().to_ascii_lowercase(), val);
+        }
+        Challenge::Bearer(params)
+    }
+}
+
+/// Base64 for basic credentials (a dozen lines beat a dependency here).
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(data: &[u8]) -> String {
+        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
+        );
+        let Challenge::Bearer(p) = c else { panic!() };
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/alpine:pull,push");
+        let Challenge::Bearer(p) = Challenge::parse("bearer realm=http://127.0.0.1:1/t, service=x")
+        else {
+            panic!()
+        };
+        assert_eq!(p["realm"], "http://127.0.0.1:1/t");
+        assert_eq!(p["service"], "x");
+        assert_eq!(Challenge::parse(r#"Basic realm="x""#), Challenge::Basic);
+        assert_eq!(Challenge::parse("Negotiate"), Challenge::Other);
+        let Challenge::Bearer(p) = Challenge::parse("Bearer") else {
+            panic!()
+        };
+        assert!(p.is_empty());
+        let Challenge::Bearer(p) = Challenge::parse(r#"Bearer realm="a\"b",,junk,x="#) else {
+            panic!()
+        };
+        assert_eq!(p["realm"], "a\"b");
+    }
+
+    #[test]
+    fn redirects() {
+        let base: Uri = "https://registry.example/v2/a/blobs/sha256:x"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            resolve(&base, "https://cdn.example/b?sig=1")
+                .unwrap()
+                .to_string(),
+            "https://cdn.example/b?sig=1"
+        );
+        assert_eq!(
+            resolve(&base, "/other").unwrap().to_string(),
+            "https://registry.example/other"
+        );
+        assert_eq!(
+            resolve(&base, "//cdn.example/x").unwrap().to_string(),
+            "https://cdn.example/x"
+        );
+        assert_eq!(
+            resolve(&base, "rel").unwrap().to_string(),
+            "https://registry.example/v2/a/blobs/rel"
+        );
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(
+            parse_token(&Bytes::from_static(br#"{"token":"abc","expires_in":300}"#)).unwrap(),
+            ("abc".into(), 300)
+        );
+        assert_eq!(
+            parse_token(&Bytes::from_static(br#"{"access_token":"xyz"}"#)).unwrap(),
+            ("xyz".into(), 60)
+        );
+        assert!(parse_token(&Bytes::from_static(br#"{"token":""}"#)).is_err());
+        assert!(parse_token(&Bytes::from_static(b"{\"token\":\"a\\nb\"}")).is_err());
+        assert!(parse_token(&Bytes::from_static(b"nope")).is_err());
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_lite::encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64_lite::encode(b"a"), "YQ==");
+        assert_eq!(base64_lite::encode(b"ab"), "YWI=");
+        assert_eq!(base64_lite::encode(b""), "");
+    }
+
+    #[test]
+    fn library_names() {
+        let hub = UpstreamConfig {
+            name: "docker.io".into(),
+            url: "https://registry-1.docker.io".into(),
+            username: None,
+            password: None,
+            tag_ttl_ms: 0,
+            max_stale_ms: 0,
+        };
+        assert_eq!(hub.upstream_name("alpine"), "library/alpine");
+        assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");
+        let ghcr = UpstreamConfig {
+            name: "ghcr.io".into(),
+            ..hub
+        };
+        assert_eq!(ghcr.upstream_name("alpine"), "alpine");
+    }
+}

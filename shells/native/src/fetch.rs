@@ -1,0 +1,129 @@
+//! kura-core's Fetch over reqwest: the upstream HTTP client, with proxies
+//! and extra CA roots.
+
+use std::io;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use kura_core::fetch::{Fetch, FetchError};
+use kura_core::ByteStream;
+
+use crate::config::MirrorConfig;
+
+pub struct HttpFetch {
+    client: reqwest::Client,
+}
+
+impl HttpFetch {
+    pub fn new(config: &MirrorConfig) -> anyhow::Result<Self> {
+        let mut b = reqwest::Client::builder()
+            // The core follows redirects itself, dropping credentials when
+            // the host changes (blob CDNs).
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(config.read_timeout_secs))
+            .user_agent(concat!("kura/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        for proxy in proxies(config)? {
+            b = b.proxy(proxy);
+        }
+        for file in &config.ca_files {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("reading CA file {}", file.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing CA file {}", file.display()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        Ok(HttpFetch {
+            client: b.build().context("building the upstream HTTP client")?,
+        })
+    }
+}
+
+/// The configured proxy, else the conventional environment variables
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, any case), so a
+/// corporate proxy needs no kura-specific setting.
+fn proxies(config: &MirrorConfig) -> anyhow::Result<Vec<reqwest::Proxy>> {
+    let env = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    };
+    let no_proxy = config
+        .no_proxy
+        .clone()
+        .or_else(|| env(&["NO_PROXY", "no_proxy"]))
+        .and_then(|s| reqwest::NoProxy::from_string(&s));
+    let mut out = Vec::new();
+    if let Some(url) = &config.proxy {
+        out.push(
+            reqwest::Proxy::all(url)
+                .context("mirror.proxy")?
+                .no_proxy(no_proxy),
+        );
+        return Ok(out);
+    }
+    if let Some(url) = env(&["HTTPS_PROXY", "https_proxy"]) {
+        out.push(
+            reqwest::Proxy::https(&url)
+                .context("HTTPS_PROXY")?
+                .no_proxy(no_proxy.clone()),
+        );
+    }
+    if let Some(url) = env(&["HTTP_PROXY", "http_proxy"]) {
+        out.push(
+            reqwest::Proxy::http(&url)
+                .context("HTTP_PROXY")?
+                .no_proxy(no_proxy.clone()),
+        );
+    }
+    if let Some(url) = env(&["ALL_PROXY", "all_proxy"]) {
+        out.push(
+            reqwest::Proxy::all(&url)
+                .context("ALL_PROXY")?
+                .no_proxy(no_proxy),
+        );
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Fetch for HttpFetch {
+    type Body = ByteStream;
+
+    async fn fetch(
+        &self,
+        req: http::Request<()>,
+    ) -> Result<http::Response<ByteStream>, FetchError> {
+        let (parts, ()) = req.into_parts();
+        let resp = self
+            .client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    FetchError::Timeout
+                } else if e.is_connect() {
+                    FetchError::Connect(format!("{e:#}"))
+                } else {
+                    FetchError::Other(format!("{e:#}"))
+                }
+            })?;
+        let mut out = http::Response::builder().status(resp.status());
+        if let Some(h) = out.headers_mut() {
+            *h = resp.headers().clone();
+        }
+        let body: ByteStream = Box::pin(resp.bytes_stream().map_err(io::Error::other));
+        out.body(body).map_err(|e| FetchError::Other(e.to_string()))
+    }
+
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}

@@ -22,6 +22,9 @@ pub struct Config {
     pub registry: RegistrySection,
     pub mirror: MirrorConfig,
     pub log: LogConfig,
+    /// Keys of a registry:2 file that were ignored.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             mirror: MirrorConfig::default(),
             log: LogConfig::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -241,20 +245,32 @@ impl Config {
     /// Build the effective configuration.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let mut warnings = Vec::new();
         if let Some(file) = file {
             // figment skips missing files silently; a named file must exist.
             if !file.is_file() {
                 bail!("config file {} does not exist", file.display());
             }
-            fig = fig.merge(Yaml::file(file));
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("{} is not valid YAML", file.display()))?;
+            match crate::compat::translate(&doc)? {
+                Some((translated, w)) => {
+                    warnings = w;
+                    fig = fig.merge(Serialized::defaults(translated));
+                }
+                None => fig = fig.merge(Yaml::file(file)),
+            }
         }
         let fig = fig
             .merge(Env::prefixed("KURA_").split("__"))
             .merge(Serialized::defaults(overrides));
-        let config: Config = fig.extract().map_err(|e| {
+        let mut config: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
         })?;
+        config.warnings = warnings;
         config.validate()?;
         Ok(config)
     }
@@ -363,6 +379,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "tls:\n  cert: /a\n");
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn registry2_file_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/reg\nhttp:\n  addr: 127.0.0.1:5999\nproxy:\n  remoteurl: http://127.0.0.1:5100\nnotifications: {}\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5999");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/reg"));
+        assert_eq!(c.mirror.default.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.mirror.upstreams[0].url, "http://127.0.0.1:5100");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("`notifications`")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

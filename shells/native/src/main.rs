@@ -1,6 +1,7 @@
 //! `kura`: an OCI / Docker registry.
 
 mod auth;
+mod compat;
 mod config;
 mod fetch;
 mod host;
@@ -71,6 +72,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config.to_yaml());
             Ok(())
         }
@@ -95,6 +99,9 @@ fn main() -> anyhow::Result<()> {
                 });
             }
             init_logging(&config);
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

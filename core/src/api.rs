@@ -42,6 +42,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags(..) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::Uploads(..) | Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+        }
+    }
+
     /// The repository the route addresses, if any.
     pub fn name(&self) -> Option<&RepositoryName> {
         match self {
@@ -148,10 +161,15 @@ pub fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k).as_deref() == Some(key)).then(|| {
             percent_decode(&v.replace('+', " ")).ok_or_else(|| {
-                RegistryError::new(
-                    ErrorCode::Unsupported,
-                    format!("bad encoding of query parameter {key}"),
-                )
+                // Answer with the code of what the parameter carries.
+                let code = match key {
+                    "digest" | "mount" => ErrorCode::DigestInvalid,
+                    "from" | "ns" => ErrorCode::NameInvalid,
+                    "n" | "last" => ErrorCode::PaginationNumberInvalid,
+                    _ => ErrorCode::Unsupported,
+                };
+                RegistryError::new(code, format!("bad encoding of query parameter {key}"))
+                    .with_status(http::StatusCode::BAD_REQUEST)
             })
         })
     })
@@ -195,6 +213,13 @@ pub fn percent_encode(s: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("range not satisfiable")]
 pub struct BadRange;
+
+/// Whether a `Range` header asks for one byte range. Other units and
+/// multiple ranges are valid HTTP that a server may ignore (RFC 9110
+/// §14.2): the whole blob is sent instead.
+pub fn single_byte_range(value: &str) -> bool {
+    value.trim().starts_with("bytes=") && !value.contains(',')
+}
 
 /// Parse a `Range: bytes=…` header against an object of `size` bytes.
 ///
@@ -255,6 +280,23 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     };
     let (start, end) = (num(a)?, num(b)?);
     (end >= start).then_some((start, end))
+}
+
+/// A header that must be readable if present: `Err` when it is not visible
+/// ASCII (rather than silently ignoring it).
+pub fn header_strict<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, RegistryError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("{name} header is not ASCII"),
+            )
+        }),
+    }
 }
 
 /// A header as a string, if present and visible ASCII.

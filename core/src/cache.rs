@@ -36,6 +36,7 @@ use crate::fetch::Fetch;
 use crate::host::Host;
 use crate::layout;
 use crate::manifest;
+use crate::metrics::{self, Metrics};
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::registry::{error_stream, manifest_unknown, set, Registry, Response, Result};
 use crate::storage::{PutMode, Storage};
@@ -189,7 +190,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let mut resp = match route {
             Route::Manifest(_, r) if read => self.mirror_manifest(&t, &r).await?,
             Route::Blob(_, d) if read => {
-                let range = api::header(&parts.headers, "range");
+                let range =
+                    api::header(&parts.headers, "range").filter(|r| api::single_byte_range(r));
                 self.mirror_blob(&t, &d, range, *m == Method::HEAD).await?
             }
             Route::Tags(_) if read => self.tags(&t.local, &parts.uri).await?,
@@ -209,7 +211,46 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             HeaderName::from_static(OCI_NAMESPACE_HEADER),
             &t.upstream.config.name,
         );
+        self.count_cache_outcome(&resp, *m == Method::HEAD);
         Ok(resp)
+    }
+
+    fn count_cache_outcome(&self, resp: &Response<S::Body>, head: bool) {
+        let how = resp
+            .headers()
+            .get(CACHE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let blob = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v == "application/octet-stream");
+        let m = &self.metrics;
+        match (how, blob) {
+            ("hit", true) => {
+                metrics::inc(&m.blob_hits);
+                if !head {
+                    let len = api::header(resp.headers(), "content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    metrics::add(&m.bytes_from_cache, len);
+                }
+            }
+            ("miss", true) => metrics::inc(&m.blob_misses),
+            ("hit", false) => metrics::inc(&m.manifest_hits),
+            ("miss", false) => metrics::inc(&m.manifest_misses),
+            ("revalidated", _) => metrics::inc(&m.manifest_revalidations),
+            ("stale", _) => metrics::inc(&m.stale_served),
+            _ => {}
+        }
+    }
+
+    /// An upstream failure as the client sees it, counted.
+    fn upstream_failure(&self, e: UpstreamError, unknown: ErrorCode) -> RegistryError {
+        if !matches!(e, UpstreamError::NotFound) {
+            metrics::inc(&self.metrics.upstream_errors);
+        }
+        upstream_failure(e, unknown)
     }
 
     // ----- manifests -------------------------------------------------------
@@ -238,6 +279,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         .join(format!("{}@{d}", t.local))
                     {
                         Joined::Follower(rx) => {
+                            metrics::inc(&self.metrics.singleflight_joins);
                             let _ = rx.await;
                         }
                         Joined::Leader(_lead) => {
@@ -271,6 +313,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         .join(format!("{}:{tag}", t.local))
                     {
                         Joined::Follower(rx) => {
+                            metrics::inc(&self.metrics.singleflight_joins);
                             let _ = rx.await;
                             waited = true;
                         }
@@ -340,7 +383,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Err(e) if e.allows_stale() && stale_ok => self.stale(t, &reference).await,
             Err(UpstreamError::NotFound) => Err(manifest_unknown(&t.remote, &reference)),
-            Err(e) => Err(upstream_failure(e, ErrorCode::ManifestUnknown)),
+            Err(e) => Err(self.upstream_failure(e, ErrorCode::ManifestUnknown)),
         }
     }
 
@@ -395,7 +438,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .upstream
             .manifest(&t.remote, reference, Method::GET)
             .await
-            .map_err(|e| upstream_failure(e, ErrorCode::ManifestUnknown))?;
+            .map_err(|e| self.upstream_failure(e, ErrorCode::ManifestUnknown))?;
         let content_type = api::header(resp.headers(), "content-type").map(str::to_owned);
         let announced =
             api::header(resp.headers(), api::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());
@@ -506,7 +549,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         ))
                     }
                     Err(e) if e.allows_stale() => {}
-                    Err(e) => return Err(upstream_failure(e, ErrorCode::BlobUnknown)),
+                    Err(e) => return Err(self.upstream_failure(e, ErrorCode::BlobUnknown)),
                 }
                 self.link_blob(&t.local, digest).await?;
             }
@@ -518,7 +561,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
 
         let flight = self.blob_flight(t, digest);
         let size = flight.started().await.map_err(|e| match e {
-            FlightError::Upstream(e) => upstream_failure(e, ErrorCode::BlobUnknown),
+            FlightError::Upstream(e) => self.upstream_failure(e, ErrorCode::BlobUnknown),
             FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
         })?;
         let (status, start, end, content_range) = match (range, size) {
@@ -573,6 +616,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(f) = flights.get(digest) {
+            metrics::inc(&self.metrics.singleflight_joins);
             return f.clone();
         }
         let flight = Arc::new(BlobFlight::default());
@@ -591,6 +635,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             spool: UploadId::from_random(raw),
             flight: flight.clone(),
             flights: self.mirrors.blob_flights.clone(),
+            metrics: self.metrics.clone(),
         };
         self.host.spawn(Box::pin(fill.run()));
         flight
@@ -851,11 +896,15 @@ struct Fill<S, F, H> {
     spool: UploadId,
     flight: Arc<BlobFlight>,
     flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     async fn run(self) {
         let outcome = self.fill().await;
+        if outcome.is_err() {
+            metrics::inc(&self.metrics.fills_failed);
+        }
         self.flight.update(|s| s.outcome = Some(outcome));
         self.flights
             .lock()
@@ -914,6 +963,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                     continue;
                 }
                 hasher.update(&chunk);
+                metrics::add(&self.metrics.bytes_from_upstream, chunk.len() as u64);
                 let offset = received;
                 received += chunk.len() as u64;
                 unspooled += chunk.len();

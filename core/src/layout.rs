@@ -7,7 +7,7 @@
 //! repositories/<name>/_manifests/tags/<tag>                the digest the tag points at
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
-//! catalog/<name with '/' as '+'>                            one marker per repository, for _catalog
+//! catalog/<name>/_repository                              one marker per repository, for _catalog
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
 //! ```
@@ -83,16 +83,20 @@ pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> S
 
 pub const CATALOG_PREFIX: &str = "catalog/";
 
-/// `+` is outside the name grammar, so the mapping is reversible and the
-/// marker is a single path component (no file/directory clash on disk
-/// between `a` and `a/b`).
+const CATALOG_MARKER: &str = "/_repository";
+
+/// A marker under the name's own path: no path component is longer than the
+/// name's own (filesystems cap components at 255 bytes), and `_repository`
+/// cannot be a name component, so `a` and `a/b` never clash.
 pub fn catalog_entry(name: &RepositoryName) -> String {
-    format!("{CATALOG_PREFIX}{}", name.as_str().replace('/', "+"))
+    format!("{CATALOG_PREFIX}{name}{CATALOG_MARKER}")
 }
 
 pub fn catalog_name(key: &str) -> Option<RepositoryName> {
-    let raw = key.strip_prefix(CATALOG_PREFIX)?;
-    RepositoryName::parse(&raw.replace('+', "/")).ok()
+    let raw = key
+        .strip_prefix(CATALOG_PREFIX)?
+        .strip_suffix(CATALOG_MARKER)?;
+    RepositoryName::parse(raw).ok()
 }
 
 pub const UPLOADS_PREFIX: &str = "uploads/";
@@ -116,9 +120,10 @@ mod tests {
     #[test]
     fn catalog_round_trip() {
         let n = RepositoryName::parse("a/b-c/d.e").unwrap();
-        assert_eq!(catalog_entry(&n), "catalog/a+b-c+d.e");
+        assert_eq!(catalog_entry(&n), "catalog/a/b-c/d.e/_repository");
         assert_eq!(catalog_name(&catalog_entry(&n)), Some(n));
-        assert_eq!(catalog_name("catalog/A"), None);
+        assert_eq!(catalog_name("catalog/A/_repository"), None);
+        assert_eq!(catalog_name("catalog/a"), None);
         assert_eq!(catalog_name("other/a"), None);
     }
 

@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod host;
 pub mod layout;
 pub mod manifest;
+pub mod metrics;
 pub mod reference;
 pub mod registry;
 pub mod storage;

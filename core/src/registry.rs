@@ -24,6 +24,7 @@ use crate::fetch::{Fetch, NoFetch};
 use crate::host::Host;
 use crate::layout;
 use crate::manifest::{self, media_type, Descriptor};
+use crate::metrics::Metrics;
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::storage::{PutMode, Storage, StorageError};
 use crate::upload::{Chunk, UploadId, UploadState};
@@ -60,6 +61,7 @@ pub struct Registry<S, H, F = NoFetch> {
     /// Repositories known to have a catalog marker, to skip rewriting it.
     cataloged: Mutex<HashSet<RepositoryName>>,
     pub(crate) mirrors: Mirrors<F, H>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
@@ -94,6 +96,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             config,
             cataloged: Mutex::new(HashSet::new()),
             mirrors,
+            metrics: Arc::default(),
         }
     }
 
@@ -105,6 +108,10 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         &self.host
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }
@@ -113,10 +120,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// responses.
     pub async fn handle(&self, req: Request<ByteStream>) -> Response<S::Body> {
         let head = req.method() == Method::HEAD;
+        let kind = match Route::parse(req.uri().path()) {
+            Ok(Some(r)) => r.kind(),
+            _ => "other",
+        };
         let mut resp = match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
+        self.metrics.request(kind, resp.status().as_u16());
         if head {
             // Keep Content-Length: HEAD reports the size of what GET sends.
             *resp.body_mut() = Body::Empty;
@@ -160,7 +172,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 self.delete_manifest(&name, &r).await
             }
             Route::Blob(name, d) if is(&[Method::GET, Method::HEAD]) => {
-                let range = api::header(&parts.headers, "range");
+                let range =
+                    api::header(&parts.headers, "range").filter(|r| api::single_byte_range(r));
                 self.get_blob(&name, &d, range, m == Method::HEAD).await
             }
             Route::Blob(name, d) if is(&[Method::DELETE]) => self.delete_blob(&name, &d).await,
@@ -169,11 +182,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Route::Upload(name, id) if is(&[Method::GET]) => self.upload_status(&name, &id).await,
             Route::Upload(name, id) if is(&[Method::PATCH]) => {
-                let cr = api::header(&parts.headers, "content-range");
+                let cr = api::header_strict(&parts.headers, "content-range")?;
                 self.patch_upload(&name, &id, cr, body).await
             }
             Route::Upload(name, id) if is(&[Method::PUT]) => {
-                let cr = api::header(&parts.headers, "content-range");
+                let cr = api::header_strict(&parts.headers, "content-range")?;
                 self.finish_upload(&name, &id, &parts.uri, cr, body).await
             }
             Route::Upload(name, id) if is(&[Method::DELETE]) => {
@@ -643,7 +656,10 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 state.offset
             )));
         }
-        Ok(Some(end - start + 1))
+        let len = (end - start)
+            .checked_add(1)
+            .ok_or_else(|| range_error(format!("Content-Range {value:?} is too large")))?;
+        Ok(Some(len))
     }
 
     /// Store `body` as the session's next chunk and advance its state.

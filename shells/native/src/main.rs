@@ -130,6 +130,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.registry.upload_max_idle_secs),
     );
     let router = server::router(app);
+    // TLS material first: once the port answers, the certificate exists.
+    let tls_config = match &config.tls {
+        None => None,
+        Some(tls) if tls.self_signed => {
+            let out = config.data_dir.join("self-signed.crt");
+            let c = tls::self_signed(&out)?;
+            tracing::info!(cert = %out.display(), "generated a self-signed certificate");
+            Some(c)
+        }
+        Some(tls) => {
+            let (cert, key) = (
+                tls.cert.as_ref().expect("validated"),
+                tls.key.as_ref().expect("validated"),
+            );
+            Some(tls::server_config_from_files(cert, key)?)
+        }
+    };
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -138,26 +155,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(s3) => format!("s3://{}", s3.bucket),
         None => config.data_dir.display().to_string(),
     };
-    match &config.tls {
+    match tls_config {
         None => {
             tracing::info!(%addr, %storage, "kura listening (http)");
             axum::serve(tcp, router)
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
         }
-        Some(tls) => {
-            let server_config = if tls.self_signed {
-                let out = config.data_dir.join("self-signed.crt");
-                let c = tls::self_signed(&out)?;
-                tracing::info!(cert = %out.display(), "generated a self-signed certificate");
-                c
-            } else {
-                let (cert, key) = (
-                    tls.cert.as_ref().expect("validated"),
-                    tls.key.as_ref().expect("validated"),
-                );
-                tls::server_config_from_files(cert, key)?
-            };
+        Some(server_config) => {
             tracing::info!(%addr, %storage, "kura listening (https)");
             let listener = tls::TlsListener::new(tcp, server_config)?;
             axum::serve(listener, router)

@@ -84,7 +84,21 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().fallback(handle).with_state(app)
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(handle)
+        .with_state(app)
+}
+
+/// Prometheus metrics (unauthenticated, like most exporters: counters only,
+/// no content).
+async fn metrics(State(app): State<Arc<App>>) -> Response<AxumBody> {
+    let mut resp = Response::new(AxumBody::from(app.registry.metrics().render()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 async fn handle(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<AxumBody> {

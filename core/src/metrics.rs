@@ -1,0 +1,180 @@
+//! Counters for operators, rendered in the Prometheus text format (the
+//! shells serve them at `/metrics`). Plain atomics: no dependency, and
+//! they work on wasm32.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    /// `(route, status)` → count.
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    pub manifest_hits: AtomicU64,
+    pub manifest_misses: AtomicU64,
+    pub manifest_revalidations: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub blob_hits: AtomicU64,
+    pub blob_misses: AtomicU64,
+    pub singleflight_joins: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub bytes_from_cache: AtomicU64,
+    pub bytes_from_upstream: AtomicU64,
+    pub fills_failed: AtomicU64,
+    pub evictions: AtomicU64,
+    pub cache_size_bytes: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub(crate) fn request(&self, route: &'static str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP kura_http_requests_total Requests answered, by route and status."
+        );
+        let _ = writeln!(out, "# TYPE kura_http_requests_total counter");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "kura_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let counters: [(&str, &str, &str, &AtomicU64); 12] = [
+            (
+                "kura_cache_hits_total",
+                "kind=\"manifest\"",
+                "Mirrored content served from the cache.",
+                &self.manifest_hits,
+            ),
+            (
+                "kura_cache_hits_total",
+                "kind=\"blob\"",
+                "",
+                &self.blob_hits,
+            ),
+            (
+                "kura_cache_misses_total",
+                "kind=\"manifest\"",
+                "Mirrored content fetched from upstream.",
+                &self.manifest_misses,
+            ),
+            (
+                "kura_cache_misses_total",
+                "kind=\"blob\"",
+                "",
+                &self.blob_misses,
+            ),
+            (
+                "kura_cache_revalidations_total",
+                "",
+                "Tags confirmed unchanged by a HEAD upstream.",
+                &self.manifest_revalidations,
+            ),
+            (
+                "kura_cache_stale_total",
+                "",
+                "Cached tags served because the upstream failed.",
+                &self.stale_served,
+            ),
+            (
+                "kura_singleflight_joins_total",
+                "",
+                "Requests that joined an upstream fetch already in flight.",
+                &self.singleflight_joins,
+            ),
+            (
+                "kura_upstream_errors_total",
+                "",
+                "Upstream requests that failed.",
+                &self.upstream_errors,
+            ),
+            (
+                "kura_cache_bytes_served_total",
+                "",
+                "Blob bytes served from the cache.",
+                &self.bytes_from_cache,
+            ),
+            (
+                "kura_upstream_bytes_total",
+                "",
+                "Blob bytes fetched from upstreams.",
+                &self.bytes_from_upstream,
+            ),
+            (
+                "kura_fills_failed_total",
+                "",
+                "Blob fills abandoned (upstream failed or lied).",
+                &self.fills_failed,
+            ),
+            (
+                "kura_cache_evictions_total",
+                "",
+                "Blobs evicted to keep the cache under its size.",
+                &self.evictions,
+            ),
+        ];
+        let mut described = std::collections::HashSet::new();
+        for (name, labels, help, c) in counters {
+            if described.insert(name) {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} counter");
+            }
+            let v = c.load(Ordering::Relaxed);
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+        let _ = writeln!(out, "# HELP kura_cache_size_bytes Bytes of mirrored blobs in storage (as of the last eviction pass).");
+        let _ = writeln!(out, "# TYPE kura_cache_size_bytes gauge");
+        let _ = writeln!(
+            out,
+            "kura_cache_size_bytes {}",
+            self.cache_size_bytes.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request("blob", 200);
+        m.request("blob", 200);
+        inc(&m.blob_hits);
+        add(&m.bytes_from_cache, 42);
+        let text = m.render();
+        assert!(text.contains("kura_http_requests_total{route=\"blob\",status=\"200\"} 2"));
+        assert!(text.contains("kura_cache_hits_total{kind=\"blob\"} 1"));
+        assert!(text.contains("kura_cache_bytes_served_total 42"));
+        assert_eq!(text.matches("# TYPE kura_cache_hits_total").count(), 1);
+    }
+}

@@ -55,6 +55,8 @@ pub const CACHE_HEADER: &str = "x-kura-cache";
 pub struct Mirrors<F, H> {
     upstreams: Vec<Arc<Upstream<F, H>>>,
     default: Option<usize>,
+    /// When each mirrored blob was last served (host clock), for eviction.
+    last_access: Mutex<HashMap<Digest, u64>>,
     manifest_flights: Flights,
     blob_flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
 }
@@ -73,6 +75,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
         Mirrors {
             upstreams: Vec::new(),
             default: None,
+            last_access: Mutex::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         }
@@ -118,6 +121,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
         Ok(Mirrors {
             upstreams,
             default,
+            last_access: Mutex::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         })
@@ -642,6 +646,116 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 }
 
+/// What an eviction pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvictionReport {
+    /// Bytes of evictable mirrored blobs before the pass.
+    pub cached_bytes: u64,
+    pub evicted_blobs: usize,
+    pub evicted_bytes: u64,
+}
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    /// Keep mirrored layer blobs under `max_size` bytes, least recently used
+    /// first. Never evicted: anything a hosted repository links, manifests
+    /// (small, and tags point at them), blobs being filled, and blobs used
+    /// within the last `grace_ms` (they may be being served).
+    pub async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
+        let mut report = EvictionReport::default();
+        if self.mirrors.upstreams.is_empty() {
+            return Ok(report);
+        }
+        let mut mirrored = std::collections::HashSet::new();
+        let mut protected = std::collections::HashSet::new();
+        for key in self.storage.list("repositories/").await? {
+            let Some(rest) = key.strip_prefix("repositories/") else {
+                continue;
+            };
+            let (name, kind, tail) = if let Some(i) = rest.find("/_layers/") {
+                (&rest[..i], "layer", &rest[i + "/_layers/".len()..])
+            } else if let Some(i) = rest.find("/_manifests/revisions/") {
+                (
+                    &rest[..i],
+                    "manifest",
+                    &rest[i + "/_manifests/revisions/".len()..],
+                )
+            } else {
+                continue;
+            };
+            let Some(digest) = tail
+                .split_once('/')
+                .and_then(|(a, h)| Digest::parse(&format!("{a}:{h}")).ok())
+            else {
+                continue;
+            };
+            let first = name.split('/').next().unwrap_or("");
+            let is_mirror = self.mirrors.by_name(first).is_some();
+            if is_mirror && kind == "layer" {
+                mirrored.insert(digest);
+            } else {
+                protected.insert(digest);
+            }
+        }
+        let in_flight: std::collections::HashSet<Digest> = self
+            .mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let now = self.host.now_unix_ms();
+        let mut candidates = Vec::new();
+        for e in self.storage.list_meta("blobs/").await? {
+            let mut parts = e.key.rsplit('/');
+            let (Some(hex), Some(_fan), Some(alg)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(digest) = Digest::parse(&format!("{alg}:{hex}")) else {
+                continue;
+            };
+            if !mirrored.contains(&digest) || protected.contains(&digest) {
+                continue;
+            }
+            report.cached_bytes += e.size;
+            let accessed = self
+                .mirrors
+                .last_access
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&digest)
+                .copied()
+                .unwrap_or(0);
+            candidates.push((accessed.max(e.modified_ms), e.size, e.key, digest));
+        }
+        let mut total = report.cached_bytes;
+        candidates.sort();
+        for (used, size, key, digest) in candidates {
+            if total <= max_size {
+                break;
+            }
+            if now.saturating_sub(used) < grace_ms || in_flight.contains(&digest) {
+                continue;
+            }
+            self.storage.delete(&key).await?;
+            self.mirrors
+                .last_access
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
+            total -= size;
+            report.evicted_blobs += 1;
+            report.evicted_bytes += size;
+        }
+        metrics::add(&self.metrics.evictions, report.evicted_blobs as u64);
+        self.metrics
+            .cache_size_bytes
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
 fn mark<B>(mut resp: Response<B>, how: &'static str) -> Response<B> {
     resp.headers_mut().insert(
         HeaderName::from_static(CACHE_HEADER),
@@ -905,11 +1019,13 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         if outcome.is_err() {
             metrics::inc(&self.metrics.fills_failed);
         }
-        self.flight.update(|s| s.outcome = Some(outcome));
+        // Out of the map first: a request arriving from now on finds the
+        // blob stored, or (after a failure) starts a fresh fill.
         self.flights
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.digest);
+        self.flight.update(|s| s.outcome = Some(outcome));
         // Clients still reading spooled chunks fall back to the stored blob.
         if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
             for k in keys {

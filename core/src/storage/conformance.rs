@@ -303,5 +303,9 @@ async fn list<S: Storage>(s: &S) {
         "list returns all keys under the prefix, sorted, at any depth"
     );
     assert_eq!(s.list("conformance/list/b/").await.unwrap(), &keys[1..3]);
+    let metas = s.list_meta("conformance/list/").await.unwrap();
+    let listed: Vec<&str> = metas.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(listed, &keys[..4], "list_meta lists what list lists");
+    assert!(metas.iter().all(|e| e.size == 1), "list_meta sizes");
     assert!(s.list("conformance/list/zzz/").await.unwrap().is_empty());
 }

@@ -25,6 +25,13 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    pub modified_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
     /// Replace whatever is there.
@@ -97,6 +104,23 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Like [`Storage::list`], with each object's size and last-modified
+    /// time (ms since the epoch, 0 if unknown). Backends whose listings
+    /// carry sizes override it; the default asks for each object.
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<ListEntry>, StorageError> {
+        let mut out = Vec::new();
+        for key in self.list(prefix).await? {
+            if let Some(meta) = self.head(&key).await? {
+                out.push(ListEntry {
+                    key,
+                    size: meta.size,
+                    modified_ms: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
 
     /// Turn a read body into a byte stream, for the few places the core must
     /// see the bytes (joining upload chunks).

@@ -151,6 +151,59 @@ pub struct MirrorConfig {
     pub ca_files: Vec<PathBuf>,
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
+    /// Bound on mirrored blob bytes, e.g. `50GiB`; least recently used
+    /// blobs are evicted above it. Unset: no bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+    pub evict_interval_secs: u64,
+}
+
+/// A byte count written as a number or with a unit (`500MB`, `50GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let n: u64 = s[..split].parse().ok()?;
+        let mult: u64 = match s[split..].trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1000u64.pow(4),
+            "tib" => 1 << 40,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(ByteSize)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!("not a size: {s:?} (e.g. 500MB, 50GiB)"))
+            }),
+        }
+    }
 }
 
 impl Default for MirrorConfig {
@@ -163,6 +216,8 @@ impl Default for MirrorConfig {
             ca_files: Vec::new(),
             connect_timeout_secs: 10,
             read_timeout_secs: 60,
+            max_size: None,
+            evict_interval_secs: 60,
         }
     }
 }
@@ -379,6 +434,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "tls:\n  cert: /a\n");
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("50GiB"), Some(ByteSize(50 << 30)));
+        assert_eq!(ByteSize::parse("500MB"), Some(ByteSize(500_000_000)));
+        assert_eq!(ByteSize::parse("123"), Some(ByteSize(123)));
+        assert_eq!(ByteSize::parse("1 kib"), Some(ByteSize(1024)));
+        assert_eq!(ByteSize::parse("5 parsecs"), None);
+        assert_eq!(ByteSize::parse("99999999999TiB"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "mirror:\n  max_size: 2GiB\n");
+        assert_eq!(
+            Config::load(Some(&f), &Overrides::default())
+                .unwrap()
+                .mirror
+                .max_size,
+            Some(ByteSize(2 << 30))
+        );
     }
 
     #[test]

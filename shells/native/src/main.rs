@@ -129,6 +129,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         app.clone(),
         Duration::from_secs(config.registry.upload_max_idle_secs),
     );
+    if let Some(max) = config.mirror.max_size {
+        server::spawn_evictor(
+            app.clone(),
+            max.0,
+            Duration::from_secs(config.mirror.evict_interval_secs),
+        );
+    }
     let router = server::router(app);
     // TLS material first: once the port answers, the certificate exists.
     let tls_config = match &config.tls {

@@ -154,6 +154,29 @@ fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {
     })
 }
 
+/// Keep the mirror cache under its size bound.
+pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration) {
+    // Blobs used in the last ten minutes may be being served.
+    const GRACE_MS: u64 = 10 * 60 * 1000;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            match app.registry.evict(max_size, GRACE_MS).await {
+                Ok(r) if r.evicted_blobs > 0 => tracing::info!(
+                    evicted_blobs = r.evicted_blobs,
+                    evicted_bytes = r.evicted_bytes,
+                    cached_bytes = r.cached_bytes,
+                    max_size,
+                    "evicted least recently used blobs"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "eviction pass failed"),
+            }
+        }
+    });
+}
+
 /// Remove abandoned upload sessions now and then.
 pub fn spawn_upload_janitor(app: Arc<App>, max_idle: Duration) {
     tokio::spawn(async move {

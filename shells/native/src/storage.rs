@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use kura_core::storage::{ObjectMeta, PutMode, Storage, StorageError};
+use kura_core::storage::{ListEntry, ObjectMeta, PutMode, Storage, StorageError};
 use kura_core::ByteStream;
 use object_store::path::Path;
 use object_store::{
@@ -206,6 +206,23 @@ impl Storage for ObjectStorage {
             .map_err(map_err)?;
         keys.sort();
         Ok(keys)
+    }
+
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<ListEntry>, StorageError> {
+        let p = path(prefix.trim_end_matches('/'))?;
+        let mut entries: Vec<ListEntry> = self
+            .store
+            .list(Some(&p))
+            .map_ok(|m| ListEntry {
+                key: m.location.to_string(),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis().max(0) as u64,
+            })
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
     }
 
     fn body_stream(body: ByteStream) -> ByteStream {

@@ -1,0 +1,450 @@
+//! The pull-through cache over in-memory storage, with another in-process
+//! registry as the upstream (the end-to-end tests against distribution are
+//! in tests/tests/mirror.rs).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::executor::block_on;
+use futures::StreamExt;
+use http::{Method, Request, StatusCode};
+use kura_core::fetch::{Fetch, FetchError};
+use kura_core::storage::{MemoryStorage, Storage};
+use kura_core::upstream::UpstreamConfig;
+use kura_core::{body, Body, BoxFuture, ByteStream, Digest, Host, Registry, RegistryConfig};
+use serde_json::json;
+
+#[derive(Default)]
+struct TestHost {
+    clock: AtomicU64,
+    counter: AtomicU64,
+}
+
+impl Host for TestHost {
+    fn now_unix_ms(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+    fn fill_random(&self, out: &mut [u8]) {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst).to_le_bytes();
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = n[i % 8] ^ (i as u8);
+        }
+    }
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        std::thread::spawn(move || block_on(task));
+    }
+    fn sleep(&self, _ms: u64) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+type Upstream = Registry<MemoryStorage, TestHost>;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Blob bodies come back with one byte flipped.
+    WrongBytes,
+    /// Everything answers 503.
+    Down,
+}
+
+/// The upstream side: an in-process registry, counting blob GETs.
+struct Shared {
+    upstream: Arc<Upstream>,
+    blob_gets: AtomicUsize,
+    fault: Mutex<Fault>,
+}
+
+/// Fetch served by [`Shared`].
+struct LocalFetch(Arc<Shared>);
+
+impl std::ops::Deref for LocalFetch {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl Fetch for LocalFetch {
+    type Body = ByteStream;
+
+    async fn fetch(&self, req: Request<()>) -> Result<http::Response<ByteStream>, FetchError> {
+        let fault = *self.fault.lock().unwrap();
+        if fault == Fault::Down {
+            return Ok(http::Response::builder()
+                .status(503)
+                .body(body::empty())
+                .unwrap());
+        }
+        let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+        let is_blob_get = req.method() == Method::GET && path.contains("/blobs/");
+        if is_blob_get {
+            self.blob_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut inner = Request::builder().method(req.method()).uri(path);
+        for (k, v) in req.headers() {
+            inner = inner.header(k, v);
+        }
+        let resp = self
+            .upstream
+            .handle(inner.body(body::empty()).unwrap())
+            .await;
+        let (parts, b) = resp.into_parts();
+        let mut stream: ByteStream = match b {
+            Body::Empty => body::empty(),
+            Body::Full(b) => body::once(b),
+            Body::Stream(s) | Body::Relay(s) => s,
+        };
+        if fault == Fault::WrongBytes && is_blob_get {
+            let all = body::collect_limited(stream, usize::MAX).await.unwrap();
+            let mut v = all.to_vec();
+            if let Some(b) = v.last_mut() {
+                *b ^= 0xff;
+            }
+            stream = body::once(v.into());
+        }
+        Ok(http::Response::from_parts(parts, stream))
+    }
+
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+type Mirror = Registry<MemoryStorage, TestHost, LocalFetch>;
+
+struct Setup {
+    upstream: Arc<Upstream>,
+    fetch: Arc<Shared>,
+    mirror: Mirror,
+}
+
+fn setup(tag_ttl_ms: u64) -> Setup {
+    let upstream = Arc::new(Registry::new(
+        MemoryStorage::new(),
+        TestHost::default(),
+        RegistryConfig::default(),
+    ));
+    let fetch = Arc::new(Shared {
+        upstream: upstream.clone(),
+        blob_gets: AtomicUsize::new(0),
+        fault: Mutex::new(Fault::None),
+    });
+    let config = UpstreamConfig {
+        name: "up.local".into(),
+        url: "http://upstream.invalid".into(),
+        username: None,
+        password: None,
+        tag_ttl_ms,
+        max_stale_ms: 3_600_000,
+    };
+    let host = TestHost {
+        clock: AtomicU64::new(1_000_000),
+        counter: AtomicU64::new(1 << 40),
+    };
+    let mirror = Registry::with_upstreams(
+        MemoryStorage::new(),
+        host,
+        RegistryConfig::default(),
+        LocalFetch(fetch.clone()),
+        vec![config],
+        None,
+    )
+    .unwrap();
+    Setup {
+        upstream,
+        fetch,
+        mirror,
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Result<Bytes, std::io::Error>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    fn bytes(&self) -> &[u8] {
+        self.body.as_ref().expect("complete body")
+    }
+}
+
+async fn call_async<S: Storage<Body = ByteStream>, H: Host, F: Fetch>(
+    reg: &Registry<S, H, F>,
+    method: Method,
+    uri: &str,
+    body: Bytes,
+) -> Resp {
+    let req = Request::builder().method(method).uri(uri);
+    let stream = if body.is_empty() {
+        body::empty()
+    } else {
+        body::once(body)
+    };
+    let resp = reg.handle(req.body(stream).unwrap()).await;
+    let (parts, b) = resp.into_parts();
+    let body = match b {
+        Body::Empty => Ok(Bytes::new()),
+        Body::Full(b) => Ok(b),
+        Body::Stream(mut s) | Body::Relay(mut s) => {
+            let mut out = Vec::new();
+            let mut result = Ok(());
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => out.extend_from_slice(&c),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|()| out.into())
+        }
+    };
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn call<S: Storage<Body = ByteStream>, H: Host, F: Fetch>(
+    reg: &Registry<S, H, F>,
+    method: Method,
+    uri: &str,
+) -> Resp {
+    block_on(call_async(reg, method, uri, Bytes::new()))
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+/// Push an image (config + `layers`) to the upstream under `repo:tag`.
+fn push_image(up: &Upstream, repo: &str, tag: &str, layers: &[Vec<u8>]) -> (Digest, Vec<Digest>) {
+    let mut descs = Vec::new();
+    let mut digests = Vec::new();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    for blob in std::iter::once(&config).chain(layers) {
+        let d = Digest::sha256(blob);
+        let r = block_on(call_async(
+            up,
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            blob.clone().into(),
+        ));
+        assert_eq!(r.status, StatusCode::CREATED);
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": blob.len()}));
+        digests.push(d);
+    }
+    let mut config_desc = descs.remove(0);
+    config_desc["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config_desc, "layers": descs,
+    }))
+    .unwrap();
+    let md = Digest::sha256(&m);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body::once(m.into()))
+        .unwrap();
+    assert_eq!(block_on(up.handle(req)).status(), StatusCode::CREATED);
+    (md, digests)
+}
+
+#[test]
+fn cold_then_warm_pull() {
+    let s = setup(60_000);
+    let layer = data(3 * 1024 * 1024 + 17, 1);
+    let (md, digests) = push_image(&s.upstream, "team/app", "v1", std::slice::from_ref(&layer));
+
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/team/app/manifests/v1");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("docker-content-digest"), md.to_string());
+    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert_eq!(r.header("oci-namespace"), "up.local");
+    for pass in ["miss", "hit"] {
+        let r = call(
+            &s.mirror,
+            Method::GET,
+            &format!("/v2/up.local/team/app/blobs/{}", digests[1]),
+        );
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("x-kura-cache"), pass);
+        assert!(r.bytes() == layer.as_slice());
+    }
+    assert_eq!(
+        s.fetch.blob_gets.load(Ordering::SeqCst),
+        1,
+        "second pull came from the cache"
+    );
+    // ns= routing reaches the same cache.
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/team/app/blobs/{}?ns=up.local", digests[1]),
+    );
+    assert_eq!(r.header("x-kura-cache"), "hit");
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        "/v2/team/app/manifests/v1?ns=up.local",
+    );
+    assert_eq!(r.header("x-kura-cache"), "hit");
+    // Unknown upstreams are refused, never fetched.
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        "/v2/team/app/manifests/v1?ns=evil.example",
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Mirrors are read-only.
+    let r = call(
+        &s.mirror,
+        Method::POST,
+        "/v2/up.local/team/app/blobs/uploads/",
+    );
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn concurrent_cold_gets_share_one_fetch() {
+    let s = setup(60_000);
+    let layer = data(20 * 1024 * 1024 + 3, 2);
+    let (_, digests) = push_image(&s.upstream, "big", "v1", std::slice::from_ref(&layer));
+    let uri = format!("/v2/up.local/big/blobs/{}", digests[1]);
+    let results = block_on(futures::future::join_all(
+        (0..16).map(|_| call_async(&s.mirror, Method::GET, &uri, Bytes::new())),
+    ));
+    for r in &results {
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.bytes() == layer.as_slice());
+    }
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+    // A range on a cached blob.
+    let r = block_on(call_async(&s.mirror, Method::GET, &uri, Bytes::new()));
+    assert_eq!(r.header("x-kura-cache"), "hit");
+}
+
+#[test]
+fn lying_upstream_caches_nothing() {
+    let s = setup(60_000);
+    let layer = data(100_000, 3);
+    let (_, digests) = push_image(&s.upstream, "lie", "v1", std::slice::from_ref(&layer));
+    *s.fetch.fault.lock().unwrap() = Fault::WrongBytes;
+    let uri = format!("/v2/up.local/lie/blobs/{}", digests[1]);
+    let r = call(&s.mirror, Method::GET, &uri);
+    assert!(r.body.is_err(), "a wrong blob must not arrive complete");
+    assert!(block_on(s.mirror.storage().list("blobs/"))
+        .unwrap()
+        .is_empty());
+    // Healed: the next pull works and is cached.
+    *s.fetch.fault.lock().unwrap() = Fault::None;
+    let r = call(&s.mirror, Method::GET, &uri);
+    assert!(r.bytes() == layer.as_slice());
+    let r = call(&s.mirror, Method::GET, &uri);
+    assert_eq!(r.header("x-kura-cache"), "hit");
+}
+
+#[test]
+fn tags_revalidate_and_go_stale_when_upstream_is_down() {
+    let s = setup(0);
+    let (md1, _) = push_image(&s.upstream, "app", "v1", &[data(1000, 4)]);
+    assert_eq!(
+        call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/v1").header("x-kura-cache"),
+        "miss"
+    );
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/v1");
+    assert_eq!(r.header("x-kura-cache"), "revalidated");
+    assert_eq!(r.header("docker-content-digest"), md1.to_string());
+    // The tag moves upstream.
+    let (md2, _) = push_image(&s.upstream, "app", "v1", &[data(1000, 5)]);
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/v1");
+    assert_eq!(r.header("docker-content-digest"), md2.to_string());
+    // Upstream down: the cached tag is served, marked stale.
+    *s.fetch.fault.lock().unwrap() = Fault::Down;
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/v1");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-kura-cache"), "stale");
+    assert!(r.header("warning").starts_with("110"));
+    assert_eq!(r.header("docker-content-digest"), md2.to_string());
+    // Something never cached cannot be served.
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/v9");
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_size() {
+    let s = setup(60_000);
+    let layers: Vec<Vec<u8>> = (0..4).map(|i| data(100_000, 10 + i)).collect();
+    let (_, digests) = push_image(&s.upstream, "ev", "v1", &layers);
+    for (i, d) in digests[1..].iter().enumerate() {
+        s.mirror
+            .host()
+            .clock
+            .store(2_000_000 + i as u64 * 1000, Ordering::SeqCst);
+        assert_eq!(
+            call(
+                &s.mirror,
+                Method::GET,
+                &format!("/v2/up.local/ev/blobs/{d}")
+            )
+            .status,
+            StatusCode::OK
+        );
+    }
+    // A hosted blob is never evicted.
+    let hosted = block_on(call_async(
+        &s.mirror,
+        Method::POST,
+        &format!(
+            "/v2/mine/blobs/uploads/?digest={}",
+            Digest::sha256(&layers[0])
+        ),
+        layers[0].clone().into(),
+    ));
+    assert_eq!(hosted.status, StatusCode::CREATED);
+
+    s.mirror.host().clock.store(10_000_000, Ordering::SeqCst);
+    let report = block_on(s.mirror.evict(250_000, 1_000)).unwrap();
+    // Four mirrored layers, one of them also hosted (so protected).
+    assert_eq!(report.cached_bytes, 300_000);
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    // The least recently used went first; the rest are still hits.
+    let oldest = call(
+        &s.mirror,
+        Method::HEAD,
+        &format!("/v2/up.local/ev/blobs/{}", digests[2]),
+    );
+    assert_eq!(oldest.header("x-kura-cache"), "miss");
+    let newest = call(
+        &s.mirror,
+        Method::HEAD,
+        &format!("/v2/up.local/ev/blobs/{}", digests[4]),
+    );
+    assert_eq!(newest.header("x-kura-cache"), "hit");
+    assert_eq!(
+        call(
+            &s.mirror,
+            Method::GET,
+            &format!("/v2/mine/blobs/{}", Digest::sha256(&layers[0]))
+        )
+        .status,
+        StatusCode::OK
+    );
+}

@@ -12,7 +12,10 @@ use anyhow::{bail, Context};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Path of the `kura` binary, built on first use with the same profile as
@@ -30,7 +33,10 @@ pub fn kura_bin() -> PathBuf {
     });
     // target/<profile>/deps/<test-binary> -> target/<profile>/kura
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     profile_dir.join("kura")
 }
 
@@ -129,7 +135,10 @@ impl Kura {
     }
 
     fn spawn(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut cmd = Command::new(kura_bin());
         cmd.args(&self.args)
             .env("RUST_LOG", "info")
@@ -149,7 +158,10 @@ impl Kura {
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("kura exited with {status} during startup; log:\n{}", self.log_text());
+                    bail!(
+                        "kura exited with {status} during startup; log:\n{}",
+                        self.log_text()
+                    );
                 }
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -157,7 +169,10 @@ impl Kura {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("kura did not start listening within 30s; log:\n{}", self.log_text())
+        bail!(
+            "kura did not start listening within 30s; log:\n{}",
+            self.log_text()
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -193,8 +208,15 @@ impl Kura {
     pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let field = |name: &str| -> anyhow::Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(name)).context("no such field")?;
-            Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .context("no such field")?;
+            Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context("no value")?
+                .parse()?)
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
@@ -208,7 +230,10 @@ impl Drop for Kura {
 
 /// Send a signal by name with `kill(1)` (keeps libc out of the tests).
 pub fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
     if !st.success() {
         bail!("kill -{sig} {pid} failed");
     }
@@ -230,3 +255,9 @@ pub fn have(cmd: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+pub mod faulty;
+pub mod image;
+pub mod peers;
+pub mod s3;
+pub mod upstream;

@@ -125,9 +125,23 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let app = server::build_app(&config)?;
+    let local_root = config.storage.s3.is_none().then(|| config.data_dir.clone());
+    if let Some(root) = &local_root {
+        // Before serving: every staging file now is a crash leftover.
+        match storage::sweep_staging_files(root, Duration::ZERO) {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => tracing::info!(
+                files = n,
+                bytes,
+                "removed files of writes interrupted by a crash"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
+        }
+    }
     server::spawn_upload_janitor(
         app.clone(),
         Duration::from_secs(config.registry.upload_max_idle_secs),
+        local_root,
     );
     if let Some(max) = config.mirror.max_size {
         server::spawn_evictor(

@@ -177,8 +177,13 @@ pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration) {
     });
 }
 
-/// Remove abandoned upload sessions now and then.
-pub fn spawn_upload_janitor(app: Arc<App>, max_idle: Duration) {
+/// Remove abandoned upload sessions (and, on local disk, files of
+/// interrupted writes) now and then.
+pub fn spawn_upload_janitor(
+    app: Arc<App>,
+    max_idle: Duration,
+    local_root: Option<std::path::PathBuf>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(
             Duration::from_secs(3600).min(max_idle.max(Duration::from_secs(60))),
@@ -193,6 +198,15 @@ pub fn spawn_upload_janitor(app: Arc<App>, max_idle: Duration) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
                 Err(e) => tracing::warn!(error = %e, "upload cleanup failed"),
+            }
+            if let Some(root) = local_root.clone() {
+                let swept = tokio::task::spawn_blocking(move || {
+                    crate::storage::sweep_staging_files(&root, max_idle)
+                })
+                .await;
+                if let Ok(Err(e)) = swept {
+                    tracing::warn!(error = %e, "sweeping interrupted writes failed");
+                }
             }
         }
     });

@@ -58,6 +58,62 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> ByteStream {
     Box::pin(stream)
 }
 
+/// Remove what interrupted writes left on local disk: object_store stages
+/// every write in `<name>#<n>` beside its target and renames it when done,
+/// so a crash leaves the staging file behind (invisible to listings, but
+/// taking space). Files older than `older_than` go, and directories left
+/// empty. At startup, with nothing writing yet, `older_than` is zero.
+pub fn sweep_staging_files(
+    root: &std::path::Path,
+    older_than: std::time::Duration,
+) -> io::Result<(usize, u64)> {
+    fn is_staging(name: &str) -> bool {
+        name.rsplit_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+    fn walk(
+        dir: &std::path::Path,
+        older_than: std::time::Duration,
+        top: bool,
+        found: &mut (usize, u64),
+    ) -> io::Result<bool> {
+        let mut empty = true;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let path = entry.path();
+            if ft.is_dir() {
+                if walk(&path, older_than, false, found)? {
+                    let _ = std::fs::remove_dir(&path);
+                } else {
+                    empty = false;
+                }
+                continue;
+            }
+            let name = entry.file_name();
+            let meta = entry.metadata()?;
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or_default();
+            if ft.is_file() && is_staging(&name.to_string_lossy()) && age >= older_than {
+                std::fs::remove_file(&path)?;
+                found.0 += 1;
+                found.1 += meta.len();
+            } else {
+                empty = false;
+            }
+        }
+        Ok(empty && !top)
+    }
+    let mut found = (0, 0);
+    if root.is_dir() {
+        walk(root, older_than, true, &mut found)?;
+    }
+    Ok(found)
+}
+
 fn path(key: &str) -> Result<Path, StorageError> {
     Path::parse(key).map_err(StorageError::backend)
 }
@@ -233,6 +289,31 @@ impl Storage for ObjectStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256/ab");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join("abcd"), b"kept").unwrap();
+        std::fs::write(blobs.join("abcd#1"), b"partial").unwrap();
+        let up = dir.path().join("uploads/0123/");
+        std::fs::create_dir_all(&up).unwrap();
+        std::fs::write(up.join("chunk-0-aa#12"), b"partial").unwrap();
+        std::fs::write(up.join("odd#name"), b"kept").unwrap();
+        let (n, bytes) = sweep_staging_files(dir.path(), std::time::Duration::ZERO).unwrap();
+        assert_eq!((n, bytes), (2, 14));
+        assert!(blobs.join("abcd").exists());
+        assert!(!blobs.join("abcd#1").exists());
+        assert!(up.join("odd#name").exists());
+        std::fs::remove_file(up.join("odd#name")).unwrap();
+        sweep_staging_files(dir.path(), std::time::Duration::ZERO).unwrap();
+        assert!(
+            !dir.path().join("uploads").exists(),
+            "empty directories go too"
+        );
+        assert!(dir.path().exists());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_disk_conformance() {

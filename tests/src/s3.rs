@@ -1,0 +1,163 @@
+//! A real S3-compatible server for the tests: `s3s-fs`, which keeps objects
+//! as files under a directory (a bucket is a sub-directory) and checks
+//! SigV4 signatures.
+//!
+//! Install: `cargo install s3s-fs@0.17.0 --locked --features binary --ignore-rust-version`.
+//! The binary is looked up in `$KURA_TEST_S3S_FS`, then `PATH`, then
+//! `$CARGO_HOME/bin` (`~/.cargo/bin`). Tests that need it fail with an
+//! explanation if it is missing: CI installs it, so a silent skip would hide
+//! a broken setup.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::free_port;
+
+pub const ACCESS_KEY: &str = "kura-test-access";
+pub const SECRET_KEY: &str = "kura-test-secret-key";
+
+/// Path of `s3s-fs`, or a panic saying how to install it.
+pub fn s3s_fs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KURA_TEST_S3S_FS") {
+        return PathBuf::from(p);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("s3s-fs");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(p) = cargo_home.map(|h| h.join("bin/s3s-fs")) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "s3s-fs not found (looked in $KURA_TEST_S3S_FS, PATH and $CARGO_HOME/bin). The S3 tests need a real \
+         S3-compatible server; install it with:\n    \
+         cargo install s3s-fs@0.17.0 --locked --features binary --ignore-rust-version"
+    );
+}
+
+/// A running `s3s-fs` with one bucket.
+pub struct S3Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub endpoint: String,
+    pub bucket: String,
+    /// The directory s3s-fs serves; the bucket is `root/<bucket>`.
+    pub root: PathBuf,
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Start `s3s-fs` on a free loopback port with an empty bucket `bucket`.
+    pub fn start(bucket: &str) -> anyhow::Result<S3Server> {
+        let bin = s3s_fs_bin();
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("s3");
+        std::fs::create_dir_all(root.join(bucket))?;
+        let log = tmp.path().join("s3s-fs.log");
+        let port = free_port();
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut s = S3Server {
+            child: Some(child),
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: bucket.to_owned(),
+            root,
+            log,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = s.child.as_mut().expect("running").try_wait()? {
+                bail!(
+                    "s3s-fs exited with {status} at startup; log:\n{}",
+                    s.log_text()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("s3s-fs did not listen within 20s; log:\n{}", s.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The bucket's directory on disk.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.join(&self.bucket)
+    }
+
+    /// A kura YAML config selecting this server's bucket, written to `path`.
+    pub fn write_kura_config(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        let yaml = format!(
+            "storage:\n  s3:\n    bucket: {}\n    endpoint: {}\n    region: us-east-1\n    access_key_id: {ACCESS_KEY}\n    \
+             secret_access_key: {SECRET_KEY}\n    path_style: true\n    allow_http: true\n",
+            self.bucket, self.endpoint
+        );
+        std::fs::write(path, yaml)?;
+        Ok(path.to_path_buf())
+    }
+
+    /// Keys (paths relative to the bucket, `/`-separated) of the regular
+    /// files in the bucket directory. s3s-fs may keep its own bookkeeping
+    /// files next to objects; callers filter by prefix.
+    pub fn object_keys(&self) -> anyhow::Result<Vec<String>> {
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+            for e in std::fs::read_dir(dir)? {
+                let e = e?;
+                let p = e.path();
+                if e.file_type()?.is_dir() {
+                    walk(base, &p, out)?;
+                } else {
+                    out.push(
+                        p.strip_prefix(base)
+                            .expect("under base")
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        walk(&self.bucket_dir(), &self.bucket_dir(), &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

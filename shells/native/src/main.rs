@@ -5,6 +5,7 @@ mod compat;
 mod config;
 mod fetch;
 mod host;
+mod prefetch;
 mod server;
 mod storage;
 mod tls;
@@ -36,6 +37,24 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Warm a running kura's cache: pull images through it, all platforms
+    /// or one, showing progress per layer.
+    Prefetch(PrefetchArgs),
+}
+
+#[derive(Args)]
+struct PrefetchArgs {
+    /// The kura to warm.
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    server: String,
+    /// Read more images from a file, one per line (# comments allowed).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Only this platform of multi-platform images, e.g. linux/amd64.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Images such as docker.io/library/alpine:3.20 or ghcr.io/owner/app:v1.
+    images: Vec<String>,
 }
 
 #[derive(Args)]
@@ -77,6 +96,26 @@ fn main() -> anyhow::Result<()> {
             }
             print!("{}", config.to_yaml());
             Ok(())
+        }
+        Command::Prefetch(args) => {
+            let mut images = args.images;
+            if let Some(file) = &args.from {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                images.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            if images.is_empty() {
+                anyhow::bail!("no images given");
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(prefetch::run(&args.server, images, args.platform))
         }
         Command::Serve(args) => {
             let mut config = Config::load(

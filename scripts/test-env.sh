@@ -10,7 +10,7 @@ log() { printf '[test-env] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: the real peers the end-to-end tests run against.
-debs=(skopeo podman containerd docker-registry apache2-utils openssl uidmap fuse-overlayfs)
+debs=(skopeo podman containerd docker-registry apache2-utils openssl uidmap fuse-overlayfs tinyproxy)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

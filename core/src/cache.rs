@@ -1050,7 +1050,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         };
         let store = |e: crate::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
         // A state object marks the spool as a live session for the janitor.
-        let state = UploadState::new(&self.local, self.host.now_unix_ms());
+        let mut state = UploadState::new(&self.local, self.host.now_unix_ms());
+        state.fill = true;
         self.storage
             .put(
                 &layout::upload_state(&self.spool),

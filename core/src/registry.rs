@@ -845,6 +845,26 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(())
     }
 
+    /// Delete the spools of cache fills: at startup they are all leftovers
+    /// of a crash (a fill lives and dies with its process). Returns how many.
+    pub async fn purge_interrupted_fills(&self) -> Result<usize> {
+        let keys = self.storage.list(layout::UPLOADS_PREFIX).await?;
+        let ids: std::collections::BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(layout::UPLOADS_PREFIX)?.split('/').next())
+            .collect();
+        let mut purged = 0;
+        for id in ids.into_iter().filter_map(UploadId::parse) {
+            if let Some(raw) = self.storage.read(&layout::upload_state(&id)).await? {
+                if UploadState::decode(&raw).is_some_and(|s| s.fill) {
+                    self.remove_upload(&id).await?;
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
     /// Delete upload sessions not touched for `max_age_ms`. Returns how many.
     pub async fn purge_stale_uploads(&self, max_age_ms: u64) -> Result<usize> {
         let now = self.host.now_unix_ms();

@@ -55,6 +55,10 @@ pub struct UploadState {
     pub chunks: Vec<Chunk>,
     /// sha256 state over all bytes received (see [`Hasher::save`]).
     pub hasher: String,
+    /// A cache fill's spool rather than a client's upload: it cannot outlive
+    /// the process that fills it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fill: bool,
 }
 
 impl UploadState {
@@ -66,6 +70,7 @@ impl UploadState {
             offset: 0,
             chunks: Vec::new(),
             hasher: Hasher::new(crate::digest::Algorithm::Sha256).save(),
+            fill: false,
         }
     }
 

@@ -1207,7 +1207,7 @@ fn push_non_ascii_content_range_is_rejected() {
     );
     let s = reg.get(&loc).expect(204);
     assert_eq!(
-        reg.patch(&s.hdr("location").to_owned(), b"abc", Some((0, 2)))
+        reg.patch(s.hdr("location"), b"abc", Some((0, 2)))
             .expect(202)
             .hdr("range"),
         "0-2",
@@ -1455,7 +1455,7 @@ fn push_cross_repository_mount() {
     );
     // Bad mount parameters.
     reg.post(
-        &format!("/v2/mount/fifth/blobs/uploads/?mount=sha256:zz&from=mount/src"),
+        "/v2/mount/fifth/blobs/uploads/?mount=sha256:zz&from=mount/src",
         b"",
     )
     .error(400, "DIGEST_INVALID");

@@ -177,6 +177,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
         }
     }
+    match app.registry.purge_interrupted_fills().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(spools = n, "removed cache fills interrupted by a crash"),
+        Err(e) => tracing::warn!(error = %e, "removing interrupted cache fills failed"),
+    }
     server::spawn_upload_janitor(
         app.clone(),
         Duration::from_secs(config.registry.upload_max_idle_secs),

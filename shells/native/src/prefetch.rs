@@ -54,7 +54,7 @@ pub async fn run(
         let mut blobs: BTreeSet<(String, u64)> = BTreeSet::new();
         let (bytes, media_type) = get_manifest(&client, &server, &name, &reference)
             .await
-            .with_context(|| format!("{image}"))?;
+            .with_context(|| image.to_string())?;
         let parsed = manifest::parse(&bytes, Some(&media_type))
             .with_context(|| format!("{image}: manifest"))?;
         let images: Vec<Descriptor> = if parsed.kind.is_index() {

@@ -208,8 +208,25 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 impl Default for MirrorConfig {
     fn default() -> Self {
+        // Out of the box kura mirrors the public registries people pull from
+        // most, by name prefix (`docker.io/library/alpine:3.20`) and `?ns=`;
+        // bare names stay hosted so pushes work. A config file's
+        // `mirror.upstreams` replaces this list.
+        let public = |name: &str, url: &str| UpstreamSection {
+            name: name.into(),
+            url: url.into(),
+            username: None,
+            password: None,
+            tag_ttl_secs: default_tag_ttl(),
+            max_stale_secs: default_max_stale(),
+        };
         MirrorConfig {
-            upstreams: Vec::new(),
+            upstreams: vec![
+                public("docker.io", "https://registry-1.docker.io"),
+                public("ghcr.io", "https://ghcr.io"),
+                public("quay.io", "https://quay.io"),
+                public("registry.k8s.io", "https://registry.k8s.io"),
+            ],
             default: None,
             proxy: None,
             no_proxy: None,
@@ -386,6 +403,29 @@ mod tests {
         let c = Config::load(None, &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert!(c.storage.s3.is_none());
+        let names: Vec<&str> = c.mirror.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        );
+        assert!(c.mirror.default.is_none(), "bare names stay hosted");
+    }
+
+    #[test]
+    fn configured_upstreams_replace_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "mirror:\n  upstreams:\n    - name: up.local\n      url: http://127.0.0.1:1\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.mirror.upstreams.len(), 1);
+        let f = write(dir.path(), "mirror:\n  upstreams: []\n");
+        assert!(Config::load(Some(&f), &Overrides::default())
+            .unwrap()
+            .mirror
+            .upstreams
+            .is_empty());
     }
 
     #[test]

@@ -134,6 +134,25 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             .await
     }
 
+    /// The OCI 1.1 referrers of `digest`, optionally filtered upstream.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        let query = artifact_type
+            .map(|t| format!("?artifactType={}", crate::api::percent_encode(t)))
+            .unwrap_or_default();
+        self.request(
+            repo,
+            &format!("referrers/{digest}{query}"),
+            Method::GET,
+            None,
+        )
+        .await
+    }
+
     /// HEAD a blob: does the upstream have it for this repository?
     pub async fn blob_head(
         &self,

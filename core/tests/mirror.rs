@@ -49,6 +49,8 @@ enum Fault {
     WrongBytes,
     /// Everything answers 503.
     Down,
+    /// The referrers API answers 404, like registries that predate it.
+    NoReferrersApi,
 }
 
 /// The upstream side: an in-process registry, counting blob GETs.
@@ -81,6 +83,12 @@ impl Fetch for LocalFetch {
                 .unwrap());
         }
         let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+        if fault == Fault::NoReferrersApi && path.contains("/referrers/") {
+            return Ok(http::Response::builder()
+                .status(404)
+                .body(body::empty())
+                .unwrap());
+        }
         let is_blob_get = req.method() == Method::GET && path.contains("/blobs/");
         if is_blob_get {
             self.blob_gets.fetch_add(1, Ordering::SeqCst);
@@ -447,4 +455,133 @@ fn eviction_keeps_the_cache_under_its_size() {
         .status,
         StatusCode::OK
     );
+}
+
+/// Push an artifact manifest referring to `subject` into the upstream.
+fn push_artifact(
+    up: &Upstream,
+    repo: &str,
+    subject: &Digest,
+    subject_len: usize,
+    artifact_type: &str,
+) -> Digest {
+    let empty = b"{}".to_vec();
+    let d = Digest::sha256(&empty);
+    let r = block_on(call_async(
+        up,
+        Method::POST,
+        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        empty.into(),
+    ));
+    assert_eq!(r.status, StatusCode::CREATED);
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": d.to_string(), "size": 2},
+        "layers": [],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject.to_string(), "size": subject_len},
+    }))
+    .unwrap();
+    let md = Digest::sha256(&m);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/v2/{repo}/manifests/{md}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body::once(m.into()))
+        .unwrap();
+    assert_eq!(block_on(up.handle(req)).status(), StatusCode::CREATED);
+    md
+}
+
+#[test]
+fn referrers_pass_through() {
+    let s = setup(60_000);
+    let (subject, _) = push_image(&s.upstream, "sig", "v1", &[data(10, 6)]);
+    let sbom = push_artifact(
+        &s.upstream,
+        "sig",
+        &subject,
+        500,
+        "application/vnd.example.sbom",
+    );
+    let sig = push_artifact(
+        &s.upstream,
+        "sig",
+        &subject,
+        500,
+        "application/vnd.example.signature",
+    );
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/sig/referrers/{subject}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("content-type"),
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    let mut got: Vec<String> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want = vec![sbom.to_string(), sig.to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/sig/referrers/{subject}?artifactType=application/vnd.example.sbom"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["manifests"][0]["digest"], json!(sbom.to_string()));
+    assert_eq!(r.header("oci-filters-applied"), "artifactType");
+}
+
+#[test]
+fn referrers_fall_back_to_the_tag_schema() {
+    let s = setup(60_000);
+    let (subject, _) = push_image(&s.upstream, "old", "v1", &[data(10, 7)]);
+    *s.fetch.fault.lock().unwrap() = Fault::NoReferrersApi;
+    // A registry without the API keeps referrers in an index tagged <alg>-<hex>.
+    let (child, _) = push_image(&s.upstream, "old", "child", &[data(10, 8)]);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child.to_string(), "size": 1, "artifactType": "application/vnd.example.sbom"}],
+    }))
+    .unwrap();
+    let tag = format!("sha256-{}", subject.hex());
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/v2/old/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(body::once(index.into()))
+        .unwrap();
+    let put = block_on(s.upstream.handle(req));
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/old/referrers/{subject}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    assert_eq!(v["manifests"][0]["digest"], json!(child.to_string()));
+    // No referrers at all: an empty index, never a 404.
+    let (other, _) = push_image(&s.upstream, "old", "v2", &[data(10, 9)]);
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/old/referrers/{other}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    assert_eq!(v["manifests"], json!([]));
 }

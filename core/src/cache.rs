@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::StreamExt;
-use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, WARNING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::api::{self, Route};
@@ -38,7 +38,10 @@ use crate::layout;
 use crate::manifest;
 use crate::metrics::{self, Metrics};
 use crate::reference::{Reference, RepositoryName, Tag};
-use crate::registry::{error_stream, manifest_unknown, set, Registry, Response, Result};
+use crate::registry::{
+    blob_response, error_stream, manifest_unknown, satisfiable_range, set, Registry, Response,
+    Result,
+};
 use crate::storage::{PutMode, Storage};
 use crate::upload::{UploadId, UploadState};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
@@ -656,13 +659,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         })?;
         let (status, start, end, content_range) = match (range, size) {
             (Some(r), Some(size)) if !head => {
-                let rg = api::parse_range(r, size).map_err(|_| {
-                    RegistryError::new(
-                        ErrorCode::RangeInvalid,
-                        format!("range {r:?} not satisfiable for {size} bytes"),
-                    )
-                    .with_header(CONTENT_RANGE, format!("bytes */{size}"))
-                })?;
+                let rg = satisfiable_range(r, size)?;
                 let cr = format!("bytes {}-{}/{size}", rg.start, rg.end - 1);
                 (
                     StatusCode::PARTIAL_CONTENT,
@@ -684,17 +681,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 end,
             ))
         };
-        let mut resp = crate::registry::response(status, body);
-        let h = resp.headers_mut();
-        set(h, CONTENT_TYPE, "application/octet-stream");
-        if let Some(end) = end {
-            set(h, CONTENT_LENGTH, &(end - start).to_string());
-        }
-        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
-        set(h, ACCEPT_RANGES, "bytes");
-        if let Some(cr) = content_range {
-            set(h, CONTENT_RANGE, &cr);
-        }
+        let len = end.map(|e| e - start);
+        let resp = blob_response(status, body, digest, len, content_range);
         Ok(mark(resp, "miss"))
     }
 

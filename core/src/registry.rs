@@ -465,13 +465,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Some(value) => {
                 let size = self.storage.head(&key).await?.ok_or_else(unknown)?.size;
-                let r = api::parse_range(value, size).map_err(|_| {
-                    RegistryError::new(
-                        ErrorCode::RangeInvalid,
-                        format!("range {value:?} not satisfiable for {size} bytes"),
-                    )
-                    .with_header(CONTENT_RANGE, format!("bytes */{size}"))
-                })?;
+                let r = satisfiable_range(value, size)?;
                 let (_, body) = self
                     .storage
                     .get(&key, Some(r.clone()))
@@ -486,17 +480,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 )
             }
         };
-        let mut resp = response(status, body);
-        let h = resp.headers_mut();
-        set(h, CONTENT_TYPE, "application/octet-stream");
-        set(h, CONTENT_LENGTH, &len.to_string());
-        set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
-        set(h, ACCEPT_RANGES, "bytes");
-        set(h, ETAG, &format!("\"{digest}\""));
-        if let Some(cr) = content_range {
-            set(h, CONTENT_RANGE, &cr);
-        }
-        Ok(resp)
+        Ok(blob_response(
+            status,
+            body,
+            digest,
+            Some(len),
+            content_range,
+        ))
     }
 
     async fn delete_blob(
@@ -1088,6 +1078,40 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             ))
         }
     }
+}
+
+/// The byte range to serve for a `Range` header, or the 416 to answer.
+pub(crate) fn satisfiable_range(value: &str, size: u64) -> Result<std::ops::Range<u64>> {
+    api::parse_range(value, size).map_err(|_| {
+        RegistryError::new(
+            ErrorCode::RangeInvalid,
+            format!("range {value:?} not satisfiable for {size} bytes"),
+        )
+        .with_header(CONTENT_RANGE, format!("bytes */{size}"))
+    })
+}
+
+/// A blob response with the headers clients rely on.
+pub(crate) fn blob_response<B>(
+    status: StatusCode,
+    body: Body<B>,
+    digest: &Digest,
+    len: Option<u64>,
+    content_range: Option<String>,
+) -> Response<B> {
+    let mut resp = response(status, body);
+    let h = resp.headers_mut();
+    set(h, CONTENT_TYPE, "application/octet-stream");
+    if let Some(len) = len {
+        set(h, CONTENT_LENGTH, &len.to_string());
+    }
+    set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+    set(h, ACCEPT_RANGES, "bytes");
+    set(h, ETAG, &format!("\"{digest}\""));
+    if let Some(cr) = content_range {
+        set(h, CONTENT_RANGE, &cr);
+    }
+    resp
 }
 
 /// One page of a listing, and the `n` and `last` of the next if any.

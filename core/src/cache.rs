@@ -39,8 +39,8 @@ use crate::manifest;
 use crate::metrics::{self, Metrics};
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::registry::{
-    blob_response, error_stream, manifest_unknown, satisfiable_range, set, Registry, Response,
-    Result,
+    blob_response, error_stream, join_objects, manifest_unknown, satisfiable_range, set, Registry,
+    Response, Result,
 };
 use crate::storage::{PutMode, Storage};
 use crate::upload::{UploadId, UploadState};
@@ -1207,19 +1207,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 self.storage.rename(only, &blob).await?;
             }
             many => {
-                let storage = self.storage.clone();
-                let parts = futures::stream::iter(many.to_vec()).then(move |key| {
-                    let storage = storage.clone();
-                    async move {
-                        match storage.get(&key, None).await {
-                            Ok(Some((_, body))) => S::body_stream(body),
-                            _ => error_stream(std::io::Error::other(format!(
-                                "spool chunk {key} missing"
-                            ))),
-                        }
-                    }
-                });
-                let joined: ByteStream = Box::pin(parts.flatten());
+                let joined = join_objects(self.storage.clone(), many.to_vec());
                 self.storage
                     .put_stream(
                         &blob,

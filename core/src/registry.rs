@@ -808,25 +808,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .iter()
             .map(|c| layout::upload_chunk(id, c.offset, &c.nonce))
             .collect();
-        let joined = self.join_chunks(keys);
+        let joined = join_objects(self.storage.clone(), keys);
         self.store_blob(digest, joined).await
-    }
-
-    fn join_chunks(&self, keys: Vec<String>) -> ByteStream {
-        let storage = self.storage.clone();
-        let parts = futures::stream::iter(keys).then(move |key| {
-            let storage = storage.clone();
-            async move {
-                match storage.get(&key, None).await {
-                    Ok(Some((_, body))) => S::body_stream(body),
-                    Ok(None) => {
-                        error_stream(io::Error::other(format!("upload chunk {key} missing")))
-                    }
-                    Err(e) => error_stream(io::Error::other(e.to_string())),
-                }
-            }
-        });
-        Box::pin(parts.flatten())
     }
 
     async fn cancel_upload(
@@ -853,16 +836,22 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(())
     }
 
-    /// Delete the spools of cache fills: at startup they are all leftovers
-    /// of a crash (a fill lives and dies with its process). Returns how many.
-    pub async fn purge_interrupted_fills(&self) -> Result<usize> {
+    /// Every session (or fill spool) in the upload area, from its keys (a
+    /// session whose state is gone still has chunks to find).
+    async fn upload_ids(&self) -> Result<Vec<UploadId>> {
         let keys = self.storage.list(layout::UPLOADS_PREFIX).await?;
         let ids: std::collections::BTreeSet<&str> = keys
             .iter()
             .filter_map(|k| k.strip_prefix(layout::UPLOADS_PREFIX)?.split('/').next())
             .collect();
+        Ok(ids.into_iter().filter_map(UploadId::parse).collect())
+    }
+
+    /// Delete the spools of cache fills: at startup they are all leftovers
+    /// of a crash (a fill lives and dies with its process). Returns how many.
+    pub async fn purge_interrupted_fills(&self) -> Result<usize> {
         let mut purged = 0;
-        for id in ids.into_iter().filter_map(UploadId::parse) {
+        for id in self.upload_ids().await? {
             if let Some(raw) = self.storage.read(&layout::upload_state(&id)).await? {
                 if UploadState::decode(&raw).is_some_and(|s| s.fill) {
                     self.remove_upload(&id).await?;
@@ -877,12 +866,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     pub async fn purge_stale_uploads(&self, max_age_ms: u64) -> Result<usize> {
         let now = self.host.now_unix_ms();
         let mut purged = 0;
-        let keys = self.storage.list(layout::UPLOADS_PREFIX).await?;
-        let ids: std::collections::BTreeSet<&str> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(layout::UPLOADS_PREFIX)?.split('/').next())
-            .collect();
-        for id in ids.into_iter().filter_map(UploadId::parse) {
+        for id in self.upload_ids().await? {
             let stale = match self.storage.read(&layout::upload_state(&id)).await? {
                 Some(raw) => UploadState::decode(&raw)
                     .is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
@@ -1211,6 +1195,22 @@ impl Stream for Hashing {
             }
         }
     }
+}
+
+/// The objects at `keys`, one after another, as one stream (upload chunks
+/// and fill spools joined into a blob); a missing object fails the stream.
+pub(crate) fn join_objects<S: Storage>(storage: Arc<S>, keys: Vec<String>) -> ByteStream {
+    let parts = futures::stream::iter(keys).then(move |key| {
+        let storage = storage.clone();
+        async move {
+            match storage.get(&key, None).await {
+                Ok(Some((_, body))) => S::body_stream(body),
+                Ok(None) => error_stream(io::Error::other(format!("{key} missing"))),
+                Err(e) => error_stream(io::Error::other(e.to_string())),
+            }
+        }
+    });
+    Box::pin(parts.flatten())
 }
 
 pub(crate) fn error_stream(e: io::Error) -> ByteStream {

@@ -183,9 +183,8 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 .await;
             let resp = match resp {
                 Ok(r) => r,
-                Err(e) if attempt < MAX_ATTEMPTS => {
+                Err(_) if attempt < MAX_ATTEMPTS => {
                     self.backoff(attempt, None).await;
-                    let _ = e;
                     continue;
                 }
                 Err(e) => return Err(UpstreamError::Unavailable(e.to_string())),

@@ -2,43 +2,22 @@
 //! registry as the upstream (the end-to-end tests against distribution are
 //! in tests/tests/mirror.rs).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+mod common;
+
 use bytes::Bytes;
+use common::TestHost;
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use kura_core::fetch::{Fetch, FetchError};
 use kura_core::storage::{MemoryStorage, Storage};
 use kura_core::upstream::UpstreamConfig;
-use kura_core::{body, Body, BoxFuture, ByteStream, Digest, Host, Registry, RegistryConfig};
+use kura_core::{body, Body, ByteStream, Digest, Host, Registry, RegistryConfig};
 use serde_json::json;
-
-#[derive(Default)]
-struct TestHost {
-    clock: AtomicU64,
-    counter: AtomicU64,
-}
-
-impl Host for TestHost {
-    fn now_unix_ms(&self) -> u64 {
-        self.clock.load(Ordering::SeqCst)
-    }
-    fn fill_random(&self, out: &mut [u8]) {
-        let n = self.counter.fetch_add(1, Ordering::SeqCst).to_le_bytes();
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = n[i % 8] ^ (i as u8);
-        }
-    }
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        std::thread::spawn(move || block_on(task));
-    }
-    fn sleep(&self, _ms: u64) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-}
 
 type Upstream = Registry<MemoryStorage, TestHost>;
 
@@ -134,7 +113,7 @@ struct Setup {
 fn setup(tag_ttl_ms: u64) -> Setup {
     let upstream = Arc::new(Registry::new(
         MemoryStorage::new(),
-        TestHost::default(),
+        TestHost::at(0),
         RegistryConfig::default(),
     ));
     let fetch = Arc::new(Shared {
@@ -150,10 +129,7 @@ fn setup(tag_ttl_ms: u64) -> Setup {
         tag_ttl_ms,
         max_stale_ms: 3_600_000,
     };
-    let host = TestHost {
-        clock: AtomicU64::new(1_000_000),
-        counter: AtomicU64::new(1 << 40),
-    };
+    let host = TestHost::at(1_000_000);
     let mirror = Registry::with_upstreams(
         MemoryStorage::new(),
         host,

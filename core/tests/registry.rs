@@ -2,55 +2,25 @@
 //! without HTTP. (The HTTP-level suite against the real binary is in
 //! tests/tests/api.rs.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+mod common;
 
 use bytes::Bytes;
+use common::TestHost;
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use kura_core::storage::{MemoryStorage, Storage};
-use kura_core::{body, Body, BoxFuture, ByteStream, Digest, Host, Registry, RegistryConfig};
+use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
 use serde_json::json;
-
-struct TestHost {
-    clock: AtomicU64,
-    counter: AtomicU64,
-}
-
-impl TestHost {
-    fn new() -> Self {
-        TestHost {
-            clock: AtomicU64::new(1_000),
-            counter: AtomicU64::new(1),
-        }
-    }
-}
-
-impl Host for TestHost {
-    fn now_unix_ms(&self) -> u64 {
-        self.clock.load(Ordering::SeqCst)
-    }
-    fn fill_random(&self, out: &mut [u8]) {
-        // Distinct per call; unpredictability is not under test here.
-        let n = self.counter.fetch_add(1, Ordering::SeqCst).to_le_bytes();
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = n[i % 8] ^ (i as u8);
-        }
-    }
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        std::thread::spawn(move || block_on(task));
-    }
-    fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
-        Box::pin(async move { std::thread::sleep(std::time::Duration::from_millis(ms)) })
-    }
-}
 
 type Reg = Registry<MemoryStorage, TestHost>;
 
 fn registry() -> Reg {
     Registry::new(
         MemoryStorage::new(),
-        TestHost::new(),
+        TestHost::at(1_000),
         RegistryConfig::default(),
     )
 }
@@ -639,7 +609,7 @@ fn deletes_can_be_disabled() {
         delete_enabled: false,
         ..RegistryConfig::default()
     };
-    let reg = Registry::new(MemoryStorage::new(), TestHost::new(), config);
+    let reg = Registry::new(MemoryStorage::new(), TestHost::at(1_000), config);
     let d = push_blob(&reg, "x", b"abc");
     let r = call(&reg, Method::DELETE, &format!("/v2/x/blobs/{d}"), &[], "");
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

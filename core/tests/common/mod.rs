@@ -1,0 +1,40 @@
+//! What the core tests share: a deterministic host.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::executor::block_on;
+use kura_core::{BoxFuture, Host};
+
+/// A settable clock, distinct (not unpredictable) random bytes, spawn on a
+/// thread, and no real waiting for retry backoff.
+pub struct TestHost {
+    pub clock: AtomicU64,
+    counter: AtomicU64,
+}
+
+impl TestHost {
+    pub fn at(now_ms: u64) -> Self {
+        TestHost {
+            clock: AtomicU64::new(now_ms),
+            counter: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Host for TestHost {
+    fn now_unix_ms(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+    fn fill_random(&self, out: &mut [u8]) {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst).to_le_bytes();
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = n[i % 8] ^ (i as u8);
+        }
+    }
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        std::thread::spawn(move || block_on(task));
+    }
+    fn sleep(&self, _ms: u64) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}

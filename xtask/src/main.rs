@@ -3,6 +3,10 @@
 //! - `cargo xtask test` — install test peers if missing, check formatting and
 //!   lints, prove kura-core builds for wasm32, run every test.
 //! - `cargo xtask wasm` — build kura-core for `wasm32-unknown-unknown`.
+//! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
+//!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,8 +19,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
         Some("wasm") => wasm(),
+        Some("bench") => bench::bench(&root(), &rest),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm>");
+            eprintln!("usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|bench [--quick]>");
             std::process::exit(2);
         }
     }

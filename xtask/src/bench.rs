@@ -1,0 +1,794 @@
+//! `cargo xtask bench [--quick]`: kura beside the incumbent, on one machine,
+//! in one run.
+//!
+//! Everything runs on loopback: an upstream (Debian's `docker-registry`,
+//! CNCF distribution) loaded with generated images; the incumbent (a second
+//! `docker-registry` in proxy mode); kura mirroring the same upstream on
+//! local disk; and nginx with `sendfile on` serving the same blob file, the
+//! most this machine can push through loopback. Measurements alternate
+//! between the two mirrors round by round so machine noise hits both.
+//!
+//! Load generators: `wrk` (Debian) for request rates, latencies and
+//! single-blob throughput: a C event loop whose own cost is small and the
+//! same for every server; `curl --parallel` (Debian) for pulls, where the
+//! point is many whole transfers at once. Neither is ours, so neither can
+//! flatter kura.
+//!
+//! `--quick` runs the same harness at small sizes against a debug kura (CI
+//! smoke test: it must produce the table; its numbers mean nothing).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use kura_tests::image::{ImageSpec, OciLayout};
+use kura_tests::peers::Skopeo;
+use kura_tests::upstream::Distribution;
+
+const MIB: usize = 1024 * 1024;
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+struct Plan {
+    quick: bool,
+    rounds: usize,
+    /// Seconds per wrk run.
+    secs: u64,
+    small_layer: usize,
+    medium_layer: usize,
+    big_layer: usize,
+    index_layer: usize,
+    tiny_blob: usize,
+    huge_blob: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                rounds: 1,
+                secs: 1,
+                small_layer: 256 * 1024,
+                medium_layer: 2 * MIB,
+                big_layer: 8 * MIB,
+                index_layer: 256 * 1024,
+                tiny_blob: 2 * MIB,
+                huge_blob: 32 * MIB,
+            }
+        } else {
+            Plan {
+                quick,
+                rounds: 3,
+                secs: 5,
+                small_layer: 2 * MIB,
+                medium_layer: 25 * MIB,
+                big_layer: 125 * MIB,
+                index_layer: 4 * MIB,
+                tiny_blob: 10 * 1000 * 1000,
+                huge_blob: 1024 * MIB,
+            }
+        }
+    }
+}
+
+pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let quick = args.contains(&"--quick");
+    let plan = Plan::new(quick);
+    for (tool, package) in [
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("wrk", "wrk"),
+        ("curl", "curl"),
+        ("nginx", "nginx-light"),
+    ] {
+        ensure!(
+            kura_tests::have(tool),
+            "{tool} is missing: apt-get install {package} (scripts/test-env.sh installs it)"
+        );
+    }
+    let kura_bin = build_kura(root, quick)?;
+    let work = tempfile::Builder::new().prefix("kura-bench").tempdir()?;
+    let w = work.path();
+
+    eprintln!("bench: generating images");
+    let images = Images::generate(&w.join("oci"), &plan)?;
+    eprintln!("bench: loading the upstream");
+    let upstream = Distribution::start()?;
+    images.push(&w.join("oci"), &upstream)?;
+
+    let mut t = Table::default();
+    let kura = MirrorKind::Kura(kura_bin);
+    let reg = MirrorKind::Registry2;
+
+    // Warm serving: one long-lived instance of each, primed.
+    eprintln!("bench: warm serving");
+    let mut k = Mirror::start(&kura, w, "kura-warm", &upstream.url)?;
+    let mut r = Mirror::start(&reg, w, "reg-warm", &upstream.url)?;
+    let ceiling = Nginx::start(w, &images.big_layer_file)?;
+    for m in [&k, &r] {
+        images.pull(&m.url, &["big", "small", "multi"])?;
+    }
+    let blob = |base: &str| format!("{base}/v2/bench/big/blobs/{}", images.big_layer);
+    let by_tag = |base: &str| format!("{base}/v2/bench/small/manifests/latest");
+    let by_digest = |base: &str| format!("{base}/v2/bench/small/manifests/{}", images.small_manifest);
+    let mut nginx_1 = Vec::new();
+    for round in 0..plan.rounds {
+        for (name, m) in alternate(round, [("kura", &k), ("registry:2", &r)]) {
+            let one = wrk(&blob(&m.url), 1, 1, plan.secs, None)?;
+            t.add("warm blob GET, 1 client (MB/s)", name, one.mb_per_sec());
+            let eight = wrk(&blob(&m.url), 2, 8, plan.secs, None)?;
+            t.add("warm blob GET, 8 clients (MB/s)", name, eight.mb_per_sec());
+            let tag = wrk(&by_tag(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
+            t.add("manifest GET by tag, 32 conns (req/s)", name, tag.req_per_sec);
+            t.add("manifest GET by tag, p50 (ms)", name, tag.p50_ms);
+            t.add("manifest GET by tag, p99 (ms)", name, tag.p99_ms);
+            let dig = wrk(&by_digest(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
+            t.add("manifest GET by digest, 32 conns (req/s)", name, dig.req_per_sec);
+            t.add("manifest GET by digest, p50 (ms)", name, dig.p50_ms);
+            t.add("manifest GET by digest, p99 (ms)", name, dig.p99_ms);
+        }
+        let one = wrk(&format!("{}/blob", ceiling.url), 1, 1, plan.secs, None)?;
+        nginx_1.push(one.mb_per_sec());
+        let eight = wrk(&format!("{}/blob", ceiling.url), 2, 8, plan.secs, None)?;
+        t.add("warm blob GET, 8 clients (MB/s)", "ceiling", eight.mb_per_sec());
+    }
+    for v in nginx_1 {
+        t.add("warm blob GET, 1 client (MB/s)", "ceiling", v);
+    }
+    for m in [&mut k, &mut r] {
+        t.add("peak RSS, warm serving (MiB)", m.label, m.hwm_mib()?);
+        m.stop();
+    }
+    drop(ceiling);
+
+    // Cold: a fresh, empty instance per round.
+    eprintln!("bench: cold pulls");
+    for round in 0..plan.rounds {
+        let direct = images.pull(&upstream.url, &["big"])?;
+        t.add("cold pull of the big image (s)", "direct", direct);
+        for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+            let mut m = Mirror::start(kind, w, &format!("cold-{round}"), &upstream.url)?;
+            t.add("startup to first response (ms)", name, m.startup_ms);
+            let secs = images.pull(&m.url, &["big"])?;
+            t.add("cold pull of the big image (s)", name, secs);
+            t.add("cold pull ÷ direct", name, secs / direct);
+            t.add("peak RSS, cold pull (MiB)", name, m.hwm_mib()?);
+            m.stop();
+        }
+    }
+
+    eprintln!("bench: 64 concurrent cold GETs of one blob");
+    for round in 0..plan.rounds {
+        for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+            let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
+            let digest = &images.medium_layer;
+            let before = upstream.blob_gets_of("bench/medium", digest);
+            let url = format!("{}/v2/bench/medium/blobs/{digest}", m.url);
+            let started = Instant::now();
+            let sizes = curl_parallel(&vec![url; 64], 64)?;
+            let secs = started.elapsed().as_secs_f64();
+            ensure!(
+                sizes.iter().all(|s| *s == images.medium_size),
+                "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
+            );
+            let gets = upstream.blob_gets_of("bench/medium", digest) - before;
+            t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
+            t.add("64 concurrent cold GETs: last byte (s)", name, secs);
+            m.stop();
+        }
+    }
+
+    eprintln!("bench: memory against blob size");
+    for (name, kind) in [("kura", &kura), ("registry:2", &reg)] {
+        for (label, image, size) in [
+            ("tiny", &images.tiny_layer, images.tiny_size),
+            ("huge", &images.huge_layer, images.huge_size),
+        ] {
+            let mut m = Mirror::start(kind, w, &format!("rss-{label}"), &upstream.url)?;
+            let url = format!("{}/v2/bench/{label}/blobs/{image}", m.url);
+            for _ in 0..2 {
+                let sizes = curl_parallel(std::slice::from_ref(&url), 1)?;
+                ensure!(sizes == [size], "{name}: {label} blob came back short");
+            }
+            let what = format!("peak RSS serving a {} blob (MiB)", human(size));
+            t.add(&what, name, m.hwm_mib()?);
+            m.stop();
+        }
+    }
+
+    let report = t.render(&plan)?;
+    println!("{report}");
+    let out = if quick {
+        root.join("target/bench-quick.md")
+    } else {
+        root.join("docs/benchmarks.md")
+    };
+    std::fs::write(&out, report)?;
+    eprintln!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+/// Odd rounds run the second first.
+fn alternate<T>(round: usize, pair: [T; 2]) -> [T; 2] {
+    let [a, b] = pair;
+    if round % 2 == 0 {
+        [a, b]
+    } else {
+        [b, a]
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+fn build_kura(root: &Path, quick: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--quiet", "-p", "kura", "--bin", "kura"]);
+    if !quick {
+        cmd.arg("--release");
+    }
+    let status = cmd.current_dir(root).status()?;
+    ensure!(status.success(), "building kura failed");
+    let profile = if quick { "debug" } else { "release" };
+    Ok(root.join("target").join(profile).join("kura"))
+}
+
+// ----- images --------------------------------------------------------------
+
+struct Images {
+    small_manifest: String,
+    big_layer: String,
+    big_layer_file: PathBuf,
+    medium_layer: String,
+    medium_size: u64,
+    tiny_layer: String,
+    tiny_size: u64,
+    huge_layer: String,
+    huge_size: u64,
+    /// tag → (manifest digest, every blob as (digest, size)).
+    contents: BTreeMap<&'static str, Vec<(String, u64)>>,
+}
+
+impl Images {
+    fn generate(dir: &Path, plan: &Plan) -> anyhow::Result<Images> {
+        let mut oci = OciLayout::create(dir)?;
+        let blobs = |i: &kura_tests::image::Image| -> Vec<(String, u64)> {
+            std::iter::once(&i.config)
+                .chain(&i.layers)
+                .map(|d| (d.digest.clone(), d.size))
+                .collect()
+        };
+        let small = oci.add_image("small", &ImageSpec::new(1, plan.small_layer, 1))?;
+        let medium = oci.add_image("medium", &ImageSpec::new(2, plan.medium_layer, 2))?;
+        let big = oci.add_image("big", &ImageSpec::new(4, plan.big_layer, 3))?;
+        let multi = oci.add_index(
+            "multi",
+            &[
+                ImageSpec::new(1, plan.index_layer, 4),
+                ImageSpec::new(1, plan.index_layer, 5).platform("linux", "arm64"),
+            ],
+        )?;
+        let tiny = oci.add_image("tiny", &ImageSpec::new(1, plan.tiny_blob, 6))?;
+        let huge = oci.add_image("huge", &ImageSpec::new(1, plan.huge_blob, 7))?;
+        let mut contents = BTreeMap::new();
+        contents.insert("small", blobs(&small));
+        contents.insert("medium", blobs(&medium));
+        contents.insert("big", blobs(&big));
+        contents.insert(
+            "multi",
+            multi.images.iter().flat_map(|i| blobs(i)).collect::<Vec<_>>(),
+        );
+        contents.insert("tiny", blobs(&tiny));
+        contents.insert("huge", blobs(&huge));
+        let big_layer = big.layers[0].digest.clone();
+        Ok(Images {
+            small_manifest: small.manifest.digest.clone(),
+            big_layer_file: dir.join("blobs/sha256").join(big.layers[0].hex()),
+            big_layer,
+            medium_layer: medium.layers[0].digest.clone(),
+            medium_size: medium.layers[0].size,
+            tiny_layer: tiny.layers[0].digest.clone(),
+            tiny_size: tiny.layers[0].size,
+            huge_layer: huge.layers[0].digest.clone(),
+            huge_size: huge.layers[0].size,
+            contents,
+        })
+    }
+
+    fn push(&self, dir: &Path, upstream: &Distribution) -> anyhow::Result<()> {
+        let skopeo = Skopeo::new()?;
+        for tag in self.contents.keys() {
+            let mut extra = vec!["--preserve-digests"];
+            if *tag == "multi" {
+                extra.push("--all");
+            }
+            skopeo.copy(
+                &extra,
+                &format!("oci:{}:{tag}", dir.display()),
+                &format!("docker://{}/bench/{tag}:latest", upstream.host),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Pull images from `base` the way a client does: the manifest by tag,
+    /// then every blob, four at a time. Returns the seconds to the last byte.
+    fn pull(&self, base: &str, tags: &[&str]) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for tag in tags {
+            let manifest = curl_parallel(&[format!("{base}/v2/bench/{tag}/manifests/latest")], 1)?;
+            ensure!(manifest[0] > 0, "empty manifest for {tag} from {base}");
+            let blobs = &self.contents[tag];
+            let urls: Vec<String> = blobs
+                .iter()
+                .map(|(d, _)| format!("{base}/v2/bench/{tag}/blobs/{d}"))
+                .collect();
+            let sizes = curl_parallel(&urls, 4)?;
+            for ((d, want), got) in blobs.iter().zip(&sizes) {
+                ensure!(got == want, "{base}: blob {d} of {tag}: {got} of {want} bytes");
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+/// GET every URL (at most `parallel` at once, each body discarded) with
+/// curl; the byte count of each, in order. Any non-200 is an error.
+fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--no-progress-meter", "--parallel", "--parallel-immediate"])
+        .arg("--parallel-max")
+        .arg(parallel.max(1).to_string())
+        .args(["-H", &format!("Accept: {ACCEPT}")])
+        .args(["-w", "%{url} %{http_code} %{size_download}\\n"]);
+    for u in urls {
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    ensure!(out.status.success(), "curl failed: {}", out.status);
+    // --parallel reports transfers as they finish; put them back in order.
+    let mut done: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(url), Some(code), Some(size)) = (f.next(), f.next(), f.next()) else {
+            bail!("unexpected curl output: {line}");
+        };
+        ensure!(code == "200", "GET {url}: HTTP {code}");
+        done.entry(url).or_default().push(size.parse()?);
+    }
+    urls.iter()
+        .map(|u| {
+            done.get_mut(u.as_str())
+                .and_then(Vec::pop)
+                .with_context(|| format!("curl reported nothing for {u}"))
+        })
+        .collect()
+}
+
+// ----- servers -------------------------------------------------------------
+
+enum MirrorKind {
+    Kura(PathBuf),
+    Registry2,
+}
+
+/// A mirror process of either kind, killed on drop.
+struct Mirror {
+    label: &'static str,
+    child: Option<Child>,
+    url: String,
+    startup_ms: f64,
+}
+
+impl Mirror {
+    fn start(kind: &MirrorKind, work: &Path, name: &str, upstream: &str) -> anyhow::Result<Mirror> {
+        let port = kura_tests::free_port();
+        let (label, dir) = match kind {
+            MirrorKind::Kura(_) => ("kura", work.join(format!("kura-{name}"))),
+            MirrorKind::Registry2 => ("registry:2", work.join(format!("reg-{name}"))),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("log"))?;
+        let mut cmd = match kind {
+            MirrorKind::Kura(bin) => {
+                let config = dir.join("kura.yml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen: 127.0.0.1:{port}\ndata_dir: {data}\n\
+                         mirror:\n  default: up.local\n  upstreams:\n    \
+                         - name: up.local\n      url: {upstream}\n",
+                        data = dir.join("data").display()
+                    ),
+                )?;
+                let mut c = Command::new(bin);
+                c.arg("serve").arg("--config").arg(config);
+                c
+            }
+            MirrorKind::Registry2 => {
+                let config = dir.join("config.yml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "version: 0.1\n\
+                         log:\n  level: info\n  accesslog:\n    disabled: false\n\
+                         storage:\n  filesystem:\n    rootdirectory: {data}\n\
+                         http:\n  addr: 127.0.0.1:{port}\n  secret: kura-bench\n\
+                         proxy:\n  remoteurl: {upstream}\n",
+                        data = dir.join("data").display()
+                    ),
+                )?;
+                let mut c = Command::new("docker-registry");
+                c.arg("serve").arg(config);
+                c
+            }
+        };
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {label}"))?;
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                bail!("{label} exited at startup with {st}; see {}", dir.display());
+            }
+            if first_response(port) {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "{label} not answering within 30 s");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(Mirror {
+            label,
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            startup_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// The process's peak resident set so far (VmHWM), in MiB.
+    fn hwm_mib(&self) -> anyhow::Result<f64> {
+        let pid = self.child.as_ref().context("stopped")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmHWM")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `GET /v2/` on the port gets any HTTP answer yet.
+fn first_response(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 ")
+}
+
+/// nginx serving one file as `/blob` with sendfile: the ceiling.
+struct Nginx {
+    child: Child,
+    url: String,
+}
+
+impl Nginx {
+    fn start(work: &Path, file: &Path) -> anyhow::Result<Nginx> {
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::copy(file, dir.join("www/blob"))?;
+        let port = kura_tests::free_port();
+        let user = if running_as_root() { "user root;\n" } else { "" };
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{user}daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  \
+                 keepalive_requests 1000000;\n  default_type application/octet-stream;\n  \
+                 client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
+                 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  \
+                 server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n",
+                d = dir.display()
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning nginx")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !first_response(port) {
+            ensure!(Instant::now() < deadline, "nginx not answering");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Nginx {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // The master takes its workers down on SIGQUIT/SIGTERM; SIGKILL
+        // would orphan them.
+        let _ = kura_tests::signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+// ----- wrk -----------------------------------------------------------------
+
+struct WrkResult {
+    req_per_sec: f64,
+    bytes_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl WrkResult {
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes_per_sec / 1e6
+    }
+}
+
+fn wrk(
+    url: &str,
+    threads: u32,
+    conns: u32,
+    secs: u64,
+    accept: Option<&str>,
+) -> anyhow::Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.arg(format!("-t{threads}"))
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .args(["--timeout", "30s"]);
+    if let Some(a) = accept {
+        cmd.args(["-H", &format!("Accept: {a}")]);
+    }
+    let out = cmd.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "wrk failed: {text}");
+    parse_wrk(&text).with_context(|| format!("wrk {url}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
+    ensure!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "errors during the run"
+    );
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let transfer = parse_size(field("Transfer/sec:").context("no Transfer/sec")?)?;
+    let p50 = parse_ms(field("50%").context("no p50")?)?;
+    let p99 = parse_ms(field("99%").context("no p99")?)?;
+    Ok(WrkResult {
+        req_per_sec: rps,
+        bytes_per_sec: transfer,
+        p50_ms: p50,
+        p99_ms: p99,
+    })
+}
+
+/// wrk's sizes: `245.12MB` (binary multiples).
+fn parse_size(s: &str) -> anyhow::Result<f64> {
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse()?;
+    let mult = match unit {
+        "B" | "" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => bail!("unknown wrk unit {u}"),
+    };
+    Ok(n * mult)
+}
+
+/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`, `1.00m`.
+fn parse_ms(s: &str) -> anyhow::Result<f64> {
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        u => bail!("unknown wrk time unit {u}"),
+    })
+}
+
+// ----- the report ----------------------------------------------------------
+
+#[derive(Default)]
+struct Table {
+    /// measure → column → samples, in insertion order of measures.
+    rows: Vec<(String, BTreeMap<&'static str, Vec<f64>>)>,
+}
+
+impl Table {
+    fn add(&mut self, measure: &str, column: &'static str, value: f64) {
+        let i = match self.rows.iter().position(|(m, _)| m == measure) {
+            Some(i) => i,
+            None => {
+                self.rows.push((measure.to_owned(), BTreeMap::new()));
+                self.rows.len() - 1
+            }
+        };
+        self.rows[i].1.entry(column).or_default().push(value);
+    }
+
+    fn render(&self, plan: &Plan) -> anyhow::Result<String> {
+        let median = |v: Option<&Vec<f64>>| -> Option<f64> {
+            let mut v = v?.clone();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let fmt = |v: Option<f64>| match v {
+            None => "–".to_owned(),
+            Some(v) if v >= 100.0 => format!("{v:.0}"),
+            Some(v) if v >= 10.0 => format!("{v:.1}"),
+            Some(v) => format!("{v:.2}"),
+        };
+        let mut out = String::new();
+        out.push_str("# Benchmarks\n\n");
+        out.push_str(&machine_line()?);
+        if plan.quick {
+            out.push_str(
+                "\n**`--quick` run: small sizes and a debug build of kura, a smoke test of the \
+                 harness. These numbers are not results.**\n",
+            );
+        }
+        out.push_str(&format!(
+            "\nProduced by `cargo xtask bench{}` ({} rounds, alternating which mirror goes \
+             first; the median of the rounds is shown). Everything runs on this one machine \
+             over loopback: the upstream (Debian's `docker-registry`, CNCF distribution 2.8), \
+             registry:2 in proxy mode (`proxy.remoteurl`, same package), kura mirroring the \
+             same upstream on local disk, and nginx with `sendfile on` as the ceiling for \
+             serving a file. Load: `wrk` for rates and throughput (1 thread for 1 client, 2 \
+             threads otherwise), `curl --parallel` for pulls. Blobs: {} for throughput, a \
+             {}-layer image of {} per layer for the cold pull, a {} layer for the 64 \
+             concurrent cold GETs. The load generator shares the two cores with the servers.\n\n",
+            if plan.quick { " --quick" } else { "" },
+            plan.rounds,
+            human(plan.big_layer as u64),
+            4,
+            human(plan.big_layer as u64),
+            human(plan.medium_layer as u64),
+        ));
+        out.push_str(
+            "| measure | registry:2 | kura | ceiling / direct | kura ÷ registry:2 | kura ÷ ceiling |\n\
+             |---|---:|---:|---:|---:|---:|\n",
+        );
+        for (measure, cols) in &self.rows {
+            let k = median(cols.get("kura"));
+            let r = median(cols.get("registry:2"));
+            let c = median(cols.get("ceiling").or(cols.get("direct")));
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "–".to_owned(),
+            };
+            out.push_str(&format!(
+                "| {measure} | {} | {} | {} | {} | {} |\n",
+                fmt(r),
+                fmt(k),
+                fmt(c),
+                ratio(k, r),
+                ratio(k, c),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn machine_line() -> anyhow::Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    Ok(format!(
+        "Machine: {model}, {cores} cores, Linux {kernel}. Run: {date}.\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let text = "Running 1s test @ http://127.0.0.1:1/x\n  1 threads and 1 connections\n\
+            \x20 Latency Distribution\n     50%  812.00us\n     75%    1.00ms\n     90%    2.00ms\n     99%    1.50s\n\
+            \x20 1234 requests in 1.00s, 1.23GB read\nRequests/sec:   1234.50\nTransfer/sec:    245.12MB\n";
+        let r = parse_wrk(text).unwrap();
+        assert_eq!(r.req_per_sec, 1234.5);
+        assert!((r.p50_ms - 0.812).abs() < 1e-9);
+        assert_eq!(r.p99_ms, 1500.0);
+        assert!((r.bytes_per_sec - 245.12 * 1048576.0).abs() < 1.0);
+        assert!(parse_wrk(&format!("{text}  Non-2xx or 3xx responses: 3\n")).is_err());
+    }
+}

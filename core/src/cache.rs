@@ -46,8 +46,11 @@ use crate::storage::{PutMode, Storage};
 use crate::upload::{UploadId, UploadState};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
-/// Spooled chunk size: the most memory one blob fill holds.
+/// Spooled chunk size on backends that cannot append (one object per
+/// chunk): the most memory one blob fill holds.
 const SPOOL_CHUNK: usize = 8 * 1024 * 1024;
+/// Write size on backends that can append (one growing object).
+const APPEND_CHUNK: usize = 1024 * 1024;
 
 pub const OCI_NAMESPACE_HEADER: &str = "oci-namespace";
 /// Says how a mirrored response was served: `hit`, `miss`, `revalidated`
@@ -954,6 +957,22 @@ impl BlobFlight {
         }
     }
 
+    /// Wait until the fill has an outcome.
+    async fn settled(&self) {
+        loop {
+            let rx = {
+                let mut s = self.lock();
+                if s.outcome.is_some() {
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                s.wakers.push(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+    }
+
     /// What a client at `pos` (reading up to `end`) can do next.
     fn step(&self, pos: u64, end: Option<u64>) -> Step {
         let mut s = self.lock();
@@ -1020,8 +1039,9 @@ fn follow<S: Storage>(
                             pos += r.end - r.start;
                             return Some((S::body_stream(body), Some(pos)));
                         }
-                        // Spooled chunks go away once the blob is stored.
-                        _ => continue,
+                        // Spooled chunks go away once the blob is stored:
+                        // wait for the flight to say so, then read that.
+                        _ => flight.settled().await,
                     },
                     Step::Stored(r) => {
                         return match storage.get(&blob_key, Some(r)).await {
@@ -1111,6 +1131,11 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             s.size = size;
         });
 
+        let unit = if self.storage.can_append() {
+            APPEND_CHUNK
+        } else {
+            SPOOL_CHUNK
+        };
         let mut body = F::body_stream(resp.into_body());
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut received = 0u64;
@@ -1141,7 +1166,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                     s.tail.push((offset, chunk));
                 });
             }
-            if unspooled >= SPOOL_CHUNK || (last && unspooled > 0) {
+            if unspooled >= unit || (last && unspooled > 0) {
                 self.spool_tail(chunks).await.map_err(store)?;
                 chunks += 1;
                 unspooled = 0;
@@ -1159,11 +1184,12 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         if actual != self.digest {
             return Err(broken(format!("content has digest {actual}")));
         }
-        self.commit(chunks, received).await.map_err(store)?;
+        self.commit(received).await.map_err(store)?;
         Ok(())
     }
 
-    /// Write the unspooled tail as one chunk object.
+    /// Write the unspooled tail: appended to the one spool object where the
+    /// backend can, else as one chunk object.
     async fn spool_tail(&self, index: usize) -> Result<(), crate::storage::StorageError> {
         let (offset, data) = {
             let s = self.flight.lock();
@@ -1174,8 +1200,20 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             }
             (offset, buf.freeze())
         };
-        let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
         let len = data.len() as u64;
+        if self.storage.can_append() {
+            let key = layout::upload_data(&self.spool);
+            self.storage.append(&key, offset, data).await?;
+            self.flight.update(|s| {
+                match s.spooled.first_mut() {
+                    Some(sp) => sp.len += len,
+                    None => s.spooled.push(Spooled { offset, len, key }),
+                }
+                s.tail.clear();
+            });
+            return Ok(());
+        }
+        let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
         self.storage.put(&key, data, PutMode::Overwrite).await?;
         self.flight.update(|s| {
             s.spooled.push(Spooled { offset, len, key });
@@ -1185,7 +1223,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     }
 
     /// Move the verified spool into place and link it.
-    async fn commit(&self, chunks: usize, size: u64) -> Result<(), crate::storage::StorageError> {
+    async fn commit(&self, size: u64) -> Result<(), crate::storage::StorageError> {
         let blob = layout::blob(&self.digest);
         let keys: Vec<String> = self
             .flight
@@ -1194,7 +1232,6 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             .iter()
             .map(|s| s.key.clone())
             .collect();
-        debug_assert_eq!(keys.len(), chunks);
         match keys.as_slice() {
             [] => {
                 self.storage
@@ -1202,8 +1239,9 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                     .await?
             }
             [only] => {
-                // Clients may be reading the chunk; renaming keeps open
-                // files readable on disk, and S3 copies before deleting.
+                // One chunk, or the appended spool. Clients may be reading
+                // it; renaming keeps open files readable on disk, and S3
+                // copies before deleting.
                 self.storage.rename(only, &blob).await?;
             }
             many => {

@@ -109,6 +109,11 @@ pub fn upload_state(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/state")
 }
 
+/// A session's bytes as one growing object, on backends that can append.
+pub fn upload_data(id: &UploadId) -> String {
+    format!("{UPLOADS_PREFIX}{id}/data")
+}
+
 pub fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
     format!("{UPLOADS_PREFIX}{id}/chunk-{offset:020}-{nonce}")
 }

@@ -117,7 +117,8 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     }
     let blob = |base: &str| format!("{base}/v2/bench/big/blobs/{}", images.big_layer);
     let by_tag = |base: &str| format!("{base}/v2/bench/small/manifests/latest");
-    let by_digest = |base: &str| format!("{base}/v2/bench/small/manifests/{}", images.small_manifest);
+    let by_digest =
+        |base: &str| format!("{base}/v2/bench/small/manifests/{}", images.small_manifest);
     let mut nginx_1 = Vec::new();
     for round in 0..plan.rounds {
         for (name, m) in alternate(round, [("kura", &k), ("registry:2", &r)]) {
@@ -126,18 +127,30 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
             let eight = wrk(&blob(&m.url), 2, 8, plan.secs, None)?;
             t.add("warm blob GET, 8 clients (MB/s)", name, eight.mb_per_sec());
             let tag = wrk(&by_tag(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
-            t.add("manifest GET by tag, 32 conns (req/s)", name, tag.req_per_sec);
+            t.add(
+                "manifest GET by tag, 32 conns (req/s)",
+                name,
+                tag.req_per_sec,
+            );
             t.add("manifest GET by tag, p50 (ms)", name, tag.p50_ms);
             t.add("manifest GET by tag, p99 (ms)", name, tag.p99_ms);
             let dig = wrk(&by_digest(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
-            t.add("manifest GET by digest, 32 conns (req/s)", name, dig.req_per_sec);
+            t.add(
+                "manifest GET by digest, 32 conns (req/s)",
+                name,
+                dig.req_per_sec,
+            );
             t.add("manifest GET by digest, p50 (ms)", name, dig.p50_ms);
             t.add("manifest GET by digest, p99 (ms)", name, dig.p99_ms);
         }
         let one = wrk(&format!("{}/blob", ceiling.url), 1, 1, plan.secs, None)?;
         nginx_1.push(one.mb_per_sec());
         let eight = wrk(&format!("{}/blob", ceiling.url), 2, 8, plan.secs, None)?;
-        t.add("warm blob GET, 8 clients (MB/s)", "ceiling", eight.mb_per_sec());
+        t.add(
+            "warm blob GET, 8 clients (MB/s)",
+            "ceiling",
+            eight.mb_per_sec(),
+        );
     }
     for v in nginx_1 {
         t.add("warm blob GET, 1 client (MB/s)", "ceiling", v);
@@ -290,7 +303,11 @@ impl Images {
         contents.insert("big", blobs(&big));
         contents.insert(
             "multi",
-            multi.images.iter().flat_map(|i| blobs(i)).collect::<Vec<_>>(),
+            multi
+                .images
+                .iter()
+                .flat_map(|i| blobs(i))
+                .collect::<Vec<_>>(),
         );
         contents.insert("tiny", blobs(&tiny));
         contents.insert("huge", blobs(&huge));
@@ -339,7 +356,10 @@ impl Images {
                 .collect();
             let sizes = curl_parallel(&urls, 4)?;
             for ((d, want), got) in blobs.iter().zip(&sizes) {
-                ensure!(got == want, "{base}: blob {d} of {tag}: {got} of {want} bytes");
+                ensure!(
+                    got == want,
+                    "{base}: blob {d} of {tag}: {got} of {want} bytes"
+                );
             }
         }
         Ok(started.elapsed().as_secs_f64())
@@ -350,11 +370,16 @@ impl Images {
 /// curl; the byte count of each, in order. Any non-200 is an error.
 fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--no-progress-meter", "--parallel", "--parallel-immediate"])
-        .arg("--parallel-max")
-        .arg(parallel.max(1).to_string())
-        .args(["-H", &format!("Accept: {ACCEPT}")])
-        .args(["-w", "%{url} %{http_code} %{size_download}\\n"]);
+    cmd.args([
+        "-sS",
+        "--no-progress-meter",
+        "--parallel",
+        "--parallel-immediate",
+    ])
+    .arg("--parallel-max")
+    .arg(parallel.max(1).to_string())
+    .args(["-H", &format!("Accept: {ACCEPT}")])
+    .args(["-w", "%{url} %{http_code} %{size_download}\\n"]);
     for u in urls {
         cmd.args(["-o", "/dev/null", u]);
     }
@@ -453,7 +478,10 @@ impl Mirror {
             if first_response(port) {
                 break;
             }
-            ensure!(Instant::now() < deadline, "{label} not answering within 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "{label} not answering within 30 s"
+            );
             std::thread::sleep(Duration::from_micros(500));
         }
         Ok(Mirror {
@@ -497,8 +525,7 @@ fn first_response(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s
-        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -519,7 +546,11 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::copy(file, dir.join("www/blob"))?;
         let port = kura_tests::free_port();
-        let user = if running_as_root() { "user root;\n" } else { "" };
+        let user = if running_as_root() {
+            "user root;\n"
+        } else {
+            ""
+        };
         let conf = dir.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -637,9 +668,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
 
 /// wrk's sizes: `245.12MB` (binary multiples).
 fn parse_size(s: &str) -> anyhow::Result<f64> {
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: f64 = n.parse()?;
     let mult = match unit {
@@ -655,9 +684,7 @@ fn parse_size(s: &str) -> anyhow::Result<f64> {
 
 /// wrk's durations: `812.00us`, `1.23ms`, `2.00s`, `1.00m`.
 fn parse_ms(s: &str) -> anyhow::Result<f64> {
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: f64 = n.parse()?;
     Ok(match unit {

@@ -21,7 +21,9 @@ fn main() -> anyhow::Result<()> {
         Some("wasm") => wasm(),
         Some("bench") => bench::bench(&root(), &rest),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|bench [--quick]>"
+            );
             std::process::exit(2);
         }
     }

@@ -26,6 +26,7 @@ pub async fn run<S: Storage>(s: &S) {
     rename(s).await;
     delete(s).await;
     list(s).await;
+    append(s).await;
 }
 
 async fn fetch<S: Storage>(s: &S, key: &str) -> Option<Bytes> {
@@ -308,4 +309,52 @@ async fn list<S: Storage>(s: &S) {
     assert_eq!(listed, &keys[..4], "list_meta lists what list lists");
     assert!(metas.iter().all(|e| e.size == 1), "list_meta sizes");
     assert!(s.list("conformance/list/zzz/").await.unwrap().is_empty());
+}
+
+/// Appends grow an object that stays readable while it grows, refuse a
+/// wrong offset without changing it, and rename into place whole.
+async fn append<S: Storage>(s: &S) {
+    let key = "conformance/append/spool";
+    if !s.can_append() {
+        let r = s.append(key, 0, Bytes::from_static(b"x")).await;
+        assert!(
+            matches!(r, Err(StorageError::Unsupported(_))),
+            "a backend that cannot append says so"
+        );
+        assert_eq!(s.head(key).await.expect("head"), None);
+        return;
+    }
+    s.append(key, 0, Bytes::from_static(b"hello "))
+        .await
+        .expect("append at 0");
+    assert_eq!(fetch(s, key).await.as_deref(), Some(&b"hello "[..]));
+    s.append(key, 6, Bytes::from_static(b"world"))
+        .await
+        .expect("append at end");
+    assert_eq!(
+        fetch_range(s, key, 3..9).await,
+        Bytes::from_static(b"lo wor")
+    );
+    for wrong in [0, 5, 12] {
+        match s.append(key, wrong, Bytes::from_static(b"!")).await {
+            Err(StorageError::AppendOffset { offset, len }) => {
+                assert_eq!((offset, len), (wrong, 11))
+            }
+            other => panic!("append at {wrong} of 11 bytes: {other:?}"),
+        }
+    }
+    assert_eq!(fetch(s, key).await.as_deref(), Some(&b"hello world"[..]));
+    let big = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 5]);
+    s.append(key, 11, big.clone()).await.expect("large append");
+    assert_eq!(
+        s.head(key).await.expect("head").map(|m| m.size),
+        Some(11 + big.len() as u64)
+    );
+    let target = "conformance/append/blob";
+    s.rename(key, target).await.expect("rename appended object");
+    assert_eq!(s.head(key).await.expect("head"), None);
+    let whole = fetch(s, target).await.expect("renamed object");
+    assert_eq!(&whole[..11], b"hello world");
+    assert_eq!(&whole[11..], &big[..]);
+    s.delete(target).await.expect("delete");
 }

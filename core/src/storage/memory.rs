@@ -97,6 +97,29 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn can_append(&self) -> bool {
+        true
+    }
+
+    async fn append(&self, key: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        let mut map = self.lock();
+        let current = map.remove(key).unwrap_or_default();
+        let len = current.len() as u64;
+        if len != offset {
+            map.insert(key.to_owned(), current);
+            return Err(StorageError::AppendOffset { offset, len });
+        }
+        // Grow in place unless a reader still holds the old bytes.
+        let mut grown = current.try_into_mut().unwrap_or_else(|shared| {
+            let mut b = BytesMut::with_capacity((shared.len() + data.len()) * 2);
+            b.extend_from_slice(&shared);
+            b
+        });
+        grown.extend_from_slice(&data);
+        map.insert(key.to_owned(), grown.freeze());
+        Ok(())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.lock().remove(key);
         Ok(())

@@ -49,6 +49,12 @@ pub enum StorageError {
     /// The data stream given to a put failed; nothing was written.
     #[error("input stream failed: {0}")]
     Input(io::Error),
+    /// An append at an offset other than the object's length.
+    #[error("append at offset {offset}, but the object holds {len} bytes")]
+    AppendOffset { offset: u64, len: u64 },
+    /// The backend does not offer this operation.
+    #[error("storage backend does not support {0}")]
+    Unsupported(&'static str),
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -72,6 +78,8 @@ impl StorageError {
 ///   whole.
 /// - `delete` of a missing key succeeds.
 /// - `list` returns every key under a prefix, sorted, at any depth.
+/// - Where `can_append` is true, `append` grows an object in place and a
+///   `get` of the appended range returns those bytes.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Storage: MaybeSend + MaybeSync + 'static {
@@ -100,6 +108,25 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
 
     /// Move `from` to `to`, replacing `to`.
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+
+    /// Whether [`Storage::append`] works. Where it does (local disk,
+    /// memory), cache fills stage a blob in one object that a rename turns
+    /// into the blob, so every byte is written once. Object stores (S3, R2)
+    /// cannot grow objects: the core stages fixed-size parts there and
+    /// joins them when the blob is complete.
+    fn can_append(&self) -> bool {
+        false
+    }
+
+    /// Write `data` at `offset` of the object at `key`, which must hold
+    /// exactly `offset` bytes ([`StorageError::AppendOffset`] otherwise);
+    /// offset 0 creates it. Not atomic: a reader may see any prefix, so
+    /// only staging objects are appended to, and their readers read only
+    /// what the writer has reported written.
+    async fn append(&self, key: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        let _ = (key, offset, data);
+        Err(StorageError::Unsupported("append"))
+    }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, idempotently: Debian peers (skopeo, podman,
-# containerd, distribution), an S3-compatible server (s3s-fs), and the wasm32
-# toolchain used to prove kura-core stays edge-ready. Seconds when all is there.
+# containerd, distribution), the bench's load generators and nginx, an
+# S3-compatible server (s3s-fs), and the wasm32 toolchain and tools of the
+# edge shells. Seconds when all is there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -9,8 +10,10 @@ log() { printf '[test-env] %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: the real peers the end-to-end tests run against.
-debs=(skopeo podman containerd docker-registry apache2-utils openssl uidmap fuse-overlayfs tinyproxy)
+# Debian packages: the real peers the end-to-end tests run against, and
+# the load generators and nginx ceiling of `cargo xtask bench`.
+debs=(skopeo podman containerd docker-registry apache2-utils openssl uidmap fuse-overlayfs tinyproxy
+  curl wrk nginx-light)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +22,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The nginx package starts a system-wide server on port 80; the bench
+  # runs its own.
+  if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+    as_root service nginx stop >/dev/null 2>&1 || as_root pkill -x nginx || true
+  fi
 fi
 
 # s3s-fs: a real S3 server that checks signatures and supports conditional
@@ -28,15 +36,17 @@ if ! command -v s3s-fs >/dev/null; then
   cargo install s3s-fs@0.17.0 --locked --features binary --ignore-rust-version --quiet
 fi
 
-# wasm32 toolchain: there is no `rustup target add` on this machine kind; the
-# shared script builds one offline. Elsewhere, rustup does it.
-if ! rustup toolchain list | grep -q '^wasm'; then
-  if [ -f "$here/../shared/toolchain/install-wasm-toolchain.sh" ]; then
-    log "installing the wasm toolchain (about 2 minutes, once per machine)"
-    SKIP_CARGO_TOOLS=1 SKIP_NPM_TOOLS=1 as_root bash "$here/../shared/toolchain/install-wasm-toolchain.sh"
-  else
-    log "no shared wasm toolchain script; using rustup target add"
-    rustup target add wasm32-unknown-unknown
-  fi
+# wasm32 toolchain and the edge tools (wasm-bindgen-cli, wasm-pack,
+# worker-build, wasm-opt): there is no `rustup target add` on this machine
+# kind; the shared script builds them offline (about 14 minutes once,
+# seconds afterwards). Elsewhere: rustup target add + cargo install.
+if [ -f "$here/../shared/toolchain/install-wasm-toolchain.sh" ]; then
+  as_root bash "$here/../shared/toolchain/install-wasm-toolchain.sh"
+else
+  log "no shared wasm toolchain script; using rustup target add and cargo install"
+  rustup target add wasm32-unknown-unknown
+  command -v wasm-bindgen >/dev/null || cargo install wasm-bindgen-cli --version 0.2.130
+  command -v wasm-pack >/dev/null || cargo install wasm-pack --version 0.15.1 --locked
+  command -v worker-build >/dev/null || cargo install worker-build --version 0.8.7 --locked
 fi
 log "ready"

@@ -36,6 +36,7 @@ use crate::fetch::Fetch;
 use crate::host::Host;
 use crate::layout;
 use crate::manifest;
+use crate::manifest_cache::CachedTag;
 use crate::metrics::{self, Metrics};
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::registry::{
@@ -274,11 +275,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             Reference::Digest(d) => {
                 let mut fetched = false;
                 loop {
-                    if self
-                        .storage
-                        .head(&layout::manifest_revision(&t.local, d))
-                        .await?
-                        .is_some()
+                    if self.recent.manifest(&t.local, d).is_some()
+                        || self
+                            .storage
+                            .head(&layout::manifest_revision(&t.local, d))
+                            .await?
+                            .is_some()
                     {
                         let resp = self.get_manifest(&t.local, reference).await?;
                         return Ok(mark(resp, if fetched { "miss" } else { "hit" }));
@@ -310,7 +312,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     if let Some(c) = &cached {
                         let age = now.saturating_sub(c.checked_ms);
                         if age < ttl {
-                            return Ok(mark(self.get_manifest(&t.local, reference).await?, "hit"));
+                            let resp = self.manifest_response(&t.local, &c.digest, reference);
+                            return Ok(mark(resp.await?, "hit"));
                         }
                         // Another request just tried the upstream and failed.
                         if waited && age <= max_stale {
@@ -335,6 +338,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     async fn tag_cache(&self, local: &RepositoryName, tag: &Tag) -> Result<Option<TagCache>> {
+        if let Some(c) = self.recent.tag(local, tag) {
+            return Ok(Some(TagCache {
+                digest: c.digest,
+                checked_ms: c.checked_ms,
+            }));
+        }
         let Some(raw) = self.storage.read(&layout::tag_cache(local, tag)).await? else {
             return Ok(None);
         };
@@ -351,7 +360,19 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         {
             return Ok(None);
         }
+        self.remember_tag(local, tag, &c);
         Ok(Some(c))
+    }
+
+    fn remember_tag(&self, local: &RepositoryName, tag: &Tag, c: &TagCache) {
+        self.recent.put_tag(
+            local,
+            tag,
+            CachedTag {
+                digest: c.digest.clone(),
+                checked_ms: c.checked_ms,
+            },
+        );
     }
 
     async fn revalidate_tag(
@@ -432,6 +453,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 PutMode::Overwrite,
             )
             .await?;
+        self.remember_tag(local, tag, &c);
         Ok(())
     }
 
@@ -1191,19 +1213,16 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// Write the unspooled tail: appended to the one spool object where the
     /// backend can, else as one chunk object.
     async fn spool_tail(&self, index: usize) -> Result<(), crate::storage::StorageError> {
-        let (offset, data) = {
+        let (offset, parts) = {
             let s = self.flight.lock();
             let offset = s.tail.first().map(|(o, _)| *o).unwrap_or(s.received);
-            let mut buf = BytesMut::with_capacity(s.tail.iter().map(|(_, b)| b.len()).sum());
-            for (_, b) in &s.tail {
-                buf.extend_from_slice(b);
-            }
-            (offset, buf.freeze())
+            let parts: Vec<Bytes> = s.tail.iter().map(|(_, b)| b.clone()).collect();
+            (offset, parts)
         };
-        let len = data.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if self.storage.can_append() {
             let key = layout::upload_data(&self.spool);
-            self.storage.append(&key, offset, data).await?;
+            self.storage.append(&key, offset, parts).await?;
             self.flight.update(|s| {
                 match s.spooled.first_mut() {
                     Some(sp) => sp.len += len,
@@ -1213,8 +1232,14 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             });
             return Ok(());
         }
+        let mut data = BytesMut::with_capacity(len as usize);
+        for p in &parts {
+            data.extend_from_slice(p);
+        }
         let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
-        self.storage.put(&key, data, PutMode::Overwrite).await?;
+        self.storage
+            .put(&key, data.freeze(), PutMode::Overwrite)
+            .await?;
         self.flight.update(|s| {
             s.spooled.push(Spooled { offset, len, key });
             s.tail.clear();

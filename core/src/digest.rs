@@ -311,6 +311,11 @@ impl Stream for Verify {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32, `#[test]` is wasm-bindgen-test's (run in Node by
+    // wasm-bindgen-test-runner); natively it is the built-in one.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use futures::executor::block_on;
     use futures::StreamExt;

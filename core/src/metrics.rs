@@ -162,6 +162,11 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32, `#[test]` is wasm-bindgen-test's (run in Node by
+    // wasm-bindgen-test-runner); natively it is the built-in one.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     #[test]

@@ -24,6 +24,7 @@ use crate::fetch::{Fetch, NoFetch};
 use crate::host::Host;
 use crate::layout;
 use crate::manifest::{self, media_type, Descriptor};
+use crate::manifest_cache::{CachedManifest, ManifestCache};
 use crate::metrics::Metrics;
 use crate::reference::{Reference, RepositoryName, Tag};
 use crate::storage::{PutMode, Storage, StorageError};
@@ -42,6 +43,8 @@ pub struct RegistryConfig {
     pub max_manifest_size: usize,
     /// Largest page of tags or repositories returned for one request.
     pub max_page_size: usize,
+    /// Memory for recently served manifests and mirrored tag lookups.
+    pub manifest_cache_bytes: usize,
 }
 
 impl Default for RegistryConfig {
@@ -50,6 +53,7 @@ impl Default for RegistryConfig {
             delete_enabled: true,
             max_manifest_size: 4 * 1024 * 1024,
             max_page_size: 10_000,
+            manifest_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct Registry<S, H, F = NoFetch> {
     cataloged: Mutex<HashSet<RepositoryName>>,
     pub(crate) mirrors: Mirrors<F, H>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) recent: ManifestCache,
 }
 
 impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
@@ -93,6 +98,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Registry {
             storage: Arc::new(storage),
             host,
+            recent: ManifestCache::new(config.manifest_cache_bytes),
             config,
             cataloged: Mutex::new(HashSet::new()),
             mirrors,
@@ -230,16 +236,36 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         reference: &Reference,
     ) -> Result<Response<S::Body>> {
         let digest = self.resolve(name, reference).await?;
-        let media_type = self
-            .storage
-            .read(&layout::manifest_revision(name, &digest))
-            .await?
-            .ok_or_else(|| manifest_unknown(name, reference))?;
-        let bytes = self
-            .storage
-            .read(&layout::blob(&digest))
-            .await?
-            .ok_or_else(|| manifest_unknown(name, reference))?;
+        self.manifest_response(name, &digest, reference).await
+    }
+
+    /// The manifest `digest` of `name` (asked for as `reference`), from
+    /// memory when it was served recently.
+    pub(crate) async fn manifest_response(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
+        let digest = digest.clone();
+        let CachedManifest { media_type, bytes } = match self.recent.manifest(name, &digest) {
+            Some(m) => m,
+            None => {
+                let media_type = self
+                    .storage
+                    .read(&layout::manifest_revision(name, &digest))
+                    .await?
+                    .ok_or_else(|| manifest_unknown(name, reference))?;
+                let bytes = self
+                    .storage
+                    .read(&layout::blob(&digest))
+                    .await?
+                    .ok_or_else(|| manifest_unknown(name, reference))?;
+                let m = CachedManifest { media_type, bytes };
+                self.recent.put_manifest(name, &digest, m.clone());
+                m
+            }
+        };
         let mut resp = response(StatusCode::OK, Body::Full(bytes.clone()));
         let h = resp.headers_mut();
         set(
@@ -442,6 +468,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     }
                 }
                 self.storage.delete(&rev).await?;
+                self.recent.forget(name, d);
             }
         }
         Ok(accepted())

@@ -81,6 +81,20 @@ impl Plan {
 pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let quick = args.contains(&"--quick");
     let plan = Plan::new(quick);
+    // `--only warm|cold|herd|memory` runs one phase; `--perf` records a
+    // CPU profile (perf record -g) of every kura started, kept in
+    // target/bench-perf/ for `perf report -i`.
+    let only = args
+        .iter()
+        .position(|a| *a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .copied();
+    let phase = |p: &str| only.is_none_or(|o| o == p);
+    if args.contains(&"--perf") {
+        let dir = root.join("target/bench-perf");
+        std::fs::create_dir_all(&dir)?;
+        PERF_DIR.set(dir).ok();
+    }
     for (tool, package) in [
         ("docker-registry", "docker-registry"),
         ("skopeo", "skopeo"),
@@ -108,130 +122,155 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let reg = MirrorKind::Registry2;
 
     // Warm serving: one long-lived instance of each, primed.
-    eprintln!("bench: warm serving");
-    let mut k = Mirror::start(&kura, w, "kura-warm", &upstream.url)?;
-    let mut r = Mirror::start(&reg, w, "reg-warm", &upstream.url)?;
-    let ceiling = Nginx::start(w, &images.big_layer_file)?;
-    for m in [&k, &r] {
-        images.pull(&m.url, &["big", "small", "multi"])?;
-    }
-    let blob = |base: &str| format!("{base}/v2/bench/big/blobs/{}", images.big_layer);
-    let by_tag = |base: &str| format!("{base}/v2/bench/small/manifests/latest");
-    let by_digest =
-        |base: &str| format!("{base}/v2/bench/small/manifests/{}", images.small_manifest);
-    let mut nginx_1 = Vec::new();
-    for round in 0..plan.rounds {
-        for (name, m) in alternate(round, [("kura", &k), ("registry:2", &r)]) {
-            let one = wrk(&blob(&m.url), 1, 1, plan.secs, None)?;
-            t.add("warm blob GET, 1 client (MB/s)", name, one.mb_per_sec());
-            let eight = wrk(&blob(&m.url), 2, 8, plan.secs, None)?;
-            t.add("warm blob GET, 8 clients (MB/s)", name, eight.mb_per_sec());
-            let tag = wrk(&by_tag(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
-            t.add(
-                "manifest GET by tag, 32 conns (req/s)",
-                name,
-                tag.req_per_sec,
-            );
-            t.add("manifest GET by tag, p50 (ms)", name, tag.p50_ms);
-            t.add("manifest GET by tag, p99 (ms)", name, tag.p99_ms);
-            let dig = wrk(&by_digest(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
-            t.add(
-                "manifest GET by digest, 32 conns (req/s)",
-                name,
-                dig.req_per_sec,
-            );
-            t.add("manifest GET by digest, p50 (ms)", name, dig.p50_ms);
-            t.add("manifest GET by digest, p99 (ms)", name, dig.p99_ms);
+    if phase("warm") {
+        eprintln!("bench: warm serving");
+        let mut k = Mirror::start(&kura, w, "kura-warm", &upstream.url)?;
+        let mut r = Mirror::start(&reg, w, "reg-warm", &upstream.url)?;
+        let ceiling = Nginx::start(w, &images.big_layer_file)?;
+        for m in [&k, &r] {
+            images.pull(&m.url, &["big", "small", "multi"])?;
         }
-        let one = wrk(&format!("{}/blob", ceiling.url), 1, 1, plan.secs, None)?;
-        nginx_1.push(one.mb_per_sec());
-        let eight = wrk(&format!("{}/blob", ceiling.url), 2, 8, plan.secs, None)?;
-        t.add(
-            "warm blob GET, 8 clients (MB/s)",
-            "ceiling",
-            eight.mb_per_sec(),
-        );
+        let blob = |base: &str| format!("{base}/v2/bench/big/blobs/{}", images.big_layer);
+        let by_tag = |base: &str| format!("{base}/v2/bench/small/manifests/latest");
+        let by_digest =
+            |base: &str| format!("{base}/v2/bench/small/manifests/{}", images.small_manifest);
+        let mut nginx_1 = Vec::new();
+        for round in 0..plan.rounds {
+            for (name, m) in alternate(round, [("kura", &k), ("registry:2", &r)]) {
+                let one = wrk(&blob(&m.url), 1, 1, plan.secs, None)?;
+                t.add("warm blob GET, 1 client (MB/s)", name, one.mb_per_sec());
+                let eight = wrk(&blob(&m.url), 2, 8, plan.secs, None)?;
+                t.add("warm blob GET, 8 clients (MB/s)", name, eight.mb_per_sec());
+                let tag = wrk(&by_tag(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
+                t.add(
+                    "manifest GET by tag, 32 conns (req/s)",
+                    name,
+                    tag.req_per_sec,
+                );
+                t.add("manifest GET by tag, p50 (ms)", name, tag.p50_ms);
+                t.add("manifest GET by tag, p99 (ms)", name, tag.p99_ms);
+                let dig = wrk(&by_digest(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
+                t.add(
+                    "manifest GET by digest, 32 conns (req/s)",
+                    name,
+                    dig.req_per_sec,
+                );
+                t.add("manifest GET by digest, p50 (ms)", name, dig.p50_ms);
+                t.add("manifest GET by digest, p99 (ms)", name, dig.p99_ms);
+            }
+            let one = wrk(&format!("{}/blob", ceiling.url), 1, 1, plan.secs, None)?;
+            nginx_1.push(one.mb_per_sec());
+            let eight = wrk(&format!("{}/blob", ceiling.url), 2, 8, plan.secs, None)?;
+            t.add(
+                "warm blob GET, 8 clients (MB/s)",
+                "ceiling",
+                eight.mb_per_sec(),
+            );
+        }
+        for v in nginx_1 {
+            t.add("warm blob GET, 1 client (MB/s)", "ceiling", v);
+        }
+        for m in [&mut k, &mut r] {
+            t.add("peak RSS, warm serving (MiB)", m.label, m.hwm_mib()?);
+            m.stop();
+        }
+        drop(ceiling);
     }
-    for v in nginx_1 {
-        t.add("warm blob GET, 1 client (MB/s)", "ceiling", v);
-    }
-    for m in [&mut k, &mut r] {
-        t.add("peak RSS, warm serving (MiB)", m.label, m.hwm_mib()?);
-        m.stop();
-    }
-    drop(ceiling);
 
     // Cold: a fresh, empty instance per round.
-    eprintln!("bench: cold pulls");
-    for round in 0..plan.rounds {
-        let direct = images.pull(&upstream.url, &["big"])?;
-        t.add("cold pull of the big image (s)", "direct", direct);
-        for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
-            let mut m = Mirror::start(kind, w, &format!("cold-{round}"), &upstream.url)?;
-            t.add("startup to first response (ms)", name, m.startup_ms);
-            let secs = images.pull(&m.url, &["big"])?;
-            t.add("cold pull of the big image (s)", name, secs);
-            t.add("cold pull ÷ direct", name, secs / direct);
-            t.add("peak RSS, cold pull (MiB)", name, m.hwm_mib()?);
-            m.stop();
-        }
-    }
-
-    eprintln!("bench: 64 concurrent cold GETs of one blob");
-    for round in 0..plan.rounds {
-        for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
-            let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
-            let digest = &images.medium_layer;
-            let before = upstream.blob_gets_of("bench/medium", digest);
-            let url = format!("{}/v2/bench/medium/blobs/{digest}", m.url);
-            let started = Instant::now();
-            let sizes = curl_parallel(&vec![url; 64], 64)?;
-            let secs = started.elapsed().as_secs_f64();
-            ensure!(
-                sizes.iter().all(|s| *s == images.medium_size),
-                "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
-            );
-            let gets = upstream.blob_gets_of("bench/medium", digest) - before;
-            t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
-            t.add("64 concurrent cold GETs: last byte (s)", name, secs);
-            m.stop();
-        }
-    }
-
-    eprintln!("bench: memory against blob size");
-    for (name, kind) in [("kura", &kura), ("registry:2", &reg)] {
-        for (label, image, size) in [
-            ("tiny", &images.tiny_layer, images.tiny_size),
-            ("huge", &images.huge_layer, images.huge_size),
-        ] {
-            let mut m = Mirror::start(kind, w, &format!("rss-{label}"), &upstream.url)?;
-            let url = format!("{}/v2/bench/{label}/blobs/{image}", m.url);
-            for _ in 0..2 {
-                let sizes = curl_parallel(std::slice::from_ref(&url), 1)?;
-                ensure!(sizes == [size], "{name}: {label} blob came back short");
+    if phase("cold") {
+        eprintln!("bench: cold pulls");
+        for round in 0..plan.rounds {
+            let direct = images.pull(&upstream.url, &["big"])?;
+            t.add("cold pull of the big image (s)", "direct", direct);
+            for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+                let mut m = Mirror::start(kind, w, &format!("cold-{round}"), &upstream.url)?;
+                t.add("startup to first response (ms)", name, m.startup_ms);
+                let secs = images.pull(&m.url, &["big"])?;
+                t.add("cold pull of the big image (s)", name, secs);
+                t.add("cold pull ÷ direct", name, secs / direct);
+                t.add("peak RSS, cold pull (MiB)", name, m.hwm_mib()?);
+                m.stop();
             }
-            let what = format!("peak RSS serving a {} blob (MiB)", human(size));
-            t.add(&what, name, m.hwm_mib()?);
-            m.stop();
+        }
+    }
+
+    if phase("herd") {
+        eprintln!("bench: 64 concurrent cold GETs of one blob");
+        for round in 0..plan.rounds {
+            for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+                let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
+                let digest = &images.medium_layer;
+                let before = upstream.blob_gets_of("bench/medium", digest);
+                let url = format!("{}/v2/bench/medium/blobs/{digest}", m.url);
+                let started = Instant::now();
+                let sizes = curl_parallel(&vec![url; 64], 64)?;
+                let secs = started.elapsed().as_secs_f64();
+                ensure!(
+                    sizes.iter().all(|s| *s == images.medium_size),
+                    "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
+                );
+                let gets = upstream.blob_gets_of("bench/medium", digest) - before;
+                t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
+                t.add("64 concurrent cold GETs: last byte (s)", name, secs);
+                m.stop();
+            }
+        }
+    }
+
+    if phase("memory") {
+        eprintln!("bench: memory against blob size");
+        for (name, kind) in [("kura", &kura), ("registry:2", &reg)] {
+            for (label, image, size) in [
+                ("tiny", &images.tiny_layer, images.tiny_size),
+                ("huge", &images.huge_layer, images.huge_size),
+            ] {
+                let mut m = Mirror::start(kind, w, &format!("rss-{label}"), &upstream.url)?;
+                let url = format!("{}/v2/bench/{label}/blobs/{image}", m.url);
+                for _ in 0..2 {
+                    let sizes = curl_parallel(std::slice::from_ref(&url), 1)?;
+                    ensure!(sizes == [size], "{name}: {label} blob came back short");
+                }
+                let what = format!("peak RSS serving a {} blob (MiB)", human(size));
+                t.add(&what, name, m.hwm_mib()?);
+                m.stop();
+            }
         }
     }
 
     let report = t.render(&plan)?;
     println!("{report}");
-    let out = if quick {
-        root.join("target/bench-quick.md")
+    let out = if quick || only.is_some() {
+        root.join("target/bench-partial.md")
     } else {
         root.join("docs/benchmarks.md")
     };
-    std::fs::write(&out, report)?;
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    std::fs::write(&out, splice_report(&previous, &report))?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())
+}
+
+const BEGIN: &str = "<!-- cargo xtask bench: begin -->";
+const END: &str = "<!-- cargo xtask bench: end -->";
+
+/// The report between the markers of `previous`, keeping the hand-written
+/// text around them (the analysis of the numbers); or a new document.
+fn splice_report(previous: &str, report: &str) -> String {
+    match (previous.find(BEGIN), previous.find(END)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{BEGIN}\n{report}{END}{}",
+            &previous[..b],
+            &previous[e + END.len()..]
+        ),
+        _ => format!("# Benchmarks\n\n{BEGIN}\n{report}{END}\n"),
+    }
 }
 
 /// Odd rounds run the second first.
 fn alternate<T>(round: usize, pair: [T; 2]) -> [T; 2] {
     let [a, b] = pair;
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [a, b]
     } else {
         [b, a]
@@ -303,11 +342,7 @@ impl Images {
         contents.insert("big", blobs(&big));
         contents.insert(
             "multi",
-            multi
-                .images
-                .iter()
-                .flat_map(|i| blobs(i))
-                .collect::<Vec<_>>(),
+            multi.images.iter().flat_map(&blobs).collect::<Vec<_>>(),
         );
         contents.insert("tiny", blobs(&tiny));
         contents.insert("huge", blobs(&huge));
@@ -412,10 +447,14 @@ enum MirrorKind {
     Registry2,
 }
 
+static PERF_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// A mirror process of either kind, killed on drop.
 struct Mirror {
     label: &'static str,
     child: Option<Child>,
+    /// `perf record` attached to a kura, with `--perf`.
+    profiler: Option<Child>,
     url: String,
     startup_ms: f64,
 }
@@ -484,8 +523,23 @@ impl Mirror {
             );
             std::thread::sleep(Duration::from_micros(500));
         }
+        let profiler = match (kind, PERF_DIR.get()) {
+            (MirrorKind::Kura(_), Some(perf_dir)) => Some(
+                Command::new("perf")
+                    .args(["record", "-g", "-F", "999", "-o"])
+                    .arg(perf_dir.join(format!("{name}.data")))
+                    .arg("-p")
+                    .arg(child.id().to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting perf record")?,
+            ),
+            _ => None,
+        };
         Ok(Mirror {
             label,
+            profiler,
             child: Some(child),
             url: format!("http://127.0.0.1:{port}"),
             startup_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -506,6 +560,11 @@ impl Mirror {
     }
 
     fn stop(&mut self) {
+        if let Some(mut p) = self.profiler.take() {
+            // perf writes its data on SIGINT.
+            let _ = kura_tests::signal(p.id(), "INT");
+            let _ = p.wait();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -729,7 +788,6 @@ impl Table {
             Some(v) => format!("{v:.2}"),
         };
         let mut out = String::new();
-        out.push_str("# Benchmarks\n\n");
         out.push_str(&machine_line()?);
         if plan.quick {
             out.push_str(
@@ -817,5 +875,17 @@ mod tests {
         assert_eq!(r.p99_ms, 1500.0);
         assert!((r.bytes_per_sec - 245.12 * 1048576.0).abs() < 1.0);
         assert!(parse_wrk(&format!("{text}  Non-2xx or 3xx responses: 3\n")).is_err());
+    }
+
+    #[test]
+    fn reports_replace_only_the_marked_part() {
+        let fresh = splice_report("", "table 1\n");
+        assert!(fresh.starts_with("# Benchmarks\n"));
+        let edited = fresh.replace("# Benchmarks\n", "# Benchmarks\n\nintro\n") + "analysis\n";
+        let again = splice_report(&edited, "table 2\n");
+        assert!(again.contains("intro\n"));
+        assert!(again.contains("analysis\n"));
+        assert!(again.contains("table 2\n"));
+        assert!(!again.contains("table 1"));
     }
 }

@@ -1,12 +1,16 @@
 //! `cargo xtask`: the project's own tasks.
 //!
 //! - `cargo xtask test` — install test peers if missing, check formatting and
-//!   lints, prove kura-core builds for wasm32, run every test.
-//! - `cargo xtask wasm` — build kura-core for `wasm32-unknown-unknown`.
+//!   lints, prove kura-core builds for wasm32, run every test, then the
+//!   benchmark harness at small sizes.
+//! - `cargo xtask wasm` — build kura-core for `wasm32-unknown-unknown` and
+//!   the wasm-bindgen package (`wasm-js [--dev]` builds only that;
+//!   `wasm-js-test` and `core-wasm-test` run the edge tests alone).
 //! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
 //!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
 
 mod bench;
+mod edge;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,11 +22,14 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
-        Some("wasm") => wasm(),
+        Some("wasm") => wasm().and_then(|()| edge::build_wasm_js(true)),
+        Some("wasm-js") => edge::build_wasm_js(!rest.contains(&"--dev")),
+        Some("wasm-js-test") => edge::wasm_js_test(),
+        Some("core-wasm-test") => edge::core_wasm_test(),
         Some("bench") => bench::bench(&root(), &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|bench [--quick]>"
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]>"
             );
             std::process::exit(2);
         }
@@ -60,11 +67,28 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     if !flags.contains(&"--no-setup") {
         run(Command::new("bash").arg("scripts/test-env.sh"))?;
     }
+    run(Command::new(cargo()).args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    wasm()?;
     run_tests(
         Command::new(cargo())
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(test_args),
-    )
+    )?;
+    // The edge: kura-core's unit tests on wasm32 (in Node), then the
+    // wasm-bindgen package under `node --test`.
+    edge::core_wasm_test()?;
+    edge::wasm_js_test()?;
+    // The benchmark harness at small sizes: it must run end to end and
+    // produce its table (no timing is asserted).
+    bench::bench(&root(), &["--quick"])
 }
 
 /// Run cargo test, passing its output through, and close with one line

@@ -316,7 +316,7 @@ async fn list<S: Storage>(s: &S) {
 async fn append<S: Storage>(s: &S) {
     let key = "conformance/append/spool";
     if !s.can_append() {
-        let r = s.append(key, 0, Bytes::from_static(b"x")).await;
+        let r = s.append(key, 0, vec![Bytes::from_static(b"x")]).await;
         assert!(
             matches!(r, Err(StorageError::Unsupported(_))),
             "a backend that cannot append says so"
@@ -324,11 +324,15 @@ async fn append<S: Storage>(s: &S) {
         assert_eq!(s.head(key).await.expect("head"), None);
         return;
     }
-    s.append(key, 0, Bytes::from_static(b"hello "))
-        .await
-        .expect("append at 0");
+    s.append(
+        key,
+        0,
+        vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo ")],
+    )
+    .await
+    .expect("append at 0");
     assert_eq!(fetch(s, key).await.as_deref(), Some(&b"hello "[..]));
-    s.append(key, 6, Bytes::from_static(b"world"))
+    s.append(key, 6, vec![Bytes::from_static(b"world")])
         .await
         .expect("append at end");
     assert_eq!(
@@ -336,7 +340,7 @@ async fn append<S: Storage>(s: &S) {
         Bytes::from_static(b"lo wor")
     );
     for wrong in [0, 5, 12] {
-        match s.append(key, wrong, Bytes::from_static(b"!")).await {
+        match s.append(key, wrong, vec![Bytes::from_static(b"!")]).await {
             Err(StorageError::AppendOffset { offset, len }) => {
                 assert_eq!((offset, len), (wrong, 11))
             }
@@ -345,7 +349,9 @@ async fn append<S: Storage>(s: &S) {
     }
     assert_eq!(fetch(s, key).await.as_deref(), Some(&b"hello world"[..]));
     let big = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 5]);
-    s.append(key, 11, big.clone()).await.expect("large append");
+    s.append(key, 11, vec![big.clone()])
+        .await
+        .expect("large append");
     assert_eq!(
         s.head(key).await.expect("head").map(|m| m.size),
         Some(11 + big.len() as u64)

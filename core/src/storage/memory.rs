@@ -101,7 +101,7 @@ impl Storage for MemoryStorage {
         true
     }
 
-    async fn append(&self, key: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
         let mut map = self.lock();
         let current = map.remove(key).unwrap_or_default();
         let len = current.len() as u64;
@@ -109,13 +109,16 @@ impl Storage for MemoryStorage {
             map.insert(key.to_owned(), current);
             return Err(StorageError::AppendOffset { offset, len });
         }
+        let added: usize = parts.iter().map(Bytes::len).sum();
         // Grow in place unless a reader still holds the old bytes.
         let mut grown = current.try_into_mut().unwrap_or_else(|shared| {
-            let mut b = BytesMut::with_capacity((shared.len() + data.len()) * 2);
+            let mut b = BytesMut::with_capacity((shared.len() + added) * 2);
             b.extend_from_slice(&shared);
             b
         });
-        grown.extend_from_slice(&data);
+        for p in &parts {
+            grown.extend_from_slice(p);
+        }
         map.insert(key.to_owned(), grown.freeze());
         Ok(())
     }
@@ -141,6 +144,11 @@ impl Storage for MemoryStorage {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32, `#[test]` is wasm-bindgen-test's (run in Node by
+    // wasm-bindgen-test-runner); natively it is the built-in one.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     #[test]
     fn conformance() {
         futures::executor::block_on(super::super::conformance::run(&super::MemoryStorage::new()));

@@ -118,13 +118,15 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         false
     }
 
-    /// Write `data` at `offset` of the object at `key`, which must hold
+    /// Write `parts`, one after another, at `offset` of the object at
+    /// `key` (several parts so the bytes need not be gathered into one
+    /// buffer first). The object must hold
     /// exactly `offset` bytes ([`StorageError::AppendOffset`] otherwise);
     /// offset 0 creates it. Not atomic: a reader may see any prefix, so
     /// only staging objects are appended to, and their readers read only
     /// what the writer has reported written.
-    async fn append(&self, key: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
-        let _ = (key, offset, data);
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        let _ = (key, offset, parts);
         Err(StorageError::Unsupported("append"))
     }
 

@@ -282,20 +282,20 @@ impl Storage for ObjectStorage {
         self.local.is_some()
     }
 
-    async fn append(&self, key: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
         let Some(fs) = &self.local else {
             return Err(StorageError::Unsupported("append"));
         };
         let file = fs.path_to_filesystem(&path(key)?).map_err(map_err)?;
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            use std::os::unix::fs::FileExt;
+            use std::io::{Seek, Write};
             let io = |e: io::Error| StorageError::backend(format!("{}: {e}", file.display()));
             if offset == 0 {
                 if let Some(dir) = file.parent() {
                     std::fs::create_dir_all(dir).map_err(io)?;
                 }
             }
-            let f = match std::fs::OpenOptions::new()
+            let mut f = match std::fs::OpenOptions::new()
                 .write(true)
                 .create(offset == 0)
                 .open(&file)
@@ -310,7 +310,20 @@ impl Storage for ObjectStorage {
             if len != offset {
                 return Err(StorageError::AppendOffset { offset, len });
             }
-            f.write_all_at(&data, offset).map_err(io)
+            f.seek(io::SeekFrom::Start(offset)).map_err(io)?;
+            // One writev for all parts, continued where the kernel stopped.
+            let mut slices: Vec<io::IoSlice<'_>> =
+                parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match f.write_vectored(rest) {
+                    Ok(0) => return Err(io(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            Ok(())
         })
         .await
         .map_err(StorageError::backend)?

@@ -1,0 +1,201 @@
+//! Blob misses for hosts that move the bytes themselves.
+//!
+//! The core's own blob fill ([`crate::cache`]) reads every byte of an
+//! upstream blob: it hashes, spools and relays them. A host that can split
+//! a stream without touching its bytes (a Worker hands the upstream's
+//! `ReadableStream` to the client and to an R2 put that checks the sha256)
+//! should not run it. For such hosts:
+//!
+//! - [`Registry::handle_edge`] answers everything [`Registry::handle`]
+//!   answers, except a `GET`/`HEAD` of a mirrored blob that is not stored:
+//!   that comes back as a [`BlobMiss`], and nothing has been fetched yet.
+//! - [`Registry::fetch_blob`] asks the upstream for it (token auth,
+//!   `library/` names, redirects to blob CDNs, retries) and returns the
+//!   upstream's response with the body untouched.
+//! - [`Registry::blob_miss_response`] builds the client's response around
+//!   whatever body the host streams (headers, status, `x-kura-cache: miss`).
+//! - [`Registry::commit_blob`] records the blob once the host has stored it
+//!   under [`BlobMiss::key`] and storage confirmed its digest: the
+//!   repository link and the catalog entry, as the core's own fill does.
+//!
+//! The core still decides everything (routing, whether it is a miss, which
+//! upstream request, what a verified blob is linked as); the host moves
+//! bytes. "Verified before visible" becomes the host's storage contract: the
+//! object at [`BlobMiss::key`] must only appear if its bytes hash to
+//! [`BlobMiss::digest`] (R2's `sha256` put option, or a digest checked
+//! before a multipart upload completes).
+//!
+//! Hosts whose concurrent requests must not wake each other (a Worker: each
+//! request has its own I/O context, and a request resumed from another's
+//! context does its I/O there) serialize mirrored manifest reads on
+//! [`Registry::flight_key`], so the core's own single flight never has
+//! followers there.
+
+use http::header::HeaderValue;
+use http::{HeaderName, Method, Request, StatusCode};
+
+use crate::api::{self, Route};
+use crate::body::{Body, ByteStream};
+use crate::cache::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
+use crate::digest::Digest;
+use crate::error::{ErrorCode, RegistryError};
+use crate::fetch::Fetch;
+use crate::host::Host;
+use crate::layout;
+use crate::metrics;
+use crate::reference::Reference;
+use crate::registry::{blob_response, Registry, Response};
+use crate::storage::Storage;
+use crate::upstream::UpstreamError;
+
+/// What [`Registry::handle_edge`] made of a request.
+pub enum Edge<B, F, H> {
+    /// The answer, as [`Registry::handle`] gives it.
+    Response(Response<B>),
+    /// A mirrored blob that is not stored: the host fetches and stores it.
+    BlobMiss(BlobMiss<F, H>),
+}
+
+/// A `GET` or `HEAD` of a mirrored blob that storage does not hold.
+pub struct BlobMiss<F, H> {
+    pub target: MirrorTarget<F, H>,
+    pub digest: Digest,
+    /// `HEAD`: the client wants the headers only.
+    pub head: bool,
+    /// The client's `Range` header, when it asks for one byte range.
+    pub range: Option<String>,
+}
+
+impl<F, H> BlobMiss<F, H> {
+    /// Where the verified bytes go (and what [`Registry::commit_blob`]
+    /// expects to find).
+    pub fn key(&self) -> String {
+        layout::blob(&self.digest)
+    }
+}
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    /// Like [`Registry::handle`], but a read of a mirrored blob that is not
+    /// stored is handed back as a [`BlobMiss`] instead of being filled by
+    /// the core. Everything else (manifests and their revalidation, stale
+    /// serving, blob hits, ranges, errors) is [`Registry::handle`]'s answer.
+    pub async fn handle_edge(&self, req: Request<ByteStream>) -> Edge<S::Body, F, H> {
+        if let Some(miss) = self.blob_miss(&req).await {
+            return Edge::BlobMiss(miss);
+        }
+        Edge::Response(self.handle(req).await)
+    }
+
+    async fn blob_miss(&self, req: &Request<ByteStream>) -> Option<BlobMiss<F, H>> {
+        let m = req.method();
+        if *m != Method::GET && *m != Method::HEAD {
+            return None;
+        }
+        let Ok(Some(Route::Blob(name, digest))) = Route::parse(req.uri().path()) else {
+            return None;
+        };
+        // Errors (bad `ns=`, storage down) are left to `handle`, which
+        // answers them the usual way.
+        let target = self.mirrors.target(&name, req.uri()).ok()??;
+        match self.storage.head(&layout::blob(&digest)).await {
+            Ok(None) => {}
+            _ => return None,
+        }
+        let range = api::header(req.headers(), "range")
+            .filter(|r| api::single_byte_range(r))
+            .map(str::to_owned);
+        Some(BlobMiss {
+            target,
+            digest,
+            head: *m == Method::HEAD,
+            range,
+        })
+    }
+
+    /// The key the core's single flight would use for this request: set for
+    /// `GET`/`HEAD` of a manifest in a mirrored repository, `None` for
+    /// everything else (and for requests that do not parse).
+    pub fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return None;
+        }
+        let Ok(Some(Route::Manifest(name, reference))) = Route::parse(parts.uri.path()) else {
+            return None;
+        };
+        let t = self.mirrors.target(&name, &parts.uri).ok()??;
+        Some(match reference {
+            Reference::Digest(d) => format!("{}@{d}", t.local),
+            Reference::Tag(tag) => format!("{}:{tag}", t.local),
+        })
+    }
+
+    /// Ask the upstream for a missing blob (`HEAD` for a `HEAD` miss). The
+    /// response is a success; its body is the host's, unread. The whole
+    /// blob is asked for even when the client wants a range, so that it can
+    /// be stored.
+    pub async fn fetch_blob(
+        &self,
+        miss: &BlobMiss<F, H>,
+    ) -> Result<http::Response<F::Body>, RegistryError> {
+        let t = &miss.target;
+        let digest = miss.digest.to_string();
+        let resp = if miss.head {
+            t.upstream.blob_head(&t.remote, &digest).await
+        } else {
+            t.upstream.blob(&t.remote, &digest, None).await
+        };
+        resp.map_err(|e| {
+            if !matches!(e, UpstreamError::NotFound) {
+                metrics::inc(&self.metrics.upstream_errors);
+            }
+            match e {
+                UpstreamError::NotFound => RegistryError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {} not found upstream", miss.digest),
+                ),
+                other => RegistryError::new(ErrorCode::Unavailable, other.to_string()),
+            }
+        })
+    }
+
+    /// The response to a blob miss whose bytes the host streams as `body`
+    /// (`size`: the upstream's `Content-Length`, if it sent one). A `HEAD`
+    /// miss gets an empty body whatever is passed.
+    pub fn blob_miss_response<B>(
+        &self,
+        miss: &BlobMiss<F, H>,
+        size: Option<u64>,
+        body: Body<B>,
+    ) -> Response<B> {
+        let body = if miss.head { Body::Empty } else { body };
+        let mut resp = blob_response(StatusCode::OK, body, &miss.digest, size, None);
+        let h = resp.headers_mut();
+        h.insert(
+            HeaderName::from_static(CACHE_HEADER),
+            HeaderValue::from_static("miss"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&miss.target.upstream.config.name) {
+            h.insert(HeaderName::from_static(OCI_NAMESPACE_HEADER), v);
+        }
+        h.insert(
+            api::API_VERSION_HEADER,
+            HeaderValue::from_static(api::API_VERSION),
+        );
+        metrics::inc(&self.metrics.blob_misses);
+        self.metrics.request("blob", 200);
+        resp
+    }
+
+    /// Record a blob the host has stored under [`BlobMiss::key`] after
+    /// storage checked its digest: link it into the mirrored repository and
+    /// list the repository in the catalog. Fails if the blob is not there.
+    pub async fn commit_blob(&self, miss: &BlobMiss<F, H>) -> Result<(), RegistryError> {
+        if self.storage.head(&miss.key()).await?.is_none() {
+            return Err(RegistryError::internal(format!(
+                "blob {} was not stored",
+                miss.digest
+            )));
+        }
+        self.link_blob(&miss.target.local, &miss.digest).await
+    }
+}

@@ -1,0 +1,315 @@
+//! The host-side blob fill API (`kura_core::edge`): a mirrored blob that is
+//! not stored comes back as a miss, the upstream answer is handed over
+//! unread, and a committed blob is served as a hit from then on.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+mod common;
+
+use bytes::Bytes;
+use common::TestHost;
+use futures::executor::block_on;
+use http::{Method, Request, StatusCode};
+use kura_core::edge::Edge;
+use kura_core::fetch::{Fetch, FetchError};
+use kura_core::storage::{MemoryStorage, PutMode, Storage};
+use kura_core::upstream::UpstreamConfig;
+use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
+
+type Upstream = Registry<MemoryStorage, TestHost>;
+
+/// Fetch served by an in-process registry, counting requests by method.
+struct LocalFetch {
+    upstream: Arc<Upstream>,
+    blob_gets: Arc<AtomicUsize>,
+    blob_heads: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Fetch for LocalFetch {
+    type Body = ByteStream;
+
+    async fn fetch(&self, req: Request<()>) -> Result<http::Response<ByteStream>, FetchError> {
+        let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+        if path.contains("/blobs/") {
+            match *req.method() {
+                Method::GET => self.blob_gets.fetch_add(1, Ordering::SeqCst),
+                _ => self.blob_heads.fetch_add(1, Ordering::SeqCst),
+            };
+        }
+        let inner = Request::builder()
+            .method(req.method())
+            .uri(path)
+            .body(body::empty())
+            .unwrap();
+        let (parts, b) = self.upstream.handle(inner).await.into_parts();
+        let stream = match b {
+            Body::Empty => body::empty(),
+            Body::Full(b) => body::once(b),
+            Body::Stream(s) | Body::Relay(s) => s,
+        };
+        Ok(http::Response::from_parts(parts, stream))
+    }
+
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+struct Setup {
+    upstream: Arc<Upstream>,
+    blob_gets: Arc<AtomicUsize>,
+    blob_heads: Arc<AtomicUsize>,
+    mirror: Registry<MemoryStorage, TestHost, LocalFetch>,
+}
+
+fn setup() -> Setup {
+    let upstream = Arc::new(Registry::new(
+        MemoryStorage::new(),
+        TestHost::at(0),
+        RegistryConfig::default(),
+    ));
+    let blob_gets = Arc::new(AtomicUsize::new(0));
+    let blob_heads = Arc::new(AtomicUsize::new(0));
+    let fetch = LocalFetch {
+        upstream: upstream.clone(),
+        blob_gets: blob_gets.clone(),
+        blob_heads: blob_heads.clone(),
+    };
+    let config = UpstreamConfig {
+        name: "docker.io".into(),
+        url: "http://upstream.invalid".into(),
+        username: None,
+        password: None,
+        tag_ttl_ms: 60_000,
+        max_stale_ms: 3_600_000,
+    };
+    let mirror = Registry::with_upstreams(
+        MemoryStorage::new(),
+        TestHost::at(1_000_000),
+        RegistryConfig::default(),
+        fetch,
+        vec![config],
+        Some("docker.io".into()),
+    )
+    .unwrap();
+    Setup {
+        upstream,
+        blob_gets,
+        blob_heads,
+        mirror,
+    }
+}
+
+/// Push a blob into the upstream's `library/alpine` (what Docker Hub calls
+/// `alpine`).
+fn push_blob(up: &Upstream, data: &'static [u8]) -> Digest {
+    let d = Digest::sha256(data);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v2/library/alpine/blobs/uploads/?digest={d}"))
+        .body(body::once(Bytes::from_static(data)))
+        .unwrap();
+    let resp = block_on(up.handle(req));
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    d
+}
+
+fn request(method: Method, uri: &str, range: Option<&str>) -> Request<ByteStream> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(r) = range {
+        b = b.header("range", r);
+    }
+    b.body(body::empty()).unwrap()
+}
+
+async fn collect(b: Body<ByteStream>) -> Bytes {
+    match b {
+        Body::Empty => Bytes::new(),
+        Body::Full(b) => b,
+        Body::Stream(s) | Body::Relay(s) => body::collect_limited(s, usize::MAX).await.unwrap(),
+    }
+}
+
+#[test]
+fn a_blob_miss_is_handed_to_the_host_and_a_commit_makes_it_a_hit() {
+    let s = setup();
+    let data: &'static [u8] = b"layer bytes that the host moves itself";
+    let d = push_blob(&s.upstream, data);
+    let uri = format!("/v2/alpine/blobs/{d}");
+
+    // A miss: nothing fetched yet, and the core knows where it goes.
+    let Edge::BlobMiss(miss) = block_on(s.mirror.handle_edge(request(Method::GET, &uri, None)))
+    else {
+        panic!("expected a blob miss");
+    };
+    assert_eq!(miss.digest, d);
+    assert!(!miss.head);
+    assert_eq!(miss.target.local.as_str(), "docker.io/library/alpine");
+    assert_eq!(miss.target.remote.as_str(), "alpine");
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 0);
+
+    // The upstream answer comes back unread (library/ added by the core).
+    let up = block_on(s.mirror.fetch_blob(&miss)).unwrap();
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1);
+    let size = up
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(size, Some(data.len() as u64));
+
+    // Committing before the bytes are stored is refused.
+    assert!(block_on(s.mirror.commit_blob(&miss)).is_err());
+
+    // The host streams the body to the client and stores it.
+    let bytes = block_on(body::collect_limited(up.into_body(), usize::MAX)).unwrap();
+    let resp = s
+        .mirror
+        .blob_miss_response(&miss, size, Body::<ByteStream>::Full(bytes.clone()));
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-kura-cache"], "miss");
+    assert_eq!(
+        resp.headers()["docker-content-digest"],
+        d.to_string().as_str()
+    );
+    assert_eq!(
+        resp.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    assert_eq!(resp.headers()["oci-namespace"], "docker.io");
+    block_on(
+        s.mirror
+            .storage()
+            .put(&miss.key(), bytes, PutMode::Overwrite),
+    )
+    .unwrap();
+    block_on(s.mirror.commit_blob(&miss)).unwrap();
+
+    // From now on: a hit, served from storage, under both spellings.
+    for uri in [
+        uri.clone(),
+        format!("/v2/docker.io/library/alpine/blobs/{d}"),
+    ] {
+        let Edge::Response(resp) = block_on(s.mirror.handle_edge(request(Method::GET, &uri, None)))
+        else {
+            panic!("expected a hit for {uri}");
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        assert_eq!(resp.headers()["x-kura-cache"], "hit");
+        assert_eq!(block_on(collect(resp.into_body())), data);
+    }
+    let Edge::Response(resp) = block_on(s.mirror.handle_edge(request(
+        Method::GET,
+        &uri,
+        Some("bytes=6-10"),
+    ))) else {
+        panic!("expected a ranged hit");
+    };
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(block_on(collect(resp.into_body())), &data[6..11]);
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1, "hits stay local");
+
+    // The catalog lists the mirrored repository.
+    let Edge::Response(resp) = block_on(s.mirror.handle_edge(request(
+        Method::GET,
+        "/v2/_catalog",
+        None,
+    ))) else {
+        panic!();
+    };
+    let body = block_on(collect(resp.into_body()));
+    assert!(
+        String::from_utf8_lossy(&body).contains("docker.io/library/alpine"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[test]
+fn head_misses_ask_the_upstream_with_head_and_unknown_blobs_are_404() {
+    let s = setup();
+    let d = push_blob(&s.upstream, b"head me");
+    let Edge::BlobMiss(miss) = block_on(s.mirror.handle_edge(request(
+        Method::HEAD,
+        &format!("/v2/alpine/blobs/{d}"),
+        Some("bytes=0-1"),
+    ))) else {
+        panic!("expected a miss");
+    };
+    assert!(miss.head);
+    assert_eq!(miss.range.as_deref(), Some("bytes=0-1"));
+    let up = block_on(s.mirror.fetch_blob(&miss)).unwrap();
+    assert_eq!(up.status(), StatusCode::OK);
+    assert_eq!(
+        (
+            s.blob_heads.load(Ordering::SeqCst),
+            s.blob_gets.load(Ordering::SeqCst)
+        ),
+        (1, 0)
+    );
+    let resp = s.mirror.blob_miss_response(
+        &miss,
+        Some(7),
+        Body::<ByteStream>::Full(Bytes::from_static(b"ignored")),
+    );
+    assert!(matches!(resp.body(), Body::Empty));
+    assert_eq!(resp.headers()["content-length"], "7");
+
+    let unknown = Digest::sha256(b"not upstream");
+    let Edge::BlobMiss(miss) = block_on(s.mirror.handle_edge(request(
+        Method::GET,
+        &format!("/v2/alpine/blobs/{unknown}"),
+        None,
+    ))) else {
+        panic!("expected a miss");
+    };
+    let Err(e) = block_on(s.mirror.fetch_blob(&miss)) else {
+        panic!("an unknown blob was found upstream");
+    };
+    assert_eq!(e.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.code.as_str(), "BLOB_UNKNOWN");
+}
+
+#[test]
+fn only_mirrored_blob_reads_are_diverted_and_manifest_reads_have_a_flight_key() {
+    let s = setup();
+    let d = Digest::sha256(b"x");
+    // Hosted names do not exist here (a default upstream takes every name),
+    // but writes and non-blob routes are never diverted.
+    for (m, uri) in [
+        (Method::GET, "/v2/".to_owned()),
+        (Method::DELETE, format!("/v2/alpine/blobs/{d}")),
+        (Method::GET, "/v2/alpine/tags/list".to_owned()),
+        (Method::GET, format!("/v2/alpine/blobs/{d}x")),
+    ] {
+        assert!(
+            matches!(
+                block_on(s.mirror.handle_edge(request(m.clone(), &uri, None))),
+                Edge::Response(_)
+            ),
+            "{m} {uri}"
+        );
+    }
+    let key = |m: Method, uri: &str| {
+        let (parts, _) = request(m, uri, None).into_parts();
+        s.mirror.flight_key(&parts)
+    };
+    assert_eq!(
+        key(Method::GET, "/v2/alpine/manifests/3.20").as_deref(),
+        Some("docker.io/library/alpine:3.20")
+    );
+    assert_eq!(
+        key(Method::HEAD, "/v2/docker.io/library/alpine/manifests/3.20").as_deref(),
+        Some("docker.io/library/alpine:3.20"),
+        "the prefix spelling shares the key"
+    );
+    assert_eq!(
+        key(Method::GET, &format!("/v2/alpine/manifests/{d}")),
+        Some(format!("docker.io/library/alpine@{d}"))
+    );
+    assert_eq!(key(Method::PUT, "/v2/alpine/manifests/3.20"), None);
+    assert_eq!(key(Method::GET, &format!("/v2/alpine/blobs/{d}")), None);
+}

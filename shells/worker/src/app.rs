@@ -1,0 +1,459 @@
+//! The Worker: one kura-core registry per isolate, R2 for storage, the
+//! runtime's `fetch` for upstreams. Requests go to `Registry::handle_edge`;
+//! blob misses are filled here (see `split`), everything else (manifests,
+//! tag revalidation, stale-if-error, hits, ranges, errors) is the core's.
+//!
+//! Single flight within an isolate. Workers give each request its own I/O
+//! context: a request woken from another request's context would do its I/O
+//! there (and its response body would belong to the wrong request). So no
+//! request here ever waits on another one's wakeup:
+//! - blob fills: the first request for a missing blob leads the fill; later
+//!   ones poll (their own timers) until it has settled, then answer from R2
+//!   like any hit. They do not get bytes while the fill runs: a branch of
+//!   the leader's stream cannot cross into their context.
+//! - manifests: requests with the same core flight key take turns (a gate
+//!   polled the same way), so the core's own single flight never has
+//!   followers; the second one finds the manifest stored.
+//!
+//! Across isolates and locations there is no coordination: two isolates may
+//! fill the same blob at once, each put verified, the second overwriting the
+//! first with the same bytes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use http::StatusCode;
+use kura_core::edge::{BlobMiss, Edge};
+use kura_core::registry::{error_response, Response};
+use kura_core::{Body, Digest, ErrorCode, Registry, RegistryConfig, RegistryError};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{event, Context, Delay, Env};
+
+use crate::config::Config;
+use crate::fetch::WorkerFetch;
+use crate::host::WorkerHost;
+use crate::js::{describe, JsBody};
+use crate::r2::R2Storage;
+use crate::route;
+use crate::split::{self, Progress, Sink};
+
+/// The R2 bucket binding's name in wrangler.toml.
+const BUCKET_BINDING: &str = "BUCKET";
+/// A fill that has not moved for this long is taken as dead (its Worker
+/// invocation ended), and a waiting request starts its own.
+const STALLED_FILL_MS: u64 = 60_000;
+/// How long a manifest request waits for another with the same key before
+/// going ahead anyway.
+const GATE_PATIENCE_MS: u64 = 30_000;
+
+type Kura = Registry<R2Storage, WorkerHost, WorkerFetch>;
+
+struct App {
+    registry: Kura,
+    storage: R2Storage,
+    config: Config,
+}
+
+thread_local! {
+    static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
+    static FILLS: RefCell<HashMap<Digest, Rc<Fill>>> = RefCell::new(HashMap::new());
+    static GATES: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(
+    req: web_sys::Request,
+    env: Env,
+    ctx: Context,
+) -> worker::Result<web_sys::Response> {
+    let app = match app(&env) {
+        Ok(app) => app,
+        Err(msg) => {
+            let e = RegistryError::internal(format!("kura-worker configuration: {msg}"));
+            return Ok(to_web(error_response::<JsBody>(&e)));
+        }
+    };
+    Ok(handle(app, req, ctx).await)
+}
+
+/// The isolate's registry, built on the first request.
+fn app(env: &Env) -> Result<Rc<App>, String> {
+    if let Some(app) = APP.with(|a| a.borrow().clone()) {
+        return Ok(app);
+    }
+    let var = |name: &str| -> Option<String> {
+        let v = js_sys::Reflect::get(env, &JsValue::from_str(name)).ok()?;
+        if v.is_undefined() || v.is_null() {
+            None
+        } else if let Some(s) = v.as_string() {
+            Some(s)
+        } else {
+            // A TOML table or array in [vars] arrives as an object.
+            js_sys::JSON::stringify(&v).ok()?.as_string()
+        }
+    };
+    let config = Config::from_lookup(var)?;
+    let bucket = js_sys::Reflect::get(env, &JsValue::from_str(BUCKET_BINDING))
+        .ok()
+        .filter(|b| b.is_object())
+        .ok_or_else(|| format!("no R2 bucket bound as {BUCKET_BINDING}"))?;
+    let storage = R2Storage {
+        bucket: bucket.unchecked_into(),
+        single_put_max: config.single_put_max,
+        part_size: config.part_size,
+    };
+    let registry = Registry::with_upstreams(
+        storage.clone(),
+        WorkerHost,
+        RegistryConfig {
+            // Mirrors are read-only; nothing hosted is pushed at the edge.
+            delete_enabled: false,
+            ..RegistryConfig::default()
+        },
+        WorkerFetch,
+        config.core_upstreams(),
+        config.default_upstream.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let app = Rc::new(App {
+        registry,
+        storage,
+        config,
+    });
+    APP.with(|a| *a.borrow_mut() = Some(app.clone()));
+    Ok(app)
+}
+
+async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::Response {
+    let url = req.url();
+    let (host, target) = split_url(&url);
+    let path = target.split('?').next().unwrap_or("");
+    if path == "/metrics" {
+        let mut r = Response::new(Body::Full(app.registry.metrics().render().into()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return to_web(r);
+    }
+    #[cfg(feature = "conformance")]
+    if path == "/_kura/conformance" {
+        kura_core::storage::conformance::run(&app.storage).await;
+        return to_web(Response::new(Body::Full("storage conformance: ok\n".into())));
+    }
+    let method = req.method();
+    if method != "GET" && method != "HEAD" {
+        let e = RegistryError::new(
+            ErrorCode::Unsupported,
+            "this edge mirror is read-only: push to the upstream registry",
+        );
+        return to_web(error_response(&e));
+    }
+    let target = route::rewrite(&app.config, host, target);
+    let mut builder = http::Request::builder().method(method.as_str()).uri(&target);
+    if let Ok(Some(entries)) = js_sys::try_iter(&req.headers()) {
+        for entry in entries.flatten() {
+            let pair = js_sys::Array::from(&entry);
+            if let (Some(k), Some(v)) = (pair.get(0).as_string(), pair.get(1).as_string()) {
+                builder = builder.header(k, v);
+            }
+        }
+    }
+    let parts = match builder.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(e) => {
+            let e = RegistryError::new(ErrorCode::Unsupported, format!("bad request: {e}"))
+                .with_status(StatusCode::BAD_REQUEST);
+            return to_web(error_response(&e));
+        }
+    };
+    let _turn = match app.registry.flight_key(&parts) {
+        Some(key) => Some(Gate::enter(key).await),
+        None => None,
+    };
+    // A fill another request led (or that failed) is looked at again.
+    for _ in 0..3 {
+        let req = http::Request::from_parts(parts.clone(), kura_core::body::empty());
+        match app.registry.handle_edge(req).await {
+            Edge::Response(resp) => return to_web(resp),
+            Edge::BlobMiss(miss) => match blob_miss(&app, miss, &ctx).await {
+                Missed::Answer(resp) => return resp,
+                Missed::Again => continue,
+            },
+        }
+    }
+    let e = RegistryError::new(ErrorCode::Unavailable, "blob fill did not settle");
+    to_web(error_response(&e))
+}
+
+/// `https://host:port/path?q` → (`host:port`, `/path?q`).
+fn split_url(url: &str) -> (Option<&str>, &str) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return (None, url);
+    };
+    match rest.find('/') {
+        Some(i) => (Some(&rest[..i]), &rest[i..]),
+        None => (Some(rest), "/"),
+    }
+}
+
+// ----- blob misses -------------------------------------------------------------
+
+enum Missed {
+    Answer(web_sys::Response),
+    /// Look again: the blob is stored now, or a dead fill was cleared.
+    Again,
+}
+
+/// One fill in this isolate.
+struct Fill {
+    digest: Digest,
+    outcome: RefCell<Option<Result<(), String>>>,
+    /// When bytes last moved (ms; the runtime's clock advances with I/O).
+    moved_ms: Cell<u64>,
+}
+
+impl Progress for Fill {
+    fn advanced(&self, _bytes: u64) {
+        self.moved_ms.set(now_ms());
+    }
+}
+
+impl Fill {
+    /// Record the outcome and leave the map: later requests find the blob
+    /// stored, or (after a failure) lead a fresh fill.
+    fn settle(self: &Rc<Self>, outcome: Result<(), String>) {
+        if let Err(e) = &outcome {
+            worker::console_warn!("kura: fill of {} failed: {e}", self.digest);
+        }
+        *self.outcome.borrow_mut() = Some(outcome);
+        FILLS.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.get(&self.digest).is_some_and(|x| Rc::ptr_eq(x, self)) {
+                f.remove(&self.digest);
+            }
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
+/// The first request for a blob leads the fill; the others wait for it.
+async fn blob_miss(app: &Rc<App>, miss: BlobMiss<WorkerFetch, WorkerHost>, ctx: &Context) -> Missed {
+    if miss.head {
+        // Headers only: ask the upstream, store nothing.
+        return Missed::Answer(match app.registry.fetch_blob(&miss).await {
+            Ok(up) => {
+                let size = content_length(up.headers());
+                to_web(app.registry.blob_miss_response(&miss, size, Body::Empty))
+            }
+            Err(e) => to_web(error_response(&e)),
+        });
+    }
+    let existing = FILLS.with(|f| f.borrow().get(&miss.digest).cloned());
+    if let Some(fill) = existing {
+        return follow(fill).await;
+    }
+    let fill = Rc::new(Fill {
+        digest: miss.digest.clone(),
+        outcome: RefCell::new(None),
+        moved_ms: Cell::new(now_ms()),
+    });
+    FILLS.with(|f| f.borrow_mut().insert(miss.digest.clone(), fill.clone()));
+    lead(app, miss, fill, ctx).await
+}
+
+/// Wait (own timers, no cross-request wakeups) for another request's fill.
+async fn follow(fill: Rc<Fill>) -> Missed {
+    let mut pause = 20;
+    loop {
+        if let Some(outcome) = fill.outcome.borrow().as_ref() {
+            return match outcome {
+                Ok(()) => Missed::Again,
+                Err(e) => Missed::Answer(to_web(error_response(&RegistryError::new(
+                    ErrorCode::Unavailable,
+                    format!("upstream fill failed: {e}"),
+                )))),
+            };
+        }
+        if now_ms().saturating_sub(fill.moved_ms.get()) > STALLED_FILL_MS {
+            fill.settle(Err("the filling request went away".into()));
+            return Missed::Again;
+        }
+        Delay::from(Duration::from_millis(pause)).await;
+        pause = (pause * 3 / 2).min(1000);
+    }
+}
+
+async fn lead(
+    app: &Rc<App>,
+    miss: BlobMiss<WorkerFetch, WorkerHost>,
+    fill: Rc<Fill>,
+    ctx: &Context,
+) -> Missed {
+    let up = match app.registry.fetch_blob(&miss).await {
+        Ok(up) => up,
+        Err(e) => {
+            fill.settle(Err(e.message.clone()));
+            return Missed::Answer(to_web(error_response(&e)));
+        }
+    };
+    let size = content_length(up.headers());
+    let body = up.into_body().take();
+    let (Some(size), Some(body_source)) = (size, body.clone()) else {
+        // R2 needs the length up front: pass it through, uncached.
+        fill.settle(Err("upstream sent no Content-Length; not cached".into()));
+        let body = Body::Stream(JsBody::new(body));
+        return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, size, body)));
+    };
+    let sink = Sink::start(
+        &app.storage.bucket,
+        &miss.key(),
+        &miss.digest,
+        size,
+        app.storage.single_put_max,
+        app.storage.part_size,
+    )
+    .await;
+    let sink = match sink {
+        Ok(s) => s,
+        Err(e) => {
+            // R2 is unhappy: still serve the client.
+            fill.settle(Err(format!("R2: {e}")));
+            let body = Body::Stream(JsBody::new(Some(body_source)));
+            return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, Some(size), body)));
+        }
+    };
+    let progress: Rc<dyn Progress> = fill.clone();
+    if miss.range.is_some() {
+        // A range of a blob not stored yet: store it whole first, then
+        // answer the range from R2.
+        let r = split::pump(body_source, size, None, sink, progress).await;
+        let r = match r {
+            Ok(()) => commit(app, &miss).await,
+            Err(e) => Err(e),
+        };
+        let ok = r.is_ok();
+        fill.settle(r);
+        return if ok {
+            Missed::Again
+        } else {
+            Missed::Answer(to_web(error_response(&RegistryError::new(
+                ErrorCode::Unavailable,
+                "upstream fill failed",
+            ))))
+        };
+    }
+    let (readable, writer) = match split::client_stream(size) {
+        Ok(c) => c,
+        Err(e) => {
+            fill.settle(Err(e.clone()));
+            return Missed::Answer(to_web(error_response(&RegistryError::internal(e))));
+        }
+    };
+    let body = Body::Stream(JsBody::new(Some(readable)));
+    let answer = to_web(app.registry.blob_miss_response(&miss, Some(size), body));
+    let app = app.clone();
+    ctx.wait_until(async move {
+        let r = split::pump(body_source, size, Some(writer), sink, progress).await;
+        let r = match r {
+            Ok(()) => commit(&app, &miss).await,
+            Err(e) => Err(e),
+        };
+        fill.settle(r);
+    });
+    Missed::Answer(answer)
+}
+
+async fn commit(app: &App, miss: &BlobMiss<WorkerFetch, WorkerHost>) -> Result<(), String> {
+    app.registry
+        .commit_blob(miss)
+        .await
+        .map_err(|e| format!("recording the blob: {e}"))
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+// ----- manifest turns ------------------------------------------------------------
+
+/// Requests with the same key take turns; see the module docs.
+struct Gate(String);
+
+impl Gate {
+    async fn enter(key: String) -> Gate {
+        let started = now_ms();
+        let mut pause = 5;
+        loop {
+            let entered = GATES.with(|g| g.borrow_mut().insert(key.clone()));
+            if entered || now_ms().saturating_sub(started) > GATE_PATIENCE_MS {
+                return Gate(key);
+            }
+            Delay::from(Duration::from_millis(pause)).await;
+            pause = (pause * 2).min(200);
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        GATES.with(|g| g.borrow_mut().remove(&self.0));
+    }
+}
+
+// ----- responses ---------------------------------------------------------------------
+
+fn to_web(resp: Response<JsBody>) -> web_sys::Response {
+    let (parts, body) = resp.into_parts();
+    let init = web_sys::ResponseInit::new();
+    init.set_status(parts.status.as_u16());
+    if let Ok(headers) = web_sys::Headers::new() {
+        for (k, v) in &parts.headers {
+            if let Ok(v) = v.to_str() {
+                let _ = headers.append(k.as_str(), v);
+            }
+        }
+        init.set_headers(&headers);
+    }
+    let made = match body {
+        Body::Empty => web_sys::Response::new_with_opt_readable_stream_and_init(None, &init),
+        Body::Full(bytes) => {
+            let a = js_sys::Uint8Array::from(&bytes[..]);
+            web_sys::Response::new_with_opt_buffer_source_and_init(Some(&a), &init)
+        }
+        Body::Stream(b) => {
+            web_sys::Response::new_with_opt_readable_stream_and_init(b.take().as_ref(), &init)
+        }
+        Body::Relay(stream) => {
+            // Bytes the core produced (its own fill, never reached here).
+            use futures::StreamExt;
+            let js = stream.map(|r| {
+                r.map(|b| JsValue::from(js_sys::Uint8Array::from(&b[..])))
+                    .map_err(|e| JsValue::from(js_sys::Error::new(&e.to_string())))
+            });
+            let raw = wasm_streams::ReadableStream::from_stream(js).into_raw();
+            web_sys::Response::new_with_opt_readable_stream_and_init(Some(&raw), &init)
+        }
+    };
+    made.unwrap_or_else(|e| {
+        worker::console_error!("kura: building a response: {}", describe(&e));
+        web_sys::Response::new_with_opt_str_and_init(Some("internal error"), &{
+            let i = web_sys::ResponseInit::new();
+            i.set_status(500);
+            i
+        })
+        .expect("a plain response")
+    })
+}

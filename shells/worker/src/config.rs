@@ -1,0 +1,270 @@
+//! The Worker's configuration, from `wrangler.toml` vars and secrets.
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `UPSTREAMS` | var, JSON array (or a TOML array of tables) | `[{"name","url","tag_ttl_secs","max_stale_secs","namespaces"}]`; unset: Docker Hub, ghcr.io, quay.io, registry.k8s.io |
+//! | `DEFAULT_UPSTREAM` | var | where names without a registry prefix or `?ns=` go (`docker.io` unless set; `""` for none) |
+//! | `HOSTS` | var, JSON object | hostname → upstream name: requests to that host are mirrored from that upstream |
+//! | `UPSTREAM_CREDENTIALS` | secret, JSON object | upstream name → `{"username","password"}` |
+//! | `R2_SINGLE_PUT_MAX_BYTES` | var | blobs up to this size are stored with one R2 put (default 4 GiB) |
+//! | `R2_PART_BYTES` | var | larger blobs go through an R2 multipart upload in parts of this size (default 256 MiB) |
+//!
+//! Plain Rust (no JS): the Worker hands in a lookup function, tests a map.
+
+use std::collections::BTreeMap;
+
+use kura_core::upstream::UpstreamConfig;
+use serde::Deserialize;
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+/// R2's smallest multipart part (all parts but the last).
+pub const R2_MIN_PART: u64 = 5 * MIB;
+/// R2's largest single upload and largest part.
+pub const R2_MAX_PUT: u64 = 5 * GIB;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// How clients name the registry: `docker.io`. Matched against `?ns=`
+    /// and the first path component.
+    pub name: String,
+    pub url: String,
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl_secs: u64,
+    #[serde(default = "default_max_stale")]
+    pub max_stale_secs: u64,
+    /// Other names for the same registry (`index.docker.io`), accepted in
+    /// `?ns=` and as path prefixes.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+fn default_tag_ttl() -> u64 {
+    300
+}
+
+fn default_max_stale() -> u64 {
+    7 * 24 * 3600
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub upstreams: Vec<Upstream>,
+    pub default_upstream: Option<String>,
+    /// Lowercase hostname (no port) → upstream name.
+    pub hosts: BTreeMap<String, String>,
+    pub credentials: BTreeMap<String, Credentials>,
+    pub single_put_max: u64,
+    pub part_size: u64,
+}
+
+impl Config {
+    /// Read the configuration through `get` (a var or secret by name, as a
+    /// string; JSON for the structured ones).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let json = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let upstreams: Vec<Upstream> = match json("UPSTREAMS") {
+            Some(raw) => serde_json::from_str(&raw).map_err(|e| format!("UPSTREAMS: {e}"))?,
+            None => defaults(),
+        };
+        let default_upstream = match get("DEFAULT_UPSTREAM") {
+            Some(d) if d.trim().is_empty() => None,
+            Some(d) => Some(d.trim().to_owned()),
+            None => upstreams
+                .iter()
+                .any(|u| u.name == "docker.io")
+                .then(|| "docker.io".to_owned()),
+        };
+        let hosts: BTreeMap<String, String> = match json("HOSTS") {
+            Some(raw) => serde_json::from_str(&raw).map_err(|e| format!("HOSTS: {e}"))?,
+            None => BTreeMap::new(),
+        };
+        let hosts = hosts
+            .into_iter()
+            .map(|(h, u)| (h.trim().to_ascii_lowercase(), u))
+            .collect();
+        let credentials = match json("UPSTREAM_CREDENTIALS") {
+            Some(raw) => serde_json::from_str(&raw)
+                // Never echo a secret back in an error.
+                .map_err(|_| "UPSTREAM_CREDENTIALS is not a JSON object of {\"username\",\"password\"}".to_owned())?,
+            None => BTreeMap::new(),
+        };
+        let size = |name: &str, default: u64| -> Result<u64, String> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name}: {v:?} is not a number of bytes")),
+            }
+        };
+        let config = Config {
+            upstreams,
+            default_upstream,
+            hosts,
+            credentials,
+            single_put_max: size("R2_SINGLE_PUT_MAX_BYTES", 4 * GIB)?,
+            part_size: size("R2_PART_BYTES", 256 * MIB)?,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let known = |n: &str| self.upstreams.iter().any(|u| u.name == n);
+        if let Some(d) = &self.default_upstream {
+            if !known(d) {
+                return Err(format!("DEFAULT_UPSTREAM {d:?} is not in UPSTREAMS"));
+            }
+        }
+        for (host, up) in &self.hosts {
+            if !known(up) {
+                return Err(format!("HOSTS: {host} maps to {up:?}, which is not in UPSTREAMS"));
+            }
+        }
+        for name in self.credentials.keys() {
+            if !known(name) {
+                return Err(format!(
+                    "UPSTREAM_CREDENTIALS names {name:?}, which is not in UPSTREAMS"
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for u in &self.upstreams {
+            for n in std::iter::once(&u.name).chain(&u.namespaces) {
+                if !names.insert(n.as_str()) {
+                    return Err(format!("UPSTREAMS: {n:?} is used twice"));
+                }
+            }
+        }
+        if !(R2_MIN_PART..=R2_MAX_PUT).contains(&self.part_size) {
+            return Err(format!(
+                "R2_PART_BYTES must be between {R2_MIN_PART} and {R2_MAX_PUT} (R2's part limits)"
+            ));
+        }
+        if self.single_put_max > R2_MAX_PUT {
+            return Err(format!(
+                "R2_SINGLE_PUT_MAX_BYTES must be at most {R2_MAX_PUT} (R2's largest single put)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The core's upstream list, with credentials.
+    pub fn core_upstreams(&self) -> Vec<UpstreamConfig> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let creds = self.credentials.get(&u.name);
+                UpstreamConfig {
+                    name: u.name.clone(),
+                    url: u.url.clone(),
+                    username: creds.map(|c| c.username.clone()),
+                    password: creds.map(|c| c.password.clone()),
+                    tag_ttl_ms: u.tag_ttl_secs.saturating_mul(1000),
+                    max_stale_ms: u.max_stale_secs.saturating_mul(1000),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The same public registries the native binary mirrors out of the box.
+fn defaults() -> Vec<Upstream> {
+    let public = |name: &str, url: &str, namespaces: &[&str]| Upstream {
+        name: name.into(),
+        url: url.into(),
+        tag_ttl_secs: default_tag_ttl(),
+        max_stale_secs: default_max_stale(),
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+    };
+    vec![
+        public(
+            "docker.io",
+            "https://registry-1.docker.io",
+            &["index.docker.io", "registry-1.docker.io"],
+        ),
+        public("ghcr.io", "https://ghcr.io", &[]),
+        public("quay.io", "https://quay.io", &[]),
+        public("registry.k8s.io", "https://registry.k8s.io", &[]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let map: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_mirror_the_public_registries_with_docker_hub_as_default() {
+        let c = config(&[]).unwrap();
+        let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
+        assert_eq!(c.default_upstream.as_deref(), Some("docker.io"));
+        assert_eq!(c.single_put_max, 4 * GIB);
+        assert_eq!(c.part_size, 256 * MIB);
+        assert_eq!(config(&[("DEFAULT_UPSTREAM", "")]).unwrap().default_upstream, None);
+    }
+
+    #[test]
+    fn upstreams_hosts_and_credentials() {
+        let c = config(&[
+            (
+                "UPSTREAMS",
+                r#"[{"name":"docker.io","url":"https://registry-1.docker.io","tag_ttl_secs":60,"namespaces":["index.docker.io"]},
+                    {"name":"ghcr.io","url":"https://ghcr.io"}]"#,
+            ),
+            ("DEFAULT_UPSTREAM", "ghcr.io"),
+            ("HOSTS", r#"{"Docker.Example.com":"docker.io","ghcr.example.com":"ghcr.io"}"#),
+            ("UPSTREAM_CREDENTIALS", r#"{"docker.io":{"username":"u","password":"p"}}"#),
+            ("R2_PART_BYTES", "5242880"),
+        ])
+        .unwrap();
+        assert_eq!(c.hosts["docker.example.com"], "docker.io");
+        assert_eq!(c.part_size, 5 * MIB);
+        let core = c.core_upstreams();
+        assert_eq!(core[0].tag_ttl_ms, 60_000);
+        assert_eq!(core[0].max_stale_ms, 7 * 24 * 3600 * 1000);
+        assert_eq!(core[0].username.as_deref(), Some("u"));
+        assert_eq!(core[0].password.as_deref(), Some("p"));
+        assert_eq!(core[1].username, None);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let up = r#"[{"name":"a.io","url":"https://a.io"}]"#;
+        for (vars, needle) in [
+            (vec![("UPSTREAMS", "[{]")], "UPSTREAMS"),
+            (vec![("UPSTREAMS", up), ("DEFAULT_UPSTREAM", "b.io")], "DEFAULT_UPSTREAM"),
+            (vec![("UPSTREAMS", up), ("HOSTS", r#"{"x":"b.io"}"#)], "HOSTS"),
+            (vec![("UPSTREAM_CREDENTIALS", r#"{"docker.io":"hunter2"}"#)], "UPSTREAM_CREDENTIALS"),
+            (vec![("R2_PART_BYTES", "1000")], "R2_PART_BYTES"),
+            (vec![("R2_SINGLE_PUT_MAX_BYTES", "x")], "R2_SINGLE_PUT_MAX_BYTES"),
+            (
+                vec![("UPSTREAMS", r#"[{"name":"a.io","url":"u","namespaces":["a.io"]}]"#)],
+                "twice",
+            ),
+            (vec![("UPSTREAMS", r#"[{"name":"a.io","url":"u","typo":1}]"#)], "typo"),
+        ] {
+            let e = config(&vars).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+            assert!(!e.contains("hunter2"), "secret leaked: {e}");
+        }
+    }
+}

@@ -2805,6 +2805,81 @@ fn tls_self_signed() {
     );
 }
 
+/// `curl` (a client that is not ours) with `flags`, fetching `urls` in
+/// order; returns (`%{http_version}`, `%{http_code}`, `%{num_connects}`)
+/// per URL, and the last body.
+fn curl_w(flags: &[&str], urls: &[&str]) -> (Vec<(String, String, String)>, Vec<u8>) {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.arg("-sS")
+        .args(["-w", "%{http_version} %{http_code} %{num_connects}\\n"])
+        .args(flags);
+    for u in urls {
+        cmd.arg("-o").arg(body.path()).arg(u);
+    }
+    let out = cmd.output().expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl {flags:?} {urls:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "curl -w output: {l:?}");
+            (f[0].to_owned(), f[1].to_owned(), f[2].to_owned())
+        })
+        .collect();
+    (lines, std::fs::read(body.path()).unwrap())
+}
+
+#[test]
+fn http2_cleartext_and_tls_and_http1_keep_alive() {
+    let reg = Reg::start();
+    let img = reg.push_image("proto/repo", "v1", "h2");
+    let manifest = format!("{}/v2/proto/repo/manifests/{}", reg.base, img.digest);
+    // h2c with prior knowledge (what gRPC-style clients and some proxies use).
+    let (w, body) = curl_w(&["--http2-prior-knowledge"], &[&manifest]);
+    assert_eq!(w, [("2".into(), "200".into(), "1".into())]);
+    assert_eq!(body, img.manifest);
+    // HTTP/1.1: the second request reuses the first connection.
+    let (w, _) = curl_w(&["--http1.1"], &[&manifest, &manifest]);
+    assert_eq!(
+        w,
+        [
+            ("1.1".into(), "200".into(), "1".into()),
+            ("1.1".into(), "200".into(), "0".into())
+        ],
+        "the connection is kept alive"
+    );
+    // h2 over TLS, negotiated by ALPN.
+    let tls = Kura::start_with(KuraOptions {
+        extra_args: vec!["--tls-self-signed".into()],
+        https: true,
+        ..Default::default()
+    })
+    .expect("kura starts with TLS");
+    let cert = tls.data_dir.join("self-signed.crt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&cert).is_ok_and(|p| p.contains("END CERTIFICATE")) {
+        assert!(Instant::now() < deadline, "no self-signed certificate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cert = cert.display().to_string();
+    let (w, _) = curl_w(
+        &["--cacert", &cert, "--http2"],
+        &[&format!("{}/v2/", tls.url)],
+    );
+    assert_eq!(w[0].0, "2", "ALPN chose h2");
+    assert_eq!(w[0].1, "200");
+    let (w, _) = curl_w(
+        &["--cacert", &cert, "--http1.1"],
+        &[&format!("{}/v2/", tls.url)],
+    );
+    assert_eq!(w[0].0, "1.1");
+}
+
 #[test]
 fn tls_cert_and_key_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,7 @@ use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 /// chunk): the most memory one blob fill holds.
 const SPOOL_CHUNK: usize = 8 * 1024 * 1024;
 /// Write size on backends that can append (one growing object).
-const APPEND_CHUNK: usize = 1024 * 1024;
+const APPEND_CHUNK: usize = 512 * 1024;
 
 pub const OCI_NAMESPACE_HEADER: &str = "oci-namespace";
 /// Says how a mirrored response was served: `hit`, `miss`, `revalidated`

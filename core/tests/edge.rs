@@ -212,6 +212,18 @@ fn a_blob_miss_is_handed_to_the_host_and_a_commit_makes_it_a_hit() {
     assert_eq!(block_on(collect(resp.into_body())), &data[6..11]);
     assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1, "hits stay local");
 
+    // Stored, but for another repository: the core asks the upstream
+    // whether this one has it (it does not), no shortcut.
+    let Edge::Response(resp) = block_on(s.mirror.handle_edge(request(
+        Method::GET,
+        &format!("/v2/other/blobs/{d}"),
+        None,
+    ))) else {
+        panic!("a stored blob is never a miss");
+    };
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.blob_heads.load(Ordering::SeqCst), 1);
+
     // The catalog lists the mirrored repository.
     let Edge::Response(resp) = block_on(s.mirror.handle_edge(request(
         Method::GET,

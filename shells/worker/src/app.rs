@@ -68,11 +68,7 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(
-    req: web_sys::Request,
-    env: Env,
-    ctx: Context,
-) -> worker::Result<web_sys::Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let app = match app(&env) {
         Ok(app) => app,
         Err(msg) => {
@@ -146,7 +142,9 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
     #[cfg(feature = "conformance")]
     if path == "/_kura/conformance" {
         kura_core::storage::conformance::run(&app.storage).await;
-        return to_web(Response::new(Body::Full("storage conformance: ok\n".into())));
+        return to_web(Response::new(Body::Full(
+            "storage conformance: ok\n".into(),
+        )));
     }
     let method = req.method();
     if method != "GET" && method != "HEAD" {
@@ -157,7 +155,9 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
         return to_web(error_response(&e));
     }
     let target = route::rewrite(&app.config, host, target);
-    let mut builder = http::Request::builder().method(method.as_str()).uri(&target);
+    let mut builder = http::Request::builder()
+        .method(method.as_str())
+        .uri(&target);
     if let Ok(Some(entries)) = js_sys::try_iter(&req.headers()) {
         for entry in entries.flatten() {
             let pair = js_sys::Array::from(&entry);
@@ -248,7 +248,11 @@ fn now_ms() -> u64 {
 }
 
 /// The first request for a blob leads the fill; the others wait for it.
-async fn blob_miss(app: &Rc<App>, miss: BlobMiss<WorkerFetch, WorkerHost>, ctx: &Context) -> Missed {
+async fn blob_miss(
+    app: &Rc<App>,
+    miss: BlobMiss<WorkerFetch, WorkerHost>,
+    ctx: &Context,
+) -> Missed {
     if miss.head {
         // Headers only: ask the upstream, store nothing.
         return Missed::Answer(match app.registry.fetch_blob(&miss).await {
@@ -330,7 +334,11 @@ async fn lead(
             // R2 is unhappy: still serve the client.
             fill.settle(Err(format!("R2: {e}")));
             let body = Body::Stream(JsBody::new(Some(body_source)));
-            return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, Some(size), body)));
+            return Missed::Answer(to_web(app.registry.blob_miss_response(
+                &miss,
+                Some(size),
+                body,
+            )));
         }
     };
     let progress: Rc<dyn Progress> = fill.clone();

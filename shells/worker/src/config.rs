@@ -95,7 +95,10 @@ impl Config {
         let credentials = match json("UPSTREAM_CREDENTIALS") {
             Some(raw) => serde_json::from_str(&raw)
                 // Never echo a secret back in an error.
-                .map_err(|_| "UPSTREAM_CREDENTIALS is not a JSON object of {\"username\",\"password\"}".to_owned())?,
+                .map_err(|_| {
+                    "UPSTREAM_CREDENTIALS is not a JSON object of {\"username\",\"password\"}"
+                        .to_owned()
+                })?,
             None => BTreeMap::new(),
         };
         let size = |name: &str, default: u64| -> Result<u64, String> {
@@ -128,7 +131,9 @@ impl Config {
         }
         for (host, up) in &self.hosts {
             if !known(up) {
-                return Err(format!("HOSTS: {host} maps to {up:?}, which is not in UPSTREAMS"));
+                return Err(format!(
+                    "HOSTS: {host} maps to {up:?}, which is not in UPSTREAMS"
+                ));
             }
         }
         for name in self.credentials.keys() {
@@ -215,11 +220,19 @@ mod tests {
     fn defaults_mirror_the_public_registries_with_docker_hub_as_default() {
         let c = config(&[]).unwrap();
         let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        );
         assert_eq!(c.default_upstream.as_deref(), Some("docker.io"));
         assert_eq!(c.single_put_max, 4 * GIB);
         assert_eq!(c.part_size, 256 * MIB);
-        assert_eq!(config(&[("DEFAULT_UPSTREAM", "")]).unwrap().default_upstream, None);
+        assert_eq!(
+            config(&[("DEFAULT_UPSTREAM", "")])
+                .unwrap()
+                .default_upstream,
+            None
+        );
     }
 
     #[test]
@@ -251,16 +264,34 @@ mod tests {
         let up = r#"[{"name":"a.io","url":"https://a.io"}]"#;
         for (vars, needle) in [
             (vec![("UPSTREAMS", "[{]")], "UPSTREAMS"),
-            (vec![("UPSTREAMS", up), ("DEFAULT_UPSTREAM", "b.io")], "DEFAULT_UPSTREAM"),
-            (vec![("UPSTREAMS", up), ("HOSTS", r#"{"x":"b.io"}"#)], "HOSTS"),
-            (vec![("UPSTREAM_CREDENTIALS", r#"{"docker.io":"hunter2"}"#)], "UPSTREAM_CREDENTIALS"),
-            (vec![("R2_PART_BYTES", "1000")], "R2_PART_BYTES"),
-            (vec![("R2_SINGLE_PUT_MAX_BYTES", "x")], "R2_SINGLE_PUT_MAX_BYTES"),
             (
-                vec![("UPSTREAMS", r#"[{"name":"a.io","url":"u","namespaces":["a.io"]}]"#)],
+                vec![("UPSTREAMS", up), ("DEFAULT_UPSTREAM", "b.io")],
+                "DEFAULT_UPSTREAM",
+            ),
+            (
+                vec![("UPSTREAMS", up), ("HOSTS", r#"{"x":"b.io"}"#)],
+                "HOSTS",
+            ),
+            (
+                vec![("UPSTREAM_CREDENTIALS", r#"{"docker.io":"hunter2"}"#)],
+                "UPSTREAM_CREDENTIALS",
+            ),
+            (vec![("R2_PART_BYTES", "1000")], "R2_PART_BYTES"),
+            (
+                vec![("R2_SINGLE_PUT_MAX_BYTES", "x")],
+                "R2_SINGLE_PUT_MAX_BYTES",
+            ),
+            (
+                vec![(
+                    "UPSTREAMS",
+                    r#"[{"name":"a.io","url":"u","namespaces":["a.io"]}]"#,
+                )],
                 "twice",
             ),
-            (vec![("UPSTREAMS", r#"[{"name":"a.io","url":"u","typo":1}]"#)], "typo"),
+            (
+                vec![("UPSTREAMS", r#"[{"name":"a.io","url":"u","typo":1}]"#)],
+                "typo",
+            ),
         ] {
             let e = config(&vars).unwrap_err();
             assert!(e.contains(needle), "{e}");

@@ -23,6 +23,14 @@ extern "C" {
     #[wasm_bindgen(method)]
     pub fn cancel(this: &ByobReader, reason: &JsValue) -> Promise;
 
+    /// A `ReadableStream`, for the calls web-sys binds without `catch`.
+    #[wasm_bindgen(extends = Object)]
+    pub type Stream;
+
+    /// `stream.getReader(options)`, with a throw as `Err`.
+    #[wasm_bindgen(method, catch, js_name = getReader)]
+    pub fn try_get_reader(this: &Stream, options: &JsValue) -> Result<JsValue, JsValue>;
+
     #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
     pub fn get_random_values(buf: &mut [u8]);
 
@@ -36,7 +44,10 @@ pub fn describe(e: &JsValue) -> String {
     if let Some(s) = e.as_string() {
         return s;
     }
-    match Reflect::get(e, &"message".into()).ok().and_then(|m| m.as_string()) {
+    match Reflect::get(e, &"message".into())
+        .ok()
+        .and_then(|m| m.as_string())
+    {
         Some(m) => m,
         None => format!("{e:?}"),
     }
@@ -55,8 +66,11 @@ pub fn object(pairs: &[(&str, JsValue)]) -> Object {
     o
 }
 
+/// A no-op rejection handler, made once.
+type Handler = Closure<dyn FnMut(JsValue)>;
+
 thread_local! {
-    static IGNORE: RefCell<Option<Closure<dyn FnMut(JsValue)>>> = const { RefCell::new(None) };
+    static IGNORE: RefCell<Option<Handler>> = const { RefCell::new(None) };
 }
 
 /// Let a promise settle unobserved without an "unhandled rejection".

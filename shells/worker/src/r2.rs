@@ -151,7 +151,10 @@ impl Storage for R2Storage {
         let meta = ObjectMeta {
             size: size_of(&obj),
         };
-        Ok(Some((meta, JsBody::new(Some(obj.body().map_err(backend)?)))))
+        Ok(Some((
+            meta,
+            JsBody::new(Some(obj.body().map_err(backend)?)),
+        )))
     }
 
     async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
@@ -217,9 +220,8 @@ impl Storage for R2Storage {
                 Some(u) => {
                     if !buf.is_empty() {
                         let value = Uint8Array::from(&buf[..]);
-                        parts.push(
-                            wait(u.upload_part(parts.len() as u16 + 1, value.into())).await?,
-                        );
+                        parts
+                            .push(wait(u.upload_part(parts.len() as u16 + 1, value.into())).await?);
                     }
                     wait(u.complete(std::mem::take(&mut parts))).await?;
                 }

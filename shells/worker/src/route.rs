@@ -84,9 +84,9 @@ mod tests {
 
     fn config() -> Config {
         Config::from_lookup(|k| match k {
-            "HOSTS" => Some(
-                r#"{"docker.example.com":"docker.io","ghcr.example.com":"ghcr.io"}"#.into(),
-            ),
+            "HOSTS" => {
+                Some(r#"{"docker.example.com":"docker.io","ghcr.example.com":"ghcr.io"}"#.into())
+            }
             _ => None,
         })
         .unwrap()
@@ -111,7 +111,10 @@ mod tests {
         );
         // An explicit ns= or registry prefix wins.
         assert_eq!(
-            r("ghcr.example.com", "/v2/library/alpine/manifests/1?ns=docker.io"),
+            r(
+                "ghcr.example.com",
+                "/v2/library/alpine/manifests/1?ns=docker.io"
+            ),
             "/v2/library/alpine/manifests/1?ns=docker.io"
         );
         assert_eq!(
@@ -119,7 +122,10 @@ mod tests {
             "/v2/quay.io/org/app/manifests/1"
         );
         // Unknown hosts and non-repository paths are left alone.
-        assert_eq!(r("kura.example.com", "/v2/a/b/tags/list"), "/v2/a/b/tags/list");
+        assert_eq!(
+            r("kura.example.com", "/v2/a/b/tags/list"),
+            "/v2/a/b/tags/list"
+        );
         for t in ["/v2/", "/v2/_catalog?n=10", "/metrics", "/v2/x"] {
             assert_eq!(r("ghcr.example.com", t), t);
         }
@@ -133,11 +139,19 @@ mod tests {
             "/v2/docker.io/library/alpine/manifests/3"
         );
         assert_eq!(
-            rewrite(&c, None, "/v2/library/alpine/manifests/3?ns=registry-1.docker.io"),
+            rewrite(
+                &c,
+                None,
+                "/v2/library/alpine/manifests/3?ns=registry-1.docker.io"
+            ),
             "/v2/library/alpine/manifests/3?ns=docker.io"
         );
         assert_eq!(
-            rewrite(&c, Some("ghcr.example.com"), "/v2/docker.io/x/y/manifests/3"),
+            rewrite(
+                &c,
+                Some("ghcr.example.com"),
+                "/v2/docker.io/x/y/manifests/3"
+            ),
             "/v2/docker.io/x/y/manifests/3"
         );
     }

@@ -287,7 +287,9 @@ pub async fn pump(
             }
             received += u64::from(chunk.byte_length());
             if received > size {
-                return Err(format!("upstream sent more than the announced {size} bytes"));
+                return Err(format!(
+                    "upstream sent more than the announced {size} bytes"
+                ));
             }
             let to_client = client.as_ref().map(|w| w.write_with_chunk(&chunk));
             let stored = join_all(sink.write(&chunk)?.into_iter().map(JsFuture::from));
@@ -341,9 +343,8 @@ enum Reader {
 
 impl Reader {
     fn new(source: &ReadableStream) -> Reader {
-        let opts = web_sys::ReadableStreamGetReaderOptions::new();
-        opts.set_mode(web_sys::ReadableStreamReaderMode::Byob);
-        match source.get_reader_with_options(&opts) {
+        let opts = object(&[("mode", "byob".into())]);
+        match source.unchecked_ref::<js::Stream>().try_get_reader(&opts) {
             Ok(r) => Reader::Byob(r.unchecked_into()),
             Err(_) => Reader::Default(source.get_reader().unchecked_into()),
         }

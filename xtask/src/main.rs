@@ -6,11 +6,15 @@
 //! - `cargo xtask wasm` — build kura-core for `wasm32-unknown-unknown` and
 //!   the wasm-bindgen package (`wasm-js [--dev]` builds only that;
 //!   `wasm-js-test` and `core-wasm-test` run the edge tests alone).
+//! - `cargo xtask edge-dev --upstream URL [--port PORT]` — the Worker under
+//!   `wrangler dev --local` with a local R2, mirroring URL; `worker-test`
+//!   runs the Worker's tests alone.
 //! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
 //!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
 
 mod bench;
 mod edge;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,14 +26,28 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
-        Some("wasm") => wasm().and_then(|()| edge::build_wasm_js(true)),
+        Some("wasm") => wasm()
+            .and_then(|()| edge::build_wasm_js(true))
+            .and_then(|()| worker::build_worker()),
+        Some("worker-test") => worker::worker_test(),
+        Some("edge-dev") => {
+            let flag = |name: &str| {
+                rest.iter()
+                    .position(|a| *a == name)
+                    .and_then(|i| rest.get(i + 1))
+                    .copied()
+            };
+            let upstream = flag("--upstream").context("edge-dev needs --upstream URL")?;
+            let port = flag("--port").unwrap_or("8787").parse().context("--port")?;
+            worker::edge_dev(upstream, port)
+        }
         Some("wasm-js") => edge::build_wasm_js(!rest.contains(&"--dev")),
         Some("wasm-js-test") => edge::wasm_js_test(),
         Some("core-wasm-test") => edge::core_wasm_test(),
         Some("bench") => bench::bench(&root(), &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]>"
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]>"
             );
             std::process::exit(2);
         }
@@ -86,6 +104,8 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     // wasm-bindgen package under `node --test`.
     edge::core_wasm_test()?;
     edge::wasm_js_test()?;
+    // The Cloudflare Worker under `wrangler dev --local` with its local R2.
+    worker::worker_test()?;
     // The benchmark harness at small sizes: it must run end to end and
     // produce its table (no timing is asserted).
     bench::bench(&root(), &["--quick"])

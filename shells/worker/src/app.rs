@@ -298,12 +298,28 @@ async fn follow(fill: Rc<Fill>) -> Missed {
     }
 }
 
+/// Settles a fill whose leading request was dropped (its client went away)
+/// before the fill was handed to `waitUntil`, so waiting requests need not
+/// wait for the stall timeout.
+struct Leading(Option<Rc<Fill>>);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if let Some(fill) = self.0.take() {
+            if fill.outcome.borrow().is_none() {
+                fill.settle(Err("the filling request went away".into()));
+            }
+        }
+    }
+}
+
 async fn lead(
     app: &Rc<App>,
     miss: BlobMiss<WorkerFetch, WorkerHost>,
     fill: Rc<Fill>,
     ctx: &Context,
 ) -> Missed {
+    let mut leading = Leading(Some(fill.clone()));
     let up = match app.registry.fetch_blob(&miss).await {
         Ok(up) => up,
         Err(e) => {
@@ -365,12 +381,16 @@ async fn lead(
         Ok(c) => c,
         Err(e) => {
             fill.settle(Err(e.clone()));
+            sink.abort(&JsValue::from_str(&e));
+            drop(JsBody::new(Some(body_source)));
             return Missed::Answer(to_web(error_response(&RegistryError::internal(e))));
         }
     };
     let body = Body::Stream(JsBody::new(Some(readable)));
     let answer = to_web(app.registry.blob_miss_response(&miss, Some(size), body));
     let app = app.clone();
+    // From here the fill settles itself, whatever happens to this request.
+    leading.0 = None;
     ctx.wait_until(async move {
         let r = split::pump(body_source, size, Some(writer), sink, progress).await;
         let r = match r {
@@ -397,17 +417,20 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 
 // ----- manifest turns ------------------------------------------------------------
 
-/// Requests with the same key take turns; see the module docs.
-struct Gate(String);
+/// Requests with the same key take turns; see the module docs. `None`: the
+/// wait ran out and the request went ahead without a turn.
+struct Gate(Option<String>);
 
 impl Gate {
     async fn enter(key: String) -> Gate {
         let started = now_ms();
         let mut pause = 5;
         loop {
-            let entered = GATES.with(|g| g.borrow_mut().insert(key.clone()));
-            if entered || now_ms().saturating_sub(started) > GATE_PATIENCE_MS {
-                return Gate(key);
+            if GATES.with(|g| g.borrow_mut().insert(key.clone())) {
+                return Gate(Some(key));
+            }
+            if now_ms().saturating_sub(started) > GATE_PATIENCE_MS {
+                return Gate(None);
             }
             Delay::from(Duration::from_millis(pause)).await;
             pause = (pause * 2).min(200);
@@ -417,7 +440,9 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        GATES.with(|g| g.borrow_mut().remove(&self.0));
+        if let Some(key) = self.0.take() {
+            GATES.with(|g| g.borrow_mut().remove(&key));
+        }
     }
 }
 

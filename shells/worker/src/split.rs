@@ -231,7 +231,8 @@ impl Sink {
         }
     }
 
-    fn abort(self, reason: &JsValue) {
+    /// Give up: nothing becomes visible in R2.
+    pub fn abort(self, reason: &JsValue) {
         match self {
             Sink::Single { writer, put } => {
                 js::ignore(writer.abort_with_reason(reason));

@@ -20,27 +20,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use crate::{root, run};
+
 const PACKAGE: &str = "shells/wasm-js";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask/ is in the workspace")
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd
-        .current_dir(root())
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
 
 fn on_path(tool: &str, arg: &str) -> bool {
     Command::new(tool)

@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask/ is in the workspace")
@@ -65,7 +65,8 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+/// Run `cmd` in the workspace root; its failure is an error.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd
         .current_dir(root())

@@ -22,12 +22,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask/ is in the workspace")
-        .to_path_buf()
-}
+use crate::root;
 
 fn worker_dir() -> PathBuf {
     root().join("shells/worker")

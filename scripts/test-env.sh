@@ -40,8 +40,17 @@ fi
 # worker-build, wasm-opt): there is no `rustup target add` on this machine
 # kind; the shared script builds them offline (about 14 minutes once,
 # seconds afterwards). Elsewhere: rustup target add + cargo install.
-if [ -f "$here/../shared/toolchain/install-wasm-toolchain.sh" ]; then
-  as_root bash "$here/../shared/toolchain/install-wasm-toolchain.sh"
+# The script sits beside the checkout on this machine kind (../shared), or in
+# /work/shared when the checkout is a clone elsewhere (CI).
+toolchain_script=""
+for d in "$here/../shared" /work/shared; do
+  if [ -f "$d/toolchain/install-wasm-toolchain.sh" ]; then
+    toolchain_script="$d/toolchain/install-wasm-toolchain.sh"
+    break
+  fi
+done
+if [ -n "$toolchain_script" ]; then
+  as_root bash "$toolchain_script"
 else
   log "no shared wasm toolchain script; using rustup target add and cargo install"
   rustup target add wasm32-unknown-unknown

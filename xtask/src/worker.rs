@@ -115,6 +115,13 @@ fn wasm_size(path: &Path) -> anyhow::Result<(u64, u64)> {
 /// The Worker's tests: unit tests (native), clippy for wasm32, and the
 /// end-to-end tests against wrangler's local runtime.
 pub fn worker_test() -> anyhow::Result<()> {
+    // The end-to-end tests skip themselves without these (for a plain
+    // `cargo test --ignored` on a bare machine); here they must run.
+    for tool in ["worker-build", "node", "npm"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            bail!("{tool} is not installed: run scripts/test-env.sh");
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo)
         .args(["test", "-p", "kura-worker"])

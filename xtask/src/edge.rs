@@ -57,7 +57,7 @@ fn wasm_toolchain() -> Option<&'static str> {
 
 /// A command that builds for wasm32 with the right toolchain, without the
 /// stable compiler that `cargo xtask` itself runs under.
-fn wasm_command(program: &str) -> Command {
+pub(crate) fn wasm_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_remove("RUSTC")
         .env_remove("CARGO")

@@ -154,24 +154,7 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
 /// kura-core must stay buildable for the edge. This machine kind has no
 /// `rustup target add`; `scripts/test-env.sh` links a `wasm` toolchain.
 fn wasm() -> anyhow::Result<()> {
-    let has_wasm_toolchain = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("wasm"))
-        })
-        .unwrap_or(false);
-    let mut cmd = Command::new("cargo");
-    if has_wasm_toolchain {
-        cmd.arg("+wasm");
-    }
-    // rustup's proxy picks the toolchain from `+wasm`; clear cargo's own
-    // RUSTC so the nested cargo does not inherit the stable compiler.
-    cmd.env_remove("RUSTC")
-        .env_remove("CARGO")
-        .env_remove("RUSTUP_TOOLCHAIN");
+    let mut cmd = edge::wasm_command("cargo");
     run(cmd.args([
         "build",
         "-p",

@@ -122,15 +122,9 @@ pub fn worker_test() -> anyhow::Result<()> {
             bail!("{tool} is not installed: run scripts/test-env.sh");
         }
     }
+    // The crate's native unit tests run in `cargo test --workspace`.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo)
-        .args(["test", "-p", "kura-worker"])
-        .current_dir(root()))?;
-    let mut clippy = Command::new("cargo");
-    if has_wasm_toolchain() {
-        clippy.arg("+wasm");
-    }
-    run(clean_env(&mut clippy)
+    run(crate::edge::wasm_command("cargo")
         .args([
             "clippy",
             "-p",
@@ -151,18 +145,6 @@ pub fn worker_test() -> anyhow::Result<()> {
             "warm_blob_request_cost",
         ])
         .current_dir(root()))
-}
-
-fn has_wasm_toolchain() -> bool {
-    Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("wasm"))
-        })
-        .unwrap_or(false)
 }
 
 /// The registry name to mirror `url` under: Docker Hub's hosts are

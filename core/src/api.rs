@@ -136,6 +136,42 @@ impl Route {
     }
 }
 
+/// Route a request: [`Route::parse`], with one rule that depends on the
+/// method. A `GET` or `HEAD` of a manifest whose reference is neither a
+/// valid tag nor a valid digest asks for something that cannot exist, so it
+/// is answered like any missing manifest: 404 `MANIFEST_UNKNOWN` (the
+/// distribution-spec conformance suite probes for missing manifests this
+/// way). A `PUT` or `DELETE` of such a reference keeps the 400 with the tag
+/// or digest code: there the client sent something wrong.
+pub fn route(method: &Method, path: &str) -> Result<Option<Route>, RegistryError> {
+    match Route::parse(path) {
+        Err(e)
+            if (*method == Method::GET || *method == Method::HEAD)
+                && matches!(e.code, ErrorCode::TagInvalid | ErrorCode::DigestInvalid) =>
+        {
+            let segs: Vec<&str> = path.split('/').collect();
+            let n = segs.len();
+            // `/v2/<name>/manifests/<reference>`: the name must be valid
+            // for the request to be a manifest read at all.
+            let is_manifest = n >= 5
+                && segs[n - 2] == "manifests"
+                && RepositoryName::parse(&segs[2..n - 2].join("/")).is_ok();
+            if is_manifest {
+                Err(RegistryError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!(
+                        "manifest reference {:?} is neither a tag nor a digest",
+                        segs[n - 1]
+                    ),
+                ))
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
 /// What a request needs to be allowed to do, for the host's access control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
@@ -392,6 +428,40 @@ mod tests {
             code(&format!("/v2/{}/tags/list", "a".repeat(300))),
             ErrorCode::NameInvalid
         );
+    }
+
+    #[test]
+    fn unreadable_manifest_references_are_unknown_manifests() {
+        let code = |m: Method, p: &str| route(&m, p).unwrap_err().code;
+        for p in [
+            "/v2/a/b/manifests/.INVALID_MANIFEST_NAME",
+            "/v2/a/manifests/-bad",
+            "/v2/a/manifests/sha256:zz",
+        ] {
+            assert_eq!(code(Method::GET, p), ErrorCode::ManifestUnknown, "{p}");
+            assert_eq!(code(Method::HEAD, p), ErrorCode::ManifestUnknown, "{p}");
+        }
+        assert_eq!(
+            code(Method::PUT, "/v2/a/manifests/-bad"),
+            ErrorCode::TagInvalid
+        );
+        assert_eq!(
+            code(Method::DELETE, "/v2/a/manifests/sha256:zz"),
+            ErrorCode::DigestInvalid
+        );
+        // Other invalid parts keep their codes.
+        assert_eq!(
+            code(Method::GET, "/v2/A/manifests/.x"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/latest"),
+            ErrorCode::DigestInvalid
+        );
+        assert!(matches!(
+            route(&Method::GET, "/v2/a/manifests/v1"),
+            Ok(Some(Route::Manifest(..)))
+        ));
     }
 
     #[test]

@@ -62,8 +62,8 @@ pub const CACHE_HEADER: &str = "x-kura-cache";
 pub struct Mirrors<F, H> {
     upstreams: Vec<Arc<Upstream<F, H>>>,
     default: Option<usize>,
-    /// When each mirrored blob was last served (host clock), for eviction.
-    last_access: Mutex<HashMap<Digest, u64>>,
+    /// When mirrored blobs were last used, for eviction.
+    recency: Recency,
     manifest_flights: Flights,
     blob_flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
 }
@@ -82,7 +82,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
         Mirrors {
             upstreams: Vec::new(),
             default: None,
-            last_access: Mutex::default(),
+            recency: Recency::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         }
@@ -91,6 +91,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
     pub(crate) fn new(
         fetch: Arc<F>,
         host: Arc<H>,
+        metrics: Arc<Metrics>,
         configs: Vec<UpstreamConfig>,
         default: Option<String>,
     ) -> Result<Self, UpstreamError> {
@@ -112,7 +113,12 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
                     c.name
                 )));
             }
-            upstreams.push(Arc::new(Upstream::new(c, fetch.clone(), host.clone())?));
+            upstreams.push(Arc::new(Upstream::new(
+                c,
+                fetch.clone(),
+                host.clone(),
+                metrics.clone(),
+            )?));
         }
         let default = match default {
             None => None,
@@ -128,7 +134,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
         Ok(Mirrors {
             upstreams,
             default,
-            last_access: Mutex::default(),
+            recency: Recency::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         })
@@ -198,6 +204,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     ) -> Result<Response<S::Body>> {
         let m = &parts.method;
         let read = *m == Method::GET || *m == Method::HEAD;
+        let route_kind = route.clone();
         let mut resp = match route {
             Route::Manifest(_, r) if read => self.mirror_manifest(&t, &r).await?,
             Route::Blob(_, d) if read => {
@@ -223,6 +230,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             &t.upstream.config.name,
         );
         self.count_cache_outcome(&resp, *m == Method::HEAD);
+        if let (Route::Manifest(..), Body::Full(bytes)) = (&route_kind, resp.body()) {
+            // A client that pulls a manifest uses its layers, even the
+            // ones it already has and will not fetch.
+            if let Some(d) = api::header(resp.headers(), api::CONTENT_DIGEST_HEADER)
+                .and_then(|d| Digest::parse(d).ok())
+            {
+                self.record_manifest_use(&d, bytes).await;
+            }
+        }
         Ok(resp)
     }
 
@@ -643,10 +659,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 }
                 self.link_blob(&t.local, digest).await?;
             }
-            return Ok(mark(
-                self.get_blob(&t.local, digest, range, head).await?,
-                "hit",
-            ));
+            let resp = self.get_blob(&t.local, digest, range, head).await?;
+            self.record_use(digest).await;
+            return Ok(mark(resp, "hit"));
         }
 
         let flight = self.blob_flight(t, digest);
@@ -717,6 +732,116 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 }
 
+/// When mirrored blobs were last used (host clock, ms).
+///
+/// Every use updates memory; storage gets the time at most once per blob per
+/// [`RegistryConfig::access_record_interval_ms`](crate::RegistryConfig), as
+/// [`layout::access`], so recency survives a restart and a later process
+/// (or another process on the same storage) sees it. A pull of a manifest
+/// counts as a use of everything it references, at most once per manifest
+/// per interval (it is parsed to find them).
+#[derive(Default)]
+pub(crate) struct Recency {
+    blobs: Mutex<HashMap<Digest, BlobUse>>,
+    manifests: Mutex<HashMap<Digest, u64>>,
+}
+
+#[derive(Clone, Copy)]
+struct BlobUse {
+    used_ms: u64,
+    /// The time last written to storage, 0 if never by this process.
+    recorded_ms: u64,
+}
+
+impl Recency {
+    fn lock_blobs(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobUse>> {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    /// Note a use of the mirrored blob `digest` (served, or filled).
+    pub(crate) async fn record_use(&self, digest: &Digest) {
+        let now = self.host.now_unix_ms();
+        let interval = self.config.access_record_interval_ms;
+        let persist = {
+            let mut blobs = self.mirrors.recency.lock_blobs();
+            let entry = blobs.entry(digest.clone()).or_insert(BlobUse {
+                used_ms: now,
+                recorded_ms: 0,
+            });
+            entry.used_ms = entry.used_ms.max(now);
+            let due = entry.recorded_ms == 0 || now.saturating_sub(entry.recorded_ms) >= interval;
+            if due {
+                entry.recorded_ms = now.max(1);
+            }
+            due
+        };
+        if persist {
+            // Recency is advice for eviction: failing to record it must not
+            // fail the request that used the blob.
+            let _ = self
+                .storage
+                .put(
+                    &layout::access(digest),
+                    Bytes::from(now.to_string()),
+                    PutMode::Overwrite,
+                )
+                .await;
+        }
+    }
+
+    /// Note a pull of the manifest `digest` (its bytes): a use of the blobs
+    /// it references.
+    async fn record_manifest_use(&self, digest: &Digest, bytes: &Bytes) {
+        let now = self.host.now_unix_ms();
+        {
+            let mut manifests = self
+                .mirrors
+                .recency
+                .manifests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = manifests.get(digest) {
+                if now.saturating_sub(*at) < self.config.access_record_interval_ms {
+                    return;
+                }
+            }
+            manifests.insert(digest.clone(), now);
+        }
+        let Ok(parsed) = manifest::parse(bytes, None) else {
+            return;
+        };
+        for d in parsed.required_blobs() {
+            self.record_use(&d.digest).await;
+        }
+    }
+
+    /// The last use of `digest` known to this process or recorded in
+    /// storage (read once per process), or 0.
+    async fn last_use(&self, digest: &Digest) -> Result<u64> {
+        if let Some(u) = self.mirrors.recency.lock_blobs().get(digest) {
+            return Ok(u.used_ms);
+        }
+        let recorded = self
+            .storage
+            .read(&layout::access(digest))
+            .await?
+            .and_then(|raw| std::str::from_utf8(&raw).ok()?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if recorded > 0 {
+            self.mirrors.recency.lock_blobs().insert(
+                digest.clone(),
+                BlobUse {
+                    used_ms: recorded,
+                    recorded_ms: recorded,
+                },
+            );
+        }
+        Ok(recorded)
+    }
+}
+
 /// What an eviction pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EvictionReport {
@@ -728,9 +853,12 @@ pub struct EvictionReport {
 
 impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// Keep mirrored layer blobs under `max_size` bytes, least recently used
-    /// first. Never evicted: anything a hosted repository links, manifests
-    /// (small, and tags point at them), blobs being filled, and blobs used
-    /// within the last `grace_ms` (they may be being served).
+    /// first: by the last GET or HEAD of the blob, the last pull of a
+    /// manifest referencing it, or its fill, whichever is latest (see
+    /// [`Recency`]); a blob with no recorded use counts as used when it was
+    /// written. Never evicted: anything a hosted repository links,
+    /// manifests (small, and tags point at them), blobs being filled, and
+    /// blobs used within the last `grace_ms` (they may be being served).
     pub async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
         let mut report = EvictionReport::default();
         if self.mirrors.upstreams.is_empty() {
@@ -739,29 +867,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let mut mirrored = std::collections::HashSet::new();
         let mut protected = std::collections::HashSet::new();
         for key in self.storage.list("repositories/").await? {
-            let Some(rest) = key.strip_prefix("repositories/") else {
-                continue;
+            let (name, digest, is_layer) = match layout::repository_key(&key) {
+                Some(layout::RepositoryKey::Layer(n, d)) => (n, d, true),
+                Some(layout::RepositoryKey::Manifest(n, d)) => (n, d, false),
+                None => continue,
             };
-            let (name, kind, tail) = if let Some(i) = rest.find("/_layers/") {
-                (&rest[..i], "layer", &rest[i + "/_layers/".len()..])
-            } else if let Some(i) = rest.find("/_manifests/revisions/") {
-                (
-                    &rest[..i],
-                    "manifest",
-                    &rest[i + "/_manifests/revisions/".len()..],
-                )
-            } else {
-                continue;
-            };
-            let Some(digest) = tail
-                .split_once('/')
-                .and_then(|(a, h)| Digest::parse(&format!("{a}:{h}")).ok())
-            else {
-                continue;
-            };
-            let first = name.split('/').next().unwrap_or("");
+            let first = name.as_str().split('/').next().unwrap_or("");
             let is_mirror = self.mirrors.by_name(first).is_some();
-            if is_mirror && kind == "layer" {
+            if is_mirror && is_layer {
                 mirrored.insert(digest);
             } else {
                 protected.insert(digest);
@@ -778,27 +891,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let now = self.host.now_unix_ms();
         let mut candidates = Vec::new();
         for e in self.storage.list_meta("blobs/").await? {
-            let mut parts = e.key.rsplit('/');
-            let (Some(hex), Some(_fan), Some(alg)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let Ok(digest) = Digest::parse(&format!("{alg}:{hex}")) else {
+            let Some(digest) = layout::blob_digest(&e.key) else {
                 continue;
             };
             if !mirrored.contains(&digest) || protected.contains(&digest) {
                 continue;
             }
             report.cached_bytes += e.size;
-            let accessed = self
-                .mirrors
-                .last_access
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&digest)
-                .copied()
-                .unwrap_or(0);
-            candidates.push((accessed.max(e.modified_ms), e.size, e.key, digest));
+            let used = self.last_use(&digest).await?.max(e.modified_ms);
+            candidates.push((used, e.size, e.key, digest));
         }
         let mut total = report.cached_bytes;
         candidates.sort();
@@ -810,11 +911,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 continue;
             }
             self.storage.delete(&key).await?;
-            self.mirrors
-                .last_access
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&digest);
+            self.storage.delete(&layout::access(&digest)).await?;
+            self.mirrors.recency.lock_blobs().remove(&digest);
             total -= size;
             report.evicted_blobs += 1;
             report.evicted_bytes += size;
@@ -1290,6 +1388,15 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             .put(
                 &layout::catalog_entry(&self.local),
                 Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        // The fill is the blob's first use (the registry's in-memory
+        // recency learns it from its first read of this record).
+        self.storage
+            .put(
+                &layout::access(&self.digest),
+                Bytes::from(self.host.now_unix_ms().to_string()),
                 PutMode::Overwrite,
             )
             .await?;

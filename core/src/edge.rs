@@ -121,6 +121,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         Some(meta.size),
                         None,
                     );
+                    self.record_use(&digest).await;
                     metrics::inc(&self.metrics.blob_hits);
                     metrics::add(&self.metrics.bytes_from_cache, meta.size);
                     self.metrics.request("blob", 200);
@@ -211,7 +212,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 miss.digest
             )));
         }
-        self.link_blob(&miss.target.local, &miss.digest).await
+        self.link_blob(&miss.target.local, &miss.digest).await?;
+        self.record_use(&miss.digest).await;
+        Ok(())
     }
 }
 

@@ -18,4 +18,9 @@ pub trait Host: MaybeSend + MaybeSync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// A future that completes after `ms` milliseconds (retry backoff).
     fn sleep(&self, ms: u64) -> BoxFuture<'static, ()>;
+    /// Tell the operator about something they should act on (credentials
+    /// withheld from a foreign token realm). Hosts without a log drop it.
+    fn warn(&self, message: &str) {
+        let _ = message;
+    }
 }

@@ -8,6 +8,7 @@
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
+//! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
 //! ```
@@ -29,6 +30,66 @@ pub fn blob(d: &Digest) -> String {
         &d.hex()[..2],
         d.hex()
     )
+}
+
+/// The digest a [`blob`] key stores.
+pub fn blob_digest(key: &str) -> Option<Digest> {
+    let rest = key.strip_prefix("blobs/")?;
+    let mut parts = rest.split('/');
+    let (alg, fan, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !hex.starts_with(fan) || fan.len() != 2 {
+        return None;
+    }
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+pub const ACCESS_PREFIX: &str = "access/";
+
+/// When the mirrored blob `d` was last used: one small object per blob,
+/// written (sampled) on use, so recency survives restarts and can be
+/// shared by every process on the same storage.
+pub fn access(d: &Digest) -> String {
+    format!("{ACCESS_PREFIX}{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+/// The digest an [`access`] key is about.
+pub fn access_digest(key: &str) -> Option<Digest> {
+    let (alg, hex) = key.strip_prefix(ACCESS_PREFIX)?.split_once('/')?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+/// A key under `repositories/` that code reads back, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryKey {
+    /// [`layer_link`]
+    Layer(RepositoryName, Digest),
+    /// [`manifest_revision`]
+    Manifest(RepositoryName, Digest),
+}
+
+/// The inverse of [`layer_link`] and [`manifest_revision`]; `None` for any
+/// other key.
+pub fn repository_key(key: &str) -> Option<RepositoryKey> {
+    let rest = key.strip_prefix("repositories/")?;
+    // Name components cannot start with `_`, so the first `/_layers/` or
+    // `/_manifests/` ends the name.
+    let digest = |tail: &str| {
+        let (alg, hex) = tail.split_once('/')?;
+        Digest::parse(&format!("{alg}:{hex}")).ok()
+    };
+    if let Some((name, tail)) = rest.split_once("/_layers/") {
+        return Some(RepositoryKey::Layer(
+            RepositoryName::parse(name).ok()?,
+            digest(tail)?,
+        ));
+    }
+    if let Some((name, tail)) = rest.split_once("/_manifests/revisions/") {
+        return Some(RepositoryKey::Manifest(
+            RepositoryName::parse(name).ok()?,
+            digest(tail)?,
+        ));
+    }
+    None
 }
 
 pub fn repository(name: &RepositoryName) -> String {
@@ -135,6 +196,32 @@ mod tests {
         assert_eq!(catalog_name("catalog/A/_repository"), None);
         assert_eq!(catalog_name("catalog/a"), None);
         assert_eq!(catalog_name("other/a"), None);
+    }
+
+    #[test]
+    fn keys_read_back_round_trip() {
+        let d = Digest::sha256(b"x");
+        let n = RepositoryName::parse("docker.io/library/alpine").unwrap();
+        assert_eq!(blob_digest(&blob(&d)), Some(d.clone()));
+        assert_eq!(access_digest(&access(&d)), Some(d.clone()));
+        assert_eq!(
+            repository_key(&layer_link(&n, &d)),
+            Some(RepositoryKey::Layer(n.clone(), d.clone()))
+        );
+        assert_eq!(
+            repository_key(&manifest_revision(&n, &d)),
+            Some(RepositoryKey::Manifest(n.clone(), d.clone()))
+        );
+        let t = Tag::parse("v1").unwrap();
+        assert_eq!(repository_key(&tag(&n, &t)), None);
+        assert_eq!(repository_key(&tag_cache(&n, &t)), None);
+        assert_eq!(blob_digest("blobs/sha256/zz/abc"), None);
+        assert_eq!(
+            blob_digest(&format!("blobs/sha256/00/{}", d.hex())),
+            None,
+            "fan-out must match the digest"
+        );
+        assert_eq!(access_digest("access/sha256"), None);
     }
 
     #[test]

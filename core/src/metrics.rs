@@ -24,6 +24,7 @@ pub struct Metrics {
     pub fills_failed: AtomicU64,
     pub evictions: AtomicU64,
     pub cache_size_bytes: AtomicU64,
+    pub credentials_withheld: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -62,7 +63,7 @@ impl Metrics {
                 "kura_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "kura_cache_hits_total",
                 "kind=\"manifest\"",
@@ -134,6 +135,12 @@ impl Metrics {
                 "",
                 "Blobs evicted to keep the cache under its size.",
                 &self.evictions,
+            ),
+            (
+                "kura_upstream_credentials_withheld_total",
+                "",
+                "Token requests sent without the upstream's credentials because the realm is foreign.",
+                &self.credentials_withheld,
             ),
         ];
         let mut described = std::collections::HashSet::new();

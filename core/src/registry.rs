@@ -45,6 +45,9 @@ pub struct RegistryConfig {
     pub max_page_size: usize,
     /// Memory for recently served manifests and mirrored tag lookups.
     pub manifest_cache_bytes: usize,
+    /// How often, at most, the last use of one mirrored blob is written to
+    /// storage (eviction goes by it; memory has every use in between).
+    pub access_record_interval_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -54,6 +57,7 @@ impl Default for RegistryConfig {
             max_manifest_size: 4 * 1024 * 1024,
             max_page_size: 10_000,
             manifest_cache_bytes: 16 * 1024 * 1024,
+            access_record_interval_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -72,7 +76,13 @@ pub struct Registry<S, H, F = NoFetch> {
 impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
     /// A registry of hosted repositories only.
     pub fn new(storage: S, host: H, config: RegistryConfig) -> Self {
-        Self::build(storage, Arc::new(host), config, Mirrors::none())
+        Self::build(
+            storage,
+            Arc::new(host),
+            config,
+            Mirrors::none(),
+            Arc::default(),
+        )
     }
 }
 
@@ -90,11 +100,24 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         default_upstream: Option<String>,
     ) -> Result<Self, UpstreamError> {
         let host = Arc::new(host);
-        let mirrors = Mirrors::new(Arc::new(fetch), host.clone(), upstreams, default_upstream)?;
-        Ok(Self::build(storage, host, config, mirrors))
+        let metrics = Arc::<Metrics>::default();
+        let mirrors = Mirrors::new(
+            Arc::new(fetch),
+            host.clone(),
+            metrics.clone(),
+            upstreams,
+            default_upstream,
+        )?;
+        Ok(Self::build(storage, host, config, mirrors, metrics))
     }
 
-    fn build(storage: S, host: Arc<H>, config: RegistryConfig, mirrors: Mirrors<F, H>) -> Self {
+    fn build(
+        storage: S,
+        host: Arc<H>,
+        config: RegistryConfig,
+        mirrors: Mirrors<F, H>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Registry {
             storage: Arc::new(storage),
             host,
@@ -102,7 +125,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             config,
             cataloged: Mutex::new(HashSet::new()),
             mirrors,
-            metrics: Arc::default(),
+            metrics,
         }
     }
 
@@ -126,7 +149,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// responses.
     pub async fn handle(&self, req: Request<ByteStream>) -> Response<S::Body> {
         let head = req.method() == Method::HEAD;
-        let kind = match Route::parse(req.uri().path()) {
+        let kind = match api::route(req.method(), req.uri().path()) {
             Ok(Some(r)) => r.kind(),
             _ => "other",
         };
@@ -147,7 +170,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     async fn dispatch(&self, req: Request<ByteStream>) -> Result<Response<S::Body>> {
-        let route = Route::parse(req.uri().path())?.ok_or_else(|| {
+        let route = api::route(req.method(), req.uri().path())?.ok_or_else(|| {
             RegistryError::new(ErrorCode::Unsupported, "not a registry API path")
                 .with_status(StatusCode::NOT_FOUND)
         })?;

@@ -13,6 +13,7 @@ use crate::body::{self, CollectError};
 use crate::fetch::{Fetch, FetchError};
 use crate::host::Host;
 use crate::manifest::ALL_MEDIA_TYPES;
+use crate::metrics::{self, Metrics};
 use crate::reference::RepositoryName;
 
 /// One configured upstream registry.
@@ -30,6 +31,10 @@ pub struct UpstreamConfig {
     /// How old cached content may be when served because the upstream
     /// fails.
     pub max_stale_ms: u64,
+    /// Token realm hosts (`auth.example.com`, or `host:port`) trusted with
+    /// this upstream's credentials besides the upstream's own host and
+    /// registrable domain. See [`realm_trust`].
+    pub token_realms: Vec<String>,
 }
 
 impl UpstreamConfig {
@@ -86,13 +91,19 @@ pub struct Upstream<F, H> {
     pub config: UpstreamConfig,
     fetch: Arc<F>,
     host: Arc<H>,
+    metrics: Arc<Metrics>,
     base: Uri,
     /// Bearer tokens by scope, with their expiry (host clock, ms).
     tokens: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl<F: Fetch, H: Host> Upstream<F, H> {
-    pub fn new(config: UpstreamConfig, fetch: Arc<F>, host: Arc<H>) -> Result<Self, UpstreamError> {
+    pub fn new(
+        config: UpstreamConfig,
+        fetch: Arc<F>,
+        host: Arc<H>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
         let base: Uri =
             config.url.trim_end_matches('/').parse().map_err(|e| {
                 UpstreamError::Invalid(format!("upstream url {:?}: {e}", config.url))
@@ -107,6 +118,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             config,
             fetch,
             host,
+            metrics,
             base,
             tokens: Mutex::new(HashMap::new()),
         })
@@ -350,7 +362,20 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         let url = format!("{realm}{sep}{}", query.join("&"));
         let mut b = Request::builder().method(Method::GET).uri(&url);
         if let Some(basic) = self.basic() {
-            b = b.header(AUTHORIZATION, basic);
+            match realm_trust(&self.base, &realm_uri, &self.config.token_realms) {
+                RealmTrust::Trusted => b = b.header(AUTHORIZATION, basic),
+                RealmTrust::Foreign(why) => {
+                    // Ask for an anonymous token instead: public content
+                    // still pulls, and the password stays home.
+                    metrics::inc(&self.metrics.credentials_withheld);
+                    self.host.warn(&format!(
+                        "upstream {}: credentials withheld from token realm {realm:?} ({why}); \
+                         asking for an anonymous token (list the realm's host under \
+                         token_realms to trust it)",
+                        self.config.name
+                    ));
+                }
+            }
         }
         let req = b
             .body(())
@@ -379,6 +404,76 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         self.lock_tokens()
             .insert(default_scope.to_owned(), (token.0, expires));
         Ok(())
+    }
+}
+
+/// Whether a token realm may receive an upstream's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RealmTrust {
+    Trusted,
+    /// Not trusted, and why.
+    Foreign(&'static str),
+}
+
+/// Decide whether the token realm `realm`, named by the `WWW-Authenticate`
+/// challenge of the upstream at `upstream`, may receive the upstream's
+/// credentials. A challenge is just a header the upstream (or anything
+/// between it and us) sends; following it blindly hands the password to
+/// whatever host it names.
+///
+/// Trusted: a realm on the upstream's own host (any port); a realm sharing
+/// the upstream's registrable domain by the public suffix list
+/// (`auth.docker.io` for `registry-1.docker.io`), which never applies to IP
+/// literals; a realm whose host (or `host:port`) is listed in `extra`.
+/// Never trusted, whatever the host: plain HTTP when the upstream is HTTPS,
+/// or a scheme other than HTTP(S).
+pub fn realm_trust(upstream: &Uri, realm: &Uri, extra: &[String]) -> RealmTrust {
+    let scheme = |u: &Uri| u.scheme_str().map(str::to_ascii_lowercase);
+    let (up_scheme, realm_scheme) = (scheme(upstream), scheme(realm));
+    match realm_scheme.as_deref() {
+        Some("https") => {}
+        Some("http") if up_scheme.as_deref() != Some("https") => {}
+        Some("http") => return RealmTrust::Foreign("plain HTTP realm for an HTTPS upstream"),
+        _ => return RealmTrust::Foreign("realm is not an HTTP(S) URL"),
+    }
+    let host = |u: &Uri| {
+        u.host().map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+    };
+    let (Some(up_host), Some(realm_host)) = (host(upstream), host(realm)) else {
+        return RealmTrust::Foreign("realm has no host");
+    };
+    if up_host == realm_host {
+        return RealmTrust::Trusted;
+    }
+    let realm_port = realm.port_u16().unwrap_or(match realm_scheme.as_deref() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let listed = extra.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        match entry.rsplit_once(':') {
+            // `host:port`, but not a bare IPv6 address.
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                h.trim_start_matches('[').trim_end_matches(']') == realm_host
+                    && p.parse::<u16>() == Ok(realm_port)
+            }
+            _ => entry.trim_start_matches('[').trim_end_matches(']') == realm_host,
+        }
+    });
+    if listed {
+        return RealmTrust::Trusted;
+    }
+    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok();
+    if is_ip(&up_host) || is_ip(&realm_host) {
+        return RealmTrust::Foreign("an IP-literal upstream trusts only itself");
+    }
+    match (psl::domain_str(&up_host), psl::domain_str(&realm_host)) {
+        (Some(a), Some(b)) if a == b => RealmTrust::Trusted,
+        _ => RealmTrust::Foreign("realm is outside the upstream's registrable domain"),
     }
 }
 
@@ -597,6 +692,107 @@ mod tests {
     }
 
     #[test]
+    fn credentials_go_only_where_the_upstream_lives() {
+        let trust = |up: &str, realm: &str, extra: &[&str]| {
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            realm_trust(&up.parse().unwrap(), &realm.parse().unwrap(), &extra)
+        };
+        let ok = RealmTrust::Trusted;
+        let hub = "https://registry-1.docker.io";
+        assert_eq!(trust(hub, "https://auth.docker.io/token", &[]), ok);
+        assert_eq!(trust("https://ghcr.io", "https://ghcr.io/token", &[]), ok);
+        assert_eq!(
+            trust(
+                "https://Registry.Example.com",
+                "https://registry.example.com:8443/t",
+                &[]
+            ),
+            ok
+        );
+        // Another registrable domain, or one only sharing a public suffix.
+        assert!(matches!(
+            trust(hub, "https://auth.evil.io/token", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        assert!(matches!(
+            trust("https://a.github.io", "https://b.github.io/token", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        assert!(matches!(
+            trust("https://example.co.uk", "https://other.co.uk/t", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        // Never a downgrade to plain HTTP, even on the same host.
+        assert!(matches!(
+            trust("https://ghcr.io", "http://ghcr.io/token", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        assert!(matches!(
+            trust(hub, "http://auth.docker.io/token", &["auth.docker.io"]),
+            RealmTrust::Foreign(_)
+        ));
+        // An HTTP upstream may use an HTTPS realm on its host.
+        assert_eq!(
+            trust("http://127.0.0.1:5000", "https://127.0.0.1:5001/t", &[]),
+            ok
+        );
+        // IP literals match only themselves.
+        assert_eq!(
+            trust("http://127.0.0.1:5000", "http://127.0.0.1:9/token", &[]),
+            ok
+        );
+        assert!(matches!(
+            trust("http://127.0.0.1:5000", "http://127.0.0.2:5000/token", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        assert!(matches!(
+            trust("http://[::1]:5000", "http://127.0.0.1:5000/token", &[]),
+            RealmTrust::Foreign(_)
+        ));
+        assert_eq!(
+            trust("http://[::1]:5000", "http://[::1]:6000/token", &[]),
+            ok
+        );
+        // Listed explicitly: by host, or by host and port.
+        assert_eq!(
+            trust(
+                "http://127.0.0.1:5000",
+                "http://127.0.0.2:7000/token",
+                &["127.0.0.2"]
+            ),
+            ok
+        );
+        assert_eq!(
+            trust(
+                "http://127.0.0.1:5000",
+                "http://127.0.0.2:7000/token",
+                &["127.0.0.2:7000"]
+            ),
+            ok
+        );
+        assert!(matches!(
+            trust(
+                "http://127.0.0.1:5000",
+                "http://127.0.0.2:7001/token",
+                &["127.0.0.2:7000"]
+            ),
+            RealmTrust::Foreign(_)
+        ));
+        assert_eq!(
+            trust(
+                "https://quay.io",
+                "https://auth.example.com/t",
+                &["auth.example.com"]
+            ),
+            ok
+        );
+        assert!(matches!(
+            trust("https://quay.io", "ftp://quay.io/t", &[]),
+            RealmTrust::Foreign(_)
+        ));
+    }
+
+    #[test]
     fn library_names() {
         let hub = UpstreamConfig {
             name: "docker.io".into(),
@@ -605,6 +801,7 @@ mod tests {
             password: None,
             tag_ttl_ms: 0,
             max_stale_ms: 0,
+            token_realms: Vec::new(),
         };
         assert_eq!(hub.upstream_name("alpine"), "library/alpine");
         assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");

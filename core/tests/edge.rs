@@ -85,6 +85,7 @@ fn setup() -> Setup {
         password: None,
         tag_ttl_ms: 60_000,
         max_stale_ms: 3_600_000,
+        token_realms: Vec::new(),
     };
     let mirror = Registry::with_upstreams(
         MemoryStorage::new(),

@@ -128,6 +128,7 @@ fn setup(tag_ttl_ms: u64) -> Setup {
         password: None,
         tag_ttl_ms,
         max_stale_ms: 3_600_000,
+        token_realms: Vec::new(),
     };
     let host = TestHost::at(1_000_000);
     let mirror = Registry::with_upstreams(
@@ -372,16 +373,156 @@ fn tags_revalidate_and_go_stale_when_upstream_is_down() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A mirror of `s`'s upstream over `storage`, its clock at `now_ms`: a
+/// process started (or restarted) on storage another one used.
+fn mirror_on(
+    s: &Setup,
+    storage: Arc<MemoryStorage>,
+    now_ms: u64,
+) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
+    let config = UpstreamConfig {
+        name: "up.local".into(),
+        url: "http://upstream.invalid".into(),
+        username: None,
+        password: None,
+        tag_ttl_ms: 60_000,
+        max_stale_ms: 3_600_000,
+        token_realms: Vec::new(),
+    };
+    Registry::with_upstreams(
+        storage,
+        TestHost::at(now_ms),
+        RegistryConfig::default(),
+        LocalFetch(s.fetch.clone()),
+        vec![config],
+        None,
+    )
+    .unwrap()
+}
+
+fn at<S: Storage, F: Fetch>(reg: &Registry<S, TestHost, F>, now_ms: u64) {
+    reg.host().clock.store(now_ms, Ordering::SeqCst);
+}
+
+/// Layer digests sorted by their storage key (the order a listing gives).
+fn in_key_order(mut digests: Vec<Digest>) -> Vec<Digest> {
+    digests.sort_by_key(|d| kura_core::layout::blob(d));
+    digests
+}
+
+// The blob that should go is, on purpose, both the most recently written and
+// the last in key order: an eviction by write time or by listing order
+// picks another one.
 #[test]
-fn eviction_keeps_the_cache_under_its_size() {
+fn eviction_goes_by_last_use_across_a_restart() {
+    let s = setup(60_000);
+    let layers: Vec<Vec<u8>> = (0..3).map(|i| data(100_000, 40 + i)).collect();
+    let (_, digests) = push_image(&s.upstream, "lru", "v1", &layers);
+    let ordered = in_key_order(digests[1..].to_vec());
+    let (a, b, victim) = (&ordered[0], &ordered[1], &ordered[2]);
+    let storage = Arc::new(MemoryStorage::new());
+    let first = mirror_on(&s, storage.clone(), 0);
+    let blob_url = |d: &Digest| format!("/v2/up.local/lru/blobs/{d}");
+    // Filled in key order, so the victim is also the newest write.
+    for (i, d) in [a, b, victim].into_iter().enumerate() {
+        at(&first, 2_000_000 + i as u64 * 1_000);
+        let r = call(&first, Method::GET, &blob_url(d));
+        assert_eq!(
+            (r.status, r.header("x-kura-cache")),
+            (StatusCode::OK, "miss")
+        );
+    }
+    // Then the two older ones are used again: a GET and a HEAD.
+    at(&first, 3_000_000);
+    assert_eq!(
+        call(&first, Method::GET, &blob_url(a)).header("x-kura-cache"),
+        "hit"
+    );
+    at(&first, 3_001_000);
+    assert_eq!(
+        call(&first, Method::HEAD, &blob_url(b)).header("x-kura-cache"),
+        "hit"
+    );
+    drop(first);
+
+    // A new process on the same storage knows nothing in memory.
+    let second = mirror_on(&s, storage.clone(), 10_000_000);
+    let report = block_on(second.evict(200_000, 1_000)).unwrap();
+    assert_eq!(report.cached_bytes, 300_000);
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    let stored = |d: &Digest| {
+        block_on(storage.head(&kura_core::layout::blob(d)))
+            .unwrap()
+            .is_some()
+    };
+    assert!(!stored(victim), "the least recently used blob must go");
+    assert!(stored(a) && stored(b), "recently used blobs must stay");
+    assert_eq!(
+        call(&second, Method::HEAD, &blob_url(a)).header("x-kura-cache"),
+        "hit"
+    );
+}
+
+#[test]
+fn eviction_counts_a_manifest_pull_as_a_use_of_its_layers() {
+    let s = setup(60_000);
+    let one = data(100_000, 60);
+    let two = data(100_000, 61);
+    let (_, d1) = push_image(&s.upstream, "img/one", "v1", std::slice::from_ref(&one));
+    let (_, d2) = push_image(&s.upstream, "img/two", "v1", std::slice::from_ref(&two));
+    // `kept` sorts first and is filled first: only its manifest's pull can
+    // save it.
+    let ((kept, kept_repo), (victim, victim_repo)) =
+        if kura_core::layout::blob(&d1[1]) < kura_core::layout::blob(&d2[1]) {
+            ((&d1[1], "img/one"), (&d2[1], "img/two"))
+        } else {
+            ((&d2[1], "img/two"), (&d1[1], "img/one"))
+        };
+    let mirror = mirror_on(&s, Arc::new(MemoryStorage::new()), 2_000_000);
+    let r = call(
+        &mirror,
+        Method::GET,
+        &format!("/v2/up.local/{kept_repo}/blobs/{kept}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    at(&mirror, 2_001_000);
+    let r = call(
+        &mirror,
+        Method::GET,
+        &format!("/v2/up.local/{victim_repo}/blobs/{victim}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    // A client that has the layer pulls only the manifest.
+    at(&mirror, 3_000_000);
+    let r = call(
+        &mirror,
+        Method::GET,
+        &format!("/v2/up.local/{kept_repo}/manifests/v1"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+
+    at(&mirror, 10_000_000);
+    let report = block_on(mirror.evict(150_000, 1_000)).unwrap();
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    let kept_url = format!("/v2/up.local/{kept_repo}/blobs/{kept}");
+    assert_eq!(
+        call(&mirror, Method::HEAD, &kept_url).header("x-kura-cache"),
+        "hit"
+    );
+    let victim_url = format!("/v2/up.local/{victim_repo}/blobs/{victim}");
+    assert_eq!(
+        call(&mirror, Method::HEAD, &victim_url).header("x-kura-cache"),
+        "miss"
+    );
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_size_and_hosted_blobs() {
     let s = setup(60_000);
     let layers: Vec<Vec<u8>> = (0..4).map(|i| data(100_000, 10 + i)).collect();
     let (_, digests) = push_image(&s.upstream, "ev", "v1", &layers);
     for (i, d) in digests[1..].iter().enumerate() {
-        s.mirror
-            .host()
-            .clock
-            .store(2_000_000 + i as u64 * 1000, Ordering::SeqCst);
+        at(&s.mirror, 2_000_000 + i as u64 * 1000);
         assert_eq!(
             call(
                 &s.mirror,
@@ -404,24 +545,22 @@ fn eviction_keeps_the_cache_under_its_size() {
     ));
     assert_eq!(hosted.status, StatusCode::CREATED);
 
-    s.mirror.host().clock.store(10_000_000, Ordering::SeqCst);
-    let report = block_on(s.mirror.evict(250_000, 1_000)).unwrap();
+    at(&s.mirror, 10_000_000);
+    let report = block_on(s.mirror.evict(150_000, 1_000)).unwrap();
     // Four mirrored layers, one of them also hosted (so protected).
     assert_eq!(report.cached_bytes, 300_000);
-    assert_eq!(report.evicted_blobs, 1, "{report:?}");
-    // The least recently used went first; the rest are still hits.
-    let oldest = call(
-        &s.mirror,
-        Method::HEAD,
-        &format!("/v2/up.local/ev/blobs/{}", digests[2]),
-    );
-    assert_eq!(oldest.header("x-kura-cache"), "miss");
-    let newest = call(
-        &s.mirror,
-        Method::HEAD,
-        &format!("/v2/up.local/ev/blobs/{}", digests[4]),
-    );
-    assert_eq!(newest.header("x-kura-cache"), "hit");
+    assert_eq!(report.evicted_blobs, 2, "{report:?}");
+    assert_eq!(report.evicted_bytes, 200_000);
+    // Nothing used within the grace period is evicted, whatever the size.
+    for d in &digests[2..] {
+        call(
+            &s.mirror,
+            Method::GET,
+            &format!("/v2/up.local/ev/blobs/{d}"),
+        );
+    }
+    let report = block_on(s.mirror.evict(0, 1_000)).unwrap();
+    assert_eq!(report.evicted_blobs, 0, "{report:?}");
     assert_eq!(
         call(
             &s.mirror,

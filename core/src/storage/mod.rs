@@ -155,3 +155,52 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// see the bytes (joining upload chunks).
     fn body_stream(body: Self::Body) -> ByteStream;
 }
+
+/// A shared backend is a backend: several registries (or a registry and the
+/// host's own tooling) can hold one storage.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<S: Storage> Storage for std::sync::Arc<S> {
+    type Body = S::Body;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        (**self).head(key).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<(ObjectMeta, Self::Body)>, StorageError> {
+        (**self).get(key, range).await
+    }
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        (**self).read(key).await
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        (**self).put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        (**self).put_stream(key, data).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        (**self).rename(from, to).await
+    }
+    fn can_append(&self) -> bool {
+        (**self).can_append()
+    }
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        (**self).append(key, offset, parts).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        (**self).delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        (**self).list(prefix).await
+    }
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<ListEntry>, StorageError> {
+        (**self).list_meta(prefix).await
+    }
+    fn body_stream(body: Self::Body) -> ByteStream {
+        S::body_stream(body)
+    }
+}

@@ -219,6 +219,7 @@ impl Default for MirrorConfig {
             password: None,
             tag_ttl_secs: default_tag_ttl(),
             max_stale_secs: default_max_stale(),
+            token_realms: Vec::new(),
         };
         MirrorConfig {
             upstreams: vec![
@@ -256,6 +257,10 @@ pub struct UpstreamSection {
     /// How old cached tags may be when served because the upstream fails.
     #[serde(default = "default_max_stale")]
     pub max_stale_secs: u64,
+    /// Token realm hosts (or `host:port`) trusted with the credentials
+    /// besides the upstream's own host and registrable domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_realms: Vec<String>,
 }
 
 fn default_tag_ttl() -> u64 {
@@ -275,6 +280,7 @@ impl UpstreamSection {
             password: self.password.clone(),
             tag_ttl_ms: self.tag_ttl_secs.saturating_mul(1000),
             max_stale_ms: self.max_stale_secs.saturating_mul(1000),
+            token_realms: self.token_realms.clone(),
         }
     }
 }

@@ -27,4 +27,8 @@ impl kura_core::Host for SystemHost {
     fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
     }
+
+    fn warn(&self, message: &str) {
+        tracing::warn!("{message}");
+    }
 }

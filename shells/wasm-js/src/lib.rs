@@ -256,6 +256,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "password",
     "tagTtlSecs",
     "maxStaleSecs",
+    "tokenRealms",
 ];
 
 /// Unknown keys are errors (as in kura's config file): a typo must not
@@ -284,6 +285,21 @@ fn opt_string(o: &JsValue, key: &str, what: &str) -> Result<Option<String>, Stri
     v.as_string()
         .map(Some)
         .ok_or_else(|| format!("{what}.{key} must be a string"))
+}
+
+fn opt_strings(o: &JsValue, key: &str, what: &str) -> Result<Vec<String>, String> {
+    let v = js::get(o, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(Vec::new());
+    }
+    let bad = || format!("{what}.{key} must be an array of strings");
+    if !Array::is_array(&v) {
+        return Err(bad());
+    }
+    Array::from(&v)
+        .iter()
+        .map(|s| s.as_string().ok_or_else(bad))
+        .collect()
 }
 
 fn opt_u64(o: &JsValue, key: &str, what: &str) -> Result<Option<u64>, String> {
@@ -324,6 +340,7 @@ impl Options {
                     max_stale_ms: opt_u64(&u, "maxStaleSecs", &what)?
                         .unwrap_or(7 * 24 * 3600)
                         .saturating_mul(1000),
+                    token_realms: opt_strings(&u, "tokenRealms", &what)?,
                 });
             }
         }

@@ -38,6 +38,10 @@ pub struct Upstream {
     /// `?ns=` and as path prefixes.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Token realm hosts (or `host:port`) trusted with the credentials
+    /// besides the upstream's own host and registrable domain.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
 }
 
 fn default_tag_ttl() -> u64 {
@@ -177,6 +181,7 @@ impl Config {
                     password: creds.map(|c| c.password.clone()),
                     tag_ttl_ms: u.tag_ttl_secs.saturating_mul(1000),
                     max_stale_ms: u.max_stale_secs.saturating_mul(1000),
+                    token_realms: u.token_realms.clone(),
                 }
             })
             .collect()
@@ -191,6 +196,7 @@ fn defaults() -> Vec<Upstream> {
         tag_ttl_secs: default_tag_ttl(),
         max_stale_secs: default_max_stale(),
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        token_realms: Vec::new(),
     };
     vec![
         public(

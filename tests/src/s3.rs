@@ -7,14 +7,17 @@
 //! `$CARGO_HOME/bin` (`~/.cargo/bin`). Tests that need it fail with an
 //! explanation if it is missing: CI installs it, so a silent skip would hide
 //! a broken setup.
+//!
+//! The native shell's unit tests include this file by path (they run the
+//! storage conformance suite against S3 on s3s-fs, and the `kura` package
+//! cannot depend on this one), so it uses nothing of this crate and no
+//! dependency beyond `anyhow` and `tempfile`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-
-use crate::free_port;
 
 pub const ACCESS_KEY: &str = "kura-test-access";
 pub const SECRET_KEY: &str = "kura-test-secret-key";
@@ -67,7 +70,9 @@ impl S3Server {
         let root = tmp.path().join("s3");
         std::fs::create_dir_all(root.join(bucket))?;
         let log = tmp.path().join("s3s-fs.log");
-        let port = free_port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let logf = std::fs::File::create(&log)?;
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])

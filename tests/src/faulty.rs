@@ -83,6 +83,8 @@ struct Rule {
 
 struct TokenMode {
     basic: Option<(String, String)>,
+    /// The realm the challenge names, if not this server's own `/token`.
+    realm: Option<String>,
 }
 
 /// `(repo, reference)` → (media type, bytes).
@@ -120,6 +122,8 @@ pub struct Faulty {
     pub url: String,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    /// Listeners of token realms on other addresses.
+    realm_listeners: Mutex<Vec<(std::net::SocketAddr, JoinHandle<()>)>>,
 }
 
 impl Faulty {
@@ -147,6 +151,7 @@ impl Faulty {
             url: format!("http://127.0.0.1:{port}"),
             shared,
             accept: Some(accept),
+            realm_listeners: Mutex::default(),
         })
     }
 
@@ -269,8 +274,42 @@ impl Faulty {
         self.update(|s| {
             s.token = Some(TokenMode {
                 basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
+                realm: None,
             });
         });
+    }
+
+    /// Like [`Faulty::token_auth`], but the challenge names a token realm
+    /// served from another loopback address (`ip`, e.g. `127.0.0.2`), as a
+    /// foreign host would: the same `/token` endpoint and request record,
+    /// reached on a second listener. Returns the realm URL.
+    pub fn token_auth_at(&self, basic: Option<(&str, &str)>, ip: &str) -> anyhow::Result<String> {
+        let listener = TcpListener::bind((ip, 0))?;
+        let addr = listener.local_addr()?;
+        let realm = format!("http://{addr}/token");
+        let s = self.shared.clone();
+        let port = self.port;
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.shutdown.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve_connection(conn, s, port));
+            }
+        });
+        self.realm_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((addr, accept));
+        self.update(|s| {
+            s.token = Some(TokenMode {
+                basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
+                realm: Some(realm.clone()),
+            });
+        });
+        Ok(realm)
     }
 
     /// Every request so far (the `/token` endpoint included).
@@ -306,6 +345,16 @@ impl Drop for Faulty {
         // Wake the accept loop.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        let realms = std::mem::take(
+            &mut *self
+                .realm_listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (addr, h) in realms {
+            let _ = TcpStream::connect(addr);
             let _ = h.join();
         }
     }
@@ -539,7 +588,12 @@ fn plan(req: &Parsed, state: &mut State, port: u16) -> Plan {
                     (
                         "WWW-Authenticate".into(),
                         format!(
-                            "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"faulty\"{scope}"
+                            "Bearer realm=\"{}\",service=\"faulty\"{scope}",
+                            state
+                                .token
+                                .as_ref()
+                                .and_then(|t| t.realm.clone())
+                                .unwrap_or_else(|| format!("http://127.0.0.1:{port}/token"))
                         ),
                     ),
                 ],

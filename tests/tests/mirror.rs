@@ -1369,6 +1369,61 @@ fn upstream_token_auth_fetches_one_token() {
     );
 }
 
+#[test]
+fn upstream_credentials_never_go_to_a_foreign_token_realm() {
+    let f = Faulty::start().unwrap();
+    let img = f.add_image("team/realm", "v1", &[64 * 1024], 804);
+    // The challenge names a realm on another host (another loopback
+    // address), which issues tokens to anyone, as public registries do.
+    let realm = f.token_auth_at(None, "127.0.0.2").unwrap();
+    let creds = "      username: carol\n      password: s3cret-realm\n";
+    let k = simple_mirror(&f.url, creds);
+    let r = get(&format!("{}/v2/up.local/team/realm/manifests/v1", k.url));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(sha256(&r.body), img.manifest.digest);
+    let tokens = f.token_requests();
+    assert!(!tokens.is_empty(), "the realm was never asked");
+    for (query, auth) in &tokens {
+        assert_eq!(
+            auth.as_deref(),
+            None,
+            "the upstream's credentials went to {realm} ({query})"
+        );
+    }
+    // The operator hears of it: a metric and a log line.
+    let metrics = String::from_utf8(get(&format!("{}/metrics", k.url)).body).unwrap();
+    assert!(
+        metrics.contains("kura_upstream_credentials_withheld_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        k.log_text()
+            .contains("credentials withheld from token realm"),
+        "{}",
+        k.log_text()
+    );
+
+    // Listed for this upstream: trusted with the credentials.
+    let realm_host = realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token");
+    let trusted = simple_mirror(
+        &f.url,
+        &format!("{creds}      token_realms: [\"{realm_host}\"]\n"),
+    );
+    let r = get(&format!(
+        "{}/v2/up.local/team/realm/manifests/v1",
+        trusted.url
+    ));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let tokens = f.token_requests();
+    assert_eq!(
+        tokens.last().and_then(|(_, a)| a.as_deref()),
+        Some("Basic Y2Fyb2w6czNjcmV0LXJlYWxt"),
+        "carol:s3cret-realm, to a realm listed in token_realms"
+    );
+}
+
 // ----- 9. TLS upstream with a private CA ----------------------------------------
 
 #[test]

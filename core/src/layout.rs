@@ -7,6 +7,7 @@
 //! repositories/<name>/_manifests/tags/<tag>                the digest the tag points at
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
+//! repositories/<name>/_cache/tag-lists/<page>              a mirrored tag list page and when it was fetched (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
 //! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
 //! uploads/<id>/state                                        upload session state (JSON)
@@ -123,6 +124,29 @@ pub fn tag(name: &RepositoryName, tag: &Tag) -> String {
 /// When a mirrored tag was last checked upstream (JSON).
 pub fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
     format!("repositories/{name}/_cache/tags/{tag}")
+}
+
+/// A page of a mirrored repository's tag list, as last fetched upstream.
+/// `page` names the query (`n` and `last`): [`tag_list_page`].
+pub fn tag_list_cache(name: &RepositoryName, page: &str) -> String {
+    format!("repositories/{name}/_cache/tag-lists/{page}")
+}
+
+/// A key component for the tag list page asked for with `n` and `last`:
+/// `all` for the whole list, else a digest of the query (`last` is any
+/// string a client sends; a digest keeps the key within the layout's
+/// grammar and length).
+pub fn tag_list_page(n: Option<usize>, last: Option<&str>) -> String {
+    if n.is_none() && last.is_none() {
+        return "all".into();
+    }
+    let query = format!(
+        "n={}&last={}",
+        n.map(|n| n.to_string()).unwrap_or_default(),
+        last.unwrap_or("")
+    );
+    let d = Digest::sha256(query.as_bytes());
+    format!("q-{}", &d.hex()[..32])
 }
 
 pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {

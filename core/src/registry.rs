@@ -1025,9 +1025,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(resp)
     }
 
-    /// Apply `n` and `last` to a sorted list. Returns the page and, when more
-    /// entries follow, the `n` and `last` of the next page.
-    fn paginate(&self, sorted: Vec<String>, uri: &http::Uri) -> Result<Page> {
+    /// The `n` (capped at the largest page) and `last` of a listing request.
+    pub(crate) fn page_query(&self, uri: &http::Uri) -> Result<(Option<usize>, Option<String>)> {
         let bad_n = || {
             RegistryError::new(
                 ErrorCode::PaginationNumberInvalid,
@@ -1046,6 +1045,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
         };
         let last = api::query_param(uri, "last").transpose()?;
+        Ok((n, last))
+    }
+
+    /// Apply `n` and `last` to a sorted list. Returns the page and, when more
+    /// entries follow, the `n` and `last` of the next page.
+    fn paginate(&self, sorted: Vec<String>, uri: &http::Uri) -> Result<Page> {
+        let (n, last) = self.page_query(uri)?;
         let rest: Vec<String> = match &last {
             Some(l) => sorted
                 .into_iter()

@@ -146,6 +146,29 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             .await
     }
 
+    /// A page of the repository's tag list (`n` and `last` as the client
+    /// asked; the upstream may cap `n`).
+    pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Response<F::Body>, UpstreamError> {
+        let mut query = Vec::new();
+        if let Some(n) = n {
+            query.push(format!("n={n}"));
+        }
+        if let Some(last) = last {
+            query.push(format!("last={}", crate::api::percent_encode(last)));
+        }
+        let suffix = if query.is_empty() {
+            "tags/list".to_owned()
+        } else {
+            format!("tags/list?{}", query.join("&"))
+        };
+        self.request(repo, &suffix, Method::GET, None).await
+    }
+
     /// The OCI 1.1 referrers of `digest`, optionally filtered upstream.
     pub async fn referrers(
         &self,

@@ -945,6 +945,99 @@ fn upstream_down_serves_cached_tags_stale_and_digests() {
     assert_eq!(r.code(), "UNAVAILABLE", "{}", r.describe());
 }
 
+#[test]
+fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
+    let mut up = Distribution::start().unwrap();
+    let sk = Skopeo::new().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src_dir = work.path().join("src");
+    let mut src = OciLayout::create(&src_dir).unwrap();
+    src.add_image("v1", &ImageSpec::new(1, 4096, 411)).unwrap();
+    for tag in ["1.0", "1.1", "2.0", "latest"] {
+        copy(
+            &sk,
+            &[],
+            &oci(&src_dir, "v1"),
+            &format!("docker://{}/team/listed:{tag}", up.host),
+        )
+        .unwrap();
+    }
+    let k = simple_mirror(&up.url, "      tag_ttl_secs: 0\n");
+    let u = &k.url;
+    let all = ["1.0", "1.1", "2.0", "latest"];
+
+    // Cold: nothing of the repository is cached, the list comes from the
+    // upstream, named as the client named it.
+    let list = |path: &str| {
+        let r = get(&format!("{u}{path}"));
+        assert_eq!(r.status, 200, "{path}: {}", r.describe());
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        (v, r)
+    };
+    let (v, r) = list("/v2/up.local/team/listed/tags/list");
+    assert_eq!(v["name"], "up.local/team/listed");
+    assert_eq!(v["tags"], json!(all));
+    assert_eq!(r.header("x-kura-cache"), "miss");
+    let (v, _) = list("/v2/team/listed/tags/list?ns=up.local");
+    assert_eq!(v["name"], "team/listed");
+    assert_eq!(v["tags"], json!(all));
+
+    // Pages: n and last go upstream; the next link points back here.
+    let (v, r) = list("/v2/up.local/team/listed/tags/list?n=2");
+    assert_eq!(v["tags"], json!(["1.0", "1.1"]));
+    let link = r.header("link").to_owned();
+    assert!(
+        link.starts_with("</v2/up.local/team/listed/tags/list?") && link.contains("last=1.1"),
+        "{link}"
+    );
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let (v, _) = list(next);
+    assert_eq!(v["tags"], json!(["2.0", "latest"]));
+
+    // A real client lists them through the mirror.
+    let out = sk
+        .run(&[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{}/up.local/team/listed", host(&k)),
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["Tags"], json!(all), "{v}");
+
+    // A new tag upstream shows once the TTL (0 here) has passed.
+    copy(
+        &sk,
+        &[],
+        &oci(&src_dir, "v1"),
+        &format!("docker://{}/team/listed:3.0", up.host),
+    )
+    .unwrap();
+    let (v, r) = list("/v2/up.local/team/listed/tags/list");
+    assert_eq!(v["tags"], json!(["1.0", "1.1", "2.0", "3.0", "latest"]));
+    assert_eq!(r.header("x-kura-cache"), "revalidated");
+
+    // Unknown upstream: 404 with the name the client asked for.
+    let r = get(&format!("{u}/v2/up.local/team/nothing/tags/list"));
+    assert_eq!(r.status, 404, "{}", r.describe());
+    assert_eq!(r.code(), "NAME_UNKNOWN");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("up.local/up.local"),
+        "{}",
+        r.describe()
+    );
+
+    // Upstream gone: the cached list, marked stale.
+    up.kill();
+    let (v, r) = list("/v2/up.local/team/listed/tags/list");
+    assert_eq!(v["tags"], json!(["1.0", "1.1", "2.0", "3.0", "latest"]));
+    assert_eq!(r.header("x-kura-cache"), "stale");
+    assert!(r.header("warning").starts_with("110 "), "{}", r.describe());
+    // A page never fetched cannot be served.
+    let r = get(&format!("{u}/v2/up.local/team/listed/tags/list?n=1"));
+    assert_eq!(r.code(), "UNAVAILABLE", "{}", r.describe());
+}
+
 // ----- 5. lying upstreams ----------------------------------------------------------
 
 /// GET a blob through kura while the upstream lies; the client must never

@@ -18,6 +18,8 @@ pub const API_VERSION: &str = "registry/2.0";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
 pub const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 pub const OCI_SUBJECT_HEADER: &str = "oci-subject";
+/// The tags a manifest push by digest applied (`?tag=` parameters).
+pub const OCI_TAG_HEADER: &str = "oci-tag";
 pub const OCI_FILTERS_APPLIED_HEADER: &str = "oci-filters-applied";
 
 /// What a `/v2/` path addresses.
@@ -209,6 +211,29 @@ pub fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>
             })
         })
     })
+}
+
+/// Every value of query parameter `key` (`?tag=a&tag=b`), percent-decoded.
+pub fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> {
+    let Some(query) = uri.query() else {
+        return Ok(Vec::new());
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k).as_deref() == Some(key)).then_some(v)
+        })
+        .map(|v| {
+            percent_decode(&v.replace('+', " ")).ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!("bad encoding of query parameter {key}"),
+                )
+                .with_status(http::StatusCode::BAD_REQUEST)
+            })
+        })
+        .collect()
 }
 
 /// Decode `%XX` escapes; `None` on bad escapes or non-UTF-8 results.

@@ -588,7 +588,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 format!("upstream manifest invalid: {e}"),
             )
         })?;
-        self.store_manifest(&t.local, &digest, bytes, &parsed, tag)
+        let tags = tag.map(std::slice::from_ref).unwrap_or_default();
+        self.store_manifest(&t.local, &digest, bytes, &parsed, tags)
             .await?;
         if let Some(tag) = tag {
             self.write_tag_cache(&t.local, tag, &digest).await?;

@@ -32,6 +32,10 @@ use crate::upload::{Chunk, UploadId, UploadState};
 use crate::upstream::{UpstreamConfig, UpstreamError};
 
 pub type Response<B> = http::Response<Body<B>>;
+
+/// Most tags one manifest push may apply (`?tag=`); the spec asks for at
+/// least 10.
+const MAX_TAGS_PER_PUSH: usize = 100;
 pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
@@ -195,7 +199,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Route::Manifest(name, r) if is(&[Method::PUT]) => {
                 let ct = api::header(&parts.headers, "content-type");
-                self.put_manifest(&name, &r, ct, body).await
+                self.put_manifest(&name, &r, &parts.uri, ct, body).await
             }
             Route::Manifest(name, r) if is(&[Method::DELETE]) => {
                 self.delete_manifest(&name, &r).await
@@ -306,9 +310,27 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         &self,
         name: &RepositoryName,
         reference: &Reference,
+        uri: &http::Uri,
         content_type: Option<&str>,
         body: ByteStream,
     ) -> Result<Response<S::Body>> {
+        // A push by digest may tag it too (`?tag=a&tag=b`): every tag is
+        // checked before anything is stored.
+        let mut tags = match reference {
+            Reference::Tag(t) => vec![t.clone()],
+            Reference::Digest(_) => api::query_params(uri, "tag")?
+                .iter()
+                .map(|t| Tag::parse(t))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        tags.dedup();
+        if tags.len() > MAX_TAGS_PER_PUSH {
+            return Err(RegistryError::new(
+                ErrorCode::TagInvalid,
+                format!("at most {MAX_TAGS_PER_PUSH} tags per push"),
+            )
+            .with_status(StatusCode::URI_TOO_LONG));
+        }
         let bytes = body::collect_limited(body, self.config.max_manifest_size)
             .await
             .map_err(|e| match e {
@@ -357,11 +379,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
         }
 
-        let tag = match reference {
-            Reference::Tag(t) => Some(t),
-            Reference::Digest(_) => None,
-        };
-        self.store_manifest(name, &digest, bytes, &parsed, tag)
+        self.store_manifest(name, &digest, bytes, &parsed, &tags)
             .await?;
 
         let mut resp = response(StatusCode::CREATED, Body::Empty);
@@ -369,6 +387,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         set(h, LOCATION, &format!("/v2/{name}/manifests/{digest}"));
         set(h, api::CONTENT_DIGEST_HEADER, &digest.to_string());
         set(h, CONTENT_LENGTH, "0");
+        if matches!(reference, Reference::Digest(_)) && !tags.is_empty() {
+            let applied: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+            set(
+                h,
+                HeaderName::from_static(api::OCI_TAG_HEADER),
+                &applied.join(", "),
+            );
+        }
         if let Some(subject) = &parsed.subject {
             set(h, api::OCI_SUBJECT_HEADER, &subject.digest.to_string());
         }
@@ -376,16 +402,17 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     /// Store verified manifest bytes in `name`, with the referrers entry of
-    /// its subject and, if given, a tag. Bytes first, then the revision link,
-    /// then the tag: a crash at any point leaves nothing pointing at data
-    /// that is not there.
+    /// its subject and `tags`. Bytes first, then the revision link, then the
+    /// tags: a crash at any point leaves nothing pointing at data that is
+    /// not there. A tag records `digest` as given, so it answers with the
+    /// algorithm the manifest was pushed under.
     pub(crate) async fn store_manifest(
         &self,
         name: &RepositoryName,
         digest: &Digest,
         bytes: Bytes,
         parsed: &manifest::Manifest,
-        tag: Option<&Tag>,
+        tags: &[Tag],
     ) -> Result<()> {
         let size = bytes.len() as u64;
         self.storage
@@ -409,7 +436,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 )
                 .await?;
         }
-        if let Some(t) = tag {
+        for t in tags {
             self.storage
                 .put(
                     &layout::tag(name, t),

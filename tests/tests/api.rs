@@ -11,6 +11,7 @@
 //! `Docker-Distribution-API-Version` header, and for errors a JSON body
 //! `{"errors":[{"code":…}]}` with a known code.
 
+use std::collections::BTreeSet;
 use std::io::{Cursor, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -1572,6 +1573,77 @@ fn push_manifest_by_tag_and_by_digest() {
             .hdr("content-type"),
         OCI_MANIFEST
     );
+}
+
+#[test]
+fn push_manifest_by_sha512_digest_with_tags() {
+    use sha2::Digest as _;
+    let reg = Reg::start();
+    let repo = "push/sha512tags";
+    let img = Image::new("push-sha512-tags");
+    reg.push_blob(repo, &img.config);
+    for l in &img.layers {
+        reg.push_blob(repo, l);
+    }
+    let d = format!(
+        "sha512:{}",
+        hex::encode(sha2::Sha512::digest(&img.manifest))
+    );
+    let r = reg
+        .put_manifest(
+            repo,
+            &format!("{d}?tag=1.0&tag=latest&tag=1.0"),
+            Some(OCI_MANIFEST),
+            &img.manifest,
+        )
+        .expect(201);
+    assert_eq!(r.hdr("docker-content-digest"), d);
+    let applied: BTreeSet<&str> = r
+        .headers
+        .get_all("oci-tag")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap().split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(applied, BTreeSet::from(["1.0", "latest"]), "OCI-Tag");
+    // A tag answers with the algorithm the manifest was pushed under.
+    for tag in ["1.0", "latest"] {
+        let r = reg.get(&format!("/v2/{repo}/manifests/{tag}")).expect(200);
+        assert_eq!(r.hdr("docker-content-digest"), d, "GET {tag}");
+        assert_eq!(r.body, img.manifest);
+        let r = reg.head(&format!("/v2/{repo}/manifests/{tag}")).expect(200);
+        assert_eq!(r.hdr("docker-content-digest"), d, "HEAD {tag}");
+    }
+    let r = reg.get(&format!("/v2/{repo}/manifests/{d}")).expect(200);
+    assert_eq!(r.hdr("docker-content-digest"), d);
+    assert_eq!(
+        reg.get(&format!("/v2/{repo}/tags/list")).expect(200).tags(),
+        vec!["1.0", "latest"]
+    );
+    // Every blob GET and HEAD names its digest too.
+    for l in &img.layers {
+        let ld = sha256(l);
+        for r in [
+            reg.get(&format!("/v2/{repo}/blobs/{ld}")).expect(200),
+            reg.head(&format!("/v2/{repo}/blobs/{ld}")).expect(200),
+        ] {
+            assert_eq!(r.hdr("docker-content-digest"), ld);
+        }
+    }
+    // One bad tag refuses the whole push: nothing is stored.
+    let other = image_manifest(&img.config, &img.layers[..1]);
+    let od = sha256(&other);
+    reg.put_manifest(
+        repo,
+        &format!("{od}?tag=ok&tag=-bad"),
+        Some(OCI_MANIFEST),
+        &other,
+    )
+    .error(400, "TAG_INVALID");
+    reg.get(&format!("/v2/{repo}/manifests/{od}"))
+        .error(404, "MANIFEST_UNKNOWN");
+    reg.get(&format!("/v2/{repo}/manifests/ok"))
+        .error(404, "MANIFEST_UNKNOWN");
 }
 
 #[test]

@@ -1017,6 +1017,19 @@ fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
     assert_eq!(v["tags"], json!(["1.0", "1.1", "2.0", "3.0", "latest"]));
     assert_eq!(r.header("x-kura-cache"), "revalidated");
 
+    // A manifest reference that is neither a tag nor a digest cannot
+    // exist: 404, as for a hosted repository, without asking upstream.
+    let before = up.access_log().len();
+    let r = get(&format!(
+        "{u}/v2/up.local/team/listed/manifests/.INVALID_MANIFEST_NAME"
+    ));
+    assert_eq!((r.status, r.code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    let r = head(&format!(
+        "{u}/v2/up.local/team/listed/manifests/.INVALID_MANIFEST_NAME"
+    ));
+    assert_eq!(r.status, 404);
+    assert_eq!(up.access_log().len(), before);
+
     // Unknown upstream: 404 with the name the client asked for.
     let r = get(&format!("{u}/v2/up.local/team/nothing/tags/list"));
     assert_eq!(r.status, 404, "{}", r.describe());

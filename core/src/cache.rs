@@ -65,8 +65,13 @@ pub struct Mirrors<F, H> {
     /// When mirrored blobs were last used, for eviction.
     recency: Recency,
     manifest_flights: Flights,
-    blob_flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
+    /// Fills by the repository (as stored) they fill for and the digest:
+    /// a fill started for one repository is never followed by a request for
+    /// another, which the upstream may not let have the blob.
+    blob_flights: Arc<Mutex<HashMap<FlightKey, Arc<BlobFlight>>>>,
 }
+
+type FlightKey = (RepositoryName, Digest);
 
 /// Where a mirrored request goes.
 pub struct MirrorTarget<F, H> {
@@ -142,6 +147,17 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
 
     fn by_name(&self, name: &str) -> Option<&Arc<Upstream<F, H>>> {
         self.upstreams.iter().find(|u| u.config.name == name)
+    }
+
+    /// Whether `local`, a repository name as stored, holds mirrored content:
+    /// [`Mirrors::target`] stores every mirrored repository as
+    /// `<upstream>/<name upstream>`, so that and only that shape is a
+    /// mirror's. A hosted repository named just `docker.io` is not.
+    pub(crate) fn is_mirrored_local(&self, local: &RepositoryName) -> bool {
+        match local.as_str().split_once('/') {
+            Some((first, rest)) => !rest.is_empty() && self.by_name(first).is_some(),
+            None => false,
+        }
     }
 
     /// Route a repository name to an upstream: `?ns=<registry>`, then a
@@ -363,11 +379,17 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     {
                         Joined::Follower(rx) => {
                             metrics::inc(&self.metrics.singleflight_joins);
-                            let _ = rx.await;
+                            // The leader's failure is ours too; its success
+                            // (or its leaving) sends us back to storage.
+                            if let Ok(Some(Err(e))) = rx.await {
+                                return Err(e);
+                            }
                         }
-                        Joined::Leader(_lead) => {
-                            self.fetch_manifest(t, &d.to_string(), Some(d), None)
-                                .await?;
+                        Joined::Leader(lead) => {
+                            let fetched_now =
+                                self.fetch_manifest(t, &d.to_string(), Some(d), None).await;
+                            lead.finish(fetched_now.as_ref().map(|_| ()));
+                            fetched_now?;
                             fetched = true;
                         }
                     }
@@ -398,10 +420,23 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     {
                         Joined::Follower(rx) => {
                             metrics::inc(&self.metrics.singleflight_joins);
-                            let _ = rx.await;
-                            waited = true;
+                            match rx.await {
+                                // The leader's answer is everyone's: a tag
+                                // deleted upstream is gone for all of them.
+                                Ok(Some(Err(e))) => return Err(e),
+                                // The leader got an answer: fresh in storage,
+                                // or it served stale and so do we.
+                                Ok(Some(Ok(()))) => waited = true,
+                                // The leader's client left before an answer:
+                                // someone asks again.
+                                Ok(None) | Err(_) => waited = false,
+                            }
                         }
-                        Joined::Leader(_lead) => return self.revalidate_tag(t, tag, cached).await,
+                        Joined::Leader(lead) => {
+                            let answer = self.revalidate_tag(t, tag, cached).await;
+                            lead.finish(answer.as_ref().map(|_| ()));
+                            return answer;
+                        }
                     }
                 }
             }
@@ -833,16 +868,17 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 .is_some();
             if !linked {
                 // Stored for another repository: the bytes are verified, but
-                // ask the upstream whether this repository may have them.
+                // only the upstream's yes lets this repository have them. A
+                // denial (Docker Hub answers 401 for repositories that do
+                // not exist) is a no; an unreachable upstream is no answer.
                 match t.upstream.blob_head(&t.remote, &digest.to_string()).await {
                     Ok(_) => {}
-                    Err(UpstreamError::NotFound) => {
+                    Err(UpstreamError::NotFound | UpstreamError::Denied(_)) => {
                         return Err(RegistryError::new(
                             ErrorCode::BlobUnknown,
                             format!("blob {digest} not in {}", t.remote),
                         ))
                     }
-                    Err(e) if e.allows_stale() => {}
                     Err(e) => return Err(self.upstream_failure(e, ErrorCode::BlobUnknown)),
                 }
                 self.link_blob(&t.local, digest).await?;
@@ -893,12 +929,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .blob_flights
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = flights.get(digest) {
+        let key = (t.local.clone(), digest.clone());
+        if let Some(f) = flights.get(&key) {
             metrics::inc(&self.metrics.singleflight_joins);
             return f.clone();
         }
         let flight = Arc::new(BlobFlight::default());
-        flights.insert(digest.clone(), flight.clone());
+        flights.insert(key, flight.clone());
         drop(flights);
 
         let mut raw = [0u8; 16];
@@ -1060,9 +1097,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 Some(layout::RepositoryKey::Manifest(n, d)) => (n, d, false),
                 None => continue,
             };
-            let first = name.as_str().split('/').next().unwrap_or("");
-            let is_mirror = self.mirrors.by_name(first).is_some();
-            if is_mirror && is_layer {
+            if self.mirrors.is_mirrored_local(&name) && is_layer {
                 mirrored.insert(digest);
             } else {
                 protected.insert(digest);
@@ -1074,7 +1109,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
-            .cloned()
+            .map(|(_, d)| d.clone())
             .collect();
         let now = self.host.now_unix_ms();
         let mut candidates = Vec::new();
@@ -1131,21 +1166,34 @@ fn upstream_failure(e: UpstreamError, unknown: ErrorCode) -> RegistryError {
 
 // ----- single flight for manifests ------------------------------------------
 
+/// What a leader tells its followers: `Some(Ok)` it got an answer (look at
+/// storage again), `Some(Err)` the answer is this error, `None` it left
+/// before an answer (its client hung up): ask again.
+type Outcome = Option<Result<(), RegistryError>>;
+
 #[derive(Default)]
 struct Flights {
-    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
 }
 
 enum Joined<'a> {
     Leader(Lead<'a>),
-    Follower(oneshot::Receiver<()>),
+    Follower(oneshot::Receiver<Outcome>),
 }
 
-/// Held by the one request doing the upstream work; dropping it (done,
-/// failed, or cancelled) wakes the followers, who look at storage again.
+/// Held by the one request doing the upstream work; dropping it wakes the
+/// followers with the outcome given to [`Lead::finish`], or with none if
+/// the leader was cancelled.
 struct Lead<'a> {
     flights: &'a Flights,
     key: String,
+    outcome: Outcome,
+}
+
+impl Lead<'_> {
+    fn finish<T>(mut self, outcome: Result<T, &RegistryError>) {
+        self.outcome = Some(outcome.map(|_| ()).map_err(Clone::clone));
+    }
 }
 
 impl Flights {
@@ -1159,7 +1207,11 @@ impl Flights {
             }
             None => {
                 map.insert(key.clone(), Vec::new());
-                Joined::Leader(Lead { flights: self, key })
+                Joined::Leader(Lead {
+                    flights: self,
+                    key,
+                    outcome: None,
+                })
             }
         }
     }
@@ -1175,7 +1227,7 @@ impl Drop for Lead<'_> {
             .remove(&self.key)
             .unwrap_or_default();
         for w in waiters {
-            let _ = w.send(());
+            let _ = w.send(self.outcome.clone());
         }
     }
 }
@@ -1383,7 +1435,7 @@ struct Fill<S, F, H> {
     digest: Digest,
     spool: UploadId,
     flight: Arc<BlobFlight>,
-    flights: Arc<Mutex<HashMap<Digest, Arc<BlobFlight>>>>,
+    flights: Arc<Mutex<HashMap<FlightKey, Arc<BlobFlight>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -1398,7 +1450,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         self.flights
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.digest);
+            .remove(&(self.local.clone(), self.digest.clone()));
         self.flight.update(|s| s.outcome = Some(outcome));
         // Clients still reading spooled chunks fall back to the stored blob.
         if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {

@@ -336,8 +336,9 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 b = b.header(RANGE, r);
             }
             // Credentials go only to the upstream itself, never to the CDN
-            // a blob redirect points at.
-            if current.authority() == origin.authority() {
+            // a blob redirect points at, nor to the same host over plain
+            // HTTP after an HTTPS one.
+            if same_origin(&current, &origin) {
                 if let Some(auth) = self.authorization(scope) {
                     b = b.header(AUTHORIZATION, auth);
                 }
@@ -524,6 +525,22 @@ fn parse_token(bytes: &Bytes) -> Result<(String, u64), UpstreamError> {
     Ok((token, t.expires_in.unwrap_or(60)))
 }
 
+/// Same scheme, host and port (RFC 6454 origins; default ports made
+/// explicit, case folded).
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    let origin = |u: &Uri| {
+        let scheme = u.scheme_str()?.to_ascii_lowercase();
+        let host = u.host()?.to_ascii_lowercase();
+        let port = u.port_u16().or(match scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        });
+        Some((scheme, host, port))
+    };
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Resolve a `Location` header against the request URL.
 fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
     let bad = || FetchError::Other(format!("bad redirect location {location:?}"));
@@ -689,6 +706,18 @@ mod tests {
             resolve(&base, "rel").unwrap().to_string(),
             "https://registry.example/v2/a/blobs/rel"
         );
+    }
+
+    #[test]
+    fn origins() {
+        let o = |a: &str, b: &str| same_origin(&a.parse().unwrap(), &b.parse().unwrap());
+        assert!(o("https://r.example/v2/x", "https://r.example:443/other"));
+        assert!(o("https://R.example/v2/x", "https://r.example/v2/y"));
+        // A redirect from HTTPS to HTTP on the same host and port keeps
+        // nothing secret.
+        assert!(!o("https://r.example:5000/a", "http://r.example:5000/a"));
+        assert!(!o("https://r.example/a", "https://cdn.example/a"));
+        assert!(!o("https://r.example/a", "https://r.example:8443/a"));
     }
 
     #[test]

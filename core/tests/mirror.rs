@@ -37,6 +37,73 @@ struct Shared {
     upstream: Arc<Upstream>,
     blob_gets: AtomicUsize,
     fault: Mutex<Fault>,
+    /// Answers that replace the upstream's for matching requests.
+    rules: Mutex<Vec<Rule>>,
+    /// Every request: method, URL, Authorization.
+    log: Mutex<Vec<(Method, String, Option<String>)>>,
+}
+
+/// Requests whose method is `method` (any if `None`) and whose path
+/// contains `path` get `answer`.
+struct Rule {
+    method: Option<Method>,
+    path: String,
+    answer: Answer,
+    /// How many more requests it answers (`None`: all).
+    times: Option<u32>,
+}
+
+#[derive(Clone)]
+enum Answer {
+    /// This status with these headers and an empty body.
+    Status(u16, Vec<(&'static str, String)>),
+    /// Wait until the gate opens, then answer as the upstream does.
+    Hold(futures::future::Shared<futures::channel::oneshot::Receiver<()>>),
+}
+
+impl Shared {
+    fn rule(&self, method: Option<Method>, path: &str, answer: Answer) {
+        self.rules.lock().unwrap().push(Rule {
+            method,
+            path: path.to_owned(),
+            answer,
+            times: None,
+        });
+    }
+
+    fn rule_times(&self, method: Option<Method>, path: &str, answer: Answer, times: u32) {
+        self.rules.lock().unwrap().push(Rule {
+            method,
+            path: path.to_owned(),
+            answer,
+            times: Some(times),
+        });
+    }
+
+    fn clear_rules(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// Requests so far with this method whose path contains `path`.
+    fn seen(&self, method: &Method, path: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.contains(path))
+            .count()
+    }
+}
+
+/// A gate for [`Answer::Hold`]: requests wait until the sender is used or
+/// dropped.
+fn gate() -> (
+    futures::channel::oneshot::Sender<()>,
+    futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
+) {
+    use futures::FutureExt;
+    let (tx, rx) = futures::channel::oneshot::channel();
+    (tx, rx.shared())
 }
 
 /// Fetch served by [`Shared`].
@@ -62,6 +129,48 @@ impl Fetch for LocalFetch {
                 .unwrap());
         }
         let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        self.log
+            .lock()
+            .unwrap()
+            .push((req.method().clone(), req.uri().to_string(), auth));
+        // A held request, once let go, is answered by the next rule that
+        // matches, else by the upstream.
+        let mut held = false;
+        loop {
+            let answer = {
+                let mut rules = self.rules.lock().unwrap();
+                let found = rules.iter_mut().find(|r| {
+                    r.method.as_ref().is_none_or(|m| m == req.method())
+                        && path.contains(&r.path)
+                        && r.times != Some(0)
+                        && !(held && matches!(r.answer, Answer::Hold(_)))
+                });
+                found.map(|r| {
+                    if let Some(n) = r.times.as_mut() {
+                        *n -= 1;
+                    }
+                    r.answer.clone()
+                })
+            };
+            match answer {
+                Some(Answer::Status(code, headers)) => {
+                    let mut b = http::Response::builder().status(code);
+                    for (k, v) in headers {
+                        b = b.header(k, v);
+                    }
+                    return Ok(b.body(body::empty()).unwrap());
+                }
+                Some(Answer::Hold(gate)) => {
+                    let _ = gate.await;
+                    held = true;
+                }
+                None => break,
+            }
+        }
         if fault == Fault::NoReferrersApi && path.contains("/referrers/") {
             return Ok(http::Response::builder()
                 .status(404)
@@ -120,6 +229,8 @@ fn setup(tag_ttl_ms: u64) -> Setup {
         upstream: upstream.clone(),
         blob_gets: AtomicUsize::new(0),
         fault: Mutex::new(Fault::None),
+        rules: Mutex::default(),
+        log: Mutex::default(),
     });
     let config = UpstreamConfig {
         name: "up.local".into(),
@@ -380,7 +491,17 @@ fn mirror_on(
     storage: Arc<MemoryStorage>,
     now_ms: u64,
 ) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
-    let config = UpstreamConfig {
+    mirror_with(s, storage, now_ms, |_| {})
+}
+
+/// [`mirror_on`] with the upstream's configuration edited.
+fn mirror_with(
+    s: &Setup,
+    storage: Arc<MemoryStorage>,
+    now_ms: u64,
+    edit: impl FnOnce(&mut UpstreamConfig),
+) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
+    let mut config = UpstreamConfig {
         name: "up.local".into(),
         url: "http://upstream.invalid".into(),
         username: None,
@@ -389,6 +510,7 @@ fn mirror_on(
         max_stale_ms: 3_600_000,
         token_realms: Vec::new(),
     };
+    edit(&mut config);
     Registry::with_upstreams(
         storage,
         TestHost::at(now_ms),
@@ -406,7 +528,7 @@ fn at<S: Storage, F: Fetch>(reg: &Registry<S, TestHost, F>, now_ms: u64) {
 
 /// Layer digests sorted by their storage key (the order a listing gives).
 fn in_key_order(mut digests: Vec<Digest>) -> Vec<Digest> {
-    digests.sort_by_key(|d| kura_core::layout::blob(d));
+    digests.sort_by_key(kura_core::layout::blob);
     digests
 }
 
@@ -699,4 +821,337 @@ fn referrers_fall_back_to_the_tag_schema() {
     assert_eq!(r.status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
     assert_eq!(v["manifests"], json!([]));
+}
+
+// ----- across repositories, concurrency and failure ---------------------------
+
+fn get_async<'a, S: Storage<Body = ByteStream>, F: Fetch>(
+    reg: &'a Registry<S, TestHost, F>,
+    uri: &'a str,
+) -> impl std::future::Future<Output = Resp> + 'a {
+    call_async(reg, Method::GET, uri, Bytes::new())
+}
+
+#[test]
+fn a_fill_for_one_repository_is_never_followed_by_another() {
+    let s = setup(60_000);
+    let one = data(300_000, 70);
+    let two = data(300_000, 71);
+    let (_, d1) = push_image(&s.upstream, "owner/has", "v1", std::slice::from_ref(&one));
+    let (_, d2) = push_image(&s.upstream, "owner/has", "v2", std::slice::from_ref(&two));
+    // The upstream has no `owner/not` at all: it answers 404 for it.
+
+    // While a fill for owner/has is held upstream, owner/not asks for the
+    // same digest: it must not be streamed owner/has's blob.
+    let (open, held) = gate();
+    s.fetch.rule(
+        Some(Method::GET),
+        &format!("/v2/owner/has/blobs/{}", d1[1]),
+        Answer::Hold(held),
+    );
+    let has = format!("/v2/up.local/owner/has/blobs/{}", d1[1]);
+    let not = format!("/v2/up.local/owner/not/blobs/{}", d1[1]);
+    let (a, b) = block_on(async {
+        let mut a = Box::pin(get_async(&s.mirror, &has));
+        assert!(futures::poll!(a.as_mut()).is_pending());
+        // It may finish at once (its own fill, answered 404), or not.
+        let mut b = Box::pin(futures::future::maybe_done(get_async(&s.mirror, &not)));
+        let _ = futures::poll!(b.as_mut());
+        drop(open);
+        let a = a.await;
+        b.as_mut().await;
+        (a, b.as_mut().take_output().unwrap())
+    });
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.bytes() == one.as_slice());
+    assert_eq!(
+        b.status,
+        StatusCode::NOT_FOUND,
+        "served another repository's fill"
+    );
+    assert!(!String::from_utf8_lossy(b.body.as_deref().unwrap_or(b"")).is_empty());
+
+    // The reverse: a slow 404 for owner/not must not fail owner/has.
+    s.fetch.clear_rules();
+    let (open, held) = gate();
+    s.fetch.rule(
+        Some(Method::GET),
+        &format!("/v2/owner/not/blobs/{}", d2[1]),
+        Answer::Hold(held),
+    );
+    let has = format!("/v2/up.local/owner/has/blobs/{}", d2[1]);
+    let not = format!("/v2/up.local/owner/not/blobs/{}", d2[1]);
+    let (b, a) = block_on(async {
+        let mut b = Box::pin(get_async(&s.mirror, &not));
+        assert!(futures::poll!(b.as_mut()).is_pending());
+        let mut a = Box::pin(futures::future::maybe_done(get_async(&s.mirror, &has)));
+        let _ = futures::poll!(a.as_mut());
+        drop(open);
+        let b = b.await;
+        a.as_mut().await;
+        (b, a.as_mut().take_output().unwrap())
+    });
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "a slow 404 elsewhere failed a real pull"
+    );
+    assert!(a.bytes() == two.as_slice());
+}
+
+#[test]
+fn a_cached_blob_reaches_another_repository_only_on_the_upstreams_yes() {
+    let s = setup(60_000);
+    let layer = data(50_000, 72);
+    let (_, digests) = push_image(&s.upstream, "owner/has", "v1", std::slice::from_ref(&layer));
+    let d = &digests[1];
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/owner/has/blobs/{d}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let other = format!("/v2/up.local/owner/other/blobs/{d}");
+    let linked = || {
+        let name = kura_core::RepositoryName::parse("up.local/owner/other").unwrap();
+        block_on(
+            s.mirror
+                .storage()
+                .head(&kura_core::layout::layer_link(&name, d)),
+        )
+        .unwrap()
+        .is_some()
+    };
+    // Docker Hub answers 401 for repositories that do not exist: a no.
+    for (status, want) in [
+        (401, StatusCode::NOT_FOUND),
+        (403, StatusCode::NOT_FOUND),
+        (503, StatusCode::SERVICE_UNAVAILABLE),
+        (500, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        s.fetch.clear_rules();
+        s.fetch
+            .rule(None, "/v2/owner/other/", Answer::Status(status, Vec::new()));
+        for method in [Method::GET, Method::HEAD] {
+            let r = call(&s.mirror, method.clone(), &other);
+            assert_eq!(
+                r.status, want,
+                "{method} with the upstream answering {status}"
+            );
+        }
+        assert!(!linked(), "linked on a {status}");
+    }
+    let catalog = call(&s.mirror, Method::GET, "/v2/_catalog");
+    assert!(
+        !String::from_utf8_lossy(catalog.bytes()).contains("owner/other"),
+        "{:?}",
+        String::from_utf8_lossy(catalog.bytes())
+    );
+    // A yes: the upstream has it there too.
+    s.fetch.clear_rules();
+    let r = block_on(call_async(
+        &*s.upstream,
+        Method::POST,
+        &format!("/v2/owner/other/blobs/uploads/?mount={d}&from=owner/has"),
+        Bytes::new(),
+    ));
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = call(&s.mirror, Method::GET, &other);
+    assert_eq!(
+        (r.status, r.header("x-kura-cache")),
+        (StatusCode::OK, "hit")
+    );
+    assert!(linked());
+}
+
+#[test]
+fn credentials_never_follow_a_redirect_to_plain_http() {
+    let s = setup(60_000);
+    let (_, digests) = push_image(&s.upstream, "sec/app", "v1", &[data(10_000, 73)]);
+    let d = &digests[1];
+    let mirror = mirror_with(&s, Arc::new(MemoryStorage::new()), 1_000_000, |c| {
+        c.url = "https://up.invalid:5000".into();
+        c.username = Some("user".into());
+        c.password = Some("secret".into());
+    });
+    let path = format!("/v2/sec/app/blobs/{d}");
+    s.fetch.rule_times(
+        Some(Method::GET),
+        &path,
+        Answer::Status(401, vec![("www-authenticate", "Basic realm=\"up\"".into())]),
+        1,
+    );
+    s.fetch.rule_times(
+        Some(Method::GET),
+        &path,
+        Answer::Status(
+            307,
+            vec![("location", format!("http://up.invalid:5000{path}?cdn=1"))],
+        ),
+        1,
+    );
+    let r = call(
+        &mirror,
+        Method::GET,
+        &format!("/v2/up.local/sec/app/blobs/{d}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let log = s.fetch.log.lock().unwrap().clone();
+    let https_with_auth = log
+        .iter()
+        .any(|(_, url, auth)| url.starts_with("https://") && auth.is_some());
+    assert!(
+        https_with_auth,
+        "the upstream itself gets the credentials: {log:?}"
+    );
+    let plain: Vec<_> = log
+        .iter()
+        .filter(|(_, url, _)| url.starts_with("http://"))
+        .collect();
+    assert!(!plain.is_empty(), "the redirect was followed: {log:?}");
+    for (_, url, auth) in plain {
+        assert_eq!(auth, &None, "credentials sent over plain HTTP to {url}");
+    }
+}
+
+#[test]
+fn followers_of_a_tag_check_get_the_leaders_answer() {
+    let s = setup(0);
+    push_image(&s.upstream, "app", "v1", &[data(1000, 74)]);
+    let uri = "/v2/up.local/app/manifests/v1";
+    assert_eq!(call(&s.mirror, Method::GET, uri).status, StatusCode::OK);
+    // The tag is deleted upstream; five clients revalidate it at once.
+    let r = block_on(call_async(
+        &*s.upstream,
+        Method::DELETE,
+        "/v2/app/manifests/v1",
+        Bytes::new(),
+    ));
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let (open, held) = gate();
+    s.fetch
+        .rule(Some(Method::HEAD), "/manifests/v1", Answer::Hold(held));
+    let answers = block_on(async {
+        let mut calls: Vec<_> = (0..5)
+            .map(|_| Box::pin(get_async(&s.mirror, uri)))
+            .collect();
+        for c in calls.iter_mut() {
+            assert!(futures::poll!(c.as_mut()).is_pending());
+        }
+        drop(open);
+        futures::future::join_all(calls).await
+    });
+    for r in &answers {
+        assert_eq!(
+            (r.status, r.header("x-kura-cache")),
+            (StatusCode::NOT_FOUND, ""),
+            "every client gets the upstream's 404, none a stale manifest"
+        );
+    }
+
+    // A leader whose client hangs up: a follower asks again instead of
+    // reporting a healthy upstream as down.
+    push_image(&s.upstream, "app", "v2", &[data(1000, 75)]);
+    let uri = "/v2/up.local/app/manifests/v2";
+    assert_eq!(call(&s.mirror, Method::GET, uri).status, StatusCode::OK);
+    s.fetch.clear_rules();
+    let (open, held) = gate();
+    s.fetch
+        .rule(Some(Method::HEAD), "/manifests/v2", Answer::Hold(held));
+    let r = block_on(async {
+        let mut leader = Box::pin(get_async(&s.mirror, uri));
+        assert!(futures::poll!(leader.as_mut()).is_pending());
+        let mut follower = Box::pin(get_async(&s.mirror, uri));
+        assert!(futures::poll!(follower.as_mut()).is_pending());
+        drop(leader);
+        drop(open);
+        follower.await
+    });
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-kura-cache"), "revalidated");
+}
+
+#[test]
+fn concurrent_misses_share_a_failure() {
+    let s = setup(60_000);
+    push_image(&s.upstream, "app", "v1", &[data(1000, 76)]);
+    // A tag that does not exist, asked by ten clients at once.
+    let (open, held) = gate();
+    s.fetch
+        .rule(Some(Method::GET), "/manifests/nope", Answer::Hold(held));
+    let uri = "/v2/up.local/app/manifests/nope";
+    let answers = block_on(async {
+        let mut calls: Vec<_> = (0..10)
+            .map(|_| Box::pin(get_async(&s.mirror, uri)))
+            .collect();
+        for c in calls.iter_mut() {
+            assert!(futures::poll!(c.as_mut()).is_pending());
+        }
+        drop(open);
+        futures::future::join_all(calls).await
+    });
+    assert!(answers.iter().all(|r| r.status == StatusCode::NOT_FOUND));
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/nope"), 1);
+
+    // An upstream answering 503: one client's retries, not ten clients'.
+    s.fetch.clear_rules();
+    let (open, held) = gate();
+    s.fetch
+        .rule_times(Some(Method::GET), "/manifests/down", Answer::Hold(held), 1);
+    s.fetch.rule(
+        Some(Method::GET),
+        "/manifests/down",
+        Answer::Status(503, Vec::new()),
+    );
+    let uri = "/v2/up.local/app/manifests/down";
+    let answers = block_on(async {
+        let mut calls: Vec<_> = (0..10)
+            .map(|_| Box::pin(get_async(&s.mirror, uri)))
+            .collect();
+        for c in calls.iter_mut() {
+            assert!(futures::poll!(c.as_mut()).is_pending());
+        }
+        drop(open);
+        futures::future::join_all(calls).await
+    });
+    assert!(answers
+        .iter()
+        .all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
+    assert!(
+        s.fetch.seen(&Method::GET, "/manifests/down") <= 3,
+        "{} upstream GETs",
+        s.fetch.seen(&Method::GET, "/manifests/down")
+    );
+}
+
+#[test]
+fn eviction_never_takes_a_hosted_repository_named_like_an_upstream() {
+    let s = setup(60_000);
+    let hosted = data(100_000, 77);
+    let hd = Digest::sha256(&hosted);
+    // `up.local` alone routes to hosting (only `up.local/<name>` is mirrored).
+    let r = block_on(call_async(
+        &s.mirror,
+        Method::POST,
+        &format!("/v2/up.local/blobs/uploads/?digest={hd}"),
+        hosted.clone().into(),
+    ));
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (_, digests) = push_image(&s.upstream, "ev3", "v1", &[data(100_000, 78)]);
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/ev3/blobs/{}", digests[1]),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    at(&s.mirror, 10_000_000);
+    let report = block_on(s.mirror.evict(0, 1_000)).unwrap();
+    assert_eq!(
+        report.evicted_blobs, 1,
+        "only the mirrored layer: {report:?}"
+    );
+    let r = call(&s.mirror, Method::GET, &format!("/v2/up.local/blobs/{hd}"));
+    assert_eq!(r.status, StatusCode::OK, "hosted data was evicted");
+    assert!(r.bytes() == hosted.as_slice());
 }

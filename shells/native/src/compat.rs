@@ -4,12 +4,39 @@
 //! The file is recognised by its top-level `version:` key, which kura's own
 //! format does not have. Keys with a kura equivalent are translated; every
 //! other key is reported in a warning and ignored.
+//!
+//! Where the file is silent, registry:2's defaults apply, not kura's: an
+//! operator moving a file over keeps the registry they had. The ones that
+//! differ from kura's:
+//! - deletes are refused unless `storage.delete.enabled: true`;
+//! - nothing is mirrored without a `proxy` section (kura's own default
+//!   mirrors four public registries);
+//! - abandoned uploads are removed after 168h
+//!   (`storage.maintenance.uploadpurging.age`), not 24h;
+//! - `storage.filesystem` without `rootdirectory` is `/var/lib/registry`.
 
 use serde_yaml::{Mapping, Value};
 
-/// The kura configuration equivalent to a registry:2 file, with one warning
-/// per ignored key. `None` if `doc` is not in registry:2's format.
-pub fn translate(doc: &Value) -> anyhow::Result<Option<(Value, Vec<String>)>> {
+/// What a registry:2 file means in kura's configuration format.
+#[derive(Debug)]
+pub struct Translated {
+    /// kura configuration keys, as YAML.
+    pub config: Value,
+    /// One per ignored key, and per value whose meaning shifts.
+    pub warnings: Vec<String>,
+    /// Dotted paths in `config` holding registry:2's default for a key the
+    /// file leaves unset.
+    pub defaults: Vec<String>,
+}
+
+/// registry:2's `storage.maintenance.uploadpurging.age` default.
+const UPLOAD_PURGE_AGE_SECS: u64 = 168 * 3600;
+/// registry:2's `storage.filesystem.rootdirectory` default.
+const FILESYSTEM_ROOT: &str = "/var/lib/registry";
+
+/// The kura configuration equivalent to a registry:2 file. `None` if `doc`
+/// is not in registry:2's format.
+pub fn translate(doc: &Value) -> anyhow::Result<Option<Translated>> {
     let Some(top) = doc.as_mapping() else {
         return Ok(None);
     };
@@ -29,13 +56,32 @@ pub fn translate(doc: &Value) -> anyhow::Result<Option<(Value, Vec<String>)>> {
             other => t.ignore(other),
         }
     }
-    Ok(Some((Value::Mapping(t.out), t.warnings)))
+    // registry:2 refuses to start without exactly one driver.
+    match t.drivers.as_slice() {
+        [_] => {}
+        [] => anyhow::bail!("storage: no driver given (kura takes filesystem or s3)"),
+        many => anyhow::bail!("storage: one driver only, not {}", many.join(" and ")),
+    }
+    t.registry2_default(&["registry", "delete_enabled"], Value::from(false));
+    t.registry2_default(&["mirror", "upstreams"], Value::Sequence(Vec::new()));
+    t.registry2_default(
+        &["registry", "upload_max_idle_secs"],
+        Value::from(UPLOAD_PURGE_AGE_SECS),
+    );
+    Ok(Some(Translated {
+        config: Value::Mapping(t.out),
+        warnings: t.warnings,
+        defaults: t.defaults,
+    }))
 }
 
 #[derive(Default)]
 struct Translation {
     out: Mapping,
     warnings: Vec<String>,
+    defaults: Vec<String>,
+    /// The storage drivers the file names.
+    drivers: Vec<String>,
 }
 
 fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
@@ -66,6 +112,25 @@ impl Translation {
         self.warnings.push(format!(
             "registry:2 key `{path}` has no kura equivalent; ignored"
         ));
+    }
+
+    /// Set `path` to registry:2's default `value` unless the file set it.
+    fn registry2_default(&mut self, path: &[&str], value: Value) {
+        let mut m = Some(&self.out);
+        let mut present = true;
+        for p in path {
+            match m.and_then(|m| m.get(*p)) {
+                Some(next) => m = next.as_mapping(),
+                None => {
+                    present = false;
+                    break;
+                }
+            }
+        }
+        if !present {
+            self.set(path, value);
+            self.defaults.push(path.join("."));
+        }
     }
 
     fn set(&mut self, path: &[&str], value: Value) {
@@ -120,31 +185,95 @@ impl Translation {
             let val = get(v, &key).expect("key listed");
             match key.as_str() {
                 "filesystem" => {
+                    self.drivers.push(key.clone());
+                    let mut root = None;
                     for fkey in keys(val) {
                         match (fkey.as_str(), get(val, &fkey).and_then(text)) {
-                            ("rootdirectory", Some(dir)) => {
-                                self.set(&["data_dir"], Value::from(dir))
-                            }
+                            ("rootdirectory", Some(dir)) => root = Some(dir),
                             (other, _) => self.ignore(&format!("storage.filesystem.{other}")),
                         }
                     }
-                }
-                "s3" => self.s3(val),
-                "delete" => {
-                    if let Some(enabled) = get(val, "enabled").and_then(Value::as_bool) {
-                        self.set(&["registry", "delete_enabled"], Value::from(enabled));
+                    match root {
+                        Some(dir) => self.set(&["data_dir"], Value::from(dir)),
+                        None => self.registry2_default(&["data_dir"], Value::from(FILESYSTEM_ROOT)),
                     }
                 }
+                "s3" => {
+                    self.drivers.push(key.clone());
+                    self.s3(val)?
+                }
+                "delete" => {
+                    for dkey in keys(val) {
+                        let dval = get(val, &dkey).expect("key listed");
+                        match dkey.as_str() {
+                            // registry:2 deletes only for a YAML `true`;
+                            // anything else (`"true"` too) leaves them off.
+                            "enabled" => {
+                                if !dval.is_bool() {
+                                    self.warnings.push(format!(
+                                        "registry:2 `storage.delete.enabled: {}` is not true or false; deletes stay off, as in registry:2",
+                                        text(dval).unwrap_or_default()
+                                    ));
+                                }
+                                self.set(
+                                    &["registry", "delete_enabled"],
+                                    Value::from(dval.as_bool() == Some(true)),
+                                );
+                            }
+                            other => self.ignore(&format!("storage.delete.{other}")),
+                        }
+                    }
+                }
+                "maintenance" => self.maintenance(val)?,
                 "inmemory" => anyhow::bail!(
                     "storage.inmemory: kura keeps no registry in memory only; use filesystem or s3"
                 ),
-                other => self.ignore(&format!("storage.{other}")),
+                // registry:2's storage parameters besides the driver.
+                "cache" | "redirect" | "tag" => self.ignore(&format!("storage.{key}")),
+                // Any other key names a driver: serving from local disk
+                // instead would look like a registry that lost its content.
+                driver => anyhow::bail!(
+                    "storage.{driver}: kura stores on local disk (filesystem) or S3 (s3) only"
+                ),
             }
         }
         Ok(())
     }
 
-    fn s3(&mut self, v: &Value) {
+    fn maintenance(&mut self, v: &Value) -> anyhow::Result<()> {
+        for key in keys(v) {
+            let val = get(v, &key).expect("key listed");
+            if key != "uploadpurging" {
+                self.ignore(&format!("storage.maintenance.{key}"));
+                continue;
+            }
+            for pkey in keys(val) {
+                let pval = get(val, &pkey).expect("key listed");
+                match pkey.as_str() {
+                    "age" => {
+                        let age = text(pval).unwrap_or_default();
+                        let secs = parse_go_duration(&age).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "storage.maintenance.uploadpurging.age: cannot read duration {age:?}"
+                            )
+                        })?;
+                        self.set(&["registry", "upload_max_idle_secs"], Value::from(secs));
+                        self.warnings.push(format!(
+                            "registry:2 `storage.maintenance.uploadpurging.age: {age}` becomes registry.upload_max_idle_secs: {secs} (kura counts from a session's last activity, not its start)"
+                        ));
+                    }
+                    "enabled" if go_bool(pval) == Some(false) => self.warnings.push(
+                        "registry:2 `storage.maintenance.uploadpurging.enabled: false` has no kura equivalent: kura always removes upload sessions idle longer than registry.upload_max_idle_secs".into(),
+                    ),
+                    "enabled" => {}
+                    other => self.ignore(&format!("storage.maintenance.uploadpurging.{other}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn s3(&mut self, v: &Value) -> anyhow::Result<()> {
         for key in keys(v) {
             let val = get(v, &key).expect("key listed");
             let s = text(val);
@@ -155,18 +284,18 @@ impl Translation {
                 "accesskey" => "access_key_id",
                 "secretkey" => "secret_access_key",
                 "rootdirectory" => "prefix",
-                "forcepathstyle" => {
-                    self.set(
-                        &["storage", "s3", "path_style"],
-                        Value::from(val.as_bool().unwrap_or(true)),
-                    );
-                    continue;
-                }
-                "secure" => {
-                    self.set(
-                        &["storage", "s3", "allow_http"],
-                        Value::from(val.as_bool() == Some(false)),
-                    );
+                // registry:2 reads both as Go booleans, strings included,
+                // and refuses anything else.
+                "forcepathstyle" | "secure" => {
+                    let b = go_bool(val).ok_or_else(|| {
+                        anyhow::anyhow!("storage.s3.{key}: not a boolean: {val:?}")
+                    })?;
+                    let (target, value) = if key == "secure" {
+                        ("allow_http", !b)
+                    } else {
+                        ("path_style", b)
+                    };
+                    self.set(&["storage", "s3", target], Value::from(value));
                     continue;
                 }
                 other => {
@@ -183,6 +312,7 @@ impl Translation {
                 self.set(&["storage", "s3", target], Value::from(s));
             }
         }
+        Ok(())
     }
 
     fn proxy(&mut self, v: &Value) -> anyhow::Result<()> {
@@ -261,6 +391,20 @@ impl Translation {
                 (other, _) => self.ignore(&format!("log.{other}")),
             }
         }
+    }
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (registry:2's S3 driver
+/// takes YAML booleans and such strings).
+fn go_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.as_str() {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -348,17 +492,35 @@ proxy:
   ttl: 168h
 "#;
 
+    fn at(v: &Value, path: &str) -> Option<Value> {
+        let mut v = v;
+        for p in path.split('.') {
+            v = get(v, p)?;
+        }
+        Some(v.clone())
+    }
+
+    fn translated(yaml: &str) -> Translated {
+        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        translate(&doc).unwrap().expect("recognised")
+    }
+
+    fn refused(yaml: &str) -> String {
+        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        match translate(&doc) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("{yaml:?} accepted: {t:?}"),
+        }
+    }
+
     #[test]
     fn recipe_translates() {
-        let doc: Value = serde_yaml::from_str(RECIPE).unwrap();
-        let (out, warnings) = translate(&doc).unwrap().expect("recognised");
-        let g = |path: &[&str]| -> Option<Value> {
-            let mut v = &out;
-            for p in path {
-                v = get(v, p)?;
-            }
-            Some(v.clone())
-        };
+        let Translated {
+            config: out,
+            warnings,
+            defaults,
+        } = translated(RECIPE);
+        let g = |path: &[&str]| at(&out, &path.join("."));
         assert_eq!(g(&["listen"]), Some(Value::from("0.0.0.0:5000")));
         assert_eq!(g(&["data_dir"]), Some(Value::from("/var/lib/registry")));
         assert_eq!(g(&["tls", "cert"]), Some(Value::from("/certs/domain.crt")));
@@ -374,6 +536,151 @@ proxy:
                 "{ignored}: {warnings:?}"
             );
         }
+        // Only what the recipe leaves unset takes registry:2's default.
+        assert_eq!(defaults, ["registry.upload_max_idle_secs"]);
+    }
+
+    /// registry:2's defaults where they differ from kura's, for a file
+    /// that sets nothing but a driver.
+    #[test]
+    fn silent_keys_keep_registry2_defaults() {
+        let t = translated("version: 0.1\nstorage:\n  filesystem: {}\n");
+        let c = &t.config;
+        assert_eq!(at(c, "registry.delete_enabled"), Some(Value::from(false)));
+        assert_eq!(at(c, "mirror.upstreams"), Some(Value::Sequence(vec![])));
+        assert_eq!(
+            at(c, "registry.upload_max_idle_secs"),
+            Some(Value::from(168 * 3600u64))
+        );
+        assert_eq!(at(c, "data_dir"), Some(Value::from("/var/lib/registry")));
+        let mut d = t.defaults.clone();
+        d.sort();
+        assert_eq!(
+            d,
+            [
+                "data_dir",
+                "mirror.upstreams",
+                "registry.delete_enabled",
+                "registry.upload_max_idle_secs"
+            ]
+        );
+    }
+
+    #[test]
+    fn deletes_need_a_yaml_true() {
+        let fs = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /r\n";
+        for (delete, enabled, warned) in [
+            ("  delete:\n    enabled: true\n", true, false),
+            ("  delete:\n    enabled: false\n", false, false),
+            // registry:2 reads only a YAML boolean.
+            ("  delete:\n    enabled: \"true\"\n", false, true),
+            ("  delete: {}\n", false, false),
+        ] {
+            let t = translated(&format!("{fs}{delete}"));
+            assert_eq!(
+                at(&t.config, "registry.delete_enabled"),
+                Some(Value::from(enabled)),
+                "{delete}"
+            );
+            assert_eq!(
+                t.warnings
+                    .iter()
+                    .any(|w| w.contains("storage.delete.enabled")),
+                warned,
+                "{delete}: {:?}",
+                t.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn s3_booleans_as_go_reads_them() {
+        let t = translated(
+            "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: r\n    forcepathstyle: \"false\"\n    secure: \"false\"\n",
+        );
+        assert_eq!(
+            at(&t.config, "storage.s3.path_style"),
+            Some(Value::from(false))
+        );
+        assert_eq!(
+            at(&t.config, "storage.s3.allow_http"),
+            Some(Value::from(true))
+        );
+        let t = translated("version: 0.1\nstorage:\n  s3:\n    bucket: b\n    secure: true\n");
+        assert_eq!(
+            at(&t.config, "storage.s3.allow_http"),
+            Some(Value::from(false))
+        );
+        assert_eq!(
+            at(&t.config, "storage.s3.path_style"),
+            None,
+            "kura's default (true) is registry:2's"
+        );
+        let e =
+            refused("version: 0.1\nstorage:\n  s3:\n    bucket: b\n    forcepathstyle: maybe\n");
+        assert!(e.contains("storage.s3.forcepathstyle"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_known_driver() {
+        for (yaml, says) in [
+            ("version: 0.1\nhttp:\n  addr: :5000\n", "no driver"),
+            (
+                "version: 0.1\nstorage:\n  delete:\n    enabled: true\n",
+                "no driver",
+            ),
+            (
+                "version: 0.1\nstorage:\n  gcs:\n    bucket: b\n",
+                "storage.gcs",
+            ),
+            (
+                "version: 0.1\nstorage:\n  filesystem: {}\n  s3:\n    bucket: b\n",
+                "one driver only",
+            ),
+            (
+                "version: 0.1\nstorage:\n  inmemory: {}\n",
+                "storage.inmemory",
+            ),
+        ] {
+            let e = refused(yaml);
+            assert!(e.contains(says), "{yaml:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn upload_purging() {
+        let fs = "version: 0.1\nstorage:\n  filesystem: {}\n  maintenance:\n";
+        let t = translated(&format!(
+            "{fs}    uploadpurging:\n      enabled: true\n      age: 48h\n      interval: 24h\n      dryrun: false\n    readonly:\n      enabled: false\n"
+        ));
+        assert_eq!(
+            at(&t.config, "registry.upload_max_idle_secs"),
+            Some(Value::from(48 * 3600u64))
+        );
+        assert!(!t
+            .defaults
+            .contains(&"registry.upload_max_idle_secs".to_owned()));
+        for ignored in [
+            "storage.maintenance.uploadpurging.interval",
+            "storage.maintenance.readonly",
+        ] {
+            assert!(
+                t.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("`{ignored}`"))),
+                "{ignored}: {:?}",
+                t.warnings
+            );
+        }
+        let t = translated(&format!("{fs}    uploadpurging:\n      enabled: false\n"));
+        assert!(
+            t.warnings
+                .iter()
+                .any(|w| w.contains("uploadpurging.enabled: false")),
+            "{:?}",
+            t.warnings
+        );
+        assert!(refused(&format!("{fs}    uploadpurging:\n      age: soon\n")).contains("age"));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Config {
     /// Keys of a registry:2 file that were ignored.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Where each value came from.
+    #[serde(skip)]
+    pub origins: Origins,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             mirror: MirrorConfig::default(),
             log: LogConfig::default(),
             warnings: Vec::new(),
+            origins: Origins::default(),
         }
     }
 }
@@ -310,6 +314,95 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where a configuration value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// kura's default.
+    Default,
+    /// registry:2's default, for a key a registry:2 file leaves unset.
+    Registry2Default,
+    File,
+    Environment,
+    CommandLine,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Default => "default",
+            Origin::Registry2Default => "registry:2 default",
+            Origin::File => "file",
+            Origin::Environment => "environment",
+            Origin::CommandLine => "command line",
+        }
+    }
+}
+
+/// The origin of every value not at kura's default, by dotted path.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    /// The file read, and whether it was in registry:2's format.
+    pub file: Option<(PathBuf, bool)>,
+    set: std::collections::BTreeMap<String, Origin>,
+}
+
+impl Origins {
+    /// Record every leaf of `v` (a mapping of configuration keys) under
+    /// `origin`; later records win, as later providers do in [`Config::load`].
+    fn record(&mut self, v: &serde_yaml::Value, origin: Origin) {
+        fn walk(
+            v: &serde_yaml::Value,
+            path: &str,
+            origin: Origin,
+            set: &mut std::collections::BTreeMap<String, Origin>,
+        ) {
+            match v.as_mapping() {
+                Some(m) if !m.is_empty() || path.is_empty() => {
+                    for (k, child) in m {
+                        let key = match k {
+                            serde_yaml::Value::String(s) => s.clone(),
+                            other => serde_yaml::to_string(other)
+                                .unwrap_or_default()
+                                .trim_end()
+                                .to_owned(),
+                        };
+                        let p = if path.is_empty() {
+                            key
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        walk(child, &p, origin, set);
+                    }
+                }
+                // Not a mapping at all (an empty file): nothing set.
+                _ if path.is_empty() => {}
+                _ => {
+                    // A value set here replaces any recorded below it.
+                    let below = format!("{path}.");
+                    set.retain(|k, _| !k.starts_with(&below));
+                    set.insert(path.to_owned(), origin);
+                }
+            }
+        }
+        walk(v, "", origin, &mut self.set);
+    }
+
+    /// Where the value at `path` came from: its own record or the nearest
+    /// recorded parent (a list set whole), else kura's default.
+    pub fn of(&self, path: &str) -> Origin {
+        let mut p = path;
+        loop {
+            if let Some(o) = self.set.get(p) {
+                return *o;
+            }
+            match p.rsplit_once('.') {
+                Some((parent, _)) => p = parent,
+                None => return Origin::Default,
+            }
+        }
+    }
+}
+
 /// Command-line values that override the file and environment.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
@@ -324,6 +417,7 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         let mut warnings = Vec::new();
+        let mut origins = Origins::default();
         if let Some(file) = file {
             // figment skips missing files silently; a named file must exist.
             if !file.is_file() {
@@ -333,22 +427,38 @@ impl Config {
                 .with_context(|| format!("reading {}", file.display()))?;
             let doc: serde_yaml::Value = serde_yaml::from_str(&text)
                 .with_context(|| format!("{} is not valid YAML", file.display()))?;
-            match crate::compat::translate(&doc)? {
-                Some((translated, w)) => {
-                    warnings = w;
-                    fig = fig.merge(Serialized::defaults(translated));
+            match crate::compat::translate(&doc)
+                .with_context(|| format!("{} (registry:2 format)", file.display()))?
+            {
+                Some(t) => {
+                    warnings = t.warnings;
+                    origins.file = Some((file.to_owned(), true));
+                    origins.record(&t.config, Origin::File);
+                    for path in &t.defaults {
+                        origins.set.insert(path.clone(), Origin::Registry2Default);
+                    }
+                    fig = fig.merge(Serialized::defaults(t.config));
                 }
-                None => fig = fig.merge(Yaml::file(file)),
+                None => {
+                    origins.file = Some((file.to_owned(), false));
+                    origins.record(&doc, Origin::File);
+                    fig = fig.merge(Yaml::file(file));
+                }
             }
         }
-        let fig = fig
-            .merge(Env::prefixed("KURA_").split("__"))
-            .merge(Serialized::defaults(overrides));
+        let env = Env::prefixed("KURA_").split("__");
+        origins.record(&provided(&env)?, Origin::Environment);
+        origins.record(
+            &provided(&Serialized::defaults(overrides))?,
+            Origin::CommandLine,
+        );
+        let fig = fig.merge(env).merge(Serialized::defaults(overrides));
         let mut config: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
         })?;
         config.warnings = warnings;
+        config.origins = origins;
         config.validate()?;
         Ok(config)
     }
@@ -377,8 +487,39 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration as YAML, secrets masked, followed by a comment
+    /// naming where each value came from (for `kura config check`).
+    pub fn to_yaml_with_origins(&self) -> String {
+        let mut out = self.to_yaml();
+        let shown = serde_yaml::to_value(self.masked()).unwrap_or_default();
+        let mut leaves = Vec::new();
+        leaf_paths(&shown, "", &mut leaves);
+        let width = leaves.iter().map(String::len).max().unwrap_or(0);
+        match &self.origins.file {
+            Some((f, true)) => out.push_str(&format!(
+                "# Where each value comes from. File: {} (registry:2 format).\n\
+                 # \"registry:2 default\": registry:2's behaviour for a key the file leaves unset.\n",
+                f.display()
+            )),
+            Some((f, false)) => out.push_str(&format!(
+                "# Where each value comes from. File: {}.\n",
+                f.display()
+            )),
+            None => out.push_str("# Where each value comes from (no file):\n"),
+        }
+        for path in leaves {
+            let origin = self.origins.of(&path).label();
+            out.push_str(&format!("#   {path:<width$}  {origin}\n"));
+        }
+        out
+    }
+
     /// The configuration as YAML, secrets masked.
     pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.masked()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    fn masked(&self) -> Config {
         let mut shown = self.clone();
         for u in &mut shown.mirror.upstreams {
             if u.password.is_some() {
@@ -390,7 +531,35 @@ impl Config {
                 s3.secret_access_key = Some("********".into());
             }
         }
-        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        shown
+    }
+}
+
+/// The keys a figment provider sets, as YAML.
+fn provided(p: &impl figment::Provider) -> anyhow::Result<serde_yaml::Value> {
+    let data = p
+        .data()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let dict = data.into_values().next().unwrap_or_default();
+    Ok(serde_yaml::to_value(dict)?)
+}
+
+/// The dotted paths of `v`'s values: mapping entries, a list as one value.
+fn leaf_paths(v: &serde_yaml::Value, path: &str, out: &mut Vec<String>) {
+    match v.as_mapping() {
+        Some(m) if !m.is_empty() => {
+            for (k, child) in m {
+                let key = k.as_str().unwrap_or("?");
+                let p = if path.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{path}.{key}")
+                };
+                leaf_paths(child, &p, out);
+            }
+        }
+        _ if !path.is_empty() => out.push(path.to_owned()),
+        _ => {}
     }
 }
 
@@ -518,6 +687,95 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+
+    /// A registry:2 file that does not enable deletes runs without them,
+    /// as registry:2 would, and says where each value came from.
+    #[test]
+    fn registry2_defaults_survive_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/reg\nhttp:\n  addr: :5000\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert!(!c.registry.delete_enabled);
+        assert!(
+            c.mirror.upstreams.is_empty(),
+            "registry:2 mirrors nothing without proxy"
+        );
+        assert_eq!(c.registry.upload_max_idle_secs, 168 * 3600);
+        let o = &c.origins;
+        assert_eq!(o.of("registry.delete_enabled"), Origin::Registry2Default);
+        assert_eq!(o.of("mirror.upstreams"), Origin::Registry2Default);
+        assert_eq!(o.of("listen"), Origin::File);
+        assert_eq!(o.of("data_dir"), Origin::File);
+        assert_eq!(o.of("log.level"), Origin::Default);
+        assert_eq!(o.of("registry.max_manifest_size"), Origin::Default);
+
+        let f = write(
+            dir.path(),
+            "version: 0.1\nstorage:\n  filesystem: {}\n  delete:\n    enabled: true\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert!(c.registry.delete_enabled);
+        assert_eq!(c.origins.of("registry.delete_enabled"), Origin::File);
+        assert_eq!(c.origins.of("data_dir"), Origin::Registry2Default);
+    }
+
+    #[test]
+    fn origins_of_a_kura_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "listen: 127.0.0.1:6000\nregistry:\n  delete_enabled: false\nmirror:\n  upstreams:\n    - name: up.local\n      url: http://127.0.0.1:1\n",
+        );
+        let o = Overrides {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            data_dir: None,
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        let o = &c.origins;
+        assert_eq!(o.of("listen"), Origin::CommandLine);
+        assert_eq!(o.of("registry.delete_enabled"), Origin::File);
+        assert_eq!(o.of("registry.max_manifest_size"), Origin::Default);
+        assert_eq!(
+            o.of("mirror.upstreams"),
+            Origin::File,
+            "a list is one value"
+        );
+        assert_eq!(o.of("mirror.read_timeout_secs"), Origin::Default);
+        assert_eq!(o.of("data_dir"), Origin::Default);
+    }
+
+    /// `kura config check`'s output is the YAML of `to_yaml` plus one
+    /// comment line per value naming its origin.
+    #[test]
+    fn origins_are_listed_after_the_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    secretkey: hidden\n    accesskey: k\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let out = c.to_yaml_with_origins();
+        let reparsed: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        let plain: serde_yaml::Value = serde_yaml::from_str(&c.to_yaml()).unwrap();
+        assert_eq!(reparsed, plain, "{out}");
+        assert!(!out.contains("hidden"), "{out}");
+        let origin = |path: &str| -> String {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("#   {path} ")))
+                .unwrap_or_else(|| panic!("no origin for {path}: {out}"));
+            line[4 + path.len()..].trim().to_owned()
+        };
+        assert_eq!(origin("storage.s3.bucket"), "file");
+        assert_eq!(origin("storage.s3.secret_access_key"), "file");
+        assert_eq!(origin("storage.s3.region"), "default");
+        assert_eq!(origin("registry.delete_enabled"), "registry:2 default");
+        assert_eq!(origin("log.level"), "default");
+        assert!(out.contains("(registry:2 format)"), "{out}");
     }
 
     #[test]

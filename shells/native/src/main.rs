@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", config.to_yaml());
+            print!("{}", config.to_yaml_with_origins());
             Ok(())
         }
         Command::Prefetch(args) => {

@@ -64,6 +64,8 @@ pub struct Mirrors<F, H> {
     default: Option<usize>,
     /// When mirrored blobs were last used, for eviction.
     recency: Recency,
+    /// Recent upstream 404s and until when they stand (host clock).
+    missing: Mutex<HashMap<MissingKey, u64>>,
     manifest_flights: Flights,
     /// Fills by the repository (as stored) they fill for and the digest:
     /// a fill started for one repository is never followed by a request for
@@ -88,6 +90,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             upstreams: Vec::new(),
             default: None,
             recency: Recency::default(),
+            missing: Mutex::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         }
@@ -140,9 +143,14 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             upstreams,
             default,
             recency: Recency::default(),
+            missing: Mutex::default(),
             manifest_flights: Flights::default(),
             blob_flights: Arc::default(),
         })
+    }
+
+    fn lock_missing(&self) -> std::sync::MutexGuard<'_, HashMap<MissingKey, u64>> {
+        self.missing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn by_name(&self, name: &str) -> Option<&Arc<Upstream<F, H>>> {
@@ -202,6 +210,82 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             remote,
             local,
         }))
+    }
+}
+
+/// What the upstream recently said does not exist (404), per repository
+/// as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MissingKey {
+    Manifest(RepositoryName, Reference),
+    Blob(RepositoryName, Digest),
+}
+
+/// Most 404s remembered at once; past it, expired ones are dropped, then
+/// all (a flood of made-up names must not grow memory).
+const MISSING_MAX: usize = 10_000;
+
+impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+    /// The 404 to answer for `key` without asking the upstream, if it said
+    /// 404 within its `not_found_ttl_ms` and the content has not been stored
+    /// since (content by digest can arrive through another reference).
+    async fn known_missing(&self, key: &MissingKey) -> Result<Option<RegistryError>> {
+        let now = self.host.now_unix_ms();
+        let remembered = {
+            let mut missing = self.mirrors.lock_missing();
+            match missing.get(key) {
+                Some(&until) if until > now => true,
+                Some(_) => {
+                    missing.remove(key);
+                    false
+                }
+                None => false,
+            }
+        };
+        if !remembered {
+            return Ok(None);
+        }
+        let stored = match key {
+            MissingKey::Manifest(local, Reference::Digest(d)) => self
+                .storage
+                .head(&layout::manifest_revision(local, d))
+                .await?
+                .is_some(),
+            MissingKey::Blob(local, d) => self
+                .storage
+                .head(&layout::layer_link(local, d))
+                .await?
+                .is_some(),
+            // The upstream's word on a tag stands until it expires.
+            MissingKey::Manifest(_, Reference::Tag(_)) => false,
+        };
+        if stored {
+            self.mirrors.lock_missing().remove(key);
+            return Ok(None);
+        }
+        metrics::inc(&self.metrics.not_found_cached);
+        Ok(Some(match key {
+            MissingKey::Manifest(local, r) => manifest_unknown(local, r),
+            MissingKey::Blob(_, d) => RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {d} not found upstream"),
+            ),
+        }))
+    }
+
+    fn remember_missing(&self, key: MissingKey, ttl_ms: u64) {
+        if ttl_ms == 0 {
+            return;
+        }
+        let now = self.host.now_unix_ms();
+        let mut missing = self.mirrors.lock_missing();
+        if missing.len() >= MISSING_MAX {
+            missing.retain(|_, until| *until > now);
+            if missing.len() >= MISSING_MAX {
+                missing.clear();
+            }
+        }
+        missing.insert(key, now.saturating_add(ttl_ms));
     }
 }
 
@@ -276,13 +360,38 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let m = &parts.method;
         let read = *m == Method::GET || *m == Method::HEAD;
         let route_kind = route.clone();
-        let mut resp = match route {
-            Route::Manifest(_, r) if read => self.mirror_manifest(&t, &r).await?,
+        let missing = match &route {
+            Route::Manifest(_, r) if read => Some(MissingKey::Manifest(t.local.clone(), r.clone())),
+            Route::Blob(_, d) if read => Some(MissingKey::Blob(t.local.clone(), d.clone())),
+            _ => None,
+        };
+        if let Some(key) = &missing {
+            if let Some(e) = self.known_missing(key).await? {
+                return Err(e);
+            }
+        }
+        let answer = match route {
+            Route::Manifest(_, r) if read => {
+                match self.cold_manifest_head(&t, &r, *m == Method::HEAD).await {
+                    Ok(Some(resp)) => Ok(resp),
+                    Ok(None) => self.mirror_manifest(&t, &r).await,
+                    Err(e) => Err(e),
+                }
+            }
             Route::Blob(_, d) if read => {
                 let range =
                     api::header(&parts.headers, "range").filter(|r| api::single_byte_range(r));
-                self.mirror_blob(&t, &d, range, *m == Method::HEAD).await?
+                self.mirror_blob(&t, &d, range, *m == Method::HEAD).await
             }
+            _ => Err(RegistryError::internal("not a manifest or blob read")),
+        };
+        if let (Some(key), Err(e)) = (missing, &answer) {
+            if e.status == StatusCode::NOT_FOUND {
+                self.remember_missing(key, t.upstream.config.not_found_ttl_ms);
+            }
+        }
+        let mut resp = match route_kind.clone() {
+            Route::Manifest(..) | Route::Blob(..) if read => answer?,
             Route::Tags(ref name) if read => self.mirror_tags(&t, name, &parts.uri).await?,
             Route::Referrers(_, d) if read => self.mirror_referrers(&t, &d, &parts.uri).await?,
             _ => {
@@ -352,6 +461,62 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     // ----- manifests -------------------------------------------------------
+
+    /// A `HEAD` of a manifest the cache has never seen is answered with an
+    /// upstream `HEAD` (free of Docker Hub's pull limit, where a `GET`
+    /// counts), storing nothing. `None` when the cache knows the reference:
+    /// the usual path answers it (and revalidates a tag with a `HEAD`).
+    async fn cold_manifest_head(
+        &self,
+        t: &MirrorTarget<F, H>,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<Option<Response<S::Body>>> {
+        if !head {
+            return Ok(None);
+        }
+        let known = match reference {
+            Reference::Digest(d) => {
+                self.recent.manifest(&t.local, d).is_some()
+                    || self
+                        .storage
+                        .head(&layout::manifest_revision(&t.local, d))
+                        .await?
+                        .is_some()
+            }
+            Reference::Tag(tag) => self.tag_cache(&t.local, tag).await?.is_some(),
+        };
+        if known {
+            return Ok(None);
+        }
+        let upstream = t
+            .upstream
+            .manifest(&t.remote, &reference.to_string(), Method::HEAD)
+            .await
+            .map_err(|e| self.upstream_failure(e, ErrorCode::ManifestUnknown))?;
+        let h = upstream.headers();
+        let digest = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(_) => api::header(h, api::CONTENT_DIGEST_HEADER)
+                .and_then(|d| Digest::parse(d.trim()).ok()),
+        };
+        let (Some(digest), Some(media_type), Some(len)) = (
+            digest,
+            api::header(h, "content-type"),
+            api::header(h, "content-length"),
+        ) else {
+            // Without the digest, type and size there is nothing to answer
+            // with: fetch the manifest as for a GET.
+            return Ok(None);
+        };
+        let mut resp = crate::registry::response(StatusCode::OK, Body::Empty);
+        let out = resp.headers_mut();
+        set(out, CONTENT_TYPE, media_type);
+        set(out, CONTENT_LENGTH, len);
+        set(out, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(out, http::header::ETAG, &format!("\"{digest}\""));
+        Ok(Some(mark(resp, "miss")))
+    }
 
     async fn mirror_manifest(
         &self,
@@ -888,6 +1053,18 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             return Ok(mark(resp, "hit"));
         }
 
+        if head && !self.filling(t, digest) {
+            // A cold HEAD asks the upstream with a HEAD: no download.
+            let resp = t
+                .upstream
+                .blob_head(&t.remote, &digest.to_string())
+                .await
+                .map_err(|e| self.upstream_failure(e, ErrorCode::BlobUnknown))?;
+            let len = api::header(resp.headers(), "content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
+            return Ok(mark(resp, "miss"));
+        }
         let flight = self.blob_flight(t, digest);
         let size = flight.started().await.map_err(|e| match e {
             FlightError::Upstream(e) => self.upstream_failure(e, ErrorCode::BlobUnknown),
@@ -920,6 +1097,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let len = end.map(|e| e - start);
         let resp = blob_response(status, body, digest, len, content_range);
         Ok(mark(resp, "miss"))
+    }
+
+    /// Whether `digest` is being filled for this repository.
+    fn filling(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> bool {
+        self.mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(t.local.clone(), digest.clone()))
     }
 
     /// Join the fill of `digest`, or start it.

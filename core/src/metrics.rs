@@ -25,6 +25,7 @@ pub struct Metrics {
     pub evictions: AtomicU64,
     pub cache_size_bytes: AtomicU64,
     pub credentials_withheld: AtomicU64,
+    pub not_found_cached: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -63,7 +64,7 @@ impl Metrics {
                 "kura_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &str, &AtomicU64); 14] = [
             (
                 "kura_cache_hits_total",
                 "kind=\"manifest\"",
@@ -141,6 +142,12 @@ impl Metrics {
                 "",
                 "Token requests sent without the upstream's credentials because the realm is foreign.",
                 &self.credentials_withheld,
+            ),
+            (
+                "kura_upstream_not_found_cached_total",
+                "",
+                "Requests answered 404 from a recent upstream 404, without asking again.",
+                &self.not_found_cached,
             ),
         ];
         let mut described = std::collections::HashSet::new();

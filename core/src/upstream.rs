@@ -16,6 +16,11 @@ use crate::manifest::ALL_MEDIA_TYPES;
 use crate::metrics::{self, Metrics};
 use crate::reference::RepositoryName;
 
+/// The default of [`UpstreamConfig::not_found_ttl_ms`], in seconds: long
+/// enough to absorb a burst of pulls of a name that does not exist, short
+/// enough that a freshly pushed tag shows up soon.
+pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
+
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -35,6 +40,9 @@ pub struct UpstreamConfig {
     /// this upstream's credentials besides the upstream's own host and
     /// registrable domain. See [`realm_trust`].
     pub token_realms: Vec<String>,
+    /// How long an upstream 404 for a manifest or blob is remembered (and
+    /// answered without asking again); 0 turns it off.
+    pub not_found_ttl_ms: u64,
 }
 
 impl UpstreamConfig {
@@ -854,6 +862,7 @@ mod tests {
             tag_ttl_ms: 0,
             max_stale_ms: 0,
             token_realms: Vec::new(),
+            not_found_ttl_ms: 0,
         };
         assert_eq!(hub.upstream_name("alpine"), "library/alpine");
         assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");

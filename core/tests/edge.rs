@@ -86,6 +86,7 @@ fn setup() -> Setup {
         tag_ttl_ms: 60_000,
         max_stale_ms: 3_600_000,
         token_realms: Vec::new(),
+        not_found_ttl_ms: 0,
     };
     let mirror = Registry::with_upstreams(
         MemoryStorage::new(),

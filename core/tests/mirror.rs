@@ -240,6 +240,7 @@ fn setup(tag_ttl_ms: u64) -> Setup {
         tag_ttl_ms,
         max_stale_ms: 3_600_000,
         token_realms: Vec::new(),
+        not_found_ttl_ms: 0,
     };
     let host = TestHost::at(1_000_000);
     let mirror = Registry::with_upstreams(
@@ -509,6 +510,7 @@ fn mirror_with(
         tag_ttl_ms: 60_000,
         max_stale_ms: 3_600_000,
         token_realms: Vec::new(),
+        not_found_ttl_ms: 0,
     };
     edit(&mut config);
     Registry::with_upstreams(
@@ -1154,4 +1156,98 @@ fn eviction_never_takes_a_hosted_repository_named_like_an_upstream() {
     let r = call(&s.mirror, Method::GET, &format!("/v2/up.local/blobs/{hd}"));
     assert_eq!(r.status, StatusCode::OK, "hosted data was evicted");
     assert!(r.bytes() == hosted.as_slice());
+}
+
+#[test]
+fn cold_heads_ask_the_upstream_with_heads() {
+    let s = setup(60_000);
+    let layer = data(200_000, 79);
+    let (md, digests) = push_image(&s.upstream, "hd/app", "v1", std::slice::from_ref(&layer));
+    // A manifest by tag and by digest: an upstream HEAD each, no GET.
+    for uri in [
+        "/v2/up.local/hd/app/manifests/v1".to_owned(),
+        format!("/v2/up.local/hd/app/manifests/{md}"),
+    ] {
+        let r = call(&s.mirror, Method::HEAD, &uri);
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert_eq!(r.header("docker-content-digest"), md.to_string());
+        assert_eq!(
+            r.header("content-type"),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert!(r.header("content-length").parse::<u64>().unwrap() > 0);
+    }
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/"), 0);
+    assert_eq!(s.fetch.seen(&Method::HEAD, "/manifests/"), 2);
+    // A blob: its size from an upstream HEAD, nothing downloaded.
+    let blob = format!("/v2/up.local/hd/app/blobs/{}", digests[1]);
+    let r = call(&s.mirror, Method::HEAD, &blob);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-length"), layer.len().to_string());
+    assert_eq!(r.header("docker-content-digest"), digests[1].to_string());
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+    let missing = format!("/v2/up.local/hd/app/blobs/{}", Digest::sha256(b"nothing"));
+    assert_eq!(
+        call(&s.mirror, Method::HEAD, &missing).status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+    // Nothing was stored: GETs are misses, and fetch.
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/hd/app/manifests/v1");
+    assert_eq!(r.header("x-kura-cache"), "miss");
+    let r = call(&s.mirror, Method::GET, &blob);
+    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert!(r.bytes() == layer.as_slice());
+    // Warm HEADs are answered here.
+    let before = s.fetch.log.lock().unwrap().len();
+    assert_eq!(
+        call(&s.mirror, Method::HEAD, &blob).header("x-kura-cache"),
+        "hit"
+    );
+    assert_eq!(s.fetch.log.lock().unwrap().len(), before);
+}
+
+#[test]
+fn upstream_404s_are_remembered_for_a_while() {
+    let s = setup(60_000);
+    push_image(&s.upstream, "neg/app", "v1", &[data(1000, 80)]);
+    let mirror = mirror_with(&s, Arc::new(MemoryStorage::new()), 1_000_000, |c| {
+        c.not_found_ttl_ms = 10_000;
+    });
+    let tag = "/v2/up.local/neg/app/manifests/nope";
+    let blob = format!("/v2/up.local/neg/app/blobs/{}", Digest::sha256(b"none"));
+    for _ in 0..20 {
+        assert_eq!(
+            call(&mirror, Method::GET, tag).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&mirror, Method::HEAD, tag).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&mirror, Method::GET, &blob).status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/nope"), 1);
+    assert_eq!(s.fetch.seen(&Method::HEAD, "/manifests/nope"), 0);
+    assert_eq!(s.fetch.seen(&Method::GET, "/blobs/"), 1);
+    // Pushed upstream meanwhile: seen once the 404 has expired.
+    push_image(&s.upstream, "neg/app", "nope", &[data(1000, 81)]);
+    assert_eq!(
+        call(&mirror, Method::GET, tag).status,
+        StatusCode::NOT_FOUND
+    );
+    at(&mirror, 1_010_001);
+    assert_eq!(call(&mirror, Method::GET, tag).status, StatusCode::OK);
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/nope"), 2);
+    // Another repository's 404 is its own.
+    let r = call(
+        &mirror,
+        Method::GET,
+        "/v2/up.local/neg/other/manifests/nope",
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(s.fetch.seen(&Method::GET, "/neg/other/manifests/nope"), 1);
 }

@@ -224,6 +224,7 @@ impl Default for MirrorConfig {
             tag_ttl_secs: default_tag_ttl(),
             max_stale_secs: default_max_stale(),
             token_realms: Vec::new(),
+            not_found_ttl_secs: default_not_found_ttl(),
         };
         MirrorConfig {
             upstreams: vec![
@@ -265,6 +266,14 @@ pub struct UpstreamSection {
     /// besides the upstream's own host and registrable domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_realms: Vec<String>,
+    /// Seconds an upstream 404 for a manifest or blob is remembered and
+    /// answered without asking again (0: off).
+    #[serde(default = "default_not_found_ttl")]
+    pub not_found_ttl_secs: u64,
+}
+
+fn default_not_found_ttl() -> u64 {
+    kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS
 }
 
 fn default_tag_ttl() -> u64 {
@@ -285,6 +294,7 @@ impl UpstreamSection {
             tag_ttl_ms: self.tag_ttl_secs.saturating_mul(1000),
             max_stale_ms: self.max_stale_secs.saturating_mul(1000),
             token_realms: self.token_realms.clone(),
+            not_found_ttl_ms: self.not_found_ttl_secs.saturating_mul(1000),
         }
     }
 }

@@ -257,6 +257,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "tagTtlSecs",
     "maxStaleSecs",
     "tokenRealms",
+    "notFoundTtlSecs",
 ];
 
 /// Unknown keys are errors (as in kura's config file): a typo must not
@@ -341,6 +342,9 @@ impl Options {
                         .unwrap_or(7 * 24 * 3600)
                         .saturating_mul(1000),
                     token_realms: opt_strings(&u, "tokenRealms", &what)?,
+                    not_found_ttl_ms: opt_u64(&u, "notFoundTtlSecs", &what)?
+                        .unwrap_or(kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS)
+                        .saturating_mul(1000),
                 });
             }
         }

@@ -42,6 +42,13 @@ pub struct Upstream {
     /// besides the upstream's own host and registrable domain.
     #[serde(default)]
     pub token_realms: Vec<String>,
+    /// Seconds an upstream 404 is remembered (0: off).
+    #[serde(default = "default_not_found_ttl")]
+    pub not_found_ttl_secs: u64,
+}
+
+fn default_not_found_ttl() -> u64 {
+    kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS
 }
 
 fn default_tag_ttl() -> u64 {
@@ -182,6 +189,7 @@ impl Config {
                     tag_ttl_ms: u.tag_ttl_secs.saturating_mul(1000),
                     max_stale_ms: u.max_stale_secs.saturating_mul(1000),
                     token_realms: u.token_realms.clone(),
+                    not_found_ttl_ms: u.not_found_ttl_secs.saturating_mul(1000),
                 }
             })
             .collect()
@@ -197,6 +205,7 @@ fn defaults() -> Vec<Upstream> {
         max_stale_secs: default_max_stale(),
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
         token_realms: Vec::new(),
+        not_found_ttl_secs: default_not_found_ttl(),
     };
     vec![
         public(

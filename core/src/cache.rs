@@ -453,11 +453,29 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     /// An upstream failure as the client sees it, counted.
-    fn upstream_failure(&self, e: UpstreamError, unknown: ErrorCode) -> RegistryError {
+    pub(crate) fn upstream_failure(&self, e: UpstreamError, unknown: ErrorCode) -> RegistryError {
         if !matches!(e, UpstreamError::NotFound) {
             metrics::inc(&self.metrics.upstream_errors);
+            // The details (addresses, URLs, the upstream's words) are for
+            // the operator; the client learns what kind of failure it was.
+            self.host.warn(&format!("upstream request failed: {e}"));
         }
         upstream_failure(e, unknown)
+    }
+
+    /// The upstream sent something no registry should (a manifest too big,
+    /// cut short, malformed, or not matching its digest): a 502, the
+    /// details logged.
+    fn bad_gateway(&self, t: &MirrorTarget<F, H>, what: String) -> RegistryError {
+        metrics::inc(&self.metrics.upstream_errors);
+        let name = &t.upstream.config.name;
+        self.host
+            .warn(&format!("upstream {name} ({}): {what}", t.remote));
+        RegistryError::new(
+            ErrorCode::Unavailable,
+            format!("upstream {name} sent an invalid response: {what}"),
+        )
+        .with_status(StatusCode::BAD_GATEWAY)
     }
 
     // ----- manifests -------------------------------------------------------
@@ -751,20 +769,16 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         )
         .await
         .map_err(|e| match e {
-            CollectError::TooLarge => {
-                RegistryError::new(ErrorCode::ManifestInvalid, "upstream manifest too large")
-            }
-            CollectError::Io(e) => RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("reading upstream manifest: {e}"),
+            CollectError::TooLarge => self.bad_gateway(
+                t,
+                format!(
+                    "manifest larger than {} bytes",
+                    self.config.max_manifest_size
+                ),
             ),
+            CollectError::Io(e) => self.bad_gateway(t, format!("reading the manifest failed: {e}")),
         })?;
-        let lying = |what: String| {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("upstream {}: {what}", t.upstream.config.name),
-            )
-        };
+        let lying = |what: String| self.bad_gateway(t, what);
         let digest = match expected {
             Some(d) => {
                 let actual = Digest::compute(d.algorithm(), &bytes);
@@ -782,12 +796,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 return Err(lying(format!("announced {a}, sent {digest}")));
             }
         }
-        let parsed = manifest::parse(&bytes, content_type.as_deref()).map_err(|e| {
-            RegistryError::new(
-                ErrorCode::ManifestInvalid,
-                format!("upstream manifest invalid: {e}"),
-            )
-        })?;
+        let parsed = manifest::parse(&bytes, content_type.as_deref())
+            .map_err(|e| self.bad_gateway(t, format!("invalid manifest: {e}")))?;
         let tags = tag.map(std::slice::from_ref).unwrap_or_default();
         self.store_manifest(&t.local, &digest, bytes, &parsed, tags)
             .await?;
@@ -1346,7 +1356,21 @@ fn mark<B>(mut resp: Response<B>, how: &'static str) -> Response<B> {
 fn upstream_failure(e: UpstreamError, unknown: ErrorCode) -> RegistryError {
     match e {
         UpstreamError::NotFound => RegistryError::new(unknown, "not found upstream"),
-        other => RegistryError::new(ErrorCode::Unavailable, other.to_string()),
+        UpstreamError::Denied(s) => RegistryError::new(
+            ErrorCode::Unavailable,
+            format!("the upstream denied access ({s})"),
+        ),
+        UpstreamError::Unavailable(_) => {
+            RegistryError::new(ErrorCode::Unavailable, "the upstream is unavailable")
+        }
+        UpstreamError::Status(s) => {
+            RegistryError::new(ErrorCode::Unavailable, format!("the upstream answered {s}"))
+        }
+        UpstreamError::Invalid(_) => RegistryError::new(
+            ErrorCode::Unavailable,
+            "the upstream sent an invalid response",
+        )
+        .with_status(StatusCode::BAD_GATEWAY),
     }
 }
 

@@ -172,17 +172,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         } else {
             t.upstream.blob(&t.remote, &digest, None).await
         };
-        resp.map_err(|e| {
-            if !matches!(e, UpstreamError::NotFound) {
-                metrics::inc(&self.metrics.upstream_errors);
-            }
-            match e {
-                UpstreamError::NotFound => RegistryError::new(
-                    ErrorCode::BlobUnknown,
-                    format!("blob {} not found upstream", miss.digest),
-                ),
-                other => RegistryError::new(ErrorCode::Unavailable, other.to_string()),
-            }
+        resp.map_err(|e| match e {
+            UpstreamError::NotFound => RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {} not found upstream", miss.digest),
+            ),
+            other => self.upstream_failure(other, ErrorCode::BlobUnknown),
         })
     }
 

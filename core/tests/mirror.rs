@@ -59,6 +59,10 @@ enum Answer {
     Status(u16, Vec<(&'static str, String)>),
     /// Wait until the gate opens, then answer as the upstream does.
     Hold(futures::future::Shared<futures::channel::oneshot::Receiver<()>>),
+    /// This status, headers and body.
+    Body(u16, Vec<(&'static str, String)>, Bytes),
+    /// No response: the fetch fails with this message.
+    Fail(String),
 }
 
 impl Shared {
@@ -164,6 +168,14 @@ impl Fetch for LocalFetch {
                     }
                     return Ok(b.body(body::empty()).unwrap());
                 }
+                Some(Answer::Body(code, headers, bytes)) => {
+                    let mut b = http::Response::builder().status(code);
+                    for (k, v) in headers {
+                        b = b.header(k, v);
+                    }
+                    return Ok(b.body(body::once(bytes)).unwrap());
+                }
+                Some(Answer::Fail(message)) => return Err(FetchError::Other(message)),
                 Some(Answer::Hold(gate)) => {
                     let _ = gate.await;
                     held = true;
@@ -1250,4 +1262,55 @@ fn upstream_404s_are_remembered_for_a_while() {
     );
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(s.fetch.seen(&Method::GET, "/neg/other/manifests/nope"), 1);
+}
+
+#[test]
+fn upstream_faults_are_502s_that_name_no_internal_address() {
+    let s = setup(60_000);
+    push_image(&s.upstream, "bad/app", "v1", &[data(1000, 82)]);
+    let oci = || {
+        vec![(
+            "content-type",
+            "application/vnd.oci.image.manifest.v1+json".to_owned(),
+        )]
+    };
+    // Over the 4 MiB limit.
+    let big = Bytes::from(vec![b' '; 5 * 1024 * 1024]);
+    s.fetch.rule(
+        Some(Method::GET),
+        "/manifests/big",
+        Answer::Body(200, oci(), big),
+    );
+    // Cut short: the JSON ends mid-way.
+    let cut = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.ima"#);
+    s.fetch.rule(
+        Some(Method::GET),
+        "/manifests/cut",
+        Answer::Body(200, oci(), cut),
+    );
+    for tag in ["big", "cut"] {
+        let r = call(
+            &s.mirror,
+            Method::GET,
+            &format!("/v2/up.local/bad/app/manifests/{tag}"),
+        );
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{tag}: {:?}", r.body);
+        let text = String::from_utf8_lossy(r.bytes()).to_string();
+        assert!(text.contains("UNAVAILABLE"), "{tag}: {text}");
+    }
+    // An unreachable upstream: the address stays in the log, not the body.
+    s.fetch.rule(
+        None,
+        "/manifests/gone",
+        Answer::Fail("connect to http://10.9.8.7:5000/v2/bad/app/manifests/gone refused".into()),
+    );
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        "/v2/up.local/bad/app/manifests/gone",
+    );
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(r.bytes()).to_string();
+    assert!(!text.contains("10.9.8.7"), "{text}");
+    assert!(!text.contains("upstream.invalid"), "{text}");
 }

@@ -47,6 +47,10 @@ use crate::storage::{PutMode, Storage};
 use crate::upload::{UploadId, UploadState};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
+/// Longest wait for an upstream when a stale answer could be given
+/// instead (a tag past its TTL, still within `max_stale_ms`).
+pub const STALE_DEADLINE_MS: u64 = 3_000;
+
 /// Spooled chunk size on backends that cannot append (one object per
 /// chunk): the most memory one blob fill holds.
 const SPOOL_CHUNK: usize = 8 * 1024 * 1024;
@@ -678,6 +682,41 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             return Ok(mark(self.get_manifest(&t.local, &reference).await?, "miss"));
         };
         let stale_ok = now.saturating_sub(cached.checked_ms) <= t.upstream.config.max_stale_ms;
+        if !stale_ok {
+            return self.ask_upstream_for_tag(t, tag, &cached, false).await;
+        }
+        // With a stale answer in hand, a hung or known-down upstream costs
+        // at most STALE_DEADLINE_MS.
+        if t.upstream.known_down().is_some() {
+            metrics::inc(&self.metrics.upstream_errors);
+            return self.stale(t, &reference).await;
+        }
+        let ask = Box::pin(self.ask_upstream_for_tag(t, tag, &cached, true));
+        let raced = futures::future::select(ask, self.host.sleep(STALE_DEADLINE_MS)).await;
+        match raced {
+            futures::future::Either::Left((answer, _)) => answer,
+            futures::future::Either::Right(((), _)) => {
+                t.upstream.mark_down();
+                metrics::inc(&self.metrics.upstream_errors);
+                self.host.warn(&format!(
+                    "upstream {}: no answer for {} within {STALE_DEADLINE_MS} ms; serving it stale",
+                    t.upstream.config.name, t.remote
+                ));
+                self.stale(t, &reference).await
+            }
+        }
+    }
+
+    /// Revalidate a cached tag with a `HEAD`, fetching the manifest again
+    /// if it moved.
+    async fn ask_upstream_for_tag(
+        &self,
+        t: &MirrorTarget<F, H>,
+        tag: &Tag,
+        cached: &TagCache,
+        stale_ok: bool,
+    ) -> Result<Response<S::Body>> {
+        let reference = Reference::Tag(tag.clone());
         match t
             .upstream
             .manifest(&t.remote, tag.as_str(), Method::HEAD)
@@ -1371,6 +1410,14 @@ fn upstream_failure(e: UpstreamError, unknown: ErrorCode) -> RegistryError {
             "the upstream sent an invalid response",
         )
         .with_status(StatusCode::BAD_GATEWAY),
+        // Pass the upstream's pause on: the client should not retry sooner.
+        UpstreamError::Throttled { retry_after_ms } => {
+            RegistryError::new(ErrorCode::Unavailable, "the upstream asked for a pause")
+                .with_header(
+                    http::header::RETRY_AFTER,
+                    retry_after_ms.div_ceil(1000).max(1).to_string(),
+                )
+        }
     }
 }
 

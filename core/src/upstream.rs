@@ -77,6 +77,10 @@ pub enum UpstreamError {
     Status(u16),
     #[error("upstream sent an invalid response: {0}")]
     Invalid(String),
+    /// The upstream asked for a pause (`429` with `Retry-After`); nothing is
+    /// sent to it until `retry_after_ms` from now.
+    #[error("upstream asked to wait {retry_after_ms} ms")]
+    Throttled { retry_after_ms: u64 },
 }
 
 impl UpstreamError {
@@ -84,15 +88,35 @@ impl UpstreamError {
     pub fn allows_stale(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Unavailable(_) | UpstreamError::Status(_) | UpstreamError::Denied(_)
+            UpstreamError::Unavailable(_)
+                | UpstreamError::Status(_)
+                | UpstreamError::Denied(_)
+                | UpstreamError::Throttled { .. }
         )
     }
 }
 
+/// How long an upstream that timed out or could not be reached is
+/// considered down: requests that can be answered from the cache are, at
+/// once, without asking it (a circuit breaker's open window).
+pub const DOWN_WINDOW_MS: u64 = 10_000;
+
+/// What kura remembers of an upstream's health (host clock, ms).
+#[derive(Debug, Default, Clone, Copy)]
+struct Health {
+    /// Known down until then (timeouts, unreachable).
+    down_until: u64,
+    /// Asked by the upstream (429 `Retry-After`) not to call until then.
+    throttled_until: u64,
+}
+
 const MAX_REDIRECTS: usize = 5;
 const MAX_ATTEMPTS: u32 = 3;
-/// Longest `Retry-After` honoured before giving up on this request.
-const MAX_RETRY_AFTER_MS: u64 = 10_000;
+/// Longest `Retry-After` one request waits out before asking again; a
+/// longer pause fails it at once (with the pause passed on to the client).
+const SHORT_PAUSE_MS: u64 = 2_000;
+/// Longest wait between two attempts of one request.
+const MAX_BACKOFF_MS: u64 = 10_000;
 const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 
 pub struct Upstream<F, H> {
@@ -103,6 +127,7 @@ pub struct Upstream<F, H> {
     base: Uri,
     /// Bearer tokens by scope, with their expiry (host clock, ms).
     tokens: Mutex<HashMap<String, (String, u64)>>,
+    health: Mutex<Health>,
 }
 
 impl<F: Fetch, H: Host> Upstream<F, H> {
@@ -129,6 +154,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             metrics,
             base,
             tokens: Mutex::new(HashMap::new()),
+            health: Mutex::default(),
         })
     }
 
@@ -206,6 +232,31 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             .await
     }
 
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the upstream should not be asked now, if it should not: it asked
+    /// for a pause, or it recently timed out or could not be reached. Cached
+    /// content is served at once meanwhile.
+    pub fn known_down(&self) -> Option<UpstreamError> {
+        let now = self.host.now_unix_ms();
+        let h = *self.lock_health();
+        if h.throttled_until > now {
+            return Some(UpstreamError::Throttled {
+                retry_after_ms: h.throttled_until - now,
+            });
+        }
+        (h.down_until > now).then(|| UpstreamError::Unavailable("recently unreachable".into()))
+    }
+
+    /// Remember that the upstream could not be reached (or hung) just now.
+    pub fn mark_down(&self) {
+        let until = self.host.now_unix_ms().saturating_add(DOWN_WINDOW_MS);
+        let mut h = self.lock_health();
+        h.down_until = h.down_until.max(until);
+    }
+
     async fn request(
         &self,
         repo: &RepositoryName,
@@ -213,6 +264,15 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         method: Method,
         range: Option<String>,
     ) -> Result<Response<F::Body>, UpstreamError> {
+        // A pause the upstream asked for holds for every request to it: a
+        // short one is waited out, a long one fails the request at once
+        // (stale content is served meanwhile, see `known_down`).
+        if let Some(UpstreamError::Throttled { retry_after_ms }) = self.known_down() {
+            if retry_after_ms > SHORT_PAUSE_MS {
+                return Err(UpstreamError::Throttled { retry_after_ms });
+            }
+            self.host.sleep(retry_after_ms).await;
+        }
         let name = self.config.upstream_name(repo.as_str());
         let base = self.base.to_string();
         let url = format!("{}/v2/{name}/{suffix}", base.trim_end_matches('/'));
@@ -225,12 +285,24 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 .send_following_redirects(&url, &method, &scope, range.as_deref())
                 .await;
             let resp = match resp {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.lock_health().down_until = 0;
+                    r
+                }
+                // A timeout already took the whole read timeout: trying
+                // again would only multiply the wait.
+                Err(FetchError::Timeout) => {
+                    self.mark_down();
+                    return Err(UpstreamError::Unavailable("timed out".into()));
+                }
                 Err(_) if attempt < MAX_ATTEMPTS => {
                     self.backoff(attempt, None).await;
                     continue;
                 }
-                Err(e) => return Err(UpstreamError::Unavailable(e.to_string())),
+                Err(e) => {
+                    self.mark_down();
+                    return Err(UpstreamError::Unavailable(e.to_string()));
+                }
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !authed_once {
@@ -270,16 +342,27 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Err(UpstreamError::Denied(status.as_u16()))
                 }
-                s if (s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error())
-                    && attempt < MAX_ATTEMPTS =>
-                {
-                    if retry_after.is_some_and(|ms| ms > MAX_RETRY_AFTER_MS) {
-                        return Err(UpstreamError::Unavailable(format!(
-                            "upstream answered {s}, retry after {}s",
-                            retry_after.unwrap_or(0) / 1000
-                        )));
+                // A pause asked for is one for the whole upstream, not a
+                // wait for this request.
+                s if s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::SERVICE_UNAVAILABLE => {
+                    if let Some(ms) = retry_after.filter(|ms| *ms > 0) {
+                        let until = self.host.now_unix_ms().saturating_add(ms);
+                        {
+                            let mut h = self.lock_health();
+                            h.throttled_until = h.throttled_until.max(until);
+                        }
+                        if ms > SHORT_PAUSE_MS || attempt >= MAX_ATTEMPTS {
+                            return Err(UpstreamError::Throttled { retry_after_ms: ms });
+                        }
+                        self.host.sleep(ms).await;
+                    } else if attempt < MAX_ATTEMPTS {
+                        self.backoff(attempt, None).await;
+                    } else {
+                        return Err(UpstreamError::Unavailable(format!("upstream answered {s}")));
                     }
-                    self.backoff(attempt, retry_after).await;
+                }
+                s if s.is_server_error() && attempt < MAX_ATTEMPTS => {
+                    self.backoff(attempt, None).await;
                 }
                 s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                     return Err(UpstreamError::Unavailable(format!("upstream answered {s}")))
@@ -291,7 +374,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
 
     async fn backoff(&self, attempt: u32, retry_after_ms: Option<u64>) {
         let ms = retry_after_ms.unwrap_or(100 * 4u64.pow(attempt.saturating_sub(1)));
-        self.host.sleep(ms.min(MAX_RETRY_AFTER_MS)).await;
+        self.host.sleep(ms.min(MAX_BACKOFF_MS)).await;
     }
 
     fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {

@@ -1314,3 +1314,99 @@ fn upstream_faults_are_502s_that_name_no_internal_address() {
     assert!(!text.contains("10.9.8.7"), "{text}");
     assert!(!text.contains("upstream.invalid"), "{text}");
 }
+
+/// Run `f` on its own thread; fail (not hang) if it takes over `secs`.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("no answer within {secs} s"))
+}
+
+#[test]
+fn a_hung_upstream_delays_a_stale_tag_boundedly_and_once() {
+    let s = Arc::new(setup(0));
+    push_image(&s.upstream, "app", "v1", &[data(1000, 83)]);
+    let uri = "/v2/up.local/app/manifests/v1";
+    assert_eq!(call(&s.mirror, Method::GET, uri).status, StatusCode::OK);
+    // The upstream accepts the connection and never answers.
+    let (open, held) = gate();
+    s.fetch
+        .rule(Some(Method::HEAD), "/manifests/v1", Answer::Hold(held));
+    let started = std::time::Instant::now();
+    let r = within(30, {
+        let s = s.clone();
+        move || call(&s.mirror, Method::GET, uri)
+    });
+    assert_eq!(
+        (r.status, r.header("x-kura-cache")),
+        (StatusCode::OK, "stale")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "stale after {:?}",
+        started.elapsed()
+    );
+    // Known down now: the next request is answered at once, without asking.
+    let heads = s.fetch.seen(&Method::HEAD, "/manifests/v1");
+    let started = std::time::Instant::now();
+    let r = within(30, {
+        let s = s.clone();
+        move || call(&s.mirror, Method::GET, uri)
+    });
+    assert_eq!(r.header("x-kura-cache"), "stale");
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    assert_eq!(s.fetch.seen(&Method::HEAD, "/manifests/v1"), heads);
+    // After the window the upstream is asked again.
+    drop(open);
+    s.fetch.clear_rules();
+    at(
+        &s.mirror,
+        1_000_000 + kura_core::upstream::DOWN_WINDOW_MS + 1,
+    );
+    let r = call(&s.mirror, Method::GET, uri);
+    assert_eq!(r.header("x-kura-cache"), "revalidated");
+}
+
+#[test]
+fn a_pause_asked_by_the_upstream_holds_for_all_its_requests() {
+    let s = setup(0);
+    let (_, digests) = push_image(&s.upstream, "app", "v1", &[data(1000, 84)]);
+    let uri = "/v2/up.local/app/manifests/v1";
+    assert_eq!(call(&s.mirror, Method::GET, uri).status, StatusCode::OK);
+    let asked_before = s.fetch.log.lock().unwrap().len();
+    s.fetch.rule(
+        None,
+        "/v2/app/",
+        Answer::Status(429, vec![("retry-after", "30".into())]),
+    );
+    let started = std::time::Instant::now();
+    // A cached tag: served stale.
+    let r = call(&s.mirror, Method::GET, uri);
+    assert_eq!(
+        (r.status, r.header("x-kura-cache")),
+        (StatusCode::OK, "stale")
+    );
+    // Nothing cached: 503, and the pause passed on.
+    for cold in [
+        "/v2/up.local/app/manifests/v2".to_owned(),
+        format!("/v2/up.local/app/blobs/{}", digests[1]),
+    ] {
+        let r = call(&s.mirror, Method::GET, &cold);
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{cold}");
+        let wait: u64 = r.header("retry-after").parse().unwrap_or(0);
+        assert!((1..=30).contains(&wait), "{cold}: Retry-After {wait}");
+    }
+    // One 429 was enough: nobody asked again, and nobody waited.
+    assert_eq!(s.fetch.log.lock().unwrap().len(), asked_before + 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // The pause over, the upstream is asked again.
+    s.fetch.clear_rules();
+    at(&s.mirror, 1_031_000);
+    assert_eq!(
+        call(&s.mirror, Method::GET, uri).header("x-kura-cache"),
+        "revalidated"
+    );
+}

@@ -6,7 +6,7 @@ use futures::executor::block_on;
 use kura_core::{BoxFuture, Host};
 
 /// A settable clock, distinct (not unpredictable) random bytes, spawn on a
-/// thread, and no real waiting for retry backoff.
+/// thread, and no real waiting for retry backoff (longer sleeps are real).
 pub struct TestHost {
     pub clock: AtomicU64,
     counter: AtomicU64,
@@ -34,7 +34,19 @@ impl Host for TestHost {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         std::thread::spawn(move || block_on(task));
     }
-    fn sleep(&self, _ms: u64) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+    fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
+        // Retry backoffs (under a second) pass at once; longer waits (the
+        // deadline for a stale answer) take real time, on a thread.
+        if ms < 1_000 {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let _ = tx.send(());
+        });
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }

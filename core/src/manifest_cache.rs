@@ -106,7 +106,15 @@ impl<T: Clone> Lru<T> {
 pub(crate) struct ManifestCache {
     manifests: Mutex<Lru<CachedManifest>>,
     tags: Mutex<Lru<CachedTag>>,
+    /// Bumped by every [`ManifestCache::forget`] (under the manifests
+    /// lock): a reader that saw storage before a deletion must not put what
+    /// it read back in after it.
+    epoch: std::sync::atomic::AtomicU64,
 }
+
+/// When a reader started reading storage: see [`ManifestCache::epoch`].
+#[derive(Clone, Copy)]
+pub(crate) struct Epoch(u64);
 
 /// Bookkeeping bytes charged per entry besides its content.
 const ENTRY_OVERHEAD: usize = 128;
@@ -118,6 +126,7 @@ impl ManifestCache {
         ManifestCache {
             manifests: Mutex::new(Lru::new(budget)),
             tags: Mutex::new(Lru::new(budget / 16)),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -133,15 +142,39 @@ impl ManifestCache {
         lock(&self.manifests).get(&Self::manifest_key(name, digest))
     }
 
-    pub fn put_manifest(&self, name: &RepositoryName, digest: &Digest, m: CachedManifest) {
-        let cost = m.bytes.len() + m.media_type.len() + ENTRY_OVERHEAD;
-        lock(&self.manifests).insert(Self::manifest_key(name, digest), m, cost);
+    /// Take before reading a manifest from storage, to hand to
+    /// [`ManifestCache::put_manifest`].
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(std::sync::atomic::Ordering::SeqCst))
     }
 
-    /// The manifest is gone from `name` (deleted): forget it and every
-    /// mirrored tag lookup, which may point at it.
+    /// Remember a manifest read from storage since `seen`, unless something
+    /// was forgotten (deleted, replaced) since: then what was read may be
+    /// gone already, and storage answers next time.
+    pub fn put_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        m: CachedManifest,
+        seen: Epoch,
+    ) {
+        let cost = m.bytes.len() + m.media_type.len() + ENTRY_OVERHEAD;
+        let mut manifests = lock(&self.manifests);
+        if self.epoch.load(std::sync::atomic::Ordering::SeqCst) != seen.0 {
+            return;
+        }
+        manifests.insert(Self::manifest_key(name, digest), m, cost);
+    }
+
+    /// The manifest is gone from `name` (deleted) or changed (its media
+    /// type re-pushed): forget it and every mirrored tag lookup, which may
+    /// point at it.
     pub fn forget(&self, name: &RepositoryName, digest: &Digest) {
-        lock(&self.manifests).remove(&Self::manifest_key(name, digest));
+        {
+            let mut manifests = lock(&self.manifests);
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            manifests.remove(&Self::manifest_key(name, digest));
+        }
         let mut tags = lock(&self.tags);
         let prefix = format!("{name}:");
         let gone: Vec<String> = tags
@@ -195,7 +228,7 @@ mod tests {
     #[test]
     fn manifests_are_scoped_to_their_repository() {
         let c = ManifestCache::new(1 << 20);
-        c.put_manifest(&name("a/b"), &digest(1), manifest(10));
+        c.put_manifest(&name("a/b"), &digest(1), manifest(10), c.epoch());
         assert!(c.manifest(&name("a/b"), &digest(1)).is_some());
         assert!(c.manifest(&name("a/c"), &digest(1)).is_none());
         assert!(c.manifest(&name("a/b"), &digest(2)).is_none());
@@ -205,11 +238,11 @@ mod tests {
     fn least_recently_used_goes_first_and_the_budget_holds() {
         let c = ManifestCache::new(4 * (1000 + 200));
         for i in 0..4 {
-            c.put_manifest(&name("r"), &digest(i), manifest(1000));
+            c.put_manifest(&name("r"), &digest(i), manifest(1000), c.epoch());
         }
         // Touch 0, so 1 is the oldest.
         assert!(c.manifest(&name("r"), &digest(0)).is_some());
-        c.put_manifest(&name("r"), &digest(9), manifest(1000));
+        c.put_manifest(&name("r"), &digest(9), manifest(1000), c.epoch());
         assert!(c.manifest(&name("r"), &digest(1)).is_none());
         for i in [0, 2, 3, 9] {
             assert!(c.manifest(&name("r"), &digest(i)).is_some(), "{i}");
@@ -221,8 +254,20 @@ mod tests {
     #[test]
     fn oversized_entries_are_not_cached() {
         let c = ManifestCache::new(4000);
-        c.put_manifest(&name("r"), &digest(1), manifest(2000));
+        c.put_manifest(&name("r"), &digest(1), manifest(2000), c.epoch());
         assert!(c.manifest(&name("r"), &digest(1)).is_none());
+    }
+
+    #[test]
+    fn a_read_from_before_a_forget_is_not_cached() {
+        let c = ManifestCache::new(1 << 20);
+        let seen = c.epoch();
+        // A deletion lands while the reader is reading storage.
+        c.forget(&name("r"), &digest(1));
+        c.put_manifest(&name("r"), &digest(1), manifest(10), seen);
+        assert!(c.manifest(&name("r"), &digest(1)).is_none());
+        c.put_manifest(&name("r"), &digest(1), manifest(10), c.epoch());
+        assert!(c.manifest(&name("r"), &digest(1)).is_some());
     }
 
     #[test]
@@ -233,7 +278,7 @@ mod tests {
             Tag::parse("one").unwrap(),
             Tag::parse("two").unwrap(),
         );
-        c.put_manifest(&r, &digest(1), manifest(10));
+        c.put_manifest(&r, &digest(1), manifest(10), c.epoch());
         let at = |d| CachedTag {
             digest: d,
             checked_ms: 5,

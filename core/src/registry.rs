@@ -1,7 +1,7 @@
 //! Hosted repositories: the registry operations of the distribution spec
 //! over a [`Storage`] backend.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,8 @@ pub struct Registry<S, H, F = NoFetch> {
     pub(crate) mirrors: Mirrors<F, H>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) recent: ManifestCache,
+    /// Upload sessions with a request writing to them, and how many.
+    uploads_writing: Mutex<HashMap<UploadId, usize>>,
 }
 
 impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
@@ -130,6 +132,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             cataloged: Mutex::new(HashSet::new()),
             mirrors,
             metrics,
+            uploads_writing: Mutex::default(),
         }
     }
 
@@ -278,6 +281,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let CachedManifest { media_type, bytes } = match self.recent.manifest(name, &digest) {
             Some(m) => m,
             None => {
+                let seen = self.recent.epoch();
                 let media_type = self
                     .storage
                     .read(&layout::manifest_revision(name, &digest))
@@ -289,7 +293,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     .await?
                     .ok_or_else(|| manifest_unknown(name, reference))?;
                 let m = CachedManifest { media_type, bytes };
-                self.recent.put_manifest(name, &digest, m.clone());
+                self.recent.put_manifest(name, &digest, m.clone(), seen);
                 m
             }
         };
@@ -425,6 +429,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 PutMode::Overwrite,
             )
             .await?;
+        // The same bytes may come again with another media type: the
+        // cached answer must not outlive the revision it was read from.
+        self.recent.forget(name, digest);
         if let Some(subject) = &parsed.subject {
             let desc = serde_json::to_vec(&parsed.referrer_descriptor(digest.clone(), size))
                 .expect("descriptor serializes");
@@ -497,6 +504,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             Reference::Digest(d) => {
                 let rev = layout::manifest_revision(name, d);
                 if self.storage.head(&rev).await?.is_none() {
+                    self.recent.forget(name, d);
                     return Err(manifest_unknown(name, reference));
                 }
                 // Tags first, so no tag is ever left pointing at a deleted
@@ -747,14 +755,19 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(Some(len))
     }
 
-    /// Store `body` as the session's next chunk and advance its state.
+    /// Store `body` as the session's next chunk and advance `state`; with
+    /// `persist`, write the state too. Returns the chunk's key (`None` for
+    /// an empty body). A session removed while the chunk was being written
+    /// (by a janitor elsewhere) stays removed: the chunk is dropped and the
+    /// upload is unknown.
     async fn append_chunk(
         &self,
         id: &UploadId,
         state: &mut UploadState,
         body: ByteStream,
         expected_len: Option<u64>,
-    ) -> Result<()> {
+        persist: bool,
+    ) -> Result<Option<String>> {
         let hasher = Hasher::restore(&state.hasher)
             .ok_or_else(|| RegistryError::internal("corrupt upload state"))?;
         let slot = Arc::new(Mutex::new(None));
@@ -780,7 +793,19 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .ok_or_else(|| RegistryError::internal("chunk stream did not finish"))?;
         if len == 0 {
             self.storage.delete(&key).await?;
-            return Ok(());
+            return Ok(None);
+        }
+        if self
+            .storage
+            .head(&layout::upload_state(id))
+            .await?
+            .is_none()
+        {
+            self.storage.delete(&key).await?;
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadUnknown,
+                format!("upload {id} was removed while the chunk arrived"),
+            ));
         }
         state.chunks.push(Chunk {
             offset: state.offset,
@@ -789,14 +814,16 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         state.offset += len;
         state.hasher = hasher.save();
         state.updated_ms = self.host.now_unix_ms();
-        self.storage
-            .put(
-                &layout::upload_state(id),
-                state.encode(),
-                PutMode::Overwrite,
-            )
-            .await?;
-        Ok(())
+        if persist {
+            self.storage
+                .put(
+                    &layout::upload_state(id),
+                    state.encode(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        Ok(Some(key))
     }
 
     async fn patch_upload(
@@ -806,9 +833,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         content_range: Option<&str>,
         body: ByteStream,
     ) -> Result<Response<S::Body>> {
+        let _writing = self.writing(id);
         let mut state = self.load_upload(name, id).await?;
         let expected = self.check_chunk_range(name, id, &state, content_range)?;
-        self.append_chunk(id, &mut state, body, expected).await?;
+        self.append_chunk(id, &mut state, body, expected, true)
+            .await?;
         Ok(self.upload_response(StatusCode::ACCEPTED, name, id, &state))
     }
 
@@ -829,6 +858,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 ))
             }
         };
+        let _writing = self.writing(id);
         let mut state = self.load_upload(name, id).await?;
         let expected = self.check_chunk_range(name, id, &state, content_range)?;
         let (first, body) = peek(body).await.map_err(|e| {
@@ -844,10 +874,22 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             };
             self.store_blob(&digest, body).await?;
         } else {
-            if first.is_some() {
-                self.append_chunk(id, &mut state, body, expected).await?;
+            // The final chunk joins the session only if the blob commits:
+            // a failed PUT leaves the session as it was, so the client can
+            // send it again (with the right digest).
+            let last = match first {
+                Some(_) => {
+                    self.append_chunk(id, &mut state, body, expected, false)
+                        .await?
+                }
+                None => None,
+            };
+            if let Err(e) = self.commit_chunks(id, &state, &digest).await {
+                if let Some(key) = last {
+                    self.storage.delete(&key).await?;
+                }
+                return Err(e);
             }
-            self.commit_chunks(id, &state, &digest).await?;
         }
         self.link_blob(name, &digest).await?;
         self.remove_upload(id).await?;
@@ -939,11 +981,35 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(purged)
     }
 
-    /// Delete upload sessions not touched for `max_age_ms`. Returns how many.
+    /// Mark a session as receiving data until the guard drops.
+    fn writing(&self, id: &UploadId) -> Writing<'_> {
+        *self
+            .uploads_writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default() += 1;
+        Writing {
+            map: &self.uploads_writing,
+            id: id.clone(),
+        }
+    }
+
+    /// Delete upload sessions not touched for `max_age_ms`. A session with
+    /// a chunk arriving is active however long the chunk takes. Returns
+    /// how many.
     pub async fn purge_stale_uploads(&self, max_age_ms: u64) -> Result<usize> {
         let now = self.host.now_unix_ms();
         let mut purged = 0;
         for id in self.upload_ids().await? {
+            if self
+                .uploads_writing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id)
+            {
+                continue;
+            }
             let stale = match self.storage.read(&layout::upload_state(&id)).await? {
                 Some(raw) => UploadState::decode(&raw)
                     .is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
@@ -1197,6 +1263,24 @@ pub(crate) fn blob_response<B>(
         set(h, CONTENT_RANGE, &cr);
     }
     resp
+}
+
+/// Held while a request writes to an upload session.
+struct Writing<'a> {
+    map: &'a Mutex<HashMap<UploadId, usize>>,
+    id: UploadId,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// One page of a listing, and the `n` and `last` of the next if any.

@@ -57,6 +57,17 @@ impl Route {
         }
     }
 
+    /// The methods the route answers (the `Allow` of a 405).
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Route::Base | Route::Catalog | Route::Tags(..) | Route::Referrers(..) => "GET, HEAD",
+            Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
+            Route::Blob(..) => "GET, HEAD, DELETE",
+            Route::Uploads(..) => "POST",
+            Route::Upload(..) => "GET, PATCH, PUT, DELETE",
+        }
+    }
+
     /// The repository the route addresses, if any.
     pub fn name(&self) -> Option<&RepositoryName> {
         match self {

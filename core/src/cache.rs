@@ -405,7 +405,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         "{} is a read-only mirror of {}",
                         t.remote, t.upstream.config.name
                     ),
-                ))
+                )
+                .with_header(http::header::ALLOW, "GET, HEAD"))
             }
         };
         set(

@@ -156,17 +156,26 @@ pub struct Manifest {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// Strip parameters and whitespace from a Content-Type value.
-fn essence(content_type: &str) -> &str {
-    content_type.split(';').next().unwrap_or("").trim()
+/// A Content-Type value without parameters and whitespace, lower-cased:
+/// media types compare case-insensitively (RFC 6838 §4.2).
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Parse and validate manifest `bytes` pushed with `content_type`.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
     let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     let header = content_type.map(essence).filter(|s| !s.is_empty());
+    let header = header.as_deref();
+    let body_media_type = raw.media_type.as_deref().map(essence);
+    let body_media_type = body_media_type.as_deref();
 
-    for mt in [header, raw.media_type.as_deref()].into_iter().flatten() {
+    for mt in [header, body_media_type].into_iter().flatten() {
         if mt == media_type::DOCKER_SCHEMA1 || mt == media_type::DOCKER_SCHEMA1_SIGNED {
             return Err(ManifestError::Schema1);
         }
@@ -186,7 +195,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
                 .ok_or_else(|| ManifestError::UnsupportedMediaType(h.to_owned()))?,
         ),
     };
-    let body_kind = match raw.media_type.as_deref() {
+    let body_kind = match body_media_type {
         None => None,
         Some(b) => Some(
             Kind::from_media_type(b)
@@ -271,8 +280,11 @@ impl Manifest {
     /// The artifact type shown in a referrers listing: `artifactType`, else
     /// the config media type of an image manifest.
     pub fn referrer_artifact_type(&self) -> Option<String> {
+        // An empty `artifactType` is no artifact type: an image manifest
+        // falls back to its config's media type, an index has none.
         self.artifact_type
             .clone()
+            .filter(|t| !t.is_empty())
             .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()))
     }
 
@@ -302,6 +314,42 @@ mod tests {
 
     fn d(n: u8) -> String {
         Digest::sha256(&[n]).to_string()
+    }
+
+    #[test]
+    fn media_types_compare_case_insensitively() {
+        let body = image(Some("application/vnd.OCI.image.manifest.v1+json"));
+        let m = parse(
+            &body,
+            Some("Application/VND.oci.Image.Manifest.v1+JSON; charset=x"),
+        )
+        .unwrap();
+        assert_eq!(m.media_type(), media_type::OCI_MANIFEST);
+        assert!(matches!(
+            parse(&body, Some("APPLICATION/VND.OCI.IMAGE.INDEX.V1+JSON")),
+            Err(ManifestError::MediaTypeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_artifact_type_is_none() {
+        let mut v: serde_json::Value = serde_json::from_slice(&image(None)).unwrap();
+        v["artifactType"] = json!("");
+        let m = parse(&serde_json::to_vec(&v).unwrap(), None).unwrap();
+        assert_eq!(
+            m.referrer_artifact_type().as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "artifactType": "",
+            "manifests": [],
+        });
+        let m = parse(&serde_json::to_vec(&index).unwrap(), None).unwrap();
+        assert_eq!(m.referrer_artifact_type(), None);
+        let desc = serde_json::to_value(m.referrer_descriptor(Digest::sha256(b"i"), 1)).unwrap();
+        assert!(desc.get("artifactType").is_none(), "{desc}");
     }
 
     fn image(mt: Option<&str>) -> Vec<u8> {

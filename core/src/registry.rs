@@ -189,6 +189,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         }
         let m = &parts.method;
         let is = |allowed: &[Method]| allowed.contains(m);
+        let allow = route.allowed_methods();
         match route {
             Route::Base if is(&[Method::GET, Method::HEAD]) => {
                 Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
@@ -234,7 +235,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             _ => Err(RegistryError::new(
                 ErrorCode::Unsupported,
                 format!("method {m} not allowed here"),
-            )),
+            )
+            .with_header(http::header::ALLOW, allow)),
         }
     }
 
@@ -492,7 +494,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         name: &RepositoryName,
         reference: &Reference,
     ) -> Result<Response<S::Body>> {
-        self.check_delete_enabled()?;
+        self.check_delete_enabled("GET, HEAD, PUT")?;
         match reference {
             Reference::Tag(t) => {
                 let key = layout::tag(name, t);
@@ -597,7 +599,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<Response<S::Body>> {
-        self.check_delete_enabled()?;
+        self.check_delete_enabled("GET, HEAD")?;
         let link = layout::layer_link(name, digest);
         if self.storage.head(&link).await?.is_none() {
             return Err(RegistryError::new(
@@ -1219,14 +1221,16 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         Ok(resp)
     }
 
-    fn check_delete_enabled(&self) -> Result<()> {
+    /// `allow`: what the resource still answers when deletes are off.
+    fn check_delete_enabled(&self, allow: &'static str) -> Result<()> {
         if self.config.delete_enabled {
             Ok(())
         } else {
             Err(RegistryError::new(
                 ErrorCode::Unsupported,
                 "deletes are disabled on this registry",
-            ))
+            )
+            .with_header(http::header::ALLOW, allow))
         }
     }
 }

@@ -2477,7 +2477,35 @@ fn errors_methods_and_unknown_paths() {
     ] {
         let r = reg.raw(method, &path, &[], b"").expect(status);
         assert_eq!(r.code(), "UNSUPPORTED", "{method} {path}");
+        if status == 405 {
+            // RFC 9110: a 405 lists what the resource does allow.
+            let allow = r.hdr("allow").to_owned();
+            assert!(
+                !allow.is_empty() && !allow.split(", ").any(|m| m == method),
+                "{method} {path}: Allow {allow:?}"
+            );
+        }
     }
+    let r = reg
+        .raw("PUT", "/v2/err/m/blobs/uploads/", &[], b"")
+        .expect(405);
+    assert_eq!(r.hdr("allow"), "POST");
+}
+
+/// A client that shuts down its sending side after the request (scripted
+/// health checks, `nc -N`) still gets the response.
+#[test]
+fn errors_half_closed_clients_get_their_answer() {
+    let reg = Reg::start();
+    let mut s = TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: kura\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "answer: {text:?}");
 }
 
 /// Path traversal, odd encodings and oversized input: always a 4xx with an

@@ -223,16 +223,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match tls_config {
         None => {
             tracing::info!(%addr, %storage, "kura listening (http)");
-            axum::serve(tcp, router)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            server::serve(tcp, router, shutdown_signal()).await;
         }
         Some(server_config) => {
             tracing::info!(%addr, %storage, "kura listening (https)");
             let listener = tls::TlsListener::new(tcp, server_config)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            server::serve(listener, router, shutdown_signal()).await;
         }
     }
     tracing::info!("shut down cleanly");

@@ -83,6 +83,49 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     Ok(Arc::new(App { registry, auth }))
 }
 
+/// Serve `router` on every connection `listener` accepts until `shutdown`
+/// completes, then let open connections finish their requests.
+///
+/// Like `axum::serve` (HTTP/1.1 with keep-alive and upgrades, HTTP/2 by
+/// prior knowledge or ALPN), plus HTTP/1 half-close: a client that shuts
+/// down its sending side after the request (`nc -N`, scripted health
+/// checks) still gets the response.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    L: axum::serve::Listener,
+    L::Io: Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().half_close(true).timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _) = listener.accept() => {
+                let service = TowerToHyperService::new(router.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // A client going away mid-request is not an error here.
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))

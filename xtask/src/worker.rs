@@ -5,10 +5,16 @@
 //!   module's size (raw and gzip -9).
 //! - [`worker_test`] — the worker's unit tests (config, routing), a wasm32
 //!   clippy of the crate, and the end-to-end tests (`tests/tests/worker.rs`:
-//!   the Worker in `wrangler dev --local` with its local R2, mirroring
+//!   the Worker in wrangler's local runtime with its local R2, mirroring
 //!   docker-registry and a lying upstream, pulled with skopeo).
-//! - [`edge_dev`] — the Worker under `wrangler dev --local` mirroring one
+//! - [`edge_dev`] — the Worker in wrangler's local runtime mirroring one
 //!   upstream, on `127.0.0.1:<port>`, until interrupted.
+//!
+//! Both run the Worker with `shells/worker/dev.mjs` rather than the
+//! `wrangler dev --local` CLI: the same local runtime, without the devtools
+//! inspector, which costs wrangler one request to its loopback server per
+//! 4 KiB the Worker fetches (see dev.mjs) and made cold pulls of large
+//! layers hang.
 //!
 //! Builds use the workspace's target directory (`target/wasm32-unknown-unknown`),
 //! like every other build. Needs worker-build 0.8.7 and a wasm32 toolchain
@@ -60,18 +66,17 @@ fn clean_env(cmd: &mut Command) -> &mut Command {
         .env_remove("RUSTUP_TOOLCHAIN")
 }
 
-/// wrangler in shells/worker/node_modules, installed from the lockfile if
-/// missing. Returns the path of its CLI script.
-fn wrangler() -> anyhow::Result<PathBuf> {
+/// wrangler in shells/worker/node_modules (which dev.mjs loads), installed
+/// from the lockfile if missing.
+fn install_wrangler() -> anyhow::Result<()> {
     let dir = worker_dir();
-    let cli = dir.join("node_modules/wrangler/bin/wrangler.js");
-    if !cli.exists() {
+    if !dir.join("node_modules/wrangler/bin/wrangler.js").exists() {
         require("npm", "install Node >= 20.3 with npm")?;
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir))?;
     }
-    Ok(cli)
+    Ok(())
 }
 
 /// Release build into `shells/worker/build/`; prints the module size.
@@ -134,7 +139,7 @@ pub fn worker_test() -> anyhow::Result<()> {
         ])
         .args(["--all-features", "--", "-D", "warnings"])
         .current_dir(root()))?;
-    wrangler()?;
+    install_wrangler()?;
     run(Command::new(&cargo)
         .args(["test", "-p", "kura-tests", "--test", "worker", "--"])
         // The measurement (warm_blob_request_cost) is run by hand.
@@ -171,8 +176,9 @@ fn upstream_name(url: &str) -> anyhow::Result<String> {
     })
 }
 
-/// `wrangler dev --local` on `127.0.0.1:<port>` mirroring `upstream` (also
-/// the default, so `127.0.0.1:<port>/library/alpine:3.20` works), R2 kept in
+/// The Worker in wrangler's local runtime (`dev.mjs`) on
+/// `127.0.0.1:<port>` mirroring `upstream` (also the default, so
+/// `127.0.0.1:<port>/library/alpine:3.20` works), R2 kept in
 /// `shells/worker/.wrangler/state`. wrangler builds the Worker first (the
 /// build command in wrangler.toml). Runs until interrupted.
 pub fn edge_dev(upstream: &str, port: u16) -> anyhow::Result<()> {
@@ -181,7 +187,7 @@ pub fn edge_dev(upstream: &str, port: u16) -> anyhow::Result<()> {
         "cargo install worker-build --version 0.8.7 --locked",
     )?;
     require("node", "install Node >= 20.3")?;
-    let cli = wrangler()?;
+    install_wrangler()?;
     let name = upstream_name(upstream)?;
     let upstreams = format!(
         r#"[{{"name":"{name}","url":"{}","tag_ttl_secs":300}}]"#,
@@ -194,8 +200,8 @@ pub fn edge_dev(upstream: &str, port: u16) -> anyhow::Result<()> {
          xtask:   curl http://127.0.0.1:{port}/v2/<repository>/manifests/<tag>"
     );
     let mut cmd = Command::new("node");
-    cmd.arg(cli)
-        .args(["dev", "--local", "--ip", "127.0.0.1"])
+    cmd.arg(dir.join("dev.mjs"))
+        .args(["--ip", "127.0.0.1"])
         .arg("--port")
         .arg(port.to_string())
         .arg("--persist-to")

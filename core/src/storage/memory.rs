@@ -149,8 +149,55 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    use super::super::{ObjectMeta, PutMode, Storage, StorageError};
+    use super::MemoryStorage;
+    use crate::body::ByteStream;
+    use bytes::Bytes;
+
     #[test]
     fn conformance() {
-        futures::executor::block_on(super::super::conformance::run(&super::MemoryStorage::new()));
+        futures::executor::block_on(super::super::conformance::run(&MemoryStorage::new()));
+    }
+
+    /// A backend that implements only what the trait requires: the default
+    /// `read`, `rename`, `list_meta` and `append` must keep the contract.
+    struct Minimal(MemoryStorage);
+
+    #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+    #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+    impl Storage for Minimal {
+        type Body = ByteStream;
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.0.head(key).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+            range: Option<std::ops::Range<u64>>,
+        ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
+            self.0.get(key, range).await
+        }
+        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+            self.0.put(key, data, mode).await
+        }
+        async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+            self.0.put_stream(key, data).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix).await
+        }
+        fn body_stream(body: ByteStream) -> ByteStream {
+            body
+        }
+    }
+
+    #[test]
+    fn default_methods_keep_the_contract() {
+        futures::executor::block_on(super::super::conformance::run(&Minimal(
+            MemoryStorage::new(),
+        )));
     }
 }

@@ -98,7 +98,19 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     ) -> Result<Option<(ObjectMeta, Self::Body)>, StorageError>;
 
     /// Read a small object whole (links, tags, manifests, session state).
-    async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError>;
+    /// The default collects [`Storage::get`]; backends with a cheaper
+    /// whole-object read override it.
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        let Some((_, body)) = self.get(key, None).await? else {
+            return Ok(None);
+        };
+        let mut stream = Self::body_stream(body);
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            out.extend_from_slice(&chunk.map_err(StorageError::backend)?);
+        }
+        Ok(Some(out.freeze()))
+    }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError>;
 
@@ -106,8 +118,16 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// the number of bytes written.
     async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError>;
 
-    /// Move `from` to `to`, replacing `to`.
-    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// Move `from` to `to`, replacing `to`. The default copies through
+    /// [`Storage::put_stream`] (so `to` appears whole) and then deletes
+    /// `from`; backends that can move objects override it.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let Some((_, body)) = self.get(from, None).await? else {
+            return Err(StorageError::NotFound);
+        };
+        self.put_stream(to, Self::body_stream(body)).await?;
+        self.delete(from).await
+    }
 
     /// Whether [`Storage::append`] works. Where it does (local disk,
     /// memory), cache fills stage a blob in one object that a rename turns

@@ -1316,7 +1316,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// Keep mirrored layer blobs under `max_size` bytes, least recently used
     /// first: by the last GET or HEAD of the blob, the last pull of a
     /// manifest referencing it, or its fill, whichever is latest (see
-    /// [`Recency`]); a blob with no recorded use counts as used when it was
+    /// `Recency`); a blob with no recorded use counts as used when it was
     /// written. Never evicted: anything a hosted repository links,
     /// manifests (small, and tags point at them), blobs being filled, and
     /// blobs used within the last `grace_ms` (they may be being served).

@@ -1,7 +1,7 @@
 //! `kura-core`: the registry brain of kura.
 //!
 //! Everything a registry decides lives here: the distribution-spec grammar
-//! ([`reference`]), content addressing ([`digest`]), manifest validation
+//! ([`mod@reference`]), content addressing ([`digest`]), manifest validation
 //! ([`manifest`]), `/v2/` routing and wire format ([`api`]), the on-storage
 //! layout ([`layout`]) and the registry operations ([`registry`]). Hosts
 //! bring the bytes: a [`storage::Storage`] backend and, for mirroring, an

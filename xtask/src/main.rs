@@ -96,6 +96,18 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
         "warnings",
     ]))?;
     wasm()?;
+    // kura-core is published on its own: its docs build without warnings and
+    // it packages (crates.io metadata, no path-only dependencies).
+    run(Command::new(cargo())
+        .args(["doc", "-p", "kura-core", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    run(Command::new(cargo()).args([
+        "package",
+        "-p",
+        "kura-core",
+        "--no-verify",
+        "--allow-dirty",
+    ]))?;
     run_tests(
         Command::new(cargo())
             .args(["test", "--workspace", "--no-fail-fast"])

@@ -3,7 +3,8 @@
 //! Keys are `/`-separated strings built by [`crate::layout`]; backends treat
 //! them as opaque. The registry layout (blobs by digest, repository links,
 //! tags, upload sessions) is built above this trait, so every backend has
-//! the same semantics, checked by the [`conformance`] suite.
+//! the same semantics, checked by the conformance suite (`conformance`, with
+//! the `conformance` feature).
 
 use std::io;
 use std::ops::Range;
@@ -67,7 +68,7 @@ impl StorageError {
 
 /// An object store, as much of one as a registry needs.
 ///
-/// Contract (checked by [`conformance`]):
+/// Contract (checked by the conformance suite, feature `conformance`):
 /// - `put` and `put_stream` are atomic: readers see the old object or the
 ///   whole new one, never a part. A `put_stream` whose input yields an error
 ///   leaves no object behind and returns [`StorageError::Input`] with that

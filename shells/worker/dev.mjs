@@ -16,7 +16,8 @@
 // wrangler's proxy workerd and a 13 s fill (2 s without); four such fills
 // ran out of its 20,000 file descriptors. The CLI has no switch for the
 // inspector; the `unstable_startWorker` API (the one the CLI is built on)
-// takes `dev.inspector: false`. Nothing here differs on Cloudflare.
+// takes `dev.inspector: false`. Deployed Workers have no inspector
+// attached; this only concerns local runs.
 //
 // wrangler comes from this directory's node_modules (`npm ci`). The Worker
 // is built by the configuration's [build] command, if it has one.

@@ -550,6 +550,45 @@ fn skopeo_pulls_through_the_worker_byte_identical_and_warm_pulls_stay_in_r2() {
         "warm --all pull fetched blobs upstream: {warm_access:#?}"
     );
 
+    // Tag lists come from the upstream, named as the client asked, for
+    // skopeo as for a plain GET (the core's rule, in the Worker too).
+    let out = sk
+        .run(&[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{wh}/up.local/team/app"),
+        ])
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(tags["Tags"], json!(["big", "v1"]), "{tags}");
+    let client = http_client();
+    let list: serde_json::Value = client
+        .get(format!("{}/v2/up.local/team/app/tags/list", worker.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["name"], "up.local/team/app");
+    // A manifest reference that is neither tag nor digest: 404.
+    let r = client
+        .get(format!(
+            "{}/v2/up.local/team/app/manifests/.INVALID_MANIFEST_NAME",
+            worker.url
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // A blob cached for team/app is not served through a repository the
+    // upstream does not have it in.
+    let r = client
+        .get(format!(
+            "{}/v2/up.local/team/multi/blobs/{}",
+            worker.url, img.layers[0].digest
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "served under another repository");
+
     // A warm blob straight from R2: byte-identical, marked a hit.
     let layer = &big.layers[0];
     let r = get_blob(

@@ -7,7 +7,8 @@
 //!   the wasm-bindgen package (`wasm-js [--dev]` builds only that;
 //!   `wasm-js-test` and `core-wasm-test` run the edge tests alone).
 //! - `cargo xtask edge-dev --upstream URL [--port PORT]` — the Worker under
-//!   `wrangler dev --local` with a local R2, mirroring URL; `worker-test`
+//!   wrangler's local runtime (`shells/worker/dev.mjs`, devtools off) with a
+//!   local R2, mirroring URL; `worker-test`
 //!   runs the Worker's tests alone.
 //! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
 //!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
@@ -117,7 +118,7 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     // wasm-bindgen package under `node --test`.
     edge::core_wasm_test()?;
     edge::wasm_js_test()?;
-    // The Cloudflare Worker under `wrangler dev --local` with its local R2.
+    // The Cloudflare Worker in wrangler's local runtime with its local R2.
     worker::worker_test()?;
     // The benchmark harness at small sizes: it must run end to end and
     // produce its table (no timing is asserted).

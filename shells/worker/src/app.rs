@@ -27,7 +27,7 @@ use std::time::Duration;
 use http::StatusCode;
 use kura_core::edge::{BlobMiss, Edge};
 use kura_core::registry::{error_response, Response};
-use kura_core::{Body, Digest, ErrorCode, Registry, RegistryConfig, RegistryError};
+use kura_core::{Body, Digest, ErrorCode, Registry, RegistryConfig, RegistryError, RepositoryName};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{event, Context, Delay, Env};
 
@@ -58,7 +58,7 @@ struct App {
 
 thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
-    static FILLS: RefCell<HashMap<Digest, Rc<Fill>>> = RefCell::new(HashMap::new());
+    static FILLS: RefCell<HashMap<FillKey, Rc<Fill>>> = RefCell::new(HashMap::new());
     static GATES: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
@@ -212,9 +212,14 @@ enum Missed {
     Again,
 }
 
+/// Fills by the repository (as stored) they fill for and the digest: a
+/// fill started for one repository is never followed by a request for
+/// another, which the upstream may not let have the blob.
+type FillKey = (RepositoryName, Digest);
+
 /// One fill in this isolate.
 struct Fill {
-    digest: Digest,
+    key: FillKey,
     outcome: RefCell<Option<Result<(), String>>>,
     /// When bytes last moved (ms; the runtime's clock advances with I/O).
     moved_ms: Cell<u64>,
@@ -231,13 +236,17 @@ impl Fill {
     /// stored, or (after a failure) lead a fresh fill.
     fn settle(self: &Rc<Self>, outcome: Result<(), String>) {
         if let Err(e) = &outcome {
-            worker::console_warn!("kura: fill of {} failed: {e}", self.digest);
+            worker::console_warn!(
+                "kura: fill of {} for {} failed: {e}",
+                self.key.1,
+                self.key.0
+            );
         }
         *self.outcome.borrow_mut() = Some(outcome);
         FILLS.with(|f| {
             let mut f = f.borrow_mut();
-            if f.get(&self.digest).is_some_and(|x| Rc::ptr_eq(x, self)) {
-                f.remove(&self.digest);
+            if f.get(&self.key).is_some_and(|x| Rc::ptr_eq(x, self)) {
+                f.remove(&self.key);
             }
         });
     }
@@ -263,16 +272,17 @@ async fn blob_miss(
             Err(e) => to_web(error_response(&e)),
         });
     }
-    let existing = FILLS.with(|f| f.borrow().get(&miss.digest).cloned());
+    let key: FillKey = (miss.target.local.clone(), miss.digest.clone());
+    let existing = FILLS.with(|f| f.borrow().get(&key).cloned());
     if let Some(fill) = existing {
         return follow(fill).await;
     }
     let fill = Rc::new(Fill {
-        digest: miss.digest.clone(),
+        key: key.clone(),
         outcome: RefCell::new(None),
         moved_ms: Cell::new(now_ms()),
     });
-    FILLS.with(|f| f.borrow_mut().insert(miss.digest.clone(), fill.clone()));
+    FILLS.with(|f| f.borrow_mut().insert(key, fill.clone()));
     lead(app, miss, fill, ctx).await
 }
 

@@ -1,6 +1,7 @@
 //! Fixtures for the end-to-end tests: a kura process, free ports, and a
-//! blocking HTTP client. Peers (skopeo, podman, containerd, S3) live in
-//! their own modules.
+//! blocking HTTP client. The `/v2/` API client and its response type are in
+//! [`api`]; peers (skopeo, podman, containerd, S3, upstream registries)
+//! live in their own modules.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -256,6 +257,7 @@ pub fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+pub mod api;
 pub mod faulty;
 pub mod image;
 pub mod peers;

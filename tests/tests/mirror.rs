@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use kura_tests::api::{send, Resp};
 use kura_tests::faulty::{Fault, Faulty};
 use kura_tests::image::{
     oci_blobs, oci_ref, ImageSpec, OciLayout, RandomReader, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR,
@@ -24,7 +25,6 @@ use kura_tests::image::{
 use kura_tests::peers::Skopeo;
 use kura_tests::upstream::{Access, Distribution, DistributionOptions, TestCa, TinyProxy};
 use kura_tests::{http_client, sha256, Kura, KuraOptions};
-use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
@@ -104,55 +104,13 @@ fn host(k: &Kura) -> String {
 
 // ----- HTTP helpers -----------------------------------------------------------
 
-struct Got {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The first error code of a registry error body.
-    fn code(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "status {} headers {:?} body {}",
-            self.status,
-            self.headers,
-            String::from_utf8_lossy(&self.body[..self.body.len().min(600)])
-        )
-    }
-}
-
-fn send(rb: reqwest::blocking::RequestBuilder) -> Got {
-    let r = rb.send().expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().expect("body").to_vec();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn get(url: &str) -> Got {
+/// GET accepting every manifest type. The answer is not checked against
+/// kura's own rules (`Api::send`): a mirror passes on what upstreams say.
+fn get(url: &str) -> Resp {
     send(http_client().get(url).header("accept", ACCEPT_ALL))
 }
 
-fn head(url: &str) -> Got {
+fn head(url: &str) -> Resp {
     send(http_client().head(url).header("accept", ACCEPT_ALL))
 }
 
@@ -547,32 +505,32 @@ fn routing_by_ns_prefix_and_default_and_hosted_pushes() {
     // ?ns= (containerd's mirror requests).
     let r = get(&format!("{u}/v2/team/route/manifests/v1?ns=up.local"));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "up.local");
-    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert_eq!(r.hdr("oci-namespace"), "up.local");
+    assert_eq!(r.hdr("x-kura-cache"), "miss");
     assert_eq!(sha256(&r.body), img.manifest.digest);
-    assert_eq!(r.header("docker-content-digest"), img.manifest.digest);
-    assert_eq!(r.header("content-type"), OCI_MANIFEST);
+    assert_eq!(r.hdr("docker-content-digest"), img.manifest.digest);
+    assert_eq!(r.hdr("content-type"), OCI_MANIFEST);
     let r = get(&format!("{u}/v2/team/route/blobs/{layer}?ns=up.local"));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "up.local");
+    assert_eq!(r.hdr("oci-namespace"), "up.local");
     assert_eq!(sha256(&r.body), layer);
 
     // Path prefix: the same cache.
     let r = get(&format!("{u}/v2/up.local/team/route/manifests/v1"));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "up.local");
-    assert_eq!(r.header("x-kura-cache"), "hit");
+    assert_eq!(r.hdr("oci-namespace"), "up.local");
+    assert_eq!(r.hdr("x-kura-cache"), "hit");
     assert_eq!(sha256(&r.body), img.manifest.digest);
     let r = get(&format!("{u}/v2/up.local/team/route/blobs/{layer}"));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("x-kura-cache"), "hit");
+    assert_eq!(r.hdr("x-kura-cache"), "hit");
     assert_eq!(sha256(&r.body), layer);
     let r = head(&format!(
         "{u}/v2/up.local/team/route/manifests/{}",
         img.manifest.digest
     ));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "up.local");
+    assert_eq!(r.hdr("oci-namespace"), "up.local");
 
     // Unknown upstreams are never contacted: 404 NAME_UNKNOWN.
     let before = up.access_log().len();
@@ -589,7 +547,7 @@ fn routing_by_ns_prefix_and_default_and_hosted_pushes() {
     // Without a default, a bare name is hosted: not looked up upstream.
     let r = get(&format!("{u}/v2/team/route/manifests/v1"));
     assert_eq!(r.status, 404, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "");
+    assert_eq!(r.header("oci-namespace"), None);
     assert!(
         new_access(&up, before).is_empty(),
         "unknown namespaces / hosted names reached the upstream"
@@ -618,8 +576,8 @@ fn routing_by_ns_prefix_and_default_and_hosted_pushes() {
     let r = get(&format!("{u}/v2/hosted/app/manifests/v1"));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, manifest);
-    assert_eq!(r.header("oci-namespace"), "");
-    assert_eq!(r.header("x-kura-cache"), "");
+    assert_eq!(r.header("oci-namespace"), None);
+    assert_eq!(r.header("x-kura-cache"), None);
 
     // Pushes into mirrored names: 405 UNSUPPORTED.
     let refused = |what: &str, rb: reqwest::blocking::RequestBuilder| {
@@ -671,7 +629,7 @@ fn routing_by_ns_prefix_and_default_and_hosted_pushes() {
     );
     let r = get(&format!("{}/v2/team/route/manifests/v1", kd.url));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("oci-namespace"), "up.local");
+    assert_eq!(r.hdr("oci-namespace"), "up.local");
     assert_eq!(sha256(&r.body), img.manifest.digest);
     let r = get(&format!("{}/v2/team/route/blobs/{layer}", kd.url));
     assert_eq!(r.status, 200, "{}", r.describe());
@@ -825,7 +783,7 @@ fn late_joiner_during_a_stalled_fill_gets_the_whole_blob() {
     );
     assert_eq!(r.status, 206, "range during the fill: {}", r.describe());
     assert_eq!(
-        r.header("content-range"),
+        r.hdr("content-range"),
         format!("bytes {}-{}/{}", MIB, 2 * MIB - 1, 48 * MIB)
     );
     assert!(r.body == slice, "range during the fill: wrong bytes");
@@ -879,9 +837,9 @@ fn upstream_down_serves_cached_tags_stale_and_digests() {
     let r = get(&format!("{u}/v2/up.local/team/down/manifests/v1"));
     assert_eq!(r.status, 200, "tag with upstream down: {}", r.describe());
     assert_eq!(sha256(&r.body), img.manifest.digest);
-    assert_eq!(r.header("x-kura-cache"), "stale", "{}", r.describe());
+    assert_eq!(r.hdr("x-kura-cache"), "stale", "{}", r.describe());
     assert!(
-        r.header("warning").starts_with("110 "),
+        r.hdr("warning").starts_with("110 "),
         "no Warning: 110 header: {}",
         r.describe()
     );
@@ -892,7 +850,7 @@ fn upstream_down_serves_cached_tags_stale_and_digests() {
         "HEAD tag with upstream down: {}",
         r.describe()
     );
-    assert_eq!(r.header("docker-content-digest"), img.manifest.digest);
+    assert_eq!(r.hdr("docker-content-digest"), img.manifest.digest);
     let r = get(&format!("{u}/v2/team/down/manifests/v1?ns=up.local"));
     assert_eq!(
         r.status,
@@ -900,14 +858,14 @@ fn upstream_down_serves_cached_tags_stale_and_digests() {
         "ns= tag with upstream down: {}",
         r.describe()
     );
-    assert_eq!(r.header("x-kura-cache"), "stale");
+    assert_eq!(r.hdr("x-kura-cache"), "stale");
 
     let r = get(&format!(
         "{u}/v2/up.local/team/down/manifests/{}",
         img.manifest.digest
     ));
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("x-kura-cache"), "hit");
+    assert_eq!(r.hdr("x-kura-cache"), "hit");
     for d in img
         .layers
         .iter()
@@ -916,7 +874,7 @@ fn upstream_down_serves_cached_tags_stale_and_digests() {
     {
         let r = get(&format!("{u}/v2/up.local/team/down/blobs/{d}"));
         assert_eq!(r.status, 200, "blob {d}: {}", r.describe());
-        assert_eq!(r.header("x-kura-cache"), "hit");
+        assert_eq!(r.hdr("x-kura-cache"), "hit");
         assert_eq!(&sha256(&r.body), d);
     }
     // A whole pull works with the upstream gone.
@@ -977,7 +935,7 @@ fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
     let (v, r) = list("/v2/up.local/team/listed/tags/list");
     assert_eq!(v["name"], "up.local/team/listed");
     assert_eq!(v["tags"], json!(all));
-    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert_eq!(r.hdr("x-kura-cache"), "miss");
     let (v, _) = list("/v2/team/listed/tags/list?ns=up.local");
     assert_eq!(v["name"], "team/listed");
     assert_eq!(v["tags"], json!(all));
@@ -985,7 +943,7 @@ fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
     // Pages: n and last go upstream; the next link points back here.
     let (v, r) = list("/v2/up.local/team/listed/tags/list?n=2");
     assert_eq!(v["tags"], json!(["1.0", "1.1"]));
-    let link = r.header("link").to_owned();
+    let link = r.hdr("link").to_owned();
     assert!(
         link.starts_with("</v2/up.local/team/listed/tags/list?") && link.contains("last=1.1"),
         "{link}"
@@ -1015,7 +973,7 @@ fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
     .unwrap();
     let (v, r) = list("/v2/up.local/team/listed/tags/list");
     assert_eq!(v["tags"], json!(["1.0", "1.1", "2.0", "3.0", "latest"]));
-    assert_eq!(r.header("x-kura-cache"), "revalidated");
+    assert_eq!(r.hdr("x-kura-cache"), "revalidated");
 
     // A manifest reference that is neither a tag nor a digest cannot
     // exist: 404, as for a hosted repository, without asking upstream.
@@ -1044,8 +1002,8 @@ fn tag_lists_pass_through_to_the_upstream_and_survive_its_outage() {
     up.kill();
     let (v, r) = list("/v2/up.local/team/listed/tags/list");
     assert_eq!(v["tags"], json!(["1.0", "1.1", "2.0", "3.0", "latest"]));
-    assert_eq!(r.header("x-kura-cache"), "stale");
-    assert!(r.header("warning").starts_with("110 "), "{}", r.describe());
+    assert_eq!(r.hdr("x-kura-cache"), "stale");
+    assert!(r.hdr("warning").starts_with("110 "), "{}", r.describe());
     // A page never fetched cannot be served.
     let r = get(&format!("{u}/v2/up.local/team/listed/tags/list?n=1"));
     assert_eq!(r.code(), "UNAVAILABLE", "{}", r.describe());
@@ -1234,14 +1192,14 @@ fn tags_are_revalidated_with_head_and_follow_upstream_changes() {
     let path = "/v2/team/reval/manifests/v1";
     let r = get(&url);
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert_eq!(r.hdr("x-kura-cache"), "miss");
     assert_eq!(sha256(&r.body), a.manifest.digest);
 
     for _ in 0..2 {
         let (heads, gets) = (up.count("HEAD", path), up.count("GET", path));
         let r = get(&url);
         assert_eq!(r.status, 200, "{}", r.describe());
-        assert_eq!(r.header("x-kura-cache"), "revalidated");
+        assert_eq!(r.hdr("x-kura-cache"), "revalidated");
         assert_eq!(sha256(&r.body), a.manifest.digest);
         assert_eq!(up.count("HEAD", path), heads + 1, "no HEAD upstream");
         assert_eq!(up.count("GET", path), gets, "unchanged tag fetched again");
@@ -1253,11 +1211,11 @@ fn tags_are_revalidated_with_head_and_follow_upstream_changes() {
     let r = get(&url);
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(sha256(&r.body), b.manifest.digest, "old digest served");
-    assert_eq!(r.header("docker-content-digest"), b.manifest.digest);
-    assert_eq!(r.header("x-kura-cache"), "miss");
+    assert_eq!(r.hdr("docker-content-digest"), b.manifest.digest);
+    assert_eq!(r.hdr("x-kura-cache"), "miss");
     assert_eq!(up.count("GET", path), gets + 1);
     let r = get(&url);
-    assert_eq!(r.header("x-kura-cache"), "revalidated");
+    assert_eq!(r.hdr("x-kura-cache"), "revalidated");
     assert_eq!(sha256(&r.body), b.manifest.digest);
     // Both revisions stay available by digest.
     for m in [&a.manifest.digest, &b.manifest.digest] {
@@ -1269,10 +1227,10 @@ fn tags_are_revalidated_with_head_and_follow_upstream_changes() {
     // With the default TTL the second GET does not ask the upstream at all.
     let k2 = simple_mirror(&up.url, "");
     let url2 = format!("{}/v2/up.local/team/reval/manifests/v1", k2.url);
-    assert_eq!(get(&url2).header("x-kura-cache"), "miss");
+    assert_eq!(get(&url2).hdr("x-kura-cache"), "miss");
     let before = up.access_log().len();
     let r = get(&url2);
-    assert_eq!(r.header("x-kura-cache"), "hit");
+    assert_eq!(r.hdr("x-kura-cache"), "hit");
     assert_eq!(sha256(&r.body), b.manifest.digest);
     assert!(new_access(&up, before).is_empty());
 }
@@ -1401,7 +1359,7 @@ fn upstream_token_auth_fetches_one_token() {
     // The upstream really wants a token.
     let r = get(&format!("{}/v2/team/tok/manifests/v1", f.url));
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").starts_with("Bearer realm="));
+    assert!(r.hdr("www-authenticate").starts_with("Bearer realm="));
     let before = f.requests().len();
 
     let k = simple_mirror(&f.url, "      username: bob\n      password: t0ken-pw\n");

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod body;
 pub mod cache;
+pub mod config;
 pub mod digest;
 pub mod edge;
 pub mod error;

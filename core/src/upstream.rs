@@ -16,11 +16,6 @@ use crate::manifest::ALL_MEDIA_TYPES;
 use crate::metrics::{self, Metrics};
 use crate::reference::RepositoryName;
 
-/// The default of [`UpstreamConfig::not_found_ttl_ms`], in seconds: long
-/// enough to absorb a burst of pulls of a name that does not exist, short
-/// enough that a freshly pushed tag shows up soon.
-pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
-
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -46,12 +41,34 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The upstream `name` at `url`, anonymous, with the shared defaults of
+    /// [`crate::config`].
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        use crate::config::*;
+        UpstreamConfig {
+            name: name.into(),
+            url: url.into(),
+            username: None,
+            password: None,
+            tag_ttl_ms: DEFAULT_TAG_TTL_SECS * 1000,
+            max_stale_ms: DEFAULT_MAX_STALE_SECS * 1000,
+            token_realms: Vec::new(),
+            not_found_ttl_ms: DEFAULT_NOT_FOUND_TTL_SECS * 1000,
+        }
+    }
+
+    /// The public registries of [`crate::config::PUBLIC_REGISTRIES`], each
+    /// with the shared defaults.
+    pub fn public() -> Vec<Self> {
+        crate::config::PUBLIC_REGISTRIES
+            .iter()
+            .map(|r| Self::new(r.name, r.url))
+            .collect()
+    }
+
     /// Docker Hub keeps official images under `library/`.
     pub fn is_docker_hub(&self) -> bool {
-        matches!(
-            self.name.as_str(),
-            "docker.io" | "index.docker.io" | "registry-1.docker.io"
-        )
+        crate::config::is_docker_hub(&self.name)
     }
 
     /// The repository name to ask the upstream for.

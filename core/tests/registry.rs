@@ -1,6 +1,6 @@
 //! The registry over in-memory storage: the protocol flows end to end,
 //! without HTTP. (The HTTP-level suite against the real binary is in
-//! tests/tests/api.rs.)
+//! tests/tests/{pull,push,discovery,management,errors,…}.rs.)
 
 use std::sync::atomic::Ordering;
 

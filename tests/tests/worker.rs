@@ -562,12 +562,13 @@ fn skopeo_pulls_through_the_worker_byte_identical_and_warm_pulls_stay_in_r2() {
     let tags: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(tags["Tags"], json!(["big", "v1"]), "{tags}");
     let client = http_client();
-    let list: serde_json::Value = client
+    let list = client
         .get(format!("{}/v2/up.local/team/app/tags/list", worker.url))
         .send()
         .unwrap()
-        .json()
+        .bytes()
         .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
     assert_eq!(list["name"], "up.local/team/app");
     // A manifest reference that is neither tag nor digest: 404.
     let r = client

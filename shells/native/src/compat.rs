@@ -420,9 +420,7 @@ fn upstream_name(url: &str) -> String {
         .unwrap_or("")
         .to_ascii_lowercase();
     match host.as_str() {
-        "registry-1.docker.io" | "index.docker.io" | "registry.hub.docker.com" | "docker.io" => {
-            "docker.io".into()
-        }
+        h if kura_core::config::is_docker_hub(h) => "docker.io".into(),
         h if kura_core::RepositoryName::parse(h).is_ok() => h.to_owned(),
         _ => "upstream".into(),
     }

@@ -216,9 +216,9 @@ impl Default for MirrorConfig {
         // most, by name prefix (`docker.io/library/alpine:3.20`) and `?ns=`;
         // bare names stay hosted so pushes work. A config file's
         // `mirror.upstreams` replaces this list.
-        let public = |name: &str, url: &str| UpstreamSection {
-            name: name.into(),
-            url: url.into(),
+        let public = |r: &kura_core::config::PublicRegistry| UpstreamSection {
+            name: r.name.into(),
+            url: r.url.into(),
             username: None,
             password: None,
             tag_ttl_secs: default_tag_ttl(),
@@ -227,12 +227,10 @@ impl Default for MirrorConfig {
             not_found_ttl_secs: default_not_found_ttl(),
         };
         MirrorConfig {
-            upstreams: vec![
-                public("docker.io", "https://registry-1.docker.io"),
-                public("ghcr.io", "https://ghcr.io"),
-                public("quay.io", "https://quay.io"),
-                public("registry.k8s.io", "https://registry.k8s.io"),
-            ],
+            upstreams: kura_core::config::PUBLIC_REGISTRIES
+                .iter()
+                .map(public)
+                .collect(),
             default: None,
             proxy: None,
             no_proxy: None,
@@ -273,15 +271,15 @@ pub struct UpstreamSection {
 }
 
 fn default_not_found_ttl() -> u64 {
-    kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS
+    kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS
 }
 
 fn default_tag_ttl() -> u64 {
-    300
+    kura_core::config::DEFAULT_TAG_TTL_SECS
 }
 
 fn default_max_stale() -> u64 {
-    7 * 24 * 3600
+    kura_core::config::DEFAULT_MAX_STALE_SECS
 }
 
 impl UpstreamSection {

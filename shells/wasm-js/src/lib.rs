@@ -336,14 +336,14 @@ impl Options {
                     username: opt_string(&u, "username", &what)?,
                     password: opt_string(&u, "password", &what)?,
                     tag_ttl_ms: opt_u64(&u, "tagTtlSecs", &what)?
-                        .unwrap_or(300)
+                        .unwrap_or(kura_core::config::DEFAULT_TAG_TTL_SECS)
                         .saturating_mul(1000),
                     max_stale_ms: opt_u64(&u, "maxStaleSecs", &what)?
-                        .unwrap_or(7 * 24 * 3600)
+                        .unwrap_or(kura_core::config::DEFAULT_MAX_STALE_SECS)
                         .saturating_mul(1000),
                     token_realms: opt_strings(&u, "tokenRealms", &what)?,
                     not_found_ttl_ms: opt_u64(&u, "notFoundTtlSecs", &what)?
-                        .unwrap_or(kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS)
+                        .unwrap_or(kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS)
                         .saturating_mul(1000),
                 });
             }

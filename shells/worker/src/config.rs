@@ -48,15 +48,15 @@ pub struct Upstream {
 }
 
 fn default_not_found_ttl() -> u64 {
-    kura_core::upstream::DEFAULT_NOT_FOUND_TTL_SECS
+    kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS
 }
 
 fn default_tag_ttl() -> u64 {
-    300
+    kura_core::config::DEFAULT_TAG_TTL_SECS
 }
 
 fn default_max_stale() -> u64 {
-    7 * 24 * 3600
+    kura_core::config::DEFAULT_MAX_STALE_SECS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -196,27 +196,21 @@ impl Config {
     }
 }
 
-/// The same public registries the native binary mirrors out of the box.
+/// The same public registries the native binary mirrors out of the box
+/// (kura-core's list), with Docker Hub's other names as namespaces.
 fn defaults() -> Vec<Upstream> {
-    let public = |name: &str, url: &str, namespaces: &[&str]| Upstream {
-        name: name.into(),
-        url: url.into(),
-        tag_ttl_secs: default_tag_ttl(),
-        max_stale_secs: default_max_stale(),
-        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-        token_realms: Vec::new(),
-        not_found_ttl_secs: default_not_found_ttl(),
-    };
-    vec![
-        public(
-            "docker.io",
-            "https://registry-1.docker.io",
-            &["index.docker.io", "registry-1.docker.io"],
-        ),
-        public("ghcr.io", "https://ghcr.io", &[]),
-        public("quay.io", "https://quay.io", &[]),
-        public("registry.k8s.io", "https://registry.k8s.io", &[]),
-    ]
+    kura_core::config::PUBLIC_REGISTRIES
+        .iter()
+        .map(|r| Upstream {
+            name: r.name.into(),
+            url: r.url.into(),
+            tag_ttl_secs: default_tag_ttl(),
+            max_stale_secs: default_max_stale(),
+            namespaces: r.aliases.iter().map(|s| s.to_string()).collect(),
+            token_realms: Vec::new(),
+            not_found_ttl_secs: default_not_found_ttl(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,80 @@
+//! What every host of the core starts from: the public registries kura
+//! mirrors when nothing else is configured, and how long it trusts what an
+//! upstream said. The native binary, the Worker and the wasm package read
+//! these instead of writing their own.
+
+/// How long a mirrored tag is served without asking the upstream, in
+/// seconds.
+pub const DEFAULT_TAG_TTL_SECS: u64 = 300;
+
+/// How old cached content may be when served because the upstream fails,
+/// in seconds (a week).
+pub const DEFAULT_MAX_STALE_SECS: u64 = 7 * 24 * 3600;
+
+/// How long an upstream 404 is remembered, in seconds: long enough to
+/// absorb a burst of pulls of a name that does not exist, short enough that
+/// a freshly pushed tag shows up soon.
+pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
+
+/// A public registry kura mirrors out of the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublicRegistry {
+    /// The name clients use (`docker.io`): a path prefix and `?ns=` value.
+    pub name: &'static str,
+    /// Where its registry API lives.
+    pub url: &'static str,
+    /// Other names clients use for the same registry.
+    pub aliases: &'static [&'static str],
+}
+
+/// The registries people pull from most.
+pub const PUBLIC_REGISTRIES: &[PublicRegistry] = &[
+    PublicRegistry {
+        name: "docker.io",
+        url: "https://registry-1.docker.io",
+        aliases: &[
+            "index.docker.io",
+            "registry-1.docker.io",
+            "registry.hub.docker.com",
+        ],
+    },
+    PublicRegistry {
+        name: "ghcr.io",
+        url: "https://ghcr.io",
+        aliases: &[],
+    },
+    PublicRegistry {
+        name: "quay.io",
+        url: "https://quay.io",
+        aliases: &[],
+    },
+    PublicRegistry {
+        name: "registry.k8s.io",
+        url: "https://registry.k8s.io",
+        aliases: &[],
+    },
+];
+
+/// Whether `name` is Docker Hub under any of its names.
+pub fn is_docker_hub(name: &str) -> bool {
+    let hub = &PUBLIC_REGISTRIES[0];
+    name == hub.name || hub.aliases.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn docker_hub_by_every_name() {
+        for n in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert!(is_docker_hub(n), "{n}");
+        }
+        assert!(!is_docker_hub("ghcr.io"));
+        assert!(!is_docker_hub("docker.io.evil"));
+    }
+}

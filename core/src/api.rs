@@ -13,13 +13,23 @@ use crate::error::{ErrorCode, RegistryError};
 use crate::reference::{Reference, RepositoryName};
 use crate::upload::UploadId;
 
+/// Names the registry API version; clients probe `/v2/` for it.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+/// The value of [`API_VERSION_HEADER`]: the Docker Registry HTTP API V2,
+/// which the OCI distribution spec carries on.
 pub const API_VERSION: &str = "registry/2.0";
+/// The digest of the content a manifest or blob response (or a push) is
+/// about.
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
+/// The id of the upload session a blob upload response belongs to.
 pub const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
+/// The digest of a pushed manifest's `subject`: tells the client this
+/// registry indexes referrers, so it need not maintain the fallback
+/// referrers tag itself.
 pub const OCI_SUBJECT_HEADER: &str = "oci-subject";
 /// The tags a manifest push by digest applied (`?tag=` parameters).
 pub const OCI_TAG_HEADER: &str = "oci-tag";
+/// Lists the filters a referrers response applied (`artifactType`).
 pub const OCI_FILTERS_APPLIED_HEADER: &str = "oci-filters-applied";
 
 /// What a `/v2/` path addresses.
@@ -188,11 +198,18 @@ pub fn route(method: &Method, path: &str) -> Result<Option<Route>, RegistryError
 /// What a request needs to be allowed to do, for the host's access control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
+    /// Read: `GET` and `HEAD`.
     Pull,
+    /// Write: pushes, uploads, and cancelling an upload.
     Push,
+    /// Delete a manifest, tag or blob.
     Delete,
 }
 
+/// The access a request needs: reads are [`Access::Pull`], deleting an
+/// upload session is part of a push, any other `DELETE` is
+/// [`Access::Delete`], and everything else [`Access::Push`]. `route` is
+/// `None` for a path that did not parse; the method alone decides then.
 pub fn required_access(method: &Method, route: Option<&Route>) -> Access {
     match (method, route) {
         (&Method::GET | &Method::HEAD, _) => Access::Pull,

@@ -12,12 +12,18 @@ use futures::Stream;
 /// [`crate::digest::DigestMismatch`]).
 #[cfg(not(target_arch = "wasm32"))]
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+/// A stream of bytes moving through the core (request bodies, data being
+/// written to storage). Errors are `io::Error` so that any host can carry its
+/// own failure inside, and the core can recognise its own (see
+/// [`crate::digest::DigestMismatch`]). Not `Send` on wasm32, where JS
+/// handles are `!Send`.
 #[cfg(target_arch = "wasm32")]
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + 'static>>;
 
 /// A boxed future: `Send` natively, not on wasm32 (see [`crate::MaybeSend`]).
 #[cfg(not(target_arch = "wasm32"))]
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// A boxed future: `Send` natively, not on wasm32 (see [`crate::MaybeSend`]).
 #[cfg(target_arch = "wasm32")]
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 
@@ -25,7 +31,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 /// host can hand it to its HTTP layer untouched (an R2 object body in a
 /// Worker, a file stream natively).
 pub enum Body<B> {
+    /// No body.
     Empty,
+    /// Bytes already in memory (manifests, JSON documents, error bodies).
     Full(Bytes),
     /// The storage backend's own body.
     Stream(B),
@@ -34,6 +42,8 @@ pub enum Body<B> {
 }
 
 impl<B> Body<B> {
+    /// Convert the storage backend's body with `f`, leaving every other kind
+    /// as it is: how a host turns a backend's body type into its own.
     pub fn map_stream<C>(self, f: impl FnOnce(B) -> C) -> Body<C> {
         match self {
             Body::Empty => Body::Empty,
@@ -80,10 +90,13 @@ pub async fn collect_limited(mut stream: ByteStream, limit: usize) -> Result<Byt
     Ok(buf.freeze())
 }
 
+/// Why [`collect_limited`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
+    /// More than the limit arrived.
     #[error("body larger than allowed")]
     TooLarge,
+    /// The stream itself failed.
     #[error("reading body: {0}")]
     Io(io::Error),
 }

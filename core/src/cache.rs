@@ -57,6 +57,8 @@ const SPOOL_CHUNK: usize = 8 * 1024 * 1024;
 /// Write size on backends that can append (one growing object).
 const APPEND_CHUNK: usize = 512 * 1024;
 
+/// Names the upstream a mirrored response came from (its configured name,
+/// such as `docker.io`).
 pub const OCI_NAMESPACE_HEADER: &str = "oci-namespace";
 /// Says how a mirrored response was served: `hit`, `miss`, `revalidated`
 /// or `stale`.
@@ -81,6 +83,7 @@ type FlightKey = (RepositoryName, Digest);
 
 /// Where a mirrored request goes.
 pub struct MirrorTarget<F, H> {
+    /// The upstream the repository is mirrored from.
     pub upstream: Arc<Upstream<F, H>>,
     /// The name the upstream knows (`library/alpine`).
     pub remote: RepositoryName,
@@ -1308,7 +1311,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
 pub struct EvictionReport {
     /// Bytes of evictable mirrored blobs before the pass.
     pub cached_bytes: u64,
+    /// Blobs deleted.
     pub evicted_blobs: usize,
+    /// Bytes those blobs held.
     pub evicted_bytes: u64,
 }
 

@@ -18,13 +18,17 @@ use sha2::{Digest as _, Sha256, Sha512};
 use crate::body::ByteStream;
 use crate::reference::truncate;
 
+/// A digest algorithm this registry can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Algorithm {
+    /// `sha256`, the default.
     Sha256,
+    /// `sha512`.
     Sha512,
 }
 
 impl Algorithm {
+    /// The algorithm's name as it appears in a digest.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
@@ -40,12 +44,17 @@ impl Algorithm {
     }
 }
 
+/// Why a string is not a [`Digest`]. Each variant carries the offending
+/// text, truncated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
+    /// Not of the form `algorithm:hex`.
     #[error("digest {0:?} is not of the form algorithm:hex")]
     Malformed(String),
+    /// An algorithm other than sha256 and sha512.
     #[error("digest algorithm {0:?} is not supported (sha256, sha512)")]
     UnsupportedAlgorithm(String),
+    /// The hex part is not the algorithm's length in lowercase hex.
     #[error("digest {0:?} has the wrong length or non-lowercase-hex characters")]
     BadEncoding(String),
 }
@@ -59,6 +68,7 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// Parse and validate `algorithm:hex`.
     pub fn parse(s: &str) -> Result<Self, DigestError> {
         let (alg, hex) = s
             .split_once(':')
@@ -86,10 +96,12 @@ impl Digest {
         })
     }
 
+    /// The algorithm the digest was computed with.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
+    /// The encoded hash, lowercase hex.
     pub fn hex(&self) -> &str {
         &self.hex
     }
@@ -101,6 +113,7 @@ impl Digest {
         h.finish()
     }
 
+    /// The sha256 digest of `data`.
     pub fn sha256(data: &[u8]) -> Digest {
         Self::compute(Algorithm::Sha256, data)
     }
@@ -146,11 +159,14 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// reading the blob back.
 #[derive(Clone)]
 pub enum Hasher {
+    /// A sha256 state.
     Sha256(Sha256),
+    /// A sha512 state.
     Sha512(Sha512),
 }
 
 impl Hasher {
+    /// A fresh hash for `algorithm`.
     pub fn new(algorithm: Algorithm) -> Self {
         match algorithm {
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
@@ -158,6 +174,7 @@ impl Hasher {
         }
     }
 
+    /// The algorithm being computed.
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Hasher::Sha256(_) => Algorithm::Sha256,
@@ -165,6 +182,7 @@ impl Hasher {
         }
     }
 
+    /// Hash `data` next.
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
@@ -172,6 +190,7 @@ impl Hasher {
         }
     }
 
+    /// The digest of everything hashed so far.
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
             Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
@@ -210,7 +229,9 @@ impl Hasher {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("content digest {actual} does not match expected {expected}")]
 pub struct DigestMismatch {
+    /// The digest the bytes should have had.
     pub expected: Digest,
+    /// The digest they had.
     pub actual: Digest,
 }
 
@@ -218,7 +239,10 @@ pub struct DigestMismatch {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("content length {actual} does not match expected {expected}")]
 pub struct SizeMismatch {
+    /// The length the bytes should have had.
     pub expected: u64,
+    /// The bytes counted when the mismatch showed: all of them when too
+    /// few came, up to the overrunning chunk when too many did.
     pub actual: u64,
 }
 

@@ -58,7 +58,9 @@ pub enum Edge<B, F, H> {
 
 /// A `GET` or `HEAD` of a mirrored blob that storage does not hold.
 pub struct BlobMiss<F, H> {
+    /// The upstream, and the repository's names there and here.
     pub target: MirrorTarget<F, H>,
+    /// The blob the client asked for.
     pub digest: Digest,
     /// `HEAD`: the client wants the headers only.
     pub head: bool,

@@ -9,21 +9,38 @@ use crate::storage::StorageError;
 /// The error codes of the distribution spec, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// `BLOB_UNKNOWN`: blob unknown to the registry (404).
     BlobUnknown,
+    /// `BLOB_UPLOAD_INVALID`: blob upload invalid (400).
     BlobUploadInvalid,
+    /// `BLOB_UPLOAD_UNKNOWN`: blob upload unknown to the registry (404).
     BlobUploadUnknown,
+    /// `DIGEST_INVALID`: the digest is malformed or did not match the
+    /// uploaded content (400).
     DigestInvalid,
+    /// `MANIFEST_BLOB_UNKNOWN`: the manifest references a manifest or blob
+    /// unknown to the registry (400).
     ManifestBlobUnknown,
+    /// `MANIFEST_INVALID`: manifest invalid (400).
     ManifestInvalid,
+    /// `MANIFEST_UNKNOWN`: manifest unknown to the registry (404).
     ManifestUnknown,
+    /// `NAME_INVALID`: invalid repository name (400).
     NameInvalid,
+    /// `NAME_UNKNOWN`: repository name not known to the registry (404).
     NameUnknown,
+    /// `SIZE_INVALID`: the given length did not match the content length
+    /// (400).
     SizeInvalid,
     /// distribution's code for a malformed tag (not in the OCI list).
     TagInvalid,
+    /// `UNAUTHORIZED`: authentication required (401).
     Unauthorized,
+    /// `DENIED`: access to the resource is denied (403).
     Denied,
+    /// `UNSUPPORTED`: the operation is unsupported (405).
     Unsupported,
+    /// `TOOMANYREQUESTS`: too many requests (429).
     TooManyRequests,
     /// Not in the spec's list but used by distribution for bad `n`/`last`.
     PaginationNumberInvalid,
@@ -38,6 +55,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears in an error response body.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
@@ -62,6 +80,8 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status the code is answered with unless the error says
+    /// otherwise ([`RegistryError::with_status`]).
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BlobUnknown
@@ -91,16 +111,19 @@ impl ErrorCode {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]
 pub struct RegistryError {
+    /// The distribution-spec error code.
     pub code: ErrorCode,
     /// The HTTP status; defaults to the code's, some cases differ (a 404 for
     /// an unknown route carries `UNSUPPORTED`, 413 for oversized bodies).
     pub status: StatusCode,
+    /// For the client: the `message` of the error body.
     pub message: String,
     /// Extra headers for the error response (e.g. `Range` on a 416 upload).
     pub headers: Vec<(http::HeaderName, String)>,
 }
 
 impl RegistryError {
+    /// An error with `code`'s own status and no extra headers.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RegistryError {
             code,
@@ -110,16 +133,20 @@ impl RegistryError {
         }
     }
 
+    /// Answer with `status` instead of the code's.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
+    /// Add a header to the error response.
     pub fn with_header(mut self, name: http::HeaderName, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
 
+    /// An [`ErrorCode::Internal`] error (500): a failure that is not the
+    /// client's.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }

@@ -9,17 +9,22 @@ use async_trait::async_trait;
 use crate::body::ByteStream;
 use crate::{MaybeSend, MaybeSync};
 
+/// Why a request to an upstream got no response. An HTTP error status is a
+/// response, not a `FetchError`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// Could not connect, TLS failed, the connection dropped.
     #[error("connection failed: {0}")]
     Connect(String),
+    /// The host's timeout expired before the response came.
     #[error("request timed out")]
     Timeout,
+    /// Anything else the host's client reports.
     #[error("{0}")]
     Other(String),
 }
 
+/// The HTTP client a host lends the core for mirroring.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Fetch: MaybeSend + MaybeSync + 'static {
@@ -31,6 +36,8 @@ pub trait Fetch: MaybeSend + MaybeSync + 'static {
     async fn fetch(&self, req: http::Request<()>)
         -> Result<http::Response<Self::Body>, FetchError>;
 
+    /// The bytes of a response body, as the stream the core reads (hashes,
+    /// spools, relays).
     fn body_stream(body: Self::Body) -> ByteStream;
 }
 

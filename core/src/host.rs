@@ -7,6 +7,8 @@
 use crate::body::BoxFuture;
 use crate::{MaybeSend, MaybeSync};
 
+/// The host's clock, entropy, task spawner and timer, which the core
+/// cannot have on its own on every target (see the module docs).
 pub trait Host: MaybeSend + MaybeSync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_unix_ms(&self) -> u64;

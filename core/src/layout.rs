@@ -24,6 +24,8 @@ use crate::digest::Digest;
 use crate::reference::{RepositoryName, Tag};
 use crate::upload::UploadId;
 
+/// The bytes of blob or manifest `d`, stored once for every repository.
+/// The two-character fan-out keeps directories small on filesystems.
 pub fn blob(d: &Digest) -> String {
     format!(
         "blobs/{}/{}/{}",
@@ -44,6 +46,7 @@ pub fn blob_digest(key: &str) -> Option<Digest> {
     Digest::parse(&format!("{alg}:{hex}")).ok()
 }
 
+/// The prefix of every [`access`] key.
 pub const ACCESS_PREFIX: &str = "access/";
 
 /// When the mirrored blob `d` was last used: one small object per blob,
@@ -93,10 +96,13 @@ pub fn repository_key(key: &str) -> Option<RepositoryKey> {
     None
 }
 
+/// The prefix of everything stored for repository `name`.
 pub fn repository(name: &RepositoryName) -> String {
     format!("repositories/{name}/")
 }
 
+/// The link that says repository `name` has blob `d`: a blob is only
+/// served under the repositories that link it.
 pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_layers/{}/{}",
@@ -105,6 +111,8 @@ pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
     )
 }
 
+/// The link that says repository `name` has manifest `d`; its content is
+/// the manifest's media type.
 pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_manifests/revisions/{}/{}",
@@ -113,10 +121,12 @@ pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
     )
 }
 
+/// The prefix of repository `name`'s [`tag`] keys, for listing its tags.
 pub fn tags_prefix(name: &RepositoryName) -> String {
     format!("repositories/{name}/_manifests/tags/")
 }
 
+/// Tag `tag` of repository `name`; its content is the digest it points at.
 pub fn tag(name: &RepositoryName, tag: &Tag) -> String {
     format!("{}{tag}", tags_prefix(name))
 }
@@ -149,6 +159,8 @@ pub fn tag_list_page(n: Option<usize>, last: Option<&str>) -> String {
     format!("q-{}", &d.hex()[..32])
 }
 
+/// The prefix of the [`referrer`] entries of `subject` in repository
+/// `name`: one listing answers the referrers API.
 pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
     format!(
         "repositories/{name}/_referrers/{}/{}/",
@@ -157,6 +169,8 @@ pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
     )
 }
 
+/// The descriptor (JSON) of manifest `referrer`, filed under its
+/// `subject`.
 pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> String {
     format!(
         "{}{}-{}",
@@ -166,6 +180,7 @@ pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> S
     )
 }
 
+/// The prefix of every [`catalog_entry`], for listing `_catalog`.
 pub const CATALOG_PREFIX: &str = "catalog/";
 
 const CATALOG_MARKER: &str = "/_repository";
@@ -177,6 +192,8 @@ pub fn catalog_entry(name: &RepositoryName) -> String {
     format!("{CATALOG_PREFIX}{name}{CATALOG_MARKER}")
 }
 
+/// The repository a [`catalog_entry`] key is for; `None` for any other
+/// key.
 pub fn catalog_name(key: &str) -> Option<RepositoryName> {
     let raw = key
         .strip_prefix(CATALOG_PREFIX)?
@@ -184,12 +201,15 @@ pub fn catalog_name(key: &str) -> Option<RepositoryName> {
     RepositoryName::parse(raw).ok()
 }
 
+/// The prefix of every upload session's objects.
 pub const UPLOADS_PREFIX: &str = "uploads/";
 
+/// The prefix of everything stored for upload session `id`.
 pub fn upload_dir(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/")
 }
 
+/// Upload session `id`'s state ([`crate::upload::UploadState`], JSON).
 pub fn upload_state(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/state")
 }
@@ -199,6 +219,10 @@ pub fn upload_data(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/data")
 }
 
+/// A chunk of upload session `id` received at `offset`. The offset is
+/// zero-padded so keys list in offset order; `nonce` makes each write's
+/// key unique, so a racing request never overwrites a chunk the state
+/// names.
 pub fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
     format!("{UPLOADS_PREFIX}{id}/chunk-{offset:020}-{nonce}")
 }

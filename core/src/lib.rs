@@ -8,6 +8,9 @@
 //! HTTP client. Nothing in this crate opens a socket or a file, reads a
 //! clock, or needs an async runtime, so it builds for `wasm32-unknown-unknown`.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod api;
 pub mod body;
 pub mod cache;
@@ -43,6 +46,10 @@ pub use storage::Storage;
 pub trait MaybeSend: Send {}
 #[cfg(not(target_arch = "wasm32"))]
 impl<T: Send + ?Sized> MaybeSend for T {}
+/// `Send` on native targets, nothing on wasm32 where JS handles are `!Send`.
+///
+/// Core traits and futures use this bound so one definition serves the
+/// multi-threaded native runtime and the single-threaded JS hosts.
 #[cfg(target_arch = "wasm32")]
 pub trait MaybeSend {}
 #[cfg(target_arch = "wasm32")]
@@ -53,6 +60,7 @@ impl<T: ?Sized> MaybeSend for T {}
 pub trait MaybeSync: Sync {}
 #[cfg(not(target_arch = "wasm32"))]
 impl<T: Sync + ?Sized> MaybeSync for T {}
+/// `Sync` on native targets, nothing on wasm32.
 #[cfg(target_arch = "wasm32")]
 pub trait MaybeSync {}
 #[cfg(target_arch = "wasm32")]

@@ -12,28 +12,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// The manifest and layer media types the registry tells apart.
 pub mod media_type {
+    /// Docker image manifest, schema 2.
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// Docker manifest list: Docker's multi-platform index.
     pub const DOCKER_MANIFEST_LIST: &str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// OCI image manifest.
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image index.
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// Docker schema 1, unsigned: recognised only to be refused.
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    /// Docker schema 1, signed: recognised only to be refused.
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    /// A Windows foreign layer, fetched from its `urls` rather than from a
+    /// registry.
     pub const DOCKER_FOREIGN_LAYER: &str =
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 }
 
+/// The kinds of manifest the registry accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// [`media_type::DOCKER_MANIFEST`].
     DockerManifest,
+    /// [`media_type::DOCKER_MANIFEST_LIST`].
     DockerManifestList,
+    /// [`media_type::OCI_MANIFEST`].
     OciManifest,
+    /// [`media_type::OCI_INDEX`].
     OciIndex,
 }
 
 impl Kind {
+    /// The kind a media type names; `None` for any other. The comparison is
+    /// exact, so pass a media type without parameters, lower-cased.
     pub fn from_media_type(mt: &str) -> Option<Kind> {
         match mt {
             media_type::DOCKER_MANIFEST => Some(Kind::DockerManifest),
@@ -44,6 +60,7 @@ impl Kind {
         }
     }
 
+    /// The kind's media type.
     pub fn media_type(self) -> &'static str {
         match self {
             Kind::DockerManifest => media_type::DOCKER_MANIFEST,
@@ -53,6 +70,7 @@ impl Kind {
         }
     }
 
+    /// Whether the kind lists manifests rather than a config and layers.
     pub fn is_index(self) -> bool {
         matches!(self, Kind::DockerManifestList | Kind::OciIndex)
     }
@@ -66,35 +84,54 @@ pub const ALL_MEDIA_TYPES: [&str; 4] = [
     media_type::DOCKER_MANIFEST,
 ];
 
+/// Why a pushed manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
+    /// The bytes are not JSON of the expected shape.
     #[error("manifest is not valid JSON: {0}")]
     Json(String),
+    /// `schemaVersion` is missing or not 2 (1 is [`ManifestError::Schema1`]).
     #[error("schemaVersion must be 2")]
     SchemaVersion,
+    /// A Docker schema 1 manifest, long deprecated.
     #[error("Docker schema 1 manifests are not supported")]
     Schema1,
+    /// A Content-Type or `mediaType` that names no accepted [`Kind`].
     #[error("unsupported manifest media type {0:?}")]
     UnsupportedMediaType(String),
+    /// The Content-Type and the body's `mediaType` name different kinds.
     #[error("mediaType {body:?} in the manifest does not match Content-Type {header:?}")]
-    MediaTypeMismatch { header: String, body: String },
+    MediaTypeMismatch {
+        /// The media type of the Content-Type's kind.
+        header: String,
+        /// The media type of the body's kind.
+        body: String,
+    },
     #[error(
         "cannot tell the manifest type: no Content-Type, no mediaType, no config or manifests"
     )]
+    /// Neither the Content-Type nor the body says what the manifest is.
     UnknownKind,
+    /// The kind (its media type) requires the field.
     #[error("{0} requires the field {1:?}")]
     MissingField(&'static str, &'static str),
+    /// The field belongs to the other kind (image manifest or index).
     #[error("{0} must not have the field {1:?}")]
     ForbiddenField(&'static str, &'static str),
+    /// A descriptor's `mediaType` is empty.
     #[error("descriptor has an empty mediaType")]
     EmptyDescriptorMediaType,
 }
 
+/// The platform an index entry's image runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Platform {
+    /// CPU architecture, as Go's `GOARCH` (`amd64`, `arm64`).
     pub architecture: String,
+    /// Operating system, as Go's `GOOS` (`linux`, `windows`).
     pub os: String,
+    /// CPU variant (`v8` for `arm64/v8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     #[serde(
@@ -102,21 +139,30 @@ pub struct Platform {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// `os.version`: the operating system version (Windows builds).
     pub os_version: Option<String>,
 }
 
+/// A descriptor: what a manifest says about content it references.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// The media type of the referenced content.
     pub media_type: String,
+    /// The referenced content's digest.
     pub digest: Digest,
+    /// The referenced content's size in bytes.
     pub size: u64,
+    /// Where else the content can be fetched from (foreign layers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// The platform of an index entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// `artifactType`: the type of an artifact (OCI 1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// Arbitrary metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -147,12 +193,20 @@ struct Raw {
 /// A parsed, validated manifest or index.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    /// What the manifest is.
     pub kind: Kind,
+    /// An image manifest's config; `None` for an index.
     pub config: Option<Descriptor>,
+    /// An image manifest's layers; empty for an index.
     pub layers: Vec<Descriptor>,
+    /// An index's manifests; empty for an image manifest.
     pub manifests: Vec<Descriptor>,
+    /// `subject`: the manifest this one refers to, which lists it among
+    /// its referrers (OCI 1.1).
     pub subject: Option<Descriptor>,
+    /// `artifactType` (OCI 1.1).
     pub artifact_type: Option<String>,
+    /// The manifest's annotations.
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
@@ -266,6 +320,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
 }
 
 impl Manifest {
+    /// The media type of the manifest's [`Kind`]: what it is stored and
+    /// served as, whatever generic Content-Type it was pushed with.
     pub fn media_type(&self) -> &'static str {
         self.kind.media_type()
     }

@@ -122,7 +122,7 @@ const ENTRY_OVERHEAD: usize = 128;
 impl ManifestCache {
     /// A cache holding at most about `budget` bytes of manifests (and a
     /// sixteenth of that again for tag lookups).
-    pub fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize) -> Self {
         ManifestCache {
             manifests: Mutex::new(Lru::new(budget)),
             tags: Mutex::new(Lru::new(budget / 16)),
@@ -138,20 +138,24 @@ impl ManifestCache {
         format!("{name}:{}", tag.as_str())
     }
 
-    pub fn manifest(&self, name: &RepositoryName, digest: &Digest) -> Option<CachedManifest> {
+    pub(crate) fn manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Option<CachedManifest> {
         lock(&self.manifests).get(&Self::manifest_key(name, digest))
     }
 
     /// Take before reading a manifest from storage, to hand to
     /// [`ManifestCache::put_manifest`].
-    pub fn epoch(&self) -> Epoch {
+    pub(crate) fn epoch(&self) -> Epoch {
         Epoch(self.epoch.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Remember a manifest read from storage since `seen`, unless something
     /// was forgotten (deleted, replaced) since: then what was read may be
     /// gone already, and storage answers next time.
-    pub fn put_manifest(
+    pub(crate) fn put_manifest(
         &self,
         name: &RepositoryName,
         digest: &Digest,
@@ -169,7 +173,7 @@ impl ManifestCache {
     /// The manifest is gone from `name` (deleted) or changed (its media
     /// type re-pushed): forget it and every mirrored tag lookup, which may
     /// point at it.
-    pub fn forget(&self, name: &RepositoryName, digest: &Digest) {
+    pub(crate) fn forget(&self, name: &RepositoryName, digest: &Digest) {
         {
             let mut manifests = lock(&self.manifests);
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -188,11 +192,11 @@ impl ManifestCache {
         }
     }
 
-    pub fn tag(&self, name: &RepositoryName, tag: &Tag) -> Option<CachedTag> {
+    pub(crate) fn tag(&self, name: &RepositoryName, tag: &Tag) -> Option<CachedTag> {
         lock(&self.tags).get(&Self::tag_key(name, tag))
     }
 
-    pub fn put_tag(&self, name: &RepositoryName, tag: &Tag, t: CachedTag) {
+    pub(crate) fn put_tag(&self, name: &RepositoryName, tag: &Tag, t: CachedTag) {
         let key = Self::tag_key(name, tag);
         let cost = key.len() + ENTRY_OVERHEAD;
         lock(&self.tags).insert(key, t, cost);

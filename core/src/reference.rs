@@ -16,22 +16,30 @@ pub const MAX_NAME_LEN: usize = 255;
 /// A tag is at most 128 characters (`[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
 pub const MAX_TAG_LEN: usize = 128;
 
+/// Why a string is not a [`RepositoryName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The name is empty.
     #[error("repository name is empty")]
     Empty,
+    /// The name is longer than [`MAX_NAME_LEN`].
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
+    /// A `/`-separated component breaks the grammar (truncated).
     #[error("repository name component {0:?} does not match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*")]
     InvalidComponent(String),
 }
 
+/// Why a string is not a [`Tag`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TagError {
+    /// The tag is empty.
     #[error("tag is empty")]
     Empty,
+    /// The tag is longer than [`MAX_TAG_LEN`].
     #[error("tag is longer than {MAX_TAG_LEN} characters")]
     TooLong,
+    /// The tag breaks the grammar (truncated).
     #[error("tag {0:?} does not match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     Invalid(String),
 }
@@ -41,6 +49,9 @@ pub enum TagError {
 pub struct RepositoryName(String);
 
 impl RepositoryName {
+    /// Validate a name against the distribution-spec grammar: `/`-separated
+    /// components of lowercase alphanumerics joined by `.`, `_`, `__` or `-`
+    /// runs, at most [`MAX_NAME_LEN`] bytes in all.
     pub fn parse(s: &str) -> Result<Self, NameError> {
         if s.is_empty() {
             return Err(NameError::Empty);
@@ -56,6 +67,7 @@ impl RepositoryName {
         Ok(RepositoryName(s.to_owned()))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -112,6 +124,7 @@ impl FromStr for RepositoryName {
 pub struct Tag(String);
 
 impl Tag {
+    /// Validate a tag against `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
     pub fn parse(s: &str) -> Result<Self, TagError> {
         let b = s.as_bytes();
         if b.is_empty() {
@@ -131,6 +144,7 @@ impl Tag {
         }
     }
 
+    /// The tag as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -145,14 +159,19 @@ impl fmt::Display for Tag {
 /// What follows `/manifests/`: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
+    /// A tag.
     Tag(Tag),
+    /// A digest.
     Digest(Digest),
 }
 
+/// Why a string is neither a [`Tag`] nor a [`Digest`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
+    /// No `:`, and not a valid tag.
     #[error(transparent)]
     Tag(#[from] TagError),
+    /// Has a `:`, and is not a valid digest.
     #[error(transparent)]
     Digest(#[from] DigestError),
 }

@@ -31,6 +31,8 @@ use crate::storage::{PutMode, Storage, StorageError};
 use crate::upload::{Chunk, UploadId, UploadState};
 use crate::upstream::{UpstreamConfig, UpstreamError};
 
+/// A response from the registry; `B` is the storage backend's body type,
+/// so stored bytes reach the host's HTTP layer untouched.
 pub type Response<B> = http::Response<Body<B>>;
 
 /// Most tags one manifest push may apply (`?tag=`); the spec asks for at
@@ -38,6 +40,10 @@ pub type Response<B> = http::Response<Body<B>>;
 const MAX_TAGS_PER_PUSH: usize = 100;
 pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
+/// What an operator tunes about a registry. [`Default`] has a registry
+/// that allows deletes, takes manifests up to 4 MiB, pages up to 10,000
+/// entries, keeps 16 MiB of recent manifests and records a mirrored
+/// blob's use at most every five minutes.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Allow DELETE of manifests, tags and blobs.
@@ -66,6 +72,10 @@ impl Default for RegistryConfig {
     }
 }
 
+/// A registry: hosted repositories over storage `S` and, when built
+/// [`with_upstreams`](Registry::with_upstreams), a pull-through cache of
+/// upstream registries reached with `F`. `H` is the host's clock,
+/// randomness and task spawner. Every operation takes `&self`.
 pub struct Registry<S, H, F = NoFetch> {
     pub(crate) storage: Arc<S>,
     pub(crate) host: Arc<H>,
@@ -136,18 +146,22 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         }
     }
 
+    /// The storage backend the registry was built on.
     pub fn storage(&self) -> &S {
         &self.storage
     }
 
+    /// The host capabilities the registry was built with.
     pub fn host(&self) -> &H {
         &self.host
     }
 
+    /// The registry's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
+    /// The configuration the registry was built with.
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }

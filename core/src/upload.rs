@@ -17,6 +17,8 @@ use crate::reference::RepositoryName;
 pub struct UploadId(String);
 
 impl UploadId {
+    /// Accept only what [`UploadId::from_random`] makes: the id comes back in
+    /// request paths and becomes part of storage keys.
     pub fn parse(s: &str) -> Option<UploadId> {
         let ok = s.len() == 32
             && s.bytes()
@@ -24,10 +26,12 @@ impl UploadId {
         ok.then(|| UploadId(s.to_owned()))
     }
 
+    /// The id for 16 random bytes from [`crate::Host::fill_random`].
     pub fn from_random(bytes: [u8; 16]) -> UploadId {
         UploadId(hex::encode(bytes))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -39,19 +43,28 @@ impl fmt::Display for UploadId {
     }
 }
 
+/// A chunk of an upload session, stored at [`crate::layout::upload_chunk`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
+    /// Where in the upload the chunk's bytes start.
     pub offset: u64,
+    /// Makes the chunk's key unique (hex).
     pub nonce: String,
 }
 
+/// An upload session as stored ([`crate::layout::upload_state`], JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadState {
+    /// The repository the upload was started in.
     pub repository: String,
+    /// When the session started (host clock, ms since the Unix epoch).
     pub started_ms: u64,
+    /// When the session last received a chunk, for expiring abandoned
+    /// sessions.
     pub updated_ms: u64,
     /// Bytes received so far.
     pub offset: u64,
+    /// The chunks received so far, in offset order.
     pub chunks: Vec<Chunk>,
     /// sha256 state over all bytes received (see [`Hasher::save`]).
     pub hasher: String,
@@ -62,6 +75,7 @@ pub struct UploadState {
 }
 
 impl UploadState {
+    /// A session for `repository` with nothing received yet.
     pub fn new(repository: &RepositoryName, now_ms: u64) -> Self {
         UploadState {
             repository: repository.as_str().to_owned(),
@@ -88,6 +102,7 @@ impl UploadState {
         (nonces_ok && offsets_ok && Hasher::restore(&s.hasher).is_some()).then_some(s)
     }
 
+    /// The state as stored.
     pub fn encode(&self) -> bytes::Bytes {
         serde_json::to_vec(self).expect("state serializes").into()
     }

@@ -24,7 +24,10 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Base URL, e.g. `https://registry-1.docker.io`.
     pub url: String,
+    /// The user for the upstream's basic or token auth; `None` pulls
+    /// anonymously.
     pub username: Option<String>,
+    /// The password (or access token) that goes with `username`.
     pub password: Option<String>,
     /// How long a tag is trusted before it is revalidated upstream.
     pub tag_ttl_ms: u64,
@@ -81,23 +84,33 @@ impl UpstreamConfig {
     }
 }
 
+/// Why an upstream gave no usable answer, or an upstream could not be
+/// set up.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
+    /// The upstream answered 404.
     #[error("not found upstream")]
     NotFound,
+    /// The upstream refused access (401 or 403, the status given).
     #[error("upstream denied access ({0})")]
     Denied(u16),
     /// The upstream is down, overloaded or unreachable (after retries).
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+    /// Any other unexpected status.
     #[error("upstream answered {0}")]
     Status(u16),
+    /// The upstream's answer (a token response, an auth challenge, a
+    /// redirect) made no sense, or its configuration is invalid.
     #[error("upstream sent an invalid response: {0}")]
     Invalid(String),
     /// The upstream asked for a pause (`429` with `Retry-After`); nothing is
     /// sent to it until `retry_after_ms` from now.
     #[error("upstream asked to wait {retry_after_ms} ms")]
-    Throttled { retry_after_ms: u64 },
+    Throttled {
+        /// What is left of the pause, in ms from now.
+        retry_after_ms: u64,
+    },
 }
 
 impl UpstreamError {
@@ -136,7 +149,11 @@ const SHORT_PAUSE_MS: u64 = 2_000;
 const MAX_BACKOFF_MS: u64 = 10_000;
 const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 
+/// The client for one upstream registry, with what its requests share:
+/// bearer tokens by scope, and whether the upstream is down or asked
+/// for a pause.
 pub struct Upstream<F, H> {
+    /// The upstream as configured.
     pub config: UpstreamConfig,
     fetch: Arc<F>,
     host: Arc<H>,
@@ -148,6 +165,7 @@ pub struct Upstream<F, H> {
 }
 
 impl<F: Fetch, H: Host> Upstream<F, H> {
+    /// The client for `config`; fails if its URL has no scheme or host.
     pub fn new(
         config: UpstreamConfig,
         fetch: Arc<F>,
@@ -542,6 +560,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
 /// Whether a token realm may receive an upstream's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RealmTrust {
+    /// May receive the credentials.
     Trusted,
     /// Not trusted, and why.
     Foreign(&'static str),
@@ -674,8 +693,12 @@ fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Challenge {
+    /// Docker token auth, with the challenge's parameters (`realm`,
+    /// `service`, `scope`), keys lower-cased.
     Bearer(HashMap<String, String>),
+    /// HTTP basic auth.
     Basic,
+    /// Any other scheme: kura cannot answer it.
     Other,
 }
 
@@ -734,7 +757,7 @@ impl Challenge {
 mod base64_lite {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-    pub fn encode(data: &[u8]) -> String {
+    pub(crate) fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {
             let b = [

@@ -36,7 +36,9 @@ const PAGED_KEYS: usize = 1234;
 /// One broken property.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// The property, as the suite names it.
     pub property: &'static str,
+    /// What the backend did instead.
     pub detail: String,
 }
 

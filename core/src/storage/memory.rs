@@ -11,12 +11,14 @@ use futures::StreamExt;
 use super::{ObjectMeta, PutMode, Storage, StorageError};
 use crate::body::{self, ByteStream};
 
+/// A [`Storage`] in a map in memory: gone with the process. Appends work.
 #[derive(Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<String, Bytes>>,
 }
 
 impl MemoryStorage {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

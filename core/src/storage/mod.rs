@@ -21,18 +21,26 @@ pub mod memory;
 
 pub use memory::MemoryStorage;
 
+/// What [`Storage::head`] and [`Storage::get`] tell about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// The object's length in bytes.
     pub size: u64,
 }
 
+/// One object of a [`Storage::list_meta`] listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
+    /// The object's key.
     pub key: String,
+    /// The object's length in bytes.
     pub size: u64,
+    /// When the object was last written, ms since the Unix epoch; 0 if the
+    /// backend does not know.
     pub modified_ms: u64,
 }
 
+/// Whether [`Storage::put`] may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
     /// Replace whatever is there.
@@ -41,10 +49,14 @@ pub enum PutMode {
     Create,
 }
 
+/// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// The object does not exist (where absence is an error, as for the
+    /// source of a [`Storage::rename`]).
     #[error("object not found")]
     NotFound,
+    /// A [`PutMode::Create`] put found the key taken.
     #[error("object already exists")]
     AlreadyExists,
     /// The data stream given to a put failed; nothing was written.
@@ -52,15 +64,22 @@ pub enum StorageError {
     Input(io::Error),
     /// An append at an offset other than the object's length.
     #[error("append at offset {offset}, but the object holds {len} bytes")]
-    AppendOffset { offset: u64, len: u64 },
+    AppendOffset {
+        /// Where the append asked to write.
+        offset: u64,
+        /// The object's length.
+        len: u64,
+    },
     /// The backend does not offer this operation.
     #[error("storage backend does not support {0}")]
     Unsupported(&'static str),
+    /// Any other failure of the backend, as text.
     #[error("storage backend: {0}")]
     Backend(String),
 }
 
 impl StorageError {
+    /// A [`StorageError::Backend`] carrying `e`'s message.
     pub fn backend(e: impl std::fmt::Display) -> Self {
         StorageError::Backend(e.to_string())
     }
@@ -88,6 +107,7 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// without passing through the core.
     type Body: MaybeSend + 'static;
 
+    /// The object's metadata, or `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
 
     /// Read an object, or `range` of it (already clamped to its size by the
@@ -113,6 +133,7 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         Ok(Some(out.freeze()))
     }
 
+    /// Write `data` at `key` atomically, as `mode` allows.
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError>;
 
     /// Write a stream of any length without holding it in memory. Returns
@@ -151,8 +172,10 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         Err(StorageError::Unsupported("append"))
     }
 
+    /// Remove the object at `key`; a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// Every key under `prefix`, at any depth, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
 
     /// Like [`Storage::list`], with each object's size and last-modified

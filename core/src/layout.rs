@@ -101,8 +101,8 @@ pub fn repository(name: &RepositoryName) -> String {
     format!("repositories/{name}/")
 }
 
-/// The link that says repository `name` has blob `d`: a blob is only
-/// served under the repositories that link it.
+/// The link that says repository `name` has blob `d`: storage serves a
+/// blob only under the repositories that link it.
 pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_layers/{}/{}",

@@ -1308,6 +1308,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
 
 /// What an eviction pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EvictionReport {
     /// Bytes of evictable mirrored blobs before the pass.
     pub cached_bytes: u64,

@@ -8,6 +8,7 @@ use crate::storage::StorageError;
 
 /// The error codes of the distribution spec, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// `BLOB_UNKNOWN`: blob unknown to the registry (404).
     BlobUnknown,
@@ -110,6 +111,7 @@ impl ErrorCode {
 /// A failed registry operation: what the client is told.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]
+#[non_exhaustive]
 pub struct RegistryError {
     /// The distribution-spec error code.
     pub code: ErrorCode,

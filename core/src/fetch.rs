@@ -12,6 +12,7 @@ use crate::{MaybeSend, MaybeSync};
 /// Why a request to an upstream got no response. An HTTP error status is a
 /// response, not a `FetchError`.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// Could not connect, TLS failed, the connection dropped.
     #[error("connection failed: {0}")]

@@ -86,6 +86,7 @@ pub const ALL_MEDIA_TYPES: [&str; 4] = [
 
 /// Why a pushed manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The bytes are not JSON of the expected shape.
     #[error("manifest is not valid JSON: {0}")]

@@ -45,6 +45,7 @@ pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
 /// entries, keeps 16 MiB of recent manifests and records a mirrored
 /// blob's use at most every five minutes.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RegistryConfig {
     /// Allow DELETE of manifests, tags and blobs.
     pub delete_enabled: bool,

@@ -18,6 +18,7 @@ use crate::reference::RepositoryName;
 
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UpstreamConfig {
     /// The registry's name as clients write it: `docker.io`, `ghcr.io`. It
     /// is matched against `?ns=` and the first path component.
@@ -87,6 +88,7 @@ impl UpstreamConfig {
 /// Why an upstream gave no usable answer, or an upstream could not be
 /// set up.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpstreamError {
     /// The upstream answered 404.
     #[error("not found upstream")]

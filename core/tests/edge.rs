@@ -78,16 +78,10 @@ fn setup() -> Setup {
         blob_gets: blob_gets.clone(),
         blob_heads: blob_heads.clone(),
     };
-    let config = UpstreamConfig {
-        name: "docker.io".into(),
-        url: "http://upstream.invalid".into(),
-        username: None,
-        password: None,
-        tag_ttl_ms: 60_000,
-        max_stale_ms: 3_600_000,
-        token_realms: Vec::new(),
-        not_found_ttl_ms: 0,
-    };
+    let mut config = UpstreamConfig::new("docker.io", "http://upstream.invalid");
+    config.tag_ttl_ms = 60_000;
+    config.max_stale_ms = 3_600_000;
+    config.not_found_ttl_ms = 0;
     let mirror = Registry::with_upstreams(
         MemoryStorage::new(),
         TestHost::at(1_000_000),

@@ -244,16 +244,10 @@ fn setup(tag_ttl_ms: u64) -> Setup {
         rules: Mutex::default(),
         log: Mutex::default(),
     });
-    let config = UpstreamConfig {
-        name: "up.local".into(),
-        url: "http://upstream.invalid".into(),
-        username: None,
-        password: None,
-        tag_ttl_ms,
-        max_stale_ms: 3_600_000,
-        token_realms: Vec::new(),
-        not_found_ttl_ms: 0,
-    };
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.tag_ttl_ms = tag_ttl_ms;
+    config.max_stale_ms = 3_600_000;
+    config.not_found_ttl_ms = 0;
     let host = TestHost::at(1_000_000);
     let mirror = Registry::with_upstreams(
         MemoryStorage::new(),
@@ -514,16 +508,10 @@ fn mirror_with(
     now_ms: u64,
     edit: impl FnOnce(&mut UpstreamConfig),
 ) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
-    let mut config = UpstreamConfig {
-        name: "up.local".into(),
-        url: "http://upstream.invalid".into(),
-        username: None,
-        password: None,
-        tag_ttl_ms: 60_000,
-        max_stale_ms: 3_600_000,
-        token_realms: Vec::new(),
-        not_found_ttl_ms: 0,
-    };
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.tag_ttl_ms = 60_000;
+    config.max_stale_ms = 3_600_000;
+    config.not_found_ttl_ms = 0;
     edit(&mut config);
     Registry::with_upstreams(
         storage,

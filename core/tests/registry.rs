@@ -605,10 +605,8 @@ fn mount_and_delete() {
 
 #[test]
 fn deletes_can_be_disabled() {
-    let config = RegistryConfig {
-        delete_enabled: false,
-        ..RegistryConfig::default()
-    };
+    let mut config = RegistryConfig::default();
+    config.delete_enabled = false;
     let reg = Registry::new(MemoryStorage::new(), TestHost::at(1_000), config);
     let d = push_blob(&reg, "x", b"abc");
     let r = call(&reg, Method::DELETE, &format!("/v2/x/blobs/{d}"), &[], "");

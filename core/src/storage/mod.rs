@@ -51,6 +51,7 @@ pub enum PutMode {
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// The object does not exist (where absence is an error, as for the
     /// source of a [`Storage::rename`]).

@@ -284,16 +284,14 @@ fn default_max_stale() -> u64 {
 
 impl UpstreamSection {
     pub fn to_core(&self) -> kura_core::upstream::UpstreamConfig {
-        kura_core::upstream::UpstreamConfig {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            username: self.username.clone(),
-            password: self.password.clone(),
-            tag_ttl_ms: self.tag_ttl_secs.saturating_mul(1000),
-            max_stale_ms: self.max_stale_secs.saturating_mul(1000),
-            token_realms: self.token_realms.clone(),
-            not_found_ttl_ms: self.not_found_ttl_secs.saturating_mul(1000),
-        }
+        let mut u = kura_core::upstream::UpstreamConfig::new(&self.name, &self.url);
+        u.username = self.username.clone();
+        u.password = self.password.clone();
+        u.tag_ttl_ms = self.tag_ttl_secs.saturating_mul(1000);
+        u.max_stale_ms = self.max_stale_secs.saturating_mul(1000);
+        u.token_realms = self.token_realms.clone();
+        u.not_found_ttl_ms = self.not_found_ttl_secs.saturating_mul(1000);
+        u
     }
 }
 

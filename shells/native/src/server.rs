@@ -54,14 +54,13 @@ pub fn build_storage(config: &Config) -> anyhow::Result<ObjectStorage> {
 
 pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let storage = build_storage(config)?;
+    let mut registry_config = RegistryConfig::default();
+    registry_config.delete_enabled = config.registry.delete_enabled;
+    registry_config.max_manifest_size = config.registry.max_manifest_size;
     let registry = Registry::with_upstreams(
         storage,
         SystemHost,
-        RegistryConfig {
-            delete_enabled: config.registry.delete_enabled,
-            max_manifest_size: config.registry.max_manifest_size,
-            ..RegistryConfig::default()
-        },
+        registry_config,
         HttpFetch::new(&config.mirror)?,
         config
             .mirror

@@ -330,22 +330,18 @@ impl Options {
                 let required = |key: &str| {
                     opt_string(&u, key, &what)?.ok_or_else(|| format!("{what}.{key} is required"))
                 };
-                upstreams.push(UpstreamConfig {
-                    name: required("name")?,
-                    url: required("url")?,
-                    username: opt_string(&u, "username", &what)?,
-                    password: opt_string(&u, "password", &what)?,
-                    tag_ttl_ms: opt_u64(&u, "tagTtlSecs", &what)?
-                        .unwrap_or(kura_core::config::DEFAULT_TAG_TTL_SECS)
-                        .saturating_mul(1000),
-                    max_stale_ms: opt_u64(&u, "maxStaleSecs", &what)?
-                        .unwrap_or(kura_core::config::DEFAULT_MAX_STALE_SECS)
-                        .saturating_mul(1000),
-                    token_realms: opt_strings(&u, "tokenRealms", &what)?,
-                    not_found_ttl_ms: opt_u64(&u, "notFoundTtlSecs", &what)?
-                        .unwrap_or(kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS)
-                        .saturating_mul(1000),
-                });
+                // Unset durations keep the core's defaults.
+                let mut c = UpstreamConfig::new(required("name")?, required("url")?);
+                c.username = opt_string(&u, "username", &what)?;
+                c.password = opt_string(&u, "password", &what)?;
+                let ms = |secs: Option<u64>, default: u64| {
+                    secs.map_or(default, |s| s.saturating_mul(1000))
+                };
+                c.tag_ttl_ms = ms(opt_u64(&u, "tagTtlSecs", &what)?, c.tag_ttl_ms);
+                c.max_stale_ms = ms(opt_u64(&u, "maxStaleSecs", &what)?, c.max_stale_ms);
+                c.token_realms = opt_strings(&u, "tokenRealms", &what)?;
+                c.not_found_ttl_ms = ms(opt_u64(&u, "notFoundTtlSecs", &what)?, c.not_found_ttl_ms);
+                upstreams.push(c);
             }
         }
 

@@ -105,14 +105,13 @@ fn app(env: &Env) -> Result<Rc<App>, String> {
         single_put_max: config.single_put_max,
         part_size: config.part_size,
     };
+    let mut registry_config = RegistryConfig::default();
+    // Mirrors are read-only; nothing hosted is pushed at the edge.
+    registry_config.delete_enabled = false;
     let registry = Registry::with_upstreams(
         storage.clone(),
         WorkerHost,
-        RegistryConfig {
-            // Mirrors are read-only; nothing hosted is pushed at the edge.
-            delete_enabled: false,
-            ..RegistryConfig::default()
-        },
+        registry_config,
         WorkerFetch,
         config.core_upstreams(),
         config.default_upstream.clone(),

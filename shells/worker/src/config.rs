@@ -181,16 +181,14 @@ impl Config {
             .iter()
             .map(|u| {
                 let creds = self.credentials.get(&u.name);
-                UpstreamConfig {
-                    name: u.name.clone(),
-                    url: u.url.clone(),
-                    username: creds.map(|c| c.username.clone()),
-                    password: creds.map(|c| c.password.clone()),
-                    tag_ttl_ms: u.tag_ttl_secs.saturating_mul(1000),
-                    max_stale_ms: u.max_stale_secs.saturating_mul(1000),
-                    token_realms: u.token_realms.clone(),
-                    not_found_ttl_ms: u.not_found_ttl_secs.saturating_mul(1000),
-                }
+                let mut c = UpstreamConfig::new(&u.name, &u.url);
+                c.username = creds.map(|c| c.username.clone());
+                c.password = creds.map(|c| c.password.clone());
+                c.tag_ttl_ms = u.tag_ttl_secs.saturating_mul(1000);
+                c.max_stale_ms = u.max_stale_secs.saturating_mul(1000);
+                c.token_realms = u.token_realms.clone();
+                c.not_found_ttl_ms = u.not_found_ttl_secs.saturating_mul(1000);
+                c
             })
             .collect()
     }

@@ -35,7 +35,7 @@ pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, RegistryError};
 pub use host::Host;
 pub use reference::{Reference, RepositoryName, Tag};
-pub use registry::{Registry, RegistryConfig};
+pub use registry::{Registry, RegistryBuilder, RegistryConfig};
 pub use storage::Storage;
 
 /// `Send` on native targets, nothing on wasm32 where JS handles are `!Send`.

@@ -73,8 +73,8 @@ impl Default for RegistryConfig {
     }
 }
 
-/// A registry: hosted repositories over storage `S` and, when built
-/// [`with_upstreams`](Registry::with_upstreams), a pull-through cache of
+/// A registry: hosted repositories over storage `S` and, when built with
+/// [`RegistryBuilder::mirror`], a pull-through cache of
 /// upstream registries reached with `F`. `H` is the host's clock,
 /// randomness and task spawner. Every operation takes `&self`.
 pub struct Registry<S, H, F = NoFetch> {
@@ -101,33 +101,95 @@ impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
             Arc::default(),
         )
     }
+
+    /// Start a registry over `storage` and `host`: hosted repositories with
+    /// the default [`RegistryConfig`] until the builder says otherwise.
+    pub fn builder(storage: S, host: H) -> RegistryBuilder<S, H, NoFetch> {
+        RegistryBuilder {
+            storage,
+            host,
+            config: RegistryConfig::default(),
+            fetch: NoFetch,
+            upstreams: Vec::new(),
+            default_upstream: None,
+        }
+    }
+}
+
+/// Assembles a [`Registry`]: storage and host first, then what differs from
+/// the defaults.
+///
+/// ```text
+/// let registry = Registry::builder(storage, host)
+///     .config(config)
+///     .mirror(fetch, UpstreamConfig::public())
+///     .default_upstream("docker.io")
+///     .build()?;
+/// ```
+pub struct RegistryBuilder<S, H, F> {
+    storage: S,
+    host: H,
+    config: RegistryConfig,
+    fetch: F,
+    upstreams: Vec<UpstreamConfig>,
+    default_upstream: Option<String>,
+}
+
+impl<S: Storage, H: Host, F: Fetch> RegistryBuilder<S, H, F> {
+    /// Limits and behaviour of the registry.
+    pub fn config(mut self, config: RegistryConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Mirror `upstreams` (a pull-through cache), reaching them with
+    /// `fetch`; every other namespace stays hosted.
+    pub fn mirror<G: Fetch>(
+        self,
+        fetch: G,
+        upstreams: Vec<UpstreamConfig>,
+    ) -> RegistryBuilder<S, H, G> {
+        RegistryBuilder {
+            storage: self.storage,
+            host: self.host,
+            config: self.config,
+            fetch,
+            upstreams,
+            default_upstream: self.default_upstream,
+        }
+    }
+
+    /// Send names without a registry prefix or `?ns=` to this upstream
+    /// (Docker's `registry-mirrors` sends bare names); `None` hosts them.
+    pub fn default_upstream(mut self, name: Option<String>) -> Self {
+        self.default_upstream = name;
+        self
+    }
+
+    /// The registry, or why the upstreams cannot be mirrored (a name
+    /// configured twice or not a registry name, a URL without scheme or
+    /// host, a default upstream that is not configured).
+    pub fn build(self) -> Result<Registry<S, H, F>, UpstreamError> {
+        let host = Arc::new(self.host);
+        let metrics = Arc::<Metrics>::default();
+        let mirrors = Mirrors::new(
+            Arc::new(self.fetch),
+            host.clone(),
+            metrics.clone(),
+            self.upstreams,
+            self.default_upstream,
+        )?;
+        Ok(Registry::build(
+            self.storage,
+            host,
+            self.config,
+            mirrors,
+            metrics,
+        ))
+    }
 }
 
 impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
-    /// A registry that mirrors `upstreams` (pull-through cache) and hosts
-    /// every other namespace. With `default_upstream`, names without a
-    /// registry prefix or `?ns=` go to that upstream (Docker's
-    /// `registry-mirrors` sends bare names).
-    pub fn with_upstreams(
-        storage: S,
-        host: H,
-        config: RegistryConfig,
-        fetch: F,
-        upstreams: Vec<UpstreamConfig>,
-        default_upstream: Option<String>,
-    ) -> Result<Self, UpstreamError> {
-        let host = Arc::new(host);
-        let metrics = Arc::<Metrics>::default();
-        let mirrors = Mirrors::new(
-            Arc::new(fetch),
-            host.clone(),
-            metrics.clone(),
-            upstreams,
-            default_upstream,
-        )?;
-        Ok(Self::build(storage, host, config, mirrors, metrics))
-    }
-
     fn build(
         storage: S,
         host: Arc<H>,

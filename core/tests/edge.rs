@@ -82,15 +82,11 @@ fn setup() -> Setup {
     config.tag_ttl_ms = 60_000;
     config.max_stale_ms = 3_600_000;
     config.not_found_ttl_ms = 0;
-    let mirror = Registry::with_upstreams(
-        MemoryStorage::new(),
-        TestHost::at(1_000_000),
-        RegistryConfig::default(),
-        fetch,
-        vec![config],
-        Some("docker.io".into()),
-    )
-    .unwrap();
+    let mirror = Registry::builder(MemoryStorage::new(), TestHost::at(1_000_000))
+        .mirror(fetch, vec![config])
+        .default_upstream(Some("docker.io".into()))
+        .build()
+        .unwrap();
     Setup {
         upstream,
         blob_gets,

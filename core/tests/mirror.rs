@@ -249,15 +249,10 @@ fn setup(tag_ttl_ms: u64) -> Setup {
     config.max_stale_ms = 3_600_000;
     config.not_found_ttl_ms = 0;
     let host = TestHost::at(1_000_000);
-    let mirror = Registry::with_upstreams(
-        MemoryStorage::new(),
-        host,
-        RegistryConfig::default(),
-        LocalFetch(fetch.clone()),
-        vec![config],
-        None,
-    )
-    .unwrap();
+    let mirror = Registry::builder(MemoryStorage::new(), host)
+        .mirror(LocalFetch(fetch.clone()), vec![config])
+        .build()
+        .unwrap();
     Setup {
         upstream,
         fetch,
@@ -513,15 +508,10 @@ fn mirror_with(
     config.max_stale_ms = 3_600_000;
     config.not_found_ttl_ms = 0;
     edit(&mut config);
-    Registry::with_upstreams(
-        storage,
-        TestHost::at(now_ms),
-        RegistryConfig::default(),
-        LocalFetch(s.fetch.clone()),
-        vec![config],
-        None,
-    )
-    .unwrap()
+    Registry::builder(storage, TestHost::at(now_ms))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap()
 }
 
 fn at<S: Storage, F: Fetch>(reg: &Registry<S, TestHost, F>, now_ms: u64) {

@@ -57,20 +57,13 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let mut registry_config = RegistryConfig::default();
     registry_config.delete_enabled = config.registry.delete_enabled;
     registry_config.max_manifest_size = config.registry.max_manifest_size;
-    let registry = Registry::with_upstreams(
-        storage,
-        SystemHost,
-        registry_config,
-        HttpFetch::new(&config.mirror)?,
-        config
-            .mirror
-            .upstreams
-            .iter()
-            .map(|u| u.to_core())
-            .collect(),
-        config.mirror.default.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("mirror configuration: {e}"))?;
+    let upstreams = config.mirror.upstreams.iter().map(|u| u.to_core());
+    let registry = Registry::builder(storage, SystemHost)
+        .config(registry_config)
+        .mirror(HttpFetch::new(&config.mirror)?, upstreams.collect())
+        .default_upstream(config.mirror.default.clone())
+        .build()
+        .map_err(|e| anyhow::anyhow!("mirror configuration: {e}"))?;
     let auth = match &config.auth {
         None => None,
         Some(a) => Some(Authenticator::new(

@@ -119,15 +119,12 @@ impl JsRegistry {
         // Panics (bugs) print their message instead of a bare "unreachable".
         console_error_panic_hook::set_once();
         let o = Options::parse(&options).map_err(|e| JsError::new(&e))?;
-        let inner = Core::with_upstreams(
-            o.storage,
-            JsHost,
-            o.config,
-            o.fetch,
-            o.upstreams,
-            o.default_upstream,
-        )
-        .map_err(|e| JsError::new(&format!("mirror configuration: {e}")))?;
+        let inner = kura_core::Registry::builder(o.storage, JsHost)
+            .config(o.config)
+            .mirror(o.fetch, o.upstreams)
+            .default_upstream(o.default_upstream)
+            .build()
+            .map_err(|e| JsError::new(&format!("mirror configuration: {e}")))?;
         Ok(JsRegistry {
             inner: Rc::new(inner),
         })

@@ -108,15 +108,12 @@ fn app(env: &Env) -> Result<Rc<App>, String> {
     let mut registry_config = RegistryConfig::default();
     // Mirrors are read-only; nothing hosted is pushed at the edge.
     registry_config.delete_enabled = false;
-    let registry = Registry::with_upstreams(
-        storage.clone(),
-        WorkerHost,
-        registry_config,
-        WorkerFetch,
-        config.core_upstreams(),
-        config.default_upstream.clone(),
-    )
-    .map_err(|e| e.to_string())?;
+    let registry = Registry::builder(storage.clone(), WorkerHost)
+        .config(registry_config)
+        .mirror(WorkerFetch, config.core_upstreams())
+        .default_upstream(config.default_upstream.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
     let app = Rc::new(App {
         registry,
         storage,

@@ -755,16 +755,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         t: &MirrorTarget<F, H>,
         reference: &Reference,
     ) -> Result<Response<S::Body>> {
-        let mut resp = mark(self.get_manifest(&t.local, reference).await?, "stale");
-        set(
-            resp.headers_mut(),
-            WARNING,
-            &format!(
-                "110 kura \"Response is stale: {} unavailable\"",
-                t.upstream.config.name
-            ),
-        );
-        Ok(resp)
+        let resp = self.get_manifest(&t.local, reference).await?;
+        Ok(mark_stale(resp, t))
     }
 
     async fn write_tag_cache(
@@ -872,17 +864,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let ns = api::query_param(uri, "ns").transpose()?;
         let answer = |page: &TagListCache, how: &'static str| {
             let mut resp = tag_list_response(requested, page, ns.as_deref());
-            resp = mark(resp, how);
-            if how == "stale" {
-                set(
-                    resp.headers_mut(),
-                    WARNING,
-                    &format!(
-                        "110 kura \"Response is stale: {} unavailable\"",
-                        t.upstream.config.name
-                    ),
-                );
-            }
+            resp = if how == "stale" {
+                mark_stale(resp, t)
+            } else {
+                mark(resp, how)
+            };
             resp
         };
         let now = self.host.now_unix_ms();
@@ -1394,6 +1380,21 @@ fn mark<B>(mut resp: Response<B>, how: &'static str) -> Response<B> {
     resp.headers_mut().insert(
         HeaderName::from_static(CACHE_HEADER),
         HeaderValue::from_static(how),
+    );
+    resp
+}
+
+/// A response served from the cache because the upstream gave no usable
+/// answer: `X-Kura-Cache: stale` and an RFC 7234 `Warning: 110`.
+fn mark_stale<B, F, H>(resp: Response<B>, t: &MirrorTarget<F, H>) -> Response<B> {
+    let mut resp = mark(resp, "stale");
+    set(
+        resp.headers_mut(),
+        WARNING,
+        &format!(
+            "110 kura \"Response is stale: {} unavailable\"",
+            t.upstream.config.name
+        ),
     );
     resp
 }

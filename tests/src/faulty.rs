@@ -135,17 +135,7 @@ impl Faulty {
             changed: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
-        let s = shared.clone();
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.shutdown.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || serve_connection(conn, s, port));
-            }
-        });
+        let accept = accept_loop(listener, shared.clone(), port);
         Ok(Faulty {
             port,
             url: format!("http://127.0.0.1:{port}"),
@@ -287,18 +277,7 @@ impl Faulty {
         let listener = TcpListener::bind((ip, 0))?;
         let addr = listener.local_addr()?;
         let realm = format!("http://{addr}/token");
-        let s = self.shared.clone();
-        let port = self.port;
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.shutdown.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || serve_connection(conn, s, port));
-            }
-        });
+        let accept = accept_loop(listener, self.shared.clone(), self.port);
         self.realm_listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -358,6 +337,21 @@ impl Drop for Faulty {
             let _ = h.join();
         }
     }
+}
+
+/// Serve every connection `listener` accepts (each on its own thread) until
+/// shutdown; `port` is the main listener's, which challenges name.
+fn accept_loop(listener: TcpListener, s: Arc<Shared>, port: u16) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if s.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let s = s.clone();
+            std::thread::spawn(move || serve_connection(conn, s, port));
+        }
+    })
 }
 
 // ----- the HTTP side -------------------------------------------------------

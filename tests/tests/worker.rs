@@ -217,6 +217,32 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// For a failure message: how the Worker answers HEADs of `paths` now
+    /// (each within 10 s), one line each.
+    fn probe(&self, paths: &[String]) -> String {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut out = String::new();
+        for path in paths {
+            let started = Instant::now();
+            let answer = match client
+                .head(format!("{}{path}", self.url))
+                .header("Accept", ACCEPT_ALL)
+                .send()
+            {
+                Ok(r) => r.status().to_string(),
+                Err(e) => format!("no answer ({e})"),
+            };
+            out.push_str(&format!(
+                "  HEAD {path}: {answer} after {:.1}s\n",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        out
+    }
+
     fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -616,7 +642,7 @@ fn image_with_layers(
     tag: &str,
     sizes: &[usize],
     seed: u64,
-) -> (String, BTreeSet<String>) {
+) -> (String, String, BTreeSet<String>) {
     let layout = OciLayout::create(dir).unwrap();
     let layers: Vec<_> = sizes
         .iter()
@@ -655,9 +681,9 @@ fn image_with_layers(
     });
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     let mut all: BTreeSet<String> = layers.into_iter().map(|l| l.digest).collect();
-    all.insert(config.digest);
+    all.insert(config.digest.clone());
     all.insert(manifest.digest.clone());
-    (manifest.digest, all)
+    (manifest.digest, config.digest, all)
 }
 
 /// A real-sized image: four layers of 80 to 125 MiB, pulled cold by skopeo
@@ -684,7 +710,7 @@ fn a_large_multi_layer_image_pulls_through_the_worker_with_bounded_fds() {
     // 410 MiB. The two 125 MiB layers go through R2 multipart (32 MiB
     // parts), the two of 80 MiB are single puts.
     let sizes = [125 * MIB, 80 * MIB, 125 * MIB, 80 * MIB];
-    let (manifest, digests) = image_with_layers(&src, "v1", &sizes, 941);
+    let (manifest, config, digests) = image_with_layers(&src, "v1", &sizes, 941);
     copy(
         &sk,
         &[],
@@ -709,7 +735,8 @@ fn a_large_multi_layer_image_pulls_through_the_worker_with_bounded_fds() {
     let started = Instant::now();
     let mut pull = sk
         .command()
-        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        // --debug: if the pull hangs, the log says which request it waits on.
+        .args(["--debug", "copy", "--src-tls-verify=false", "--preserve-digests"])
         .arg("--dest-oci-accept-uncompressed-layers")
         .arg(format!("docker://{}/team/large:v1", worker.host()))
         .arg(oci(&dest, "v1"))
@@ -735,10 +762,15 @@ fn a_large_multi_layer_image_pulls_through_the_worker_with_bounded_fds() {
             None
         };
         if let Some(why) = failure {
+            let probes = worker.probe(&[
+                "/v2/".to_owned(),
+                "/v2/team/large/manifests/v1".to_owned(),
+                format!("/v2/team/large/blobs/{config}"),
+            ]);
             let _ = pull.kill();
             let _ = pull.wait();
             panic!(
-                "{why}, {:.0}s into the pull; skopeo:\n{}",
+                "{why}, {:.0}s into the pull; the Worker now answers:\n{probes}skopeo:\n{}",
                 started.elapsed().as_secs_f64(),
                 std::fs::read_to_string(w.join("skopeo.log")).unwrap_or_default()
             );

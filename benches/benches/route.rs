@@ -1,4 +1,4 @@
-//! `/v2/` request routing: `kura_core::api::Route::parse`, run on every
+//! `/v2/` request routing: `kura_core::wire::Route::parse`, run on every
 //! request before anything else.
 //!
 //! `cargo bench -p kura-benches --bench route`
@@ -6,7 +6,7 @@
 use std::fmt;
 
 use divan::{black_box, Bencher};
-use kura_core::api::Route;
+use kura_core::wire::Route;
 
 fn main() {
     divan::main();

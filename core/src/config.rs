@@ -78,3 +78,45 @@ mod tests {
         assert!(!is_docker_hub("docker.io.evil"));
     }
 }
+
+/// Longest wait for an upstream when a stale answer could be given
+/// instead (a tag past its TTL, still within `max_stale_ms`).
+pub const STALE_DEADLINE_MS: u64 = 3_000;
+
+/// How long an upstream that timed out or could not be reached is
+/// considered down: requests that can be answered from the cache are, at
+/// once, without asking it (a circuit breaker's open window).
+pub const DOWN_WINDOW_MS: u64 = 10_000;
+
+/// What an operator tunes about a registry. [`Default`] has a registry
+/// that allows deletes, takes manifests up to 4 MiB, pages up to 10,000
+/// entries, keeps 16 MiB of recent manifests and records a mirrored
+/// blob's use at most every five minutes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RegistryConfig {
+    /// Allow DELETE of manifests, tags and blobs.
+    pub delete_enabled: bool,
+    /// Largest manifest accepted, in bytes (OCI asks registries to take at
+    /// least 4 MiB).
+    pub max_manifest_size: usize,
+    /// Largest page of tags or repositories returned for one request.
+    pub max_page_size: usize,
+    /// Memory for recently served manifests and mirrored tag lookups.
+    pub manifest_cache_bytes: usize,
+    /// How often, at most, the last use of one mirrored blob is written to
+    /// storage (eviction goes by it; memory has every use in between).
+    pub access_record_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            delete_enabled: true,
+            max_manifest_size: 4 * 1024 * 1024,
+            max_page_size: 10_000,
+            manifest_cache_bytes: 16 * 1024 * 1024,
+            access_record_interval_ms: 5 * 60 * 1000,
+        }
+    }
+}

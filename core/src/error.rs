@@ -2,9 +2,9 @@
 
 use http::StatusCode;
 
-use crate::digest::DigestError;
-use crate::reference::{NameError, ReferenceError, TagError};
-use crate::storage::StorageError;
+use crate::io::storage::StorageError;
+use crate::model::digest::DigestError;
+use crate::model::reference::{NameError, ReferenceError, TagError};
 
 /// The error codes of the distribution spec, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,31 +11,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod api;
-pub mod body;
-pub mod cache;
 pub mod config;
-pub mod digest;
-pub mod edge;
-pub mod error;
-pub mod fetch;
-pub mod host;
-pub mod layout;
-pub mod manifest;
-mod manifest_cache;
-pub mod metrics;
-pub mod reference;
-pub mod registry;
-pub mod storage;
-pub mod upload;
-pub mod upstream;
+mod error;
+mod hosted;
+mod io;
+mod metrics;
+mod mirror;
+mod model;
+mod registry;
+mod store;
+pub mod wire;
+
+pub use io::{body, storage};
+pub use model::{digest, manifest, reference};
 
 pub use body::{Body, BoxFuture, ByteStream};
 pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, RegistryError};
-pub use host::Host;
+pub use io::fetch::{Fetch, FetchError, NoFetch};
+pub use io::host::Host;
+pub use metrics::Metrics;
+pub use mirror::edge::{BlobMiss, Edge};
+pub use mirror::upstream::{UpstreamConfig, UpstreamError};
+pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};
-pub use registry::{Registry, RegistryBuilder, RegistryConfig};
+pub use registry::{error_response, Registry, RegistryBuilder, RegistryConfig, Response};
 pub use storage::Storage;
 
 /// `Send` on native targets, nothing on wasm32 where JS handles are `!Send`.

@@ -1,4 +1,4 @@
-//! The host-side blob fill API (`kura_core::edge`): a mirrored blob that is
+//! The host-side blob fill API (`Registry::handle_edge` and friends): a mirrored blob that is
 //! not stored comes back as a miss, the upstream answer is handed over
 //! unread, and a committed blob is served as a hit from then on.
 
@@ -12,11 +12,11 @@ use bytes::Bytes;
 use common::TestHost;
 use futures::executor::block_on;
 use http::{Method, Request, StatusCode};
-use kura_core::edge::Edge;
-use kura_core::fetch::{Fetch, FetchError};
 use kura_core::storage::{MemoryStorage, PutMode, Storage};
-use kura_core::upstream::UpstreamConfig;
+use kura_core::Edge;
+use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
+use kura_core::{Fetch, FetchError};
 
 type Upstream = Registry<MemoryStorage, TestHost>;
 

@@ -13,10 +13,10 @@ use common::TestHost;
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
-use kura_core::fetch::{Fetch, FetchError};
 use kura_core::storage::{MemoryStorage, Storage};
-use kura_core::upstream::UpstreamConfig;
+use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Host, Registry, RegistryConfig};
+use kura_core::{Fetch, FetchError};
 use serde_json::json;
 
 type Upstream = Registry<MemoryStorage, TestHost>;
@@ -518,9 +518,29 @@ fn at<S: Storage, F: Fetch>(reg: &Registry<S, TestHost, F>, now_ms: u64) {
     reg.host().clock.store(now_ms, Ordering::SeqCst);
 }
 
+/// Where a blob's bytes are stored. The layout is written out here, not
+/// taken from the core, so that a change to the on-storage format fails.
+fn blob_key(d: &Digest) -> String {
+    format!(
+        "blobs/{}/{}/{}",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
+
+/// The link that says repository `name` has blob `d`.
+fn layer_link_key(name: &kura_core::RepositoryName, d: &Digest) -> String {
+    format!(
+        "repositories/{name}/_layers/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
 /// Layer digests sorted by their storage key (the order a listing gives).
 fn in_key_order(mut digests: Vec<Digest>) -> Vec<Digest> {
-    digests.sort_by_key(kura_core::layout::blob);
+    digests.sort_by_key(blob_key);
     digests
 }
 
@@ -564,17 +584,44 @@ fn eviction_goes_by_last_use_across_a_restart() {
     let report = block_on(second.evict(200_000, 1_000)).unwrap();
     assert_eq!(report.cached_bytes, 300_000);
     assert_eq!(report.evicted_blobs, 1, "{report:?}");
-    let stored = |d: &Digest| {
-        block_on(storage.head(&kura_core::layout::blob(d)))
-            .unwrap()
-            .is_some()
-    };
+    let stored = |d: &Digest| block_on(storage.head(&blob_key(d))).unwrap().is_some();
     assert!(!stored(victim), "the least recently used blob must go");
     assert!(stored(a) && stored(b), "recently used blobs must stay");
     assert_eq!(
         call(&second, Method::HEAD, &blob_url(a)).header("x-kura-cache"),
         "hit"
     );
+}
+
+/// An access record whose blob is gone (a crash between eviction's two
+/// deletes) is swept by the next eviction; records of stored blobs stay.
+#[test]
+fn eviction_sweeps_access_records_left_without_their_blob() {
+    let s = setup(60_000);
+    let (_, digests) = push_image(&s.upstream, "rec", "v1", &[data(50_000, 70)]);
+    let layer = &digests[1];
+    let storage = Arc::new(MemoryStorage::new());
+    let mirror = mirror_on(&s, storage.clone(), 1_000_000);
+    let r = call(
+        &mirror,
+        Method::GET,
+        &format!("/v2/up.local/rec/blobs/{layer}"),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let record = |d: &Digest| format!("access/{}/{}", d.algorithm().as_str(), d.hex());
+    let orphan = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+    block_on(storage.put(
+        &record(&orphan),
+        Bytes::from_static(b"5"),
+        kura_core::storage::PutMode::Overwrite,
+    ))
+    .unwrap();
+    let present = |key: &str| block_on(storage.head(key)).unwrap().is_some();
+    assert!(present(&record(layer)), "a fill records its blob's use");
+    // Nothing is over the limit: only the sweep runs.
+    block_on(mirror.evict(u64::MAX, 1_000)).unwrap();
+    assert!(!present(&record(&orphan)), "the orphaned record must go");
+    assert!(present(&record(layer)), "a stored blob's record must stay");
 }
 
 #[test]
@@ -586,12 +633,11 @@ fn eviction_counts_a_manifest_pull_as_a_use_of_its_layers() {
     let (_, d2) = push_image(&s.upstream, "img/two", "v1", std::slice::from_ref(&two));
     // `kept` sorts first and is filled first: only its manifest's pull can
     // save it.
-    let ((kept, kept_repo), (victim, victim_repo)) =
-        if kura_core::layout::blob(&d1[1]) < kura_core::layout::blob(&d2[1]) {
-            ((&d1[1], "img/one"), (&d2[1], "img/two"))
-        } else {
-            ((&d2[1], "img/two"), (&d1[1], "img/one"))
-        };
+    let ((kept, kept_repo), (victim, victim_repo)) = if blob_key(&d1[1]) < blob_key(&d2[1]) {
+        ((&d1[1], "img/one"), (&d2[1], "img/two"))
+    } else {
+        ((&d2[1], "img/two"), (&d1[1], "img/one"))
+    };
     let mirror = mirror_on(&s, Arc::new(MemoryStorage::new()), 2_000_000);
     let r = call(
         &mirror,
@@ -907,13 +953,9 @@ fn a_cached_blob_reaches_another_repository_only_on_the_upstreams_yes() {
     let other = format!("/v2/up.local/owner/other/blobs/{d}");
     let linked = || {
         let name = kura_core::RepositoryName::parse("up.local/owner/other").unwrap();
-        block_on(
-            s.mirror
-                .storage()
-                .head(&kura_core::layout::layer_link(&name, d)),
-        )
-        .unwrap()
-        .is_some()
+        block_on(s.mirror.storage().head(&layer_link_key(&name, d)))
+            .unwrap()
+            .is_some()
     };
     // Docker Hub answers 401 for repositories that do not exist: a no.
     for (status, want) in [
@@ -1340,10 +1382,7 @@ fn a_hung_upstream_delays_a_stale_tag_boundedly_and_once() {
     // After the window the upstream is asked again.
     drop(open);
     s.fetch.clear_rules();
-    at(
-        &s.mirror,
-        1_000_000 + kura_core::upstream::DOWN_WINDOW_MS + 1,
-    );
+    at(&s.mirror, 1_000_000 + kura_core::config::DOWN_WINDOW_MS + 1);
     let r = call(&s.mirror, Method::GET, uri);
     assert_eq!(r.header("x-kura-cache"), "revalidated");
 }

@@ -736,7 +736,12 @@ fn a_large_multi_layer_image_pulls_through_the_worker_with_bounded_fds() {
     let mut pull = sk
         .command()
         // --debug: if the pull hangs, the log says which request it waits on.
-        .args(["--debug", "copy", "--src-tls-verify=false", "--preserve-digests"])
+        .args([
+            "--debug",
+            "copy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+        ])
         .arg("--dest-oci-accept-uncompressed-layers")
         .arg(format!("docker://{}/team/large:v1", worker.host()))
         .arg(oci(&dest, "v1"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine;
 use http::HeaderMap;
-use kura_core::api::Access;
+use kura_core::wire::Access;
 use sha2::Digest as _;
 
 /// Users and their bcrypt hashes.

@@ -283,8 +283,8 @@ fn default_max_stale() -> u64 {
 }
 
 impl UpstreamSection {
-    pub fn to_core(&self) -> kura_core::upstream::UpstreamConfig {
-        let mut u = kura_core::upstream::UpstreamConfig::new(&self.name, &self.url);
+    pub fn to_core(&self) -> kura_core::UpstreamConfig {
+        let mut u = kura_core::UpstreamConfig::new(&self.name, &self.url);
         u.username = self.username.clone();
         u.password = self.password.clone();
         u.tag_ttl_ms = self.tag_ttl_secs.saturating_mul(1000);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use kura_core::fetch::{Fetch, FetchError};
 use kura_core::ByteStream;
+use kura_core::{Fetch, FetchError};
 
 use crate::config::MirrorConfig;
 

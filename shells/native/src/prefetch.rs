@@ -177,7 +177,7 @@ async fn fetch_blob(
     }
     let cached = resp
         .headers()
-        .get(kura_core::cache::CACHE_HEADER)
+        .get(kura_core::CACHE_HEADER)
         .is_some_and(|v| v == "hit");
     let mut stream = resp.bytes_stream();
     let mut n = 0u64;

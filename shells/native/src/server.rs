@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::Router;
 use futures::TryStreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
-use kura_core::api::{self, Route};
+use kura_core::wire::{self, Route};
 use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryError};
 
 use crate::auth::{Authenticator, Decision, Htpasswd};
@@ -157,11 +157,11 @@ async fn handle(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response
 async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
     if let Some(auth) = &app.auth {
         let route = Route::parse(req.uri().path()).ok().flatten();
-        let access = api::required_access(req.method(), route.as_ref());
+        let access = wire::required_access(req.method(), route.as_ref());
         let is_base = matches!(route, Some(Route::Base));
         if auth.decide(req.headers(), access, is_base) == Decision::Challenge {
             let err = RegistryError::new(ErrorCode::Unauthorized, "authentication required");
-            let mut resp = kura_core::registry::error_response::<ByteStream>(&err);
+            let mut resp = kura_core::error_response::<ByteStream>(&err);
             let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);

@@ -9,8 +9,8 @@
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
 use js_sys::{Array, Function, Object, Promise};
-use kura_core::fetch::{Fetch, FetchError};
 use kura_core::ByteStream;
+use kura_core::{Fetch, FetchError};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 

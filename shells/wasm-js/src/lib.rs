@@ -15,7 +15,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use js_sys::{Array, Function, Object, Promise};
-use kura_core::upstream::UpstreamConfig;
+use kura_core::UpstreamConfig;
 use kura_core::{Body, ByteStream, ErrorCode, RegistryConfig, RegistryError};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -142,7 +142,7 @@ impl JsRegistry {
         wasm_bindgen_futures::future_to_promise(async move {
             let resp = match to_core_request(&request) {
                 Ok(req) => inner.handle(req).await,
-                Err(e) => kura_core::registry::error_response(&e),
+                Err(e) => kura_core::error_response(&e),
             };
             to_js_response(resp)
         })

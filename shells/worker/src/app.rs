@@ -25,8 +25,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use http::StatusCode;
-use kura_core::edge::{BlobMiss, Edge};
-use kura_core::registry::{error_response, Response};
+use kura_core::{error_response, Response};
+use kura_core::{BlobMiss, Edge};
 use kura_core::{Body, Digest, ErrorCode, Registry, RegistryConfig, RegistryError, RepositoryName};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{event, Context, Delay, Env};

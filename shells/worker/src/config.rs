@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use kura_core::upstream::UpstreamConfig;
+use kura_core::UpstreamConfig;
 use serde::Deserialize;
 
 const MIB: u64 = 1024 * 1024;

@@ -2,8 +2,8 @@
 //! JS `ReadableStream` ([`JsBody`]) unless the core asks for its bytes.
 
 use async_trait::async_trait;
-use kura_core::fetch::{Fetch, FetchError};
 use kura_core::ByteStream;
+use kura_core::{Fetch, FetchError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 

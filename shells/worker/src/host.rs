@@ -21,7 +21,7 @@ impl kura_core::Host for WorkerHost {
     }
 
     /// Only the core's own blob fill spawns, and the Worker never lets a
-    /// blob miss reach it (see `kura_core::edge`); kept correct anyway.
+    /// blob miss reach it (see `Registry::handle_edge`); kept correct anyway.
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         wasm_bindgen_futures::spawn_local(task);
     }

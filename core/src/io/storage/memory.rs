@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{ObjectMeta, PutMode, Storage, StorageError};
-use crate::body::{self, ByteStream};
+use crate::io::body::{self, ByteStream};
 
 /// A [`Storage`] in a map in memory: gone with the process. Appends work.
 #[derive(Default)]
@@ -153,7 +153,7 @@ mod tests {
 
     use super::super::{ObjectMeta, PutMode, Storage, StorageError};
     use super::MemoryStorage;
-    use crate::body::ByteStream;
+    use crate::io::body::ByteStream;
     use bytes::Bytes;
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::digest::{Digest, DigestError};
+use crate::model::digest::{Digest, DigestError};
 
 /// The longest repository name accepted. The spec leaves the exact limit to
 /// registries; 255 matches distribution and keeps storage keys short.

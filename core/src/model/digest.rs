@@ -15,8 +15,8 @@ use futures::Stream;
 use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest as _, Sha256, Sha512};
 
-use crate::body::ByteStream;
-use crate::reference::truncate;
+use crate::io::body::ByteStream;
+use crate::model::reference::truncate;
 
 /// A digest algorithm this registry can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -20,13 +20,13 @@
 //! escape its prefix. Name components cannot start with `_`, so `_layers`
 //! and friends never collide with a nested repository name.
 
-use crate::digest::Digest;
-use crate::reference::{RepositoryName, Tag};
-use crate::upload::UploadId;
+use crate::model::digest::Digest;
+use crate::model::reference::{RepositoryName, Tag};
+use crate::model::upload::UploadId;
 
 /// The bytes of blob or manifest `d`, stored once for every repository.
 /// The two-character fan-out keeps directories small on filesystems.
-pub fn blob(d: &Digest) -> String {
+pub(crate) fn blob(d: &Digest) -> String {
     format!(
         "blobs/{}/{}/{}",
         d.algorithm().as_str(),
@@ -36,7 +36,7 @@ pub fn blob(d: &Digest) -> String {
 }
 
 /// The digest a [`blob`] key stores.
-pub fn blob_digest(key: &str) -> Option<Digest> {
+pub(crate) fn blob_digest(key: &str) -> Option<Digest> {
     let rest = key.strip_prefix("blobs/")?;
     let mut parts = rest.split('/');
     let (alg, fan, hex) = (parts.next()?, parts.next()?, parts.next()?);
@@ -47,24 +47,24 @@ pub fn blob_digest(key: &str) -> Option<Digest> {
 }
 
 /// The prefix of every [`access`] key.
-pub const ACCESS_PREFIX: &str = "access/";
+pub(crate) const ACCESS_PREFIX: &str = "access/";
 
 /// When the mirrored blob `d` was last used: one small object per blob,
 /// written (sampled) on use, so recency survives restarts and can be
 /// shared by every process on the same storage.
-pub fn access(d: &Digest) -> String {
+pub(crate) fn access(d: &Digest) -> String {
     format!("{ACCESS_PREFIX}{}/{}", d.algorithm().as_str(), d.hex())
 }
 
 /// The digest an [`access`] key is about.
-pub fn access_digest(key: &str) -> Option<Digest> {
+pub(crate) fn access_digest(key: &str) -> Option<Digest> {
     let (alg, hex) = key.strip_prefix(ACCESS_PREFIX)?.split_once('/')?;
     Digest::parse(&format!("{alg}:{hex}")).ok()
 }
 
 /// A key under `repositories/` that code reads back, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RepositoryKey {
+pub(crate) enum RepositoryKey {
     /// [`layer_link`]
     Layer(RepositoryName, Digest),
     /// [`manifest_revision`]
@@ -73,7 +73,7 @@ pub enum RepositoryKey {
 
 /// The inverse of [`layer_link`] and [`manifest_revision`]; `None` for any
 /// other key.
-pub fn repository_key(key: &str) -> Option<RepositoryKey> {
+pub(crate) fn repository_key(key: &str) -> Option<RepositoryKey> {
     let rest = key.strip_prefix("repositories/")?;
     // Name components cannot start with `_`, so the first `/_layers/` or
     // `/_manifests/` ends the name.
@@ -96,14 +96,9 @@ pub fn repository_key(key: &str) -> Option<RepositoryKey> {
     None
 }
 
-/// The prefix of everything stored for repository `name`.
-pub fn repository(name: &RepositoryName) -> String {
-    format!("repositories/{name}/")
-}
-
 /// The link that says repository `name` has blob `d`: storage serves a
 /// blob only under the repositories that link it.
-pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
+pub(crate) fn layer_link(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_layers/{}/{}",
         d.algorithm().as_str(),
@@ -113,7 +108,7 @@ pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
 
 /// The link that says repository `name` has manifest `d`; its content is
 /// the manifest's media type.
-pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
+pub(crate) fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_manifests/revisions/{}/{}",
         d.algorithm().as_str(),
@@ -122,23 +117,23 @@ pub fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
 }
 
 /// The prefix of repository `name`'s [`tag`] keys, for listing its tags.
-pub fn tags_prefix(name: &RepositoryName) -> String {
+pub(crate) fn tags_prefix(name: &RepositoryName) -> String {
     format!("repositories/{name}/_manifests/tags/")
 }
 
 /// Tag `tag` of repository `name`; its content is the digest it points at.
-pub fn tag(name: &RepositoryName, tag: &Tag) -> String {
+pub(crate) fn tag(name: &RepositoryName, tag: &Tag) -> String {
     format!("{}{tag}", tags_prefix(name))
 }
 
 /// When a mirrored tag was last checked upstream (JSON).
-pub fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
+pub(crate) fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
     format!("repositories/{name}/_cache/tags/{tag}")
 }
 
 /// A page of a mirrored repository's tag list, as last fetched upstream.
 /// `page` names the query (`n` and `last`): [`tag_list_page`].
-pub fn tag_list_cache(name: &RepositoryName, page: &str) -> String {
+pub(crate) fn tag_list_cache(name: &RepositoryName, page: &str) -> String {
     format!("repositories/{name}/_cache/tag-lists/{page}")
 }
 
@@ -146,7 +141,7 @@ pub fn tag_list_cache(name: &RepositoryName, page: &str) -> String {
 /// `all` for the whole list, else a digest of the query (`last` is any
 /// string a client sends; a digest keeps the key within the layout's
 /// grammar and length).
-pub fn tag_list_page(n: Option<usize>, last: Option<&str>) -> String {
+pub(crate) fn tag_list_page(n: Option<usize>, last: Option<&str>) -> String {
     if n.is_none() && last.is_none() {
         return "all".into();
     }
@@ -161,7 +156,7 @@ pub fn tag_list_page(n: Option<usize>, last: Option<&str>) -> String {
 
 /// The prefix of the [`referrer`] entries of `subject` in repository
 /// `name`: one listing answers the referrers API.
-pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
+pub(crate) fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
     format!(
         "repositories/{name}/_referrers/{}/{}/",
         subject.algorithm().as_str(),
@@ -171,7 +166,7 @@ pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
 
 /// The descriptor (JSON) of manifest `referrer`, filed under its
 /// `subject`.
-pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> String {
+pub(crate) fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> String {
     format!(
         "{}{}-{}",
         referrers_prefix(name, subject),
@@ -181,20 +176,20 @@ pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> S
 }
 
 /// The prefix of every [`catalog_entry`], for listing `_catalog`.
-pub const CATALOG_PREFIX: &str = "catalog/";
+pub(crate) const CATALOG_PREFIX: &str = "catalog/";
 
 const CATALOG_MARKER: &str = "/_repository";
 
 /// A marker under the name's own path: no path component is longer than the
 /// name's own (filesystems cap components at 255 bytes), and `_repository`
 /// cannot be a name component, so `a` and `a/b` never clash.
-pub fn catalog_entry(name: &RepositoryName) -> String {
+pub(crate) fn catalog_entry(name: &RepositoryName) -> String {
     format!("{CATALOG_PREFIX}{name}{CATALOG_MARKER}")
 }
 
 /// The repository a [`catalog_entry`] key is for; `None` for any other
 /// key.
-pub fn catalog_name(key: &str) -> Option<RepositoryName> {
+pub(crate) fn catalog_name(key: &str) -> Option<RepositoryName> {
     let raw = key
         .strip_prefix(CATALOG_PREFIX)?
         .strip_suffix(CATALOG_MARKER)?;
@@ -202,20 +197,20 @@ pub fn catalog_name(key: &str) -> Option<RepositoryName> {
 }
 
 /// The prefix of every upload session's objects.
-pub const UPLOADS_PREFIX: &str = "uploads/";
+pub(crate) const UPLOADS_PREFIX: &str = "uploads/";
 
 /// The prefix of everything stored for upload session `id`.
-pub fn upload_dir(id: &UploadId) -> String {
+pub(crate) fn upload_dir(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/")
 }
 
-/// Upload session `id`'s state ([`crate::upload::UploadState`], JSON).
-pub fn upload_state(id: &UploadId) -> String {
+/// Upload session `id`'s state ([`crate::model::upload::UploadState`], JSON).
+pub(crate) fn upload_state(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/state")
 }
 
 /// A session's bytes as one growing object, on backends that can append.
-pub fn upload_data(id: &UploadId) -> String {
+pub(crate) fn upload_data(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/data")
 }
 
@@ -223,7 +218,7 @@ pub fn upload_data(id: &UploadId) -> String {
 /// zero-padded so keys list in offset order; `nonce` makes each write's
 /// key unique, so a racing request never overwrites a chunk the state
 /// names.
-pub fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
+pub(crate) fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
     format!("{UPLOADS_PREFIX}{id}/chunk-{offset:020}-{nonce}")
 }
 

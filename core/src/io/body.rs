@@ -9,13 +9,13 @@ use futures::Stream;
 /// A stream of bytes moving through the core (request bodies, data being
 /// written to storage). Errors are `io::Error` so that any host can carry its
 /// own failure inside, and the core can recognise its own (see
-/// [`crate::digest::DigestMismatch`]).
+/// [`crate::model::digest::DigestMismatch`]).
 #[cfg(not(target_arch = "wasm32"))]
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 /// A stream of bytes moving through the core (request bodies, data being
 /// written to storage). Errors are `io::Error` so that any host can carry its
 /// own failure inside, and the core can recognise its own (see
-/// [`crate::digest::DigestMismatch`]). Not `Send` on wasm32, where JS
+/// [`crate::model::digest::DigestMismatch`]). Not `Send` on wasm32, where JS
 /// handles are `!Send`.
 #[cfg(target_arch = "wasm32")]
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + 'static>>;

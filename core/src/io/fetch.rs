@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use crate::body::ByteStream;
+use crate::io::body::ByteStream;
 use crate::{MaybeSend, MaybeSync};
 
 /// Why a request to an upstream got no response. An HTTP error status is a

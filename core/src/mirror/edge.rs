@@ -1,6 +1,6 @@
 //! Blob misses for hosts that move the bytes themselves.
 //!
-//! The core's own blob fill ([`crate::cache`]) reads every byte of an
+//! The core's own blob fill ([`crate::mirror`]) reads every byte of an
 //! upstream blob: it hashes, spools and relays them. A host that can split
 //! a stream without touching its bytes (a Worker hands the upstream's
 //! `ReadableStream` to the client and to an R2 put that checks the sha256)
@@ -34,19 +34,20 @@
 use http::header::HeaderValue;
 use http::{HeaderName, Method, Request, StatusCode};
 
-use crate::api::{self, Route};
-use crate::body::{Body, ByteStream};
-use crate::cache::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
-use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
-use crate::fetch::Fetch;
-use crate::host::Host;
-use crate::layout;
+use crate::io::body::{Body, ByteStream};
+use crate::io::fetch::Fetch;
+use crate::io::host::Host;
+use crate::io::storage::Storage;
 use crate::metrics;
-use crate::reference::Reference;
-use crate::registry::{blob_response, Registry, Response};
-use crate::storage::Storage;
-use crate::upstream::UpstreamError;
+use crate::mirror::upstream::UpstreamError;
+use crate::mirror::Mirror;
+use crate::mirror::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
+use crate::model::digest::Digest;
+use crate::model::reference::Reference;
+use crate::store::layout;
+use crate::wire::response::{blob_response, Response};
+use crate::wire::{self, Route};
 
 /// What [`Registry::handle_edge`] made of a request.
 pub enum Edge<B, F, H> {
@@ -76,29 +77,15 @@ impl<F, H> BlobMiss<F, H> {
     }
 }
 
-impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
-    /// Like [`Registry::handle`], but a read of a mirrored blob that is not
-    /// stored is handed back as a [`BlobMiss`] instead of being filled by
-    /// the core. Everything else (manifests and their revalidation, stale
-    /// serving, blob hits, ranges, errors) is [`Registry::handle`]'s answer.
-    ///
-    /// A whole-blob `GET` of a blob already linked into the mirrored
-    /// repository is answered with two storage reads (the link, the blob)
-    /// instead of the general path's five: that is the request a cache
-    /// serves most, and every read is a round trip to an object store.
-    pub async fn handle_edge(&self, req: Request<ByteStream>) -> Edge<S::Body, F, H> {
-        match self.mirrored_blob(&req).await {
-            Some(Edge::Response(r)) => Edge::Response(r),
-            Some(Edge::BlobMiss(miss)) => Edge::BlobMiss(miss),
-            None => Edge::Response(self.handle(req).await),
-        }
-    }
-
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// A hit or a miss for a read of a mirrored blob; `None` for everything
     /// else, and whenever `handle` should answer (ranges and `HEAD`s of
     /// stored blobs, blobs stored for another repository, errors: a bad
     /// `ns=`, storage down).
-    async fn mirrored_blob(&self, req: &Request<ByteStream>) -> Option<Edge<S::Body, F, H>> {
+    pub(crate) async fn mirrored_blob(
+        &self,
+        req: &Request<ByteStream>,
+    ) -> Option<Edge<S::Body, F, H>> {
         let m = req.method();
         if *m != Method::GET && *m != Method::HEAD {
             return None;
@@ -107,14 +94,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             return None;
         };
         let target = self.mirrors.target(&name, req.uri()).ok()??;
-        let range = api::header(req.headers(), "range")
-            .filter(|r| api::single_byte_range(r))
+        let range = wire::header(req.headers(), "range")
+            .filter(|r| wire::single_byte_range(r))
             .map(str::to_owned);
         let head = *m == Method::HEAD;
         if !head && range.is_none() {
             let link = layout::layer_link(&target.local, &digest);
-            if let Ok(Some(_)) = self.storage.head(&link).await {
-                if let Ok(Some((meta, body))) = self.storage.get(&layout::blob(&digest), None).await
+            if let Ok(Some(_)) = self.store.storage.head(&link).await {
+                if let Ok(Some((meta, body))) =
+                    self.store.storage.get(&layout::blob(&digest), None).await
                 {
                     let resp = blob_response(
                         StatusCode::OK,
@@ -124,14 +112,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         None,
                     );
                     self.record_use(&digest).await;
-                    metrics::inc(&self.metrics.blob_hits);
-                    metrics::add(&self.metrics.bytes_from_cache, meta.size);
-                    self.metrics.request("blob", 200);
+                    metrics::inc(&self.store.metrics.blob_hits);
+                    metrics::add(&self.store.metrics.bytes_from_cache, meta.size);
+                    self.store.metrics.request("blob", 200);
                     return Some(Edge::Response(mark(resp, &target, "hit")));
                 }
             }
         }
-        match self.storage.head(&layout::blob(&digest)).await {
+        match self.store.storage.head(&layout::blob(&digest)).await {
             Ok(None) => Some(Edge::BlobMiss(BlobMiss {
                 target,
                 digest,
@@ -145,7 +133,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// The key the core's single flight would use for this request: set for
     /// `GET`/`HEAD` of a manifest in a mirrored repository, `None` for
     /// everything else (and for requests that do not parse).
-    pub fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
+    pub(crate) fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return None;
         }
@@ -163,7 +151,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// response is a success; its body is the host's, unread. The whole
     /// blob is asked for even when the client wants a range, so that it can
     /// be stored.
-    pub async fn fetch_blob(
+    pub(crate) async fn fetch_blob(
         &self,
         miss: &BlobMiss<F, H>,
     ) -> Result<http::Response<F::Body>, RegistryError> {
@@ -186,7 +174,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// The response to a blob miss whose bytes the host streams as `body`
     /// (`size`: the upstream's `Content-Length`, if it sent one). A `HEAD`
     /// miss gets an empty body whatever is passed.
-    pub fn blob_miss_response<B>(
+    pub(crate) fn blob_miss_response<B>(
         &self,
         miss: &BlobMiss<F, H>,
         size: Option<u64>,
@@ -194,22 +182,24 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     ) -> Response<B> {
         let body = if miss.head { Body::Empty } else { body };
         let resp = blob_response(StatusCode::OK, body, &miss.digest, size, None);
-        metrics::inc(&self.metrics.blob_misses);
-        self.metrics.request("blob", 200);
+        metrics::inc(&self.store.metrics.blob_misses);
+        self.store.metrics.request("blob", 200);
         mark(resp, &miss.target, "miss")
     }
 
     /// Record a blob the host has stored under [`BlobMiss::key`] after
     /// storage checked its digest: link it into the mirrored repository and
     /// list the repository in the catalog. Fails if the blob is not there.
-    pub async fn commit_blob(&self, miss: &BlobMiss<F, H>) -> Result<(), RegistryError> {
-        if self.storage.head(&miss.key()).await?.is_none() {
+    pub(crate) async fn commit_blob(&self, miss: &BlobMiss<F, H>) -> Result<(), RegistryError> {
+        if self.store.storage.head(&miss.key()).await?.is_none() {
             return Err(RegistryError::internal(format!(
                 "blob {} was not stored",
                 miss.digest
             )));
         }
-        self.link_blob(&miss.target.local, &miss.digest).await?;
+        self.store
+            .link_blob(&miss.target.local, &miss.digest)
+            .await?;
         self.record_use(&miss.digest).await;
         Ok(())
     }
@@ -227,8 +217,8 @@ fn mark<B, F, H>(mut resp: Response<B>, t: &MirrorTarget<F, H>, how: &'static st
         h.insert(HeaderName::from_static(OCI_NAMESPACE_HEADER), v);
     }
     h.insert(
-        api::API_VERSION_HEADER,
-        HeaderValue::from_static(api::API_VERSION),
+        wire::API_VERSION_HEADER,
+        HeaderValue::from_static(wire::API_VERSION),
     );
     resp
 }

@@ -17,8 +17,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::digest::Digest;
-use crate::reference::{RepositoryName, Tag};
+use crate::model::digest::Digest;
+use crate::model::reference::{RepositoryName, Tag};
 
 /// A stored manifest as served: its media type and exact bytes.
 #[derive(Clone)]
@@ -226,7 +226,7 @@ mod tests {
     }
 
     fn digest(i: u8) -> Digest {
-        Digest::compute(crate::digest::Algorithm::Sha256, &[i])
+        Digest::compute(crate::model::digest::Algorithm::Sha256, &[i])
     }
 
     #[test]

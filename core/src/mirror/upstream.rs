@@ -9,12 +9,13 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode, Uri};
 
-use crate::body::{self, CollectError};
-use crate::fetch::{Fetch, FetchError};
-use crate::host::Host;
-use crate::manifest::ALL_MEDIA_TYPES;
+use crate::config::DOWN_WINDOW_MS;
+use crate::io::body::{self, CollectError};
+use crate::io::fetch::{Fetch, FetchError};
+use crate::io::host::Host;
 use crate::metrics::{self, Metrics};
-use crate::reference::RepositoryName;
+use crate::model::manifest::ALL_MEDIA_TYPES;
+use crate::model::reference::RepositoryName;
 
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
@@ -128,11 +129,6 @@ impl UpstreamError {
     }
 }
 
-/// How long an upstream that timed out or could not be reached is
-/// considered down: requests that can be answered from the cache are, at
-/// once, without asking it (a circuit breaker's open window).
-pub const DOWN_WINDOW_MS: u64 = 10_000;
-
 /// What kura remembers of an upstream's health (host clock, ms).
 #[derive(Debug, Default, Clone, Copy)]
 struct Health {
@@ -230,7 +226,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             query.push(format!("n={n}"));
         }
         if let Some(last) = last {
-            query.push(format!("last={}", crate::api::percent_encode(last)));
+            query.push(format!("last={}", crate::wire::percent_encode(last)));
         }
         let suffix = if query.is_empty() {
             "tags/list".to_owned()
@@ -248,7 +244,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         artifact_type: Option<&str>,
     ) -> Result<Response<F::Body>, UpstreamError> {
         let query = artifact_type
-            .map(|t| format!("?artifactType={}", crate::api::percent_encode(t)))
+            .map(|t| format!("?artifactType={}", crate::wire::percent_encode(t)))
             .unwrap_or_default();
         self.request(
             repo,
@@ -504,11 +500,11 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         }
         let mut query = Vec::new();
         if let Some(s) = params.get("service") {
-            query.push(format!("service={}", crate::api::percent_encode(s)));
+            query.push(format!("service={}", crate::wire::percent_encode(s)));
         }
         query.push(format!(
             "scope={}",
-            crate::api::percent_encode(default_scope)
+            crate::wire::percent_encode(default_scope)
         ));
         let sep = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{sep}{}", query.join("&"));
@@ -561,7 +557,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
 
 /// Whether a token realm may receive an upstream's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RealmTrust {
+pub(crate) enum RealmTrust {
     /// May receive the credentials.
     Trusted,
     /// Not trusted, and why.
@@ -580,7 +576,7 @@ pub enum RealmTrust {
 /// literals; a realm whose host (or `host:port`) is listed in `extra`.
 /// Never trusted, whatever the host: plain HTTP when the upstream is HTTPS,
 /// or a scheme other than HTTP(S).
-pub fn realm_trust(upstream: &Uri, realm: &Uri, extra: &[String]) -> RealmTrust {
+pub(crate) fn realm_trust(upstream: &Uri, realm: &Uri, extra: &[String]) -> RealmTrust {
     let scheme = |u: &Uri| u.scheme_str().map(str::to_ascii_lowercase);
     let (up_scheme, realm_scheme) = (scheme(upstream), scheme(realm));
     match realm_scheme.as_deref() {
@@ -694,7 +690,7 @@ fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     /// Docker token auth, with the challenge's parameters (`realm`,
     /// `service`, `scope`), keys lower-cased.
     Bearer(HashMap<String, String>),
@@ -707,7 +703,7 @@ pub enum Challenge {
 impl Challenge {
     /// Lenient: scheme case-insensitive, values quoted or not, commas
     /// inside quotes kept, unknown parameters ignored.
-    pub fn parse(value: &str) -> Challenge {
+    pub(crate) fn parse(value: &str) -> Challenge {
         let value = value.trim();
         let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("basic") {

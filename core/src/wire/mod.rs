@@ -4,14 +4,16 @@
 //! Framework-agnostic: it works on `http` crate types, so a shell only
 //! converts its own request and response types.
 
+pub(crate) mod response;
+
 use std::ops::Range;
 
 use http::{HeaderMap, Method, Uri};
 
-use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
-use crate::reference::{Reference, RepositoryName};
-use crate::upload::UploadId;
+use crate::model::digest::Digest;
+use crate::model::reference::{Reference, RepositoryName};
+pub use crate::model::upload::UploadId;
 
 /// Names the registry API version; clients probe `/v2/` for it.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";

@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{PutMode, Storage, StorageError};
-use crate::body::ByteStream;
-use crate::digest::{self, Digest};
+use crate::io::body::ByteStream;
+use crate::model::digest::{self, Digest};
 
 /// Big enough to cross multipart part boundaries (S3's minimum part is
 /// 5 MiB) in backends that switch to multipart uploads.
@@ -491,7 +491,7 @@ async fn put_stream_check<S: Storage>(s: &S) -> Check {
 
     let k3 = "conformance/stream/empty";
     let n = s
-        .put_stream(k3, crate::body::empty())
+        .put_stream(k3, crate::io::body::empty())
         .await
         .step("put_stream of an empty stream")?;
     ensure!(n == 0, "put_stream of an empty stream reported {n} bytes");

@@ -9,8 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Hasher;
-use crate::reference::RepositoryName;
+use crate::model::digest::Hasher;
+use crate::model::reference::RepositoryName;
 
 /// A session id: 32 lowercase hex characters from the host's random source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -27,7 +27,7 @@ impl UploadId {
     }
 
     /// The id for 16 random bytes from [`crate::Host::fill_random`].
-    pub fn from_random(bytes: [u8; 16]) -> UploadId {
+    pub(crate) fn from_random(bytes: [u8; 16]) -> UploadId {
         UploadId(hex::encode(bytes))
     }
 
@@ -43,54 +43,54 @@ impl fmt::Display for UploadId {
     }
 }
 
-/// A chunk of an upload session, stored at [`crate::layout::upload_chunk`].
+/// A chunk of an upload session, stored at [`crate::store::layout::upload_chunk`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     /// Where in the upload the chunk's bytes start.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Makes the chunk's key unique (hex).
-    pub nonce: String,
+    pub(crate) nonce: String,
 }
 
-/// An upload session as stored ([`crate::layout::upload_state`], JSON).
+/// An upload session as stored ([`crate::store::layout::upload_state`], JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UploadState {
+pub(crate) struct UploadState {
     /// The repository the upload was started in.
-    pub repository: String,
+    pub(crate) repository: String,
     /// When the session started (host clock, ms since the Unix epoch).
-    pub started_ms: u64,
+    pub(crate) started_ms: u64,
     /// When the session last received a chunk, for expiring abandoned
     /// sessions.
-    pub updated_ms: u64,
+    pub(crate) updated_ms: u64,
     /// Bytes received so far.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// The chunks received so far, in offset order.
-    pub chunks: Vec<Chunk>,
+    pub(crate) chunks: Vec<Chunk>,
     /// sha256 state over all bytes received (see [`Hasher::save`]).
-    pub hasher: String,
+    pub(crate) hasher: String,
     /// A cache fill's spool rather than a client's upload: it cannot outlive
     /// the process that fills it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fill: bool,
+    pub(crate) fill: bool,
 }
 
 impl UploadState {
     /// A session for `repository` with nothing received yet.
-    pub fn new(repository: &RepositoryName, now_ms: u64) -> Self {
+    pub(crate) fn new(repository: &RepositoryName, now_ms: u64) -> Self {
         UploadState {
             repository: repository.as_str().to_owned(),
             started_ms: now_ms,
             updated_ms: now_ms,
             offset: 0,
             chunks: Vec::new(),
-            hasher: Hasher::new(crate::digest::Algorithm::Sha256).save(),
+            hasher: Hasher::new(crate::model::digest::Algorithm::Sha256).save(),
             fill: false,
         }
     }
 
     /// Parse stored state; `None` if it is not ours or is damaged (then the
     /// session is treated as unknown rather than trusted).
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let s: UploadState = serde_json::from_slice(bytes).ok()?;
         let nonces_ok = s.chunks.iter().all(|c| {
             !c.nonce.is_empty()
@@ -103,13 +103,13 @@ impl UploadState {
     }
 
     /// The state as stored.
-    pub fn encode(&self) -> bytes::Bytes {
+    pub(crate) fn encode(&self) -> bytes::Bytes {
         serde_json::to_vec(self).expect("state serializes").into()
     }
 
     /// The `Range` header value distribution uses: `0-<last byte>`, and
     /// `0-0` for an empty upload.
-    pub fn range_header(&self) -> String {
+    pub(crate) fn range_header(&self) -> String {
         format!("0-{}", self.offset.saturating_sub(1))
     }
 }

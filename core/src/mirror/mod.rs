@@ -18,6 +18,9 @@
 //!   truncated upstream yields a broken response, never a complete wrong
 //!   blob.
 
+pub(crate) mod edge;
+pub(crate) mod upstream;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -28,28 +31,23 @@ use futures::StreamExt;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 
-use crate::api::{self, Route};
-use crate::body::{self, Body, ByteStream, CollectError};
-use crate::digest::{self, Digest, Hasher};
+use crate::config::STALE_DEADLINE_MS;
 use crate::error::{ErrorCode, RegistryError};
-use crate::fetch::Fetch;
-use crate::host::Host;
-use crate::layout;
-use crate::manifest;
-use crate::manifest_cache::CachedTag;
+use crate::io::body::{self, Body, ByteStream, CollectError};
+use crate::io::fetch::Fetch;
+use crate::io::host::Host;
+use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self, Metrics};
-use crate::reference::{Reference, RepositoryName, Tag};
-use crate::registry::{
-    blob_response, error_stream, join_objects, manifest_unknown, satisfiable_range, set, Registry,
-    Response, Result,
-};
-use crate::storage::{PutMode, Storage};
-use crate::upload::{UploadId, UploadState};
-use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
-
-/// Longest wait for an upstream when a stale answer could be given
-/// instead (a tag past its TTL, still within `max_stale_ms`).
-pub const STALE_DEADLINE_MS: u64 = 3_000;
+use crate::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
+use crate::model::digest::{self, Digest, Hasher};
+use crate::model::manifest;
+use crate::model::reference::{Reference, RepositoryName, Tag};
+use crate::model::upload::{UploadId, UploadState};
+use crate::store::layout;
+use crate::store::memo::CachedTag;
+use crate::store::{error_stream, join_objects, manifest_unknown, Result, Store};
+use crate::wire::response::{blob_response, satisfiable_range, set, Response};
+use crate::wire::{self, Route};
 
 /// Spooled chunk size on backends that cannot append (one object per
 /// chunk): the most memory one blob fill holds.
@@ -64,8 +62,15 @@ pub const OCI_NAMESPACE_HEADER: &str = "oci-namespace";
 /// or `stale`.
 pub const CACHE_HEADER: &str = "x-kura-cache";
 
+/// The mirror at work on one request: the storage it shares with hosted
+/// repositories, and the upstreams with what is known about them.
+pub(crate) struct Mirror<'a, S, H, F> {
+    pub(crate) store: &'a Store<S, H>,
+    pub(crate) mirrors: &'a Mirrors<F, H>,
+}
+
 /// The configured upstreams and the fills in progress.
-pub struct Mirrors<F, H> {
+pub(crate) struct Mirrors<F, H> {
     upstreams: Vec<Arc<Upstream<F, H>>>,
     default: Option<usize>,
     /// When mirrored blobs were last used, for eviction.
@@ -178,7 +183,11 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
     /// Route a repository name to an upstream: `?ns=<registry>`, then a
     /// `<registry>/` prefix, then the default upstream. `None` means
     /// hosted. Only configured upstreams are ever contacted.
-    pub fn target(&self, name: &RepositoryName, uri: &Uri) -> Result<Option<MirrorTarget<F, H>>> {
+    pub(crate) fn target(
+        &self,
+        name: &RepositoryName,
+        uri: &Uri,
+    ) -> Result<Option<MirrorTarget<F, H>>> {
         if self.upstreams.is_empty() {
             return Ok(None);
         }
@@ -189,7 +198,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             )
             .with_status(StatusCode::NOT_FOUND)
         };
-        let (upstream, remote) = if let Some(ns) = api::query_param(uri, "ns") {
+        let (upstream, remote) = if let Some(ns) = wire::query_param(uri, "ns") {
             let ns = ns?;
             (
                 self.by_name(&ns).ok_or_else(|| not_mirrored(&ns))?,
@@ -232,12 +241,12 @@ enum MissingKey {
 /// all (a flood of made-up names must not grow memory).
 const MISSING_MAX: usize = 10_000;
 
-impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// The 404 to answer for `key` without asking the upstream, if it said
     /// 404 within its `not_found_ttl_ms` and the content has not been stored
     /// since (content by digest can arrive through another reference).
     async fn known_missing(&self, key: &MissingKey) -> Result<Option<RegistryError>> {
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         let remembered = {
             let mut missing = self.mirrors.lock_missing();
             match missing.get(key) {
@@ -254,11 +263,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         }
         let stored = match key {
             MissingKey::Manifest(local, Reference::Digest(d)) => self
+                .store
                 .storage
                 .head(&layout::manifest_revision(local, d))
                 .await?
                 .is_some(),
             MissingKey::Blob(local, d) => self
+                .store
                 .storage
                 .head(&layout::layer_link(local, d))
                 .await?
@@ -270,7 +281,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             self.mirrors.lock_missing().remove(key);
             return Ok(None);
         }
-        metrics::inc(&self.metrics.not_found_cached);
+        metrics::inc(&self.store.metrics.not_found_cached);
         Ok(Some(match key {
             MissingKey::Manifest(local, r) => manifest_unknown(local, r),
             MissingKey::Blob(_, d) => RegistryError::new(
@@ -284,7 +295,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         if ttl_ms == 0 {
             return;
         }
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         let mut missing = self.mirrors.lock_missing();
         if missing.len() >= MISSING_MAX {
             missing.retain(|_, until| *until > now);
@@ -316,8 +327,8 @@ fn next_page(link: &str) -> Option<(Option<usize>, String)> {
         return None;
     }
     let uri: Uri = inner.0.parse().ok()?;
-    let last = api::query_param(&uri, "last")?.ok()?;
-    let n = api::query_param(&uri, "n").and_then(|v| v.ok()?.parse().ok());
+    let last = wire::query_param(&uri, "last")?.ok()?;
+    let n = wire::query_param(&uri, "n").and_then(|v| v.ok()?.parse().ok());
     Some((n, last))
 }
 
@@ -329,15 +340,15 @@ fn tag_list_response<B>(
     ns: Option<&str>,
 ) -> Response<B> {
     let body = serde_json::json!({ "name": requested.as_str(), "tags": page.tags });
-    let mut resp = crate::registry::json_response(StatusCode::OK, body.to_string().into());
+    let mut resp = crate::wire::response::json_response(StatusCode::OK, body.to_string().into());
     if let Some((n, last)) = &page.next {
         let mut query = Vec::new();
         if let Some(n) = n {
             query.push(format!("n={n}"));
         }
-        query.push(format!("last={}", api::percent_encode(last)));
+        query.push(format!("last={}", wire::percent_encode(last)));
         if let Some(ns) = ns {
-            query.push(format!("ns={}", api::percent_encode(ns)));
+            query.push(format!("ns={}", wire::percent_encode(ns)));
         }
         set(
             resp.headers_mut(),
@@ -357,8 +368,8 @@ struct TagCache {
     checked_ms: u64,
 }
 
-impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
-    pub(crate) async fn dispatch_mirror(
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
+    pub(crate) async fn dispatch(
         &self,
         route: Route,
         t: MirrorTarget<F, H>,
@@ -387,7 +398,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Route::Blob(_, d) if read => {
                 let range =
-                    api::header(&parts.headers, "range").filter(|r| api::single_byte_range(r));
+                    wire::header(&parts.headers, "range").filter(|r| wire::single_byte_range(r));
                 self.mirror_blob(&t, &d, range, *m == Method::HEAD).await
             }
             _ => Err(RegistryError::internal("not a manifest or blob read")),
@@ -421,7 +432,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         if let (Route::Manifest(..), Body::Full(bytes)) = (&route_kind, resp.body()) {
             // A client that pulls a manifest uses its layers, even the
             // ones it already has and will not fetch.
-            if let Some(d) = api::header(resp.headers(), api::CONTENT_DIGEST_HEADER)
+            if let Some(d) = wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER)
                 .and_then(|d| Digest::parse(d).ok())
             {
                 self.record_manifest_use(&d, bytes).await;
@@ -440,12 +451,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .headers()
             .get(CONTENT_TYPE)
             .is_some_and(|v| v == "application/octet-stream");
-        let m = &self.metrics;
+        let m = &self.store.metrics;
         match (how, blob) {
             ("hit", true) => {
                 metrics::inc(&m.blob_hits);
                 if !head {
-                    let len = api::header(resp.headers(), "content-length")
+                    let len = wire::header(resp.headers(), "content-length")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
                     metrics::add(&m.bytes_from_cache, len);
@@ -463,10 +474,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// An upstream failure as the client sees it, counted.
     pub(crate) fn upstream_failure(&self, e: UpstreamError, unknown: ErrorCode) -> RegistryError {
         if !matches!(e, UpstreamError::NotFound) {
-            metrics::inc(&self.metrics.upstream_errors);
+            metrics::inc(&self.store.metrics.upstream_errors);
             // The details (addresses, URLs, the upstream's words) are for
             // the operator; the client learns what kind of failure it was.
-            self.host.warn(&format!("upstream request failed: {e}"));
+            self.store
+                .host
+                .warn(&format!("upstream request failed: {e}"));
         }
         upstream_failure(e, unknown)
     }
@@ -475,9 +488,10 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// cut short, malformed, or not matching its digest): a 502, the
     /// details logged.
     fn bad_gateway(&self, t: &MirrorTarget<F, H>, what: String) -> RegistryError {
-        metrics::inc(&self.metrics.upstream_errors);
+        metrics::inc(&self.store.metrics.upstream_errors);
         let name = &t.upstream.config.name;
-        self.host
+        self.store
+            .host
             .warn(&format!("upstream {name} ({}): {what}", t.remote));
         RegistryError::new(
             ErrorCode::Unavailable,
@@ -503,8 +517,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         }
         let known = match reference {
             Reference::Digest(d) => {
-                self.recent.manifest(&t.local, d).is_some()
+                self.store.recent.manifest(&t.local, d).is_some()
                     || self
+                        .store
                         .storage
                         .head(&layout::manifest_revision(&t.local, d))
                         .await?
@@ -523,23 +538,23 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let h = upstream.headers();
         let digest = match reference {
             Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(_) => api::header(h, api::CONTENT_DIGEST_HEADER)
+            Reference::Tag(_) => wire::header(h, wire::CONTENT_DIGEST_HEADER)
                 .and_then(|d| Digest::parse(d.trim()).ok()),
         };
         let (Some(digest), Some(media_type), Some(len)) = (
             digest,
-            api::header(h, "content-type"),
-            api::header(h, "content-length"),
+            wire::header(h, "content-type"),
+            wire::header(h, "content-length"),
         ) else {
             // Without the digest, type and size there is nothing to answer
             // with: fetch the manifest as for a GET.
             return Ok(None);
         };
-        let mut resp = crate::registry::response(StatusCode::OK, Body::Empty);
+        let mut resp = crate::wire::response::response(StatusCode::OK, Body::Empty);
         let out = resp.headers_mut();
         set(out, CONTENT_TYPE, media_type);
         set(out, CONTENT_LENGTH, len);
-        set(out, api::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(out, wire::CONTENT_DIGEST_HEADER, &digest.to_string());
         set(out, http::header::ETAG, &format!("\"{digest}\""));
         Ok(Some(mark(resp, "miss")))
     }
@@ -553,14 +568,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             Reference::Digest(d) => {
                 let mut fetched = false;
                 loop {
-                    if self.recent.manifest(&t.local, d).is_some()
+                    if self.store.recent.manifest(&t.local, d).is_some()
                         || self
+                            .store
                             .storage
                             .head(&layout::manifest_revision(&t.local, d))
                             .await?
                             .is_some()
                     {
-                        let resp = self.get_manifest(&t.local, reference).await?;
+                        let resp = self.store.get_manifest(&t.local, reference).await?;
                         return Ok(mark(resp, if fetched { "miss" } else { "hit" }));
                     }
                     match self
@@ -569,7 +585,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         .join(format!("{}@{d}", t.local))
                     {
                         Joined::Follower(rx) => {
-                            metrics::inc(&self.metrics.singleflight_joins);
+                            metrics::inc(&self.store.metrics.singleflight_joins);
                             // The leader's failure is ours too; its success
                             // (or its leaving) sends us back to storage.
                             if let Ok(Some(Err(e))) = rx.await {
@@ -592,11 +608,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 let mut waited = false;
                 loop {
                     let cached = self.tag_cache(&t.local, tag).await?;
-                    let now = self.host.now_unix_ms();
+                    let now = self.store.host.now_unix_ms();
                     if let Some(c) = &cached {
                         let age = now.saturating_sub(c.checked_ms);
                         if age < ttl {
-                            let resp = self.manifest_response(&t.local, &c.digest, reference);
+                            let resp = self.store.manifest_response(&t.local, &c.digest, reference);
                             return Ok(mark(resp.await?, "hit"));
                         }
                         // Another request just tried the upstream and failed.
@@ -610,7 +626,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                         .join(format!("{}:{tag}", t.local))
                     {
                         Joined::Follower(rx) => {
-                            metrics::inc(&self.metrics.singleflight_joins);
+                            metrics::inc(&self.store.metrics.singleflight_joins);
                             match rx.await {
                                 // The leader's answer is everyone's: a tag
                                 // deleted upstream is gone for all of them.
@@ -635,13 +651,18 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     async fn tag_cache(&self, local: &RepositoryName, tag: &Tag) -> Result<Option<TagCache>> {
-        if let Some(c) = self.recent.tag(local, tag) {
+        if let Some(c) = self.store.recent.tag(local, tag) {
             return Ok(Some(TagCache {
                 digest: c.digest,
                 checked_ms: c.checked_ms,
             }));
         }
-        let Some(raw) = self.storage.read(&layout::tag_cache(local, tag)).await? else {
+        let Some(raw) = self
+            .store
+            .storage
+            .read(&layout::tag_cache(local, tag))
+            .await?
+        else {
             return Ok(None);
         };
         let Ok(c) = serde_json::from_slice::<TagCache>(&raw) else {
@@ -650,6 +671,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         // The tag may have been written by an older fill; trust only a
         // complete chain tag -> revision.
         if self
+            .store
             .storage
             .head(&layout::manifest_revision(local, &c.digest))
             .await?
@@ -662,7 +684,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     }
 
     fn remember_tag(&self, local: &RepositoryName, tag: &Tag, c: &TagCache) {
-        self.recent.put_tag(
+        self.store.recent.put_tag(
             local,
             tag,
             CachedTag {
@@ -679,11 +701,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         cached: Option<TagCache>,
     ) -> Result<Response<S::Body>> {
         let reference = Reference::Tag(tag.clone());
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         let Some(cached) = cached else {
             self.fetch_manifest(t, tag.as_str(), None, Some(tag))
                 .await?;
-            return Ok(mark(self.get_manifest(&t.local, &reference).await?, "miss"));
+            return Ok(mark(
+                self.store.get_manifest(&t.local, &reference).await?,
+                "miss",
+            ));
         };
         let stale_ok = now.saturating_sub(cached.checked_ms) <= t.upstream.config.max_stale_ms;
         if !stale_ok {
@@ -692,17 +717,17 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         // With a stale answer in hand, a hung or known-down upstream costs
         // at most STALE_DEADLINE_MS.
         if t.upstream.known_down().is_some() {
-            metrics::inc(&self.metrics.upstream_errors);
+            metrics::inc(&self.store.metrics.upstream_errors);
             return self.stale(t, &reference).await;
         }
         let ask = Box::pin(self.ask_upstream_for_tag(t, tag, &cached, true));
-        let raced = futures::future::select(ask, self.host.sleep(STALE_DEADLINE_MS)).await;
+        let raced = futures::future::select(ask, self.store.host.sleep(STALE_DEADLINE_MS)).await;
         match raced {
             futures::future::Either::Left((answer, _)) => answer,
             futures::future::Either::Right(((), _)) => {
                 t.upstream.mark_down();
-                metrics::inc(&self.metrics.upstream_errors);
-                self.host.warn(&format!(
+                metrics::inc(&self.store.metrics.upstream_errors);
+                self.store.host.warn(&format!(
                     "upstream {}: no answer for {} within {STALE_DEADLINE_MS} ms; serving it stale",
                     t.upstream.config.name, t.remote
                 ));
@@ -727,17 +752,20 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .await
         {
             Ok(resp) => {
-                let upstream_digest = api::header(resp.headers(), api::CONTENT_DIGEST_HEADER)
+                let upstream_digest = wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER)
                     .and_then(|d| Digest::parse(d.trim()).ok());
                 if upstream_digest.as_ref() == Some(&cached.digest) {
                     self.write_tag_cache(&t.local, tag, &cached.digest).await?;
                     return Ok(mark(
-                        self.get_manifest(&t.local, &reference).await?,
+                        self.store.get_manifest(&t.local, &reference).await?,
                         "revalidated",
                     ));
                 }
                 match self.fetch_manifest(t, tag.as_str(), None, Some(tag)).await {
-                    Ok(_) => Ok(mark(self.get_manifest(&t.local, &reference).await?, "miss")),
+                    Ok(_) => Ok(mark(
+                        self.store.get_manifest(&t.local, &reference).await?,
+                        "miss",
+                    )),
                     Err(e) if stale_ok && e.code == ErrorCode::Unavailable => {
                         self.stale(t, &reference).await
                     }
@@ -755,7 +783,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         t: &MirrorTarget<F, H>,
         reference: &Reference,
     ) -> Result<Response<S::Body>> {
-        let resp = self.get_manifest(&t.local, reference).await?;
+        let resp = self.store.get_manifest(&t.local, reference).await?;
         Ok(mark_stale(resp, t))
     }
 
@@ -767,10 +795,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     ) -> Result<()> {
         let c = TagCache {
             digest: digest.clone(),
-            checked_ms: self.host.now_unix_ms(),
+            checked_ms: self.store.host.now_unix_ms(),
         };
         let json = serde_json::to_vec(&c).expect("tag cache serializes");
-        self.storage
+        self.store
+            .storage
             .put(
                 &layout::tag_cache(local, tag),
                 json.into(),
@@ -795,12 +824,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .manifest(&t.remote, reference, Method::GET)
             .await
             .map_err(|e| self.upstream_failure(e, ErrorCode::ManifestUnknown))?;
-        let content_type = api::header(resp.headers(), "content-type").map(str::to_owned);
+        let content_type = wire::header(resp.headers(), "content-type").map(str::to_owned);
         let announced =
-            api::header(resp.headers(), api::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());
+            wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());
         let bytes = body::collect_limited(
             F::body_stream(resp.into_body()),
-            self.config.max_manifest_size,
+            self.store.config.max_manifest_size,
         )
         .await
         .map_err(|e| match e {
@@ -808,7 +837,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 t,
                 format!(
                     "manifest larger than {} bytes",
-                    self.config.max_manifest_size
+                    self.store.config.max_manifest_size
                 ),
             ),
             CollectError::Io(e) => self.bad_gateway(t, format!("reading the manifest failed: {e}")),
@@ -834,7 +863,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         let parsed = manifest::parse(&bytes, content_type.as_deref())
             .map_err(|e| self.bad_gateway(t, format!("invalid manifest: {e}")))?;
         let tags = tag.map(std::slice::from_ref).unwrap_or_default();
-        self.store_manifest(&t.local, &digest, bytes, &parsed, tags)
+        self.store
+            .store_manifest(&t.local, &digest, bytes, &parsed, tags)
             .await?;
         if let Some(tag) = tag {
             self.write_tag_cache(&t.local, tag, &digest).await?;
@@ -855,13 +885,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         requested: &RepositoryName,
         uri: &Uri,
     ) -> Result<Response<S::Body>> {
-        let (n, last) = self.page_query(uri)?;
+        let (n, last) = self.store.page_query(uri)?;
         let key = layout::tag_list_cache(&t.local, &layout::tag_list_page(n, last.as_deref()));
-        let cached = match self.storage.read(&key).await? {
+        let cached = match self.store.storage.read(&key).await? {
             Some(raw) => serde_json::from_slice::<TagListCache>(&raw).ok(),
             None => None,
         };
-        let ns = api::query_param(uri, "ns").transpose()?;
+        let ns = wire::query_param(uri, "ns").transpose()?;
         let answer = |page: &TagListCache, how: &'static str| {
             let mut resp = tag_list_response(requested, page, ns.as_deref());
             resp = if how == "stale" {
@@ -871,7 +901,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             };
             resp
         };
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         if let Some(c) = &cached {
             if now.saturating_sub(c.checked_ms) < t.upstream.config.tag_ttl_ms {
                 return Ok(answer(c, "hit"));
@@ -892,7 +922,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         match fetched {
             Ok(page) => {
                 let json = serde_json::to_vec(&page).expect("tag list serializes");
-                self.storage
+                self.store
+                    .storage
                     .put(&key, json.into(), PutMode::Overwrite)
                     .await?;
                 Ok(answer(
@@ -906,7 +937,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Err(e) => match cached {
                 Some(c) if e.allows_stale() && stale_ok(&c) => {
-                    metrics::inc(&self.metrics.upstream_errors);
+                    metrics::inc(&self.store.metrics.upstream_errors);
                     Ok(answer(&c, "stale"))
                 }
                 _ => Err(self.upstream_failure(e, ErrorCode::NameUnknown)),
@@ -927,7 +958,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         struct Wire {
             tags: Option<Vec<String>>,
         }
-        let next = api::header(resp.headers(), "link").and_then(next_page);
+        let next = wire::header(resp.headers(), "link").and_then(next_page);
         let bytes = body::collect_limited(F::body_stream(resp.into_body()), TAG_LIST_LIMIT)
             .await
             .map_err(|e| match e {
@@ -962,7 +993,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
         }
         Ok(TagListCache {
-            checked_ms: self.host.now_unix_ms(),
+            checked_ms: self.store.host.now_unix_ms(),
             tags,
             next,
         })
@@ -979,13 +1010,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         subject: &Digest,
         uri: &Uri,
     ) -> Result<Response<S::Body>> {
-        let filter = api::query_param(uri, "artifactType").transpose()?;
-        let limit = self.config.max_manifest_size;
+        let filter = wire::query_param(uri, "artifactType").transpose()?;
+        let limit = self.store.config.max_manifest_size;
         let index = |resp: http::Response<F::Body>| async move {
-            let ct = api::header(resp.headers(), "content-type")
+            let ct = wire::header(resp.headers(), "content-type")
                 .unwrap_or("")
                 .to_owned();
-            let filtered = resp.headers().contains_key(api::OCI_FILTERS_APPLIED_HEADER);
+            let filtered = resp
+                .headers()
+                .contains_key(wire::OCI_FILTERS_APPLIED_HEADER);
             let bytes = body::collect_limited(F::body_stream(resp.into_body()), limit)
                 .await
                 .ok()?;
@@ -999,7 +1032,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         {
             Ok(resp) => index(resp).await,
             Err(UpstreamError::Unavailable(_)) => {
-                return self.referrers(&t.local, subject, uri).await
+                return self.store.referrers(&t.local, subject, uri).await
             }
             // 404, 400, 405…: no referrers API there.
             Err(_) => None,
@@ -1012,7 +1045,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     Ok(_) => match t.upstream.manifest(&t.remote, &tag, Method::GET).await {
                         Ok(resp) => index(resp).await,
                         Err(UpstreamError::Unavailable(_)) => {
-                            return self.referrers(&t.local, subject, uri).await
+                            return self.store.referrers(&t.local, subject, uri).await
                         }
                         Err(_) => None,
                     },
@@ -1040,14 +1073,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             "manifests": manifests,
         });
         let bytes = Bytes::from(body.to_string());
-        let mut resp = crate::registry::response(StatusCode::OK, Body::Full(bytes.clone()));
+        let mut resp = crate::wire::response::response(StatusCode::OK, Body::Full(bytes.clone()));
         let h = resp.headers_mut();
         set(h, CONTENT_TYPE, manifest::media_type::OCI_INDEX);
         set(h, CONTENT_LENGTH, &bytes.len().to_string());
         if filter.is_some() {
             set(
                 h,
-                HeaderName::from_static(api::OCI_FILTERS_APPLIED_HEADER),
+                HeaderName::from_static(wire::OCI_FILTERS_APPLIED_HEADER),
                 "artifactType",
             );
         }
@@ -1063,9 +1096,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         range: Option<&str>,
         head: bool,
     ) -> Result<Response<S::Body>> {
-        let stored = self.storage.head(&layout::blob(digest)).await?.is_some();
+        let stored = self
+            .store
+            .storage
+            .head(&layout::blob(digest))
+            .await?
+            .is_some();
         if stored {
             let linked = self
+                .store
                 .storage
                 .head(&layout::layer_link(&t.local, digest))
                 .await?
@@ -1085,9 +1124,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     }
                     Err(e) => return Err(self.upstream_failure(e, ErrorCode::BlobUnknown)),
                 }
-                self.link_blob(&t.local, digest).await?;
+                self.store.link_blob(&t.local, digest).await?;
             }
-            let resp = self.get_blob(&t.local, digest, range, head).await?;
+            let resp = self.store.get_blob(&t.local, digest, range, head).await?;
             self.record_use(digest).await;
             return Ok(mark(resp, "hit"));
         }
@@ -1099,7 +1138,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 .blob_head(&t.remote, &digest.to_string())
                 .await
                 .map_err(|e| self.upstream_failure(e, ErrorCode::BlobUnknown))?;
-            let len = api::header(resp.headers(), "content-length")
+            let len = wire::header(resp.headers(), "content-length")
                 .and_then(|v| v.trim().parse::<u64>().ok());
             let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
             return Ok(mark(resp, "miss"));
@@ -1127,7 +1166,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         } else {
             Body::Relay(follow(
                 flight,
-                self.storage.clone(),
+                self.store.storage.clone(),
                 layout::blob(digest),
                 start,
                 end,
@@ -1156,7 +1195,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .unwrap_or_else(|p| p.into_inner());
         let key = (t.local.clone(), digest.clone());
         if let Some(f) = flights.get(&key) {
-            metrics::inc(&self.metrics.singleflight_joins);
+            metrics::inc(&self.store.metrics.singleflight_joins);
             return f.clone();
         }
         let flight = Arc::new(BlobFlight::default());
@@ -1164,20 +1203,20 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         drop(flights);
 
         let mut raw = [0u8; 16];
-        self.host.fill_random(&mut raw);
+        self.store.host.fill_random(&mut raw);
         let fill = Fill {
-            storage: self.storage.clone(),
+            storage: self.store.storage.clone(),
             upstream: t.upstream.clone(),
-            host: self.host.clone(),
+            host: self.store.host.clone(),
             remote: t.remote.clone(),
             local: t.local.clone(),
             digest: digest.clone(),
             spool: UploadId::from_random(raw),
             flight: flight.clone(),
             flights: self.mirrors.blob_flights.clone(),
-            metrics: self.metrics.clone(),
+            metrics: self.store.metrics.clone(),
         };
-        self.host.spawn(Box::pin(fill.run()));
+        self.store.host.spawn(Box::pin(fill.run()));
         flight
     }
 }
@@ -1209,11 +1248,11 @@ impl Recency {
     }
 }
 
-impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// Note a use of the mirrored blob `digest` (served, or filled).
     pub(crate) async fn record_use(&self, digest: &Digest) {
-        let now = self.host.now_unix_ms();
-        let interval = self.config.access_record_interval_ms;
+        let now = self.store.host.now_unix_ms();
+        let interval = self.store.config.access_record_interval_ms;
         let persist = {
             let mut blobs = self.mirrors.recency.lock_blobs();
             let entry = blobs.entry(digest.clone()).or_insert(BlobUse {
@@ -1231,6 +1270,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             // Recency is advice for eviction: failing to record it must not
             // fail the request that used the blob.
             let _ = self
+                .store
                 .storage
                 .put(
                     &layout::access(digest),
@@ -1244,7 +1284,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// Note a pull of the manifest `digest` (its bytes): a use of the blobs
     /// it references.
     async fn record_manifest_use(&self, digest: &Digest, bytes: &Bytes) {
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         {
             let mut manifests = self
                 .mirrors
@@ -1253,7 +1293,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if let Some(at) = manifests.get(digest) {
-                if now.saturating_sub(*at) < self.config.access_record_interval_ms {
+                if now.saturating_sub(*at) < self.store.config.access_record_interval_ms {
                     return;
                 }
             }
@@ -1274,6 +1314,7 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             return Ok(u.used_ms);
         }
         let recorded = self
+            .store
             .storage
             .read(&layout::access(digest))
             .await?
@@ -1304,7 +1345,7 @@ pub struct EvictionReport {
     pub evicted_bytes: u64,
 }
 
-impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// Keep mirrored layer blobs under `max_size` bytes, least recently used
     /// first: by the last GET or HEAD of the blob, the last pull of a
     /// manifest referencing it, or its fill, whichever is latest (see
@@ -1312,14 +1353,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// written. Never evicted: anything a hosted repository links,
     /// manifests (small, and tags point at them), blobs being filled, and
     /// blobs used within the last `grace_ms` (they may be being served).
-    pub async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
+    pub(crate) async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
         let mut report = EvictionReport::default();
         if self.mirrors.upstreams.is_empty() {
             return Ok(report);
         }
         let mut mirrored = std::collections::HashSet::new();
         let mut protected = std::collections::HashSet::new();
-        for key in self.storage.list("repositories/").await? {
+        for key in self.store.storage.list("repositories/").await? {
             let (name, digest, is_layer) = match layout::repository_key(&key) {
                 Some(layout::RepositoryKey::Layer(n, d)) => (n, d, true),
                 Some(layout::RepositoryKey::Manifest(n, d)) => (n, d, false),
@@ -1339,12 +1380,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             .keys()
             .map(|(_, d)| d.clone())
             .collect();
-        let now = self.host.now_unix_ms();
+        let now = self.store.host.now_unix_ms();
         let mut candidates = Vec::new();
-        for e in self.storage.list_meta("blobs/").await? {
+        let mut stored = std::collections::HashSet::new();
+        for e in self.store.storage.list_meta("blobs/").await? {
             let Some(digest) = layout::blob_digest(&e.key) else {
                 continue;
             };
+            stored.insert(digest.clone());
             if !mirrored.contains(&digest) || protected.contains(&digest) {
                 continue;
             }
@@ -1361,15 +1404,25 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             if now.saturating_sub(used) < grace_ms || in_flight.contains(&digest) {
                 continue;
             }
-            self.storage.delete(&key).await?;
-            self.storage.delete(&layout::access(&digest)).await?;
+            self.store.storage.delete(&key).await?;
+            stored.remove(&digest);
+            self.store.storage.delete(&layout::access(&digest)).await?;
             self.mirrors.recency.lock_blobs().remove(&digest);
             total -= size;
             report.evicted_blobs += 1;
             report.evicted_bytes += size;
         }
-        metrics::add(&self.metrics.evictions, report.evicted_blobs as u64);
-        self.metrics
+        // A crash between a blob's delete and its record's leaves the
+        // record behind; nothing else would ever remove it.
+        for key in self.store.storage.list(layout::ACCESS_PREFIX).await? {
+            match layout::access_digest(&key) {
+                Some(d) if stored.contains(&d) || in_flight.contains(&d) => {}
+                _ => self.store.storage.delete(&key).await?,
+            }
+        }
+        metrics::add(&self.store.metrics.evictions, report.evicted_blobs as u64);
+        self.store
+            .metrics
             .cache_size_bytes
             .store(total, std::sync::atomic::Ordering::Relaxed);
         Ok(report)
@@ -1731,7 +1784,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             .blob(&self.remote, &self.digest.to_string(), None)
             .await
             .map_err(FlightError::Upstream)?;
-        let size = api::header(resp.headers(), "content-length")
+        let size = wire::header(resp.headers(), "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         let broken = |m: String| {
             FlightError::Broken(format!(
@@ -1739,7 +1792,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 self.upstream.config.name, self.digest
             ))
         };
-        let store = |e: crate::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
+        let store =
+            |e: crate::io::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
         // A state object marks the spool as a live session for the janitor.
         let mut state = UploadState::new(&self.local, self.host.now_unix_ms());
         state.fill = true;
@@ -1815,7 +1869,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
 
     /// Write the unspooled tail: appended to the one spool object where the
     /// backend can, else as one chunk object.
-    async fn spool_tail(&self, index: usize) -> Result<(), crate::storage::StorageError> {
+    async fn spool_tail(&self, index: usize) -> Result<(), crate::io::storage::StorageError> {
         let (offset, parts) = {
             let s = self.flight.lock();
             let offset = s.tail.first().map(|(o, _)| *o).unwrap_or(s.received);
@@ -1851,7 +1905,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     }
 
     /// Move the verified spool into place and link it.
-    async fn commit(&self, size: u64) -> Result<(), crate::storage::StorageError> {
+    async fn commit(&self, size: u64) -> Result<(), crate::io::storage::StorageError> {
         let blob = layout::blob(&self.digest);
         let keys: Vec<String> = self
             .flight

@@ -4,7 +4,7 @@
 //! `std`, so the host supplies both (the native shell from the OS, a Worker
 //! from `Date.now()` and `crypto.getRandomValues`).
 
-use crate::body::BoxFuture;
+use crate::io::body::BoxFuture;
 use crate::{MaybeSend, MaybeSync};
 
 /// The host's clock, entropy, task spawner and timer, which the core

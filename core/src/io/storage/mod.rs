@@ -1,6 +1,6 @@
 //! The storage driver interface: a small object store.
 //!
-//! Keys are `/`-separated strings built by [`crate::layout`]; backends treat
+//! Keys are `/`-separated strings built by [`crate::store::layout`]; backends treat
 //! them as opaque. The registry layout (blobs by digest, repository links,
 //! tags, upload sessions) is built above this trait, so every backend has
 //! the same semantics, checked by the conformance suite (`conformance`, with
@@ -12,7 +12,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::body::ByteStream;
+use crate::io::body::ByteStream;
 use crate::{MaybeSend, MaybeSync};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -92,7 +92,7 @@ impl StorageError {
 /// - `put` and `put_stream` are atomic: readers see the old object or the
 ///   whole new one, never a part. A `put_stream` whose input yields an error
 ///   leaves no object behind and returns [`StorageError::Input`] with that
-///   error, so a verifying input stream ([`crate::digest::verify`]) makes
+///   error, so a verifying input stream ([`crate::model::digest::verify`]) makes
 ///   the put "verified before visible".
 /// - `rename` moves an object atomically where the backend can (local disk);
 ///   elsewhere it may copy then delete, but the destination still appears

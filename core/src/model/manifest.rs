@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::model::digest::Digest;
 
 /// The manifest and layer media types the registry tells apart.
 pub mod media_type {

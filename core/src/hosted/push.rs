@@ -1,0 +1,249 @@
+//! Pushing and deleting manifests and blobs.
+
+use http::header::{HeaderName, CONTENT_LENGTH, LOCATION};
+use http::StatusCode;
+
+use super::uploads::upload_error;
+use crate::error::{ErrorCode, RegistryError};
+use crate::io::body::{self, Body, ByteStream, CollectError};
+use crate::io::host::Host;
+use crate::io::storage::Storage;
+use crate::model::digest::{self, Digest};
+use crate::model::manifest::{self, Descriptor};
+use crate::model::reference::{Reference, RepositoryName, Tag};
+use crate::store::layout;
+use crate::store::{manifest_unknown, Result, Store};
+use crate::wire;
+use crate::wire::response::{accepted, response, set, Response};
+
+/// Most tags one manifest push may apply (`?tag=`); the spec asks for at
+/// least 10.
+const MAX_TAGS_PER_PUSH: usize = 100;
+
+impl<S: Storage, H: Host> Store<S, H> {
+    pub(crate) async fn put_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        uri: &http::Uri,
+        content_type: Option<&str>,
+        body: ByteStream,
+    ) -> Result<Response<S::Body>> {
+        // A push by digest may tag it too (`?tag=a&tag=b`): every tag is
+        // checked before anything is stored.
+        let mut tags = match reference {
+            Reference::Tag(t) => vec![t.clone()],
+            Reference::Digest(_) => wire::query_params(uri, "tag")?
+                .iter()
+                .map(|t| Tag::parse(t))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        tags.dedup();
+        if tags.len() > MAX_TAGS_PER_PUSH {
+            return Err(RegistryError::new(
+                ErrorCode::TagInvalid,
+                format!("at most {MAX_TAGS_PER_PUSH} tags per push"),
+            )
+            .with_status(StatusCode::URI_TOO_LONG));
+        }
+        let bytes = body::collect_limited(body, self.config.max_manifest_size)
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge => RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    format!(
+                        "manifest larger than {} bytes",
+                        self.config.max_manifest_size
+                    ),
+                )
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE),
+                CollectError::Io(e) => {
+                    RegistryError::new(ErrorCode::ManifestInvalid, format!("reading manifest: {e}"))
+                }
+            })?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::compute(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("manifest digest is {actual}, not {d}"),
+                    ));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&bytes),
+        };
+        let parsed = manifest::parse(&bytes, content_type)
+            .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+
+        for d in parsed.required_blobs() {
+            self.check_blob_reference(name, d).await?;
+        }
+        for d in &parsed.manifests {
+            if self
+                .storage
+                .head(&layout::manifest_revision(name, &d.digest))
+                .await?
+                .is_none()
+            {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("referenced manifest {} is not in {name}", d.digest),
+                ));
+            }
+        }
+
+        self.store_manifest(name, &digest, bytes, &parsed, &tags)
+            .await?;
+
+        let mut resp = response(StatusCode::CREATED, Body::Empty);
+        let h = resp.headers_mut();
+        set(h, LOCATION, &format!("/v2/{name}/manifests/{digest}"));
+        set(h, wire::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, CONTENT_LENGTH, "0");
+        if matches!(reference, Reference::Digest(_)) && !tags.is_empty() {
+            let applied: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+            set(
+                h,
+                HeaderName::from_static(wire::OCI_TAG_HEADER),
+                &applied.join(", "),
+            );
+        }
+        if let Some(subject) = &parsed.subject {
+            set(h, wire::OCI_SUBJECT_HEADER, &subject.digest.to_string());
+        }
+        Ok(resp)
+    }
+
+    pub(crate) async fn check_blob_reference(
+        &self,
+        name: &RepositoryName,
+        d: &Descriptor,
+    ) -> Result<()> {
+        let unknown = || {
+            RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("blob {} is not in {name}", d.digest),
+            )
+        };
+        if self
+            .storage
+            .head(&layout::layer_link(name, &d.digest))
+            .await?
+            .is_none()
+        {
+            return Err(unknown());
+        }
+        let meta = self
+            .storage
+            .head(&layout::blob(&d.digest))
+            .await?
+            .ok_or_else(unknown)?;
+        if meta.size != d.size {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "descriptor of {} says {} bytes, the blob has {}",
+                    d.digest, d.size, meta.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Response<S::Body>> {
+        self.check_delete_enabled("GET, HEAD, PUT")?;
+        match reference {
+            Reference::Tag(t) => {
+                let key = layout::tag(name, t);
+                if self.storage.head(&key).await?.is_none() {
+                    return Err(manifest_unknown(name, reference));
+                }
+                self.storage.delete(&key).await?;
+            }
+            Reference::Digest(d) => {
+                let rev = layout::manifest_revision(name, d);
+                if self.storage.head(&rev).await?.is_none() {
+                    self.recent.forget(name, d);
+                    return Err(manifest_unknown(name, reference));
+                }
+                // Tags first, so no tag is ever left pointing at a deleted
+                // revision; the blob itself stays for garbage collection.
+                for key in self.storage.list(&layout::tags_prefix(name)).await? {
+                    if let Some(raw) = self.storage.read(&key).await? {
+                        if raw.as_ref() == d.to_string().as_bytes() {
+                            self.storage.delete(&key).await?;
+                        }
+                    }
+                }
+                if let Some(bytes) = self.storage.read(&layout::blob(d)).await? {
+                    if let Ok(m) = manifest::parse(&bytes, None) {
+                        if let Some(subject) = m.subject {
+                            self.storage
+                                .delete(&layout::referrer(name, &subject.digest, d))
+                                .await?;
+                        }
+                    }
+                }
+                self.storage.delete(&rev).await?;
+                self.recent.forget(name, d);
+            }
+        }
+        Ok(accepted())
+    }
+
+    pub(crate) async fn delete_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Response<S::Body>> {
+        self.check_delete_enabled("GET, HEAD")?;
+        let link = layout::layer_link(name, digest);
+        if self.storage.head(&link).await?.is_none() {
+            return Err(RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in {name}"),
+            ));
+        }
+        self.storage.delete(&link).await?;
+        Ok(accepted())
+    }
+
+    pub(crate) fn blob_created(&self, name: &RepositoryName, digest: &Digest) -> Response<S::Body> {
+        let mut resp = response(StatusCode::CREATED, Body::Empty);
+        let h = resp.headers_mut();
+        set(h, LOCATION, &format!("/v2/{name}/blobs/{digest}"));
+        set(h, wire::CONTENT_DIGEST_HEADER, &digest.to_string());
+        set(h, CONTENT_LENGTH, "0");
+        resp
+    }
+
+    /// Store a whole blob from `body`, visible only if it hashes to `digest`.
+    pub(crate) async fn store_blob(&self, digest: &Digest, body: ByteStream) -> Result<()> {
+        let key = layout::blob(digest);
+        let verified = digest::verify(body, digest.clone(), None);
+        self.storage
+            .put_stream(&key, verified)
+            .await
+            .map_err(upload_error)?;
+        Ok(())
+    }
+
+    /// `allow`: what the resource still answers when deletes are off.
+    pub(crate) fn check_delete_enabled(&self, allow: &'static str) -> Result<()> {
+        if self.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                "deletes are disabled on this registry",
+            )
+            .with_header(http::header::ALLOW, allow))
+        }
+    }
+}

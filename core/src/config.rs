@@ -62,23 +62,6 @@ pub fn is_docker_hub(name: &str) -> bool {
     name == hub.name || hub.aliases.contains(&name)
 }
 
-#[cfg(test)]
-mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    use super::*;
-
-    #[test]
-    fn docker_hub_by_every_name() {
-        for n in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
-            assert!(is_docker_hub(n), "{n}");
-        }
-        assert!(!is_docker_hub("ghcr.io"));
-        assert!(!is_docker_hub("docker.io.evil"));
-    }
-}
-
 /// Longest wait for an upstream when a stale answer could be given
 /// instead (a tag past its TTL, still within `max_stale_ms`).
 pub const STALE_DEADLINE_MS: u64 = 3_000;
@@ -118,5 +101,91 @@ impl Default for RegistryConfig {
             manifest_cache_bytes: 16 * 1024 * 1024,
             access_record_interval_ms: 5 * 60 * 1000,
         }
+    }
+}
+
+/// One configured upstream registry.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// The registry's name as clients write it: `docker.io`, `ghcr.io`. It
+    /// is matched against `?ns=` and the first path component.
+    pub name: String,
+    /// Base URL, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    /// The user for the upstream's basic or token auth; `None` pulls
+    /// anonymously.
+    pub username: Option<String>,
+    /// The password (or access token) that goes with `username`.
+    pub password: Option<String>,
+    /// How long a tag is trusted before it is revalidated upstream.
+    pub tag_ttl_ms: u64,
+    /// How old cached content may be when served because the upstream
+    /// fails.
+    pub max_stale_ms: u64,
+    /// Token realm hosts (`auth.example.com`, or `host:port`) trusted with
+    /// this upstream's credentials besides the upstream's own host and
+    /// registrable domain. A realm elsewhere gets
+    /// no credentials (the token is asked for anonymously).
+    pub token_realms: Vec<String>,
+    /// How long an upstream 404 for a manifest or blob is remembered (and
+    /// answered without asking again); 0 turns it off.
+    pub not_found_ttl_ms: u64,
+}
+
+impl UpstreamConfig {
+    /// The upstream `name` at `url`, anonymous, with the shared defaults of
+    /// this module.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        UpstreamConfig {
+            name: name.into(),
+            url: url.into(),
+            username: None,
+            password: None,
+            tag_ttl_ms: DEFAULT_TAG_TTL_SECS * 1000,
+            max_stale_ms: DEFAULT_MAX_STALE_SECS * 1000,
+            token_realms: Vec::new(),
+            not_found_ttl_ms: DEFAULT_NOT_FOUND_TTL_SECS * 1000,
+        }
+    }
+
+    /// The public registries of [`PUBLIC_REGISTRIES`], each
+    /// with the shared defaults.
+    pub fn public() -> Vec<Self> {
+        PUBLIC_REGISTRIES
+            .iter()
+            .map(|r| Self::new(r.name, r.url))
+            .collect()
+    }
+
+    /// Docker Hub keeps official images under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        is_docker_hub(&self.name)
+    }
+
+    /// The repository name to ask the upstream for.
+    pub fn upstream_name(&self, name: &str) -> String {
+        if self.is_docker_hub() && !name.contains('/') {
+            format!("library/{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn docker_hub_by_every_name() {
+        for n in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert!(is_docker_hub(n), "{n}");
+        }
+        assert!(!is_docker_hub("ghcr.io"));
+        assert!(!is_docker_hub("docker.io.evil"));
     }
 }

@@ -2,11 +2,18 @@
 //!
 //! Everything a registry decides lives here: the distribution-spec grammar
 //! ([`mod@reference`]), content addressing ([`digest`]), manifest validation
-//! ([`manifest`]), `/v2/` routing and wire format ([`api`]), the on-storage
-//! layout ([`layout`]) and the registry operations ([`registry`]). Hosts
-//! bring the bytes: a [`storage::Storage`] backend and, for mirroring, an
-//! HTTP client. Nothing in this crate opens a socket or a file, reads a
-//! clock, or needs an async runtime, so it builds for `wasm32-unknown-unknown`.
+//! ([`manifest`]), `/v2/` routing ([`wire`]), hosted repositories and the
+//! pull-through cache behind one [`Registry`]. Hosts bring the bytes: a
+//! [`Storage`] backend, a [`Host`] (clock, randomness, tasks) and, for
+//! mirroring, a [`Fetch`] HTTP client. Nothing in this crate opens a socket
+//! or a file, reads a clock, or needs an async runtime, so it builds for
+//! `wasm32-unknown-unknown`. `docs/library.md` in the repository walks
+//! through embedding it.
+//!
+//! Inside, dependencies point one way: `model` (pure types) and `wire`
+//! (HTTP shapes) at the bottom, `io` (the host's seams), `store` (the
+//! storage layout and the operations every repository shares), then
+//! `hosted` and `mirror` side by side, and the [`Registry`] facade on top.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -26,16 +33,17 @@ pub use io::{body, storage};
 pub use model::{digest, manifest, reference};
 
 pub use body::{Body, BoxFuture, ByteStream};
+pub use config::{RegistryConfig, UpstreamConfig};
 pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, RegistryError};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
 pub use metrics::Metrics;
 pub use mirror::edge::{BlobMiss, Edge};
-pub use mirror::upstream::{UpstreamConfig, UpstreamError};
+pub use mirror::upstream::UpstreamError;
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};
-pub use registry::{error_response, Registry, RegistryBuilder, RegistryConfig, Response};
+pub use registry::{error_response, Registry, RegistryBuilder, Response};
 pub use storage::Storage;
 
 /// `Send` on native targets, nothing on wasm32 where JS handles are `!Send`.

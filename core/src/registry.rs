@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Method, Request, StatusCode};
 
-pub use crate::config::RegistryConfig;
+use crate::config::RegistryConfig;
+use crate::config::UpstreamConfig;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{Body, ByteStream};
 use crate::io::fetch::{Fetch, NoFetch};
@@ -16,7 +17,7 @@ use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
 use crate::mirror::edge::{BlobMiss, Edge};
-use crate::mirror::upstream::{UpstreamConfig, UpstreamError};
+use crate::mirror::upstream::UpstreamError;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
 use crate::wire::response::json_response;

@@ -6,7 +6,7 @@
 //! `ReadableStream` to the client and to an R2 put that checks the sha256)
 //! should not run it. For such hosts:
 //!
-//! - [`Registry::handle_edge`] answers everything [`Registry::handle`]
+//! - [`crate::Registry::handle_edge`] answers everything [`crate::Registry::handle`]
 //!   answers, except a `GET`/`HEAD` of a mirrored blob that is not stored:
 //!   that comes back as a [`BlobMiss`], and nothing has been fetched yet.
 //! - [`Registry::fetch_blob`] asks the upstream for it (token auth,
@@ -14,7 +14,7 @@
 //!   upstream's response with the body untouched.
 //! - [`Registry::blob_miss_response`] builds the client's response around
 //!   whatever body the host streams (headers, status, `x-kura-cache: miss`).
-//! - [`Registry::commit_blob`] records the blob once the host has stored it
+//! - [`crate::Registry::commit_blob`] records the blob once the host has stored it
 //!   under [`BlobMiss::key`] and storage confirmed its digest: the
 //!   repository link and the catalog entry, as the core's own fill does.
 //!
@@ -49,9 +49,9 @@ use crate::store::layout;
 use crate::wire::response::{blob_response, Response};
 use crate::wire::{self, Route};
 
-/// What [`Registry::handle_edge`] made of a request.
+/// What [`crate::Registry::handle_edge`] made of a request.
 pub enum Edge<B, F, H> {
-    /// The answer, as [`Registry::handle`] gives it.
+    /// The answer, as [`crate::Registry::handle`] gives it.
     Response(Response<B>),
     /// A mirrored blob that is not stored: the host fetches and stores it.
     BlobMiss(BlobMiss<F, H>),
@@ -70,7 +70,7 @@ pub struct BlobMiss<F, H> {
 }
 
 impl<F, H> BlobMiss<F, H> {
-    /// Where the verified bytes go (and what [`Registry::commit_blob`]
+    /// Where the verified bytes go (and what [`crate::Registry::commit_blob`]
     /// expects to find).
     pub fn key(&self) -> String {
         layout::blob(&self.digest)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode, Uri};
 
+use crate::config::UpstreamConfig;
 use crate::config::DOWN_WINDOW_MS;
 use crate::io::body::{self, CollectError};
 use crate::io::fetch::{Fetch, FetchError};
@@ -16,75 +17,6 @@ use crate::io::host::Host;
 use crate::metrics::{self, Metrics};
 use crate::model::manifest::ALL_MEDIA_TYPES;
 use crate::model::reference::RepositoryName;
-
-/// One configured upstream registry.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct UpstreamConfig {
-    /// The registry's name as clients write it: `docker.io`, `ghcr.io`. It
-    /// is matched against `?ns=` and the first path component.
-    pub name: String,
-    /// Base URL, e.g. `https://registry-1.docker.io`.
-    pub url: String,
-    /// The user for the upstream's basic or token auth; `None` pulls
-    /// anonymously.
-    pub username: Option<String>,
-    /// The password (or access token) that goes with `username`.
-    pub password: Option<String>,
-    /// How long a tag is trusted before it is revalidated upstream.
-    pub tag_ttl_ms: u64,
-    /// How old cached content may be when served because the upstream
-    /// fails.
-    pub max_stale_ms: u64,
-    /// Token realm hosts (`auth.example.com`, or `host:port`) trusted with
-    /// this upstream's credentials besides the upstream's own host and
-    /// registrable domain. See [`realm_trust`].
-    pub token_realms: Vec<String>,
-    /// How long an upstream 404 for a manifest or blob is remembered (and
-    /// answered without asking again); 0 turns it off.
-    pub not_found_ttl_ms: u64,
-}
-
-impl UpstreamConfig {
-    /// The upstream `name` at `url`, anonymous, with the shared defaults of
-    /// [`crate::config`].
-    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
-        use crate::config::*;
-        UpstreamConfig {
-            name: name.into(),
-            url: url.into(),
-            username: None,
-            password: None,
-            tag_ttl_ms: DEFAULT_TAG_TTL_SECS * 1000,
-            max_stale_ms: DEFAULT_MAX_STALE_SECS * 1000,
-            token_realms: Vec::new(),
-            not_found_ttl_ms: DEFAULT_NOT_FOUND_TTL_SECS * 1000,
-        }
-    }
-
-    /// The public registries of [`crate::config::PUBLIC_REGISTRIES`], each
-    /// with the shared defaults.
-    pub fn public() -> Vec<Self> {
-        crate::config::PUBLIC_REGISTRIES
-            .iter()
-            .map(|r| Self::new(r.name, r.url))
-            .collect()
-    }
-
-    /// Docker Hub keeps official images under `library/`.
-    pub fn is_docker_hub(&self) -> bool {
-        crate::config::is_docker_hub(&self.name)
-    }
-
-    /// The repository name to ask the upstream for.
-    pub fn upstream_name(&self, name: &str) -> String {
-        if self.is_docker_hub() && !name.contains('/') {
-            format!("library/{name}")
-        } else {
-            name.to_owned()
-        }
-    }
-}
 
 /// Why an upstream gave no usable answer, or an upstream could not be
 /// set up.

@@ -17,8 +17,8 @@ use crate::model::reference::RepositoryName;
 pub struct UploadId(String);
 
 impl UploadId {
-    /// Accept only what [`UploadId::from_random`] makes: the id comes back in
-    /// request paths and becomes part of storage keys.
+    /// Accept only what the registry makes (32 lowercase hex digits): the
+    /// id comes back in request paths and becomes part of storage keys.
     pub fn parse(s: &str) -> Option<UploadId> {
         let ok = s.len() == 32
             && s.bytes()

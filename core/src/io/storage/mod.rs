@@ -1,7 +1,7 @@
 //! The storage driver interface: a small object store.
 //!
-//! Keys are `/`-separated strings built by [`crate::store::layout`]; backends treat
-//! them as opaque. The registry layout (blobs by digest, repository links,
+//! Keys are `/`-separated strings built by the registry's storage layout
+//! (see docs/storage.md); backends treat them as opaque. The registry layout (blobs by digest, repository links,
 //! tags, upload sessions) is built above this trait, so every backend has
 //! the same semantics, checked by the conformance suite (`conformance`, with
 //! the `conformance` feature).

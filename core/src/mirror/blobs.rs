@@ -1,0 +1,157 @@
+//! Mirrored blob reads: hits from storage (under the repositories the
+//! upstream vouched for), misses joined to the fill for (repository,
+//! digest).
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use super::{mark, BlobFlight, Mirror, MirrorTarget};
+use crate::error::{ErrorCode, RegistryError};
+use crate::io::body::Body;
+use crate::io::fetch::Fetch;
+use crate::io::host::Host;
+use crate::io::storage::Storage;
+use crate::metrics::{self};
+use crate::mirror::upstream::UpstreamError;
+use crate::model::digest::Digest;
+use crate::model::upload::UploadId;
+use crate::store::layout;
+use crate::store::Result;
+use crate::wire::response::{blob_response, satisfiable_range, Response};
+use crate::wire::{self};
+
+use super::fill::{follow, Fill, FlightError};
+
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
+    pub(super) async fn mirror_blob(
+        &self,
+        t: &MirrorTarget<F, H>,
+        digest: &Digest,
+        range: Option<&str>,
+        head: bool,
+    ) -> Result<Response<S::Body>> {
+        let stored = self
+            .store
+            .storage
+            .head(&layout::blob(digest))
+            .await?
+            .is_some();
+        if stored {
+            let linked = self
+                .store
+                .storage
+                .head(&layout::layer_link(&t.local, digest))
+                .await?
+                .is_some();
+            if !linked {
+                // Stored for another repository: the bytes are verified, but
+                // only the upstream's yes lets this repository have them. A
+                // denial (Docker Hub answers 401 for repositories that do
+                // not exist) is a no; an unreachable upstream is no answer.
+                match t.upstream.blob_head(&t.remote, &digest.to_string()).await {
+                    Ok(_) => {}
+                    Err(UpstreamError::NotFound | UpstreamError::Denied(_)) => {
+                        return Err(RegistryError::new(
+                            ErrorCode::BlobUnknown,
+                            format!("blob {digest} not in {}", t.remote),
+                        ))
+                    }
+                    Err(e) => return Err(self.upstream_failure(e, ErrorCode::BlobUnknown)),
+                }
+                self.store.link_blob(&t.local, digest).await?;
+            }
+            let resp = self.store.get_blob(&t.local, digest, range, head).await?;
+            self.record_use(digest).await;
+            return Ok(mark(resp, "hit"));
+        }
+
+        if head && !self.filling(t, digest) {
+            // A cold HEAD asks the upstream with a HEAD: no download.
+            let resp = t
+                .upstream
+                .blob_head(&t.remote, &digest.to_string())
+                .await
+                .map_err(|e| self.upstream_failure(e, ErrorCode::BlobUnknown))?;
+            let len = wire::header(resp.headers(), "content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
+            return Ok(mark(resp, "miss"));
+        }
+        let flight = self.blob_flight(t, digest);
+        let size = flight.started().await.map_err(|e| match e {
+            FlightError::Upstream(e) => self.upstream_failure(e, ErrorCode::BlobUnknown),
+            FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
+        })?;
+        let (status, start, end, content_range) = match (range, size) {
+            (Some(r), Some(size)) if !head => {
+                let rg = satisfiable_range(r, size)?;
+                let cr = format!("bytes {}-{}/{size}", rg.start, rg.end - 1);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    rg.start,
+                    Some(rg.end),
+                    Some(cr),
+                )
+            }
+            _ => (StatusCode::OK, 0, size, None),
+        };
+        let body = if head {
+            Body::Empty
+        } else {
+            Body::Relay(follow(
+                flight,
+                self.store.storage.clone(),
+                layout::blob(digest),
+                start,
+                end,
+            ))
+        };
+        let len = end.map(|e| e - start);
+        let resp = blob_response(status, body, digest, len, content_range);
+        Ok(mark(resp, "miss"))
+    }
+
+    /// Whether `digest` is being filled for this repository.
+    pub(super) fn filling(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> bool {
+        self.mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(t.local.clone(), digest.clone()))
+    }
+
+    /// Join the fill of `digest`, or start it.
+    pub(super) fn blob_flight(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> Arc<BlobFlight> {
+        let mut flights = self
+            .mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (t.local.clone(), digest.clone());
+        if let Some(f) = flights.get(&key) {
+            metrics::inc(&self.store.metrics.singleflight_joins);
+            return f.clone();
+        }
+        let flight = Arc::new(BlobFlight::default());
+        flights.insert(key, flight.clone());
+        drop(flights);
+
+        let mut raw = [0u8; 16];
+        self.store.host.fill_random(&mut raw);
+        let fill = Fill {
+            storage: self.store.storage.clone(),
+            upstream: t.upstream.clone(),
+            host: self.store.host.clone(),
+            remote: t.remote.clone(),
+            local: t.local.clone(),
+            digest: digest.clone(),
+            spool: UploadId::from_random(raw),
+            flight: flight.clone(),
+            flights: self.mirrors.blob_flights.clone(),
+            metrics: self.store.metrics.clone(),
+        };
+        self.store.host.spawn(Box::pin(fill.run()));
+        flight
+    }
+}

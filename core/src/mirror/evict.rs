@@ -1,0 +1,106 @@
+//! Keeping the cache under its size, least recently used first.
+
+use super::Mirror;
+use crate::io::fetch::Fetch;
+use crate::io::host::Host;
+use crate::io::storage::Storage;
+use crate::metrics::{self};
+use crate::model::digest::Digest;
+use crate::store::layout;
+use crate::store::Result;
+
+/// What an eviction pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EvictionReport {
+    /// Bytes of evictable mirrored blobs before the pass.
+    pub cached_bytes: u64,
+    /// Blobs deleted.
+    pub evicted_blobs: usize,
+    /// Bytes those blobs held.
+    pub evicted_bytes: u64,
+}
+
+impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
+    /// Keep mirrored layer blobs under `max_size` bytes, least recently used
+    /// first: by the last GET or HEAD of the blob, the last pull of a
+    /// manifest referencing it, or its fill, whichever is latest (see
+    /// `Recency`); a blob with no recorded use counts as used when it was
+    /// written. Never evicted: anything a hosted repository links,
+    /// manifests (small, and tags point at them), blobs being filled, and
+    /// blobs used within the last `grace_ms` (they may be being served).
+    pub(crate) async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
+        let mut report = EvictionReport::default();
+        if self.mirrors.upstreams.is_empty() {
+            return Ok(report);
+        }
+        let mut mirrored = std::collections::HashSet::new();
+        let mut protected = std::collections::HashSet::new();
+        for key in self.store.storage.list("repositories/").await? {
+            let (name, digest, is_layer) = match layout::repository_key(&key) {
+                Some(layout::RepositoryKey::Layer(n, d)) => (n, d, true),
+                Some(layout::RepositoryKey::Manifest(n, d)) => (n, d, false),
+                None => continue,
+            };
+            if self.mirrors.is_mirrored_local(&name) && is_layer {
+                mirrored.insert(digest);
+            } else {
+                protected.insert(digest);
+            }
+        }
+        let in_flight: std::collections::HashSet<Digest> = self
+            .mirrors
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|(_, d)| d.clone())
+            .collect();
+        let now = self.store.host.now_unix_ms();
+        let mut candidates = Vec::new();
+        let mut stored = std::collections::HashSet::new();
+        for e in self.store.storage.list_meta("blobs/").await? {
+            let Some(digest) = layout::blob_digest(&e.key) else {
+                continue;
+            };
+            stored.insert(digest.clone());
+            if !mirrored.contains(&digest) || protected.contains(&digest) {
+                continue;
+            }
+            report.cached_bytes += e.size;
+            let used = self.last_use(&digest).await?.max(e.modified_ms);
+            candidates.push((used, e.size, e.key, digest));
+        }
+        let mut total = report.cached_bytes;
+        candidates.sort();
+        for (used, size, key, digest) in candidates {
+            if total <= max_size {
+                break;
+            }
+            if now.saturating_sub(used) < grace_ms || in_flight.contains(&digest) {
+                continue;
+            }
+            self.store.storage.delete(&key).await?;
+            stored.remove(&digest);
+            self.store.storage.delete(&layout::access(&digest)).await?;
+            self.mirrors.recency.lock_blobs().remove(&digest);
+            total -= size;
+            report.evicted_blobs += 1;
+            report.evicted_bytes += size;
+        }
+        // A crash between a blob's delete and its record's leaves the
+        // record behind; nothing else would ever remove it.
+        for key in self.store.storage.list(layout::ACCESS_PREFIX).await? {
+            match layout::access_digest(&key) {
+                Some(d) if stored.contains(&d) || in_flight.contains(&d) => {}
+                _ => self.store.storage.delete(&key).await?,
+            }
+        }
+        metrics::add(&self.store.metrics.evictions, report.evicted_blobs as u64);
+        self.store
+            .metrics
+            .cache_size_bytes
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+        Ok(report)
+    }
+}

@@ -1,0 +1,441 @@
+//! Blob fills: one upstream fetch per (repository, digest), run as its own
+//! task, spooled into the upload area and followed by every client, with
+//! nothing visible under the digest until its bytes verified.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::StreamExt;
+
+use super::{FlightKey, APPEND_CHUNK, SPOOL_CHUNK};
+use crate::io::body::{self, ByteStream};
+use crate::io::fetch::Fetch;
+use crate::io::host::Host;
+use crate::io::storage::{PutMode, Storage};
+use crate::metrics::{self, Metrics};
+use crate::mirror::upstream::{Upstream, UpstreamError};
+use crate::model::digest::{self, Digest, Hasher};
+use crate::model::reference::RepositoryName;
+use crate::model::upload::{UploadId, UploadState};
+use crate::store::layout;
+use crate::store::{error_stream, join_objects, Result};
+use crate::wire::{self};
+
+// ----- blob fills -------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub(super) enum FlightError {
+    Upstream(UpstreamError),
+    Broken(String),
+}
+
+impl std::fmt::Display for FlightError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlightError::Upstream(e) => e.fmt(f),
+            FlightError::Broken(m) => f.write_str(m),
+        }
+    }
+}
+
+pub(super) struct Spooled {
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    pub(super) key: String,
+}
+
+#[derive(Default)]
+pub(super) struct FlightState {
+    /// Upstream headers arrived.
+    pub(super) started: bool,
+    pub(super) size: Option<u64>,
+    pub(super) received: u64,
+    pub(super) spooled: Vec<Spooled>,
+    /// Received but not yet spooled, as `(offset, bytes)`.
+    pub(super) tail: Vec<(u64, Bytes)>,
+    pub(super) outcome: Option<Result<(), FlightError>>,
+    pub(super) wakers: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+pub(super) struct BlobFlight {
+    pub(super) state: Mutex<FlightState>,
+}
+
+pub(super) enum Step {
+    Done,
+    Fail(String),
+    Bytes(Bytes),
+    Spool(String, Range<u64>),
+    Stored(Range<u64>),
+    Wait(oneshot::Receiver<()>),
+}
+
+impl BlobFlight {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn update(&self, f: impl FnOnce(&mut FlightState)) {
+        let wakers = {
+            let mut s = self.lock();
+            f(&mut s);
+            std::mem::take(&mut s.wakers)
+        };
+        for w in wakers {
+            let _ = w.send(());
+        }
+    }
+
+    /// Wait for the upstream's answer: the blob size if it said, or why not.
+    pub(super) async fn started(&self) -> Result<Option<u64>, FlightError> {
+        loop {
+            let rx = {
+                let mut s = self.lock();
+                if s.started {
+                    return Ok(s.size);
+                }
+                if let Some(Err(e)) = &s.outcome {
+                    return Err(e.clone());
+                }
+                let (tx, rx) = oneshot::channel();
+                s.wakers.push(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+    }
+
+    /// Wait until the fill has an outcome.
+    pub(super) async fn settled(&self) {
+        loop {
+            let rx = {
+                let mut s = self.lock();
+                if s.outcome.is_some() {
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                s.wakers.push(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+    }
+
+    /// What a client at `pos` (reading up to `end`) can do next.
+    pub(super) fn step(&self, pos: u64, end: Option<u64>) -> Step {
+        let mut s = self.lock();
+        if let Some(Err(e)) = &s.outcome {
+            return Step::Fail(e.to_string());
+        }
+        let done = matches!(s.outcome, Some(Ok(())));
+        let end = end.or(if done { Some(s.received) } else { s.size });
+        if end.is_some_and(|e| pos >= e) {
+            return Step::Done;
+        }
+        if done {
+            return Step::Stored(pos..end.unwrap_or(s.received));
+        }
+        // The last byte waits for verification.
+        let readable = s.received.saturating_sub(1).min(end.unwrap_or(u64::MAX));
+        if pos < readable {
+            for sp in &s.spooled {
+                if pos >= sp.offset && pos < sp.offset + sp.len {
+                    let to = (sp.offset + sp.len).min(readable);
+                    return Step::Spool(sp.key.clone(), pos - sp.offset..to - sp.offset);
+                }
+            }
+            for (off, b) in &s.tail {
+                let (off, len) = (*off, b.len() as u64);
+                if pos >= off && pos < off + len {
+                    let to = (off + len).min(readable);
+                    return Step::Bytes(b.slice((pos - off) as usize..(to - off) as usize));
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        s.wakers.push(tx);
+        Step::Wait(rx)
+    }
+}
+
+/// A client's view of a fill: bytes from `start` to `end` as they arrive.
+pub(super) fn follow<S: Storage>(
+    flight: Arc<BlobFlight>,
+    storage: Arc<S>,
+    blob_key: String,
+    start: u64,
+    end: Option<u64>,
+) -> ByteStream {
+    let parts = futures::stream::unfold(Some(start), move |pos| {
+        let flight = flight.clone();
+        let storage = storage.clone();
+        let blob_key = blob_key.clone();
+        async move {
+            let mut pos = pos?;
+            loop {
+                match flight.step(pos, end) {
+                    Step::Done => return None,
+                    Step::Fail(msg) => {
+                        return Some((error_stream(std::io::Error::other(msg)), None))
+                    }
+                    Step::Bytes(b) => {
+                        pos += b.len() as u64;
+                        return Some((body::once(b), Some(pos)));
+                    }
+                    Step::Spool(key, r) => match storage.get(&key, Some(r.clone())).await {
+                        Ok(Some((_, body))) => {
+                            pos += r.end - r.start;
+                            return Some((S::body_stream(body), Some(pos)));
+                        }
+                        // Spooled chunks go away once the blob is stored:
+                        // wait for the flight to say so, then read that.
+                        _ => flight.settled().await,
+                    },
+                    Step::Stored(r) => {
+                        return match storage.get(&blob_key, Some(r)).await {
+                            Ok(Some((_, body))) => Some((S::body_stream(body), None)),
+                            Ok(None) => Some((
+                                error_stream(std::io::Error::other("cached blob vanished")),
+                                None,
+                            )),
+                            Err(e) => {
+                                Some((error_stream(std::io::Error::other(e.to_string())), None))
+                            }
+                        };
+                    }
+                    Step::Wait(rx) => {
+                        let _ = rx.await;
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(parts.flatten())
+}
+
+/// The task that fills one blob from upstream.
+pub(super) struct Fill<S, F, H> {
+    pub(super) storage: Arc<S>,
+    pub(super) upstream: Arc<Upstream<F, H>>,
+    pub(super) host: Arc<H>,
+    pub(super) remote: RepositoryName,
+    pub(super) local: RepositoryName,
+    pub(super) digest: Digest,
+    pub(super) spool: UploadId,
+    pub(super) flight: Arc<BlobFlight>,
+    pub(super) flights: Arc<Mutex<HashMap<FlightKey, Arc<BlobFlight>>>>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
+    pub(super) async fn run(self) {
+        let outcome = self.fill().await;
+        if outcome.is_err() {
+            metrics::inc(&self.metrics.fills_failed);
+        }
+        // Out of the map first: a request arriving from now on finds the
+        // blob stored, or (after a failure) starts a fresh fill.
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(self.local.clone(), self.digest.clone()));
+        self.flight.update(|s| s.outcome = Some(outcome));
+        // Clients still reading spooled chunks fall back to the stored blob.
+        if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
+            for k in keys {
+                let _ = self.storage.delete(&k).await;
+            }
+        }
+    }
+
+    pub(super) async fn fill(&self) -> Result<(), FlightError> {
+        let resp = self
+            .upstream
+            .blob(&self.remote, &self.digest.to_string(), None)
+            .await
+            .map_err(FlightError::Upstream)?;
+        let size = wire::header(resp.headers(), "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let broken = |m: String| {
+            FlightError::Broken(format!(
+                "upstream {} blob {}: {m}",
+                self.upstream.config.name, self.digest
+            ))
+        };
+        let store =
+            |e: crate::io::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
+        // A state object marks the spool as a live session for the janitor.
+        let mut state = UploadState::new(&self.local, self.host.now_unix_ms());
+        state.fill = true;
+        self.storage
+            .put(
+                &layout::upload_state(&self.spool),
+                state.encode(),
+                PutMode::Overwrite,
+            )
+            .await
+            .map_err(store)?;
+        self.flight.update(|s| {
+            s.started = true;
+            s.size = size;
+        });
+
+        let unit = if self.storage.can_append() {
+            APPEND_CHUNK
+        } else {
+            SPOOL_CHUNK
+        };
+        let mut body = F::body_stream(resp.into_body());
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let mut received = 0u64;
+        let mut unspooled = 0usize;
+        let mut chunks = 0usize;
+        loop {
+            let item = body.next().await;
+            let last = item.is_none();
+            if let Some(item) = item {
+                let chunk =
+                    item.map_err(|e| broken(format!("body failed after {received} bytes: {e}")))?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                hasher.update(&chunk);
+                metrics::add(&self.metrics.bytes_from_upstream, chunk.len() as u64);
+                let offset = received;
+                received += chunk.len() as u64;
+                unspooled += chunk.len();
+                if size.is_some_and(|s| received > s) {
+                    return Err(broken(format!(
+                        "more than the announced {} bytes",
+                        size.unwrap_or(0)
+                    )));
+                }
+                self.flight.update(|s| {
+                    s.received = received;
+                    s.tail.push((offset, chunk));
+                });
+            }
+            if unspooled >= unit || (last && unspooled > 0) {
+                self.spool_tail(chunks).await.map_err(store)?;
+                chunks += 1;
+                unspooled = 0;
+            }
+            if last {
+                break;
+            }
+        }
+        if let Some(s) = size {
+            if received != s {
+                return Err(broken(format!("truncated: {received} of {s} bytes")));
+            }
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(broken(format!("content has digest {actual}")));
+        }
+        self.commit(received).await.map_err(store)?;
+        Ok(())
+    }
+
+    /// Write the unspooled tail: appended to the one spool object where the
+    /// backend can, else as one chunk object.
+    pub(super) async fn spool_tail(
+        &self,
+        index: usize,
+    ) -> Result<(), crate::io::storage::StorageError> {
+        let (offset, parts) = {
+            let s = self.flight.lock();
+            let offset = s.tail.first().map(|(o, _)| *o).unwrap_or(s.received);
+            let parts: Vec<Bytes> = s.tail.iter().map(|(_, b)| b.clone()).collect();
+            (offset, parts)
+        };
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if self.storage.can_append() {
+            let key = layout::upload_data(&self.spool);
+            self.storage.append(&key, offset, parts).await?;
+            self.flight.update(|s| {
+                match s.spooled.first_mut() {
+                    Some(sp) => sp.len += len,
+                    None => s.spooled.push(Spooled { offset, len, key }),
+                }
+                s.tail.clear();
+            });
+            return Ok(());
+        }
+        let mut data = BytesMut::with_capacity(len as usize);
+        for p in &parts {
+            data.extend_from_slice(p);
+        }
+        let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
+        self.storage
+            .put(&key, data.freeze(), PutMode::Overwrite)
+            .await?;
+        self.flight.update(|s| {
+            s.spooled.push(Spooled { offset, len, key });
+            s.tail.clear();
+        });
+        Ok(())
+    }
+
+    /// Move the verified spool into place and link it.
+    pub(super) async fn commit(&self, size: u64) -> Result<(), crate::io::storage::StorageError> {
+        let blob = layout::blob(&self.digest);
+        let keys: Vec<String> = self
+            .flight
+            .lock()
+            .spooled
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
+        match keys.as_slice() {
+            [] => {
+                self.storage
+                    .put(&blob, Bytes::new(), PutMode::Overwrite)
+                    .await?
+            }
+            [only] => {
+                // One chunk, or the appended spool. Clients may be reading
+                // it; renaming keeps open files readable on disk, and S3
+                // copies before deleting.
+                self.storage.rename(only, &blob).await?;
+            }
+            many => {
+                let joined = join_objects(self.storage.clone(), many.to_vec());
+                self.storage
+                    .put_stream(
+                        &blob,
+                        digest::verify(joined, self.digest.clone(), Some(size)),
+                    )
+                    .await?;
+            }
+        }
+        self.storage
+            .put(
+                &layout::layer_link(&self.local, &self.digest),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        self.storage
+            .put(
+                &layout::catalog_entry(&self.local),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        // The fill is the blob's first use (the registry's in-memory
+        // recency learns it from its first read of this record).
+        self.storage
+            .put(
+                &layout::access(&self.digest),
+                Bytes::from(self.host.now_unix_ms().to_string()),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -39,7 +39,7 @@ pub use error::{ErrorCode, RegistryError};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
 pub use metrics::Metrics;
-pub use mirror::edge::{BlobMiss, Edge};
+pub use mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, FillLease};
 pub use mirror::upstream::UpstreamError;
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};

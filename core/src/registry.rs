@@ -16,7 +16,7 @@ use crate::io::fetch::{Fetch, NoFetch};
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
-use crate::mirror::edge::{BlobMiss, Edge};
+use crate::mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower};
 use crate::mirror::upstream::UpstreamError;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
@@ -329,6 +329,23 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// followers there.
     pub fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
         self.mirror().flight_key(parts)
+    }
+
+    /// Take part in the single flight for a miss the host will fill: the
+    /// first request for a (repository, digest) gets the [`FillLease`] and
+    /// fills; the others get a [`FillFollower`] for
+    /// [`Registry::follow_fill`]. The core's own fills share the same
+    /// bookkeeping, so a blob is never filled twice at once in a process.
+    pub fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<H> {
+        self.mirror().claim_fill(miss)
+    }
+
+    /// Wait for the fill another request leads. `Ok`: look again (the blob
+    /// is stored now, or its filler went away and this request may lead a
+    /// fresh fill); `Err`: the fill failed, answer with it. Waits with
+    /// [`Host::sleep`], never by being woken from another request.
+    pub async fn follow_fill(&self, follower: FillFollower) -> Result<(), RegistryError> {
+        self.mirror().follow_fill(follower).await
     }
 
     /// Ask the upstream for a missing blob (`HEAD` for a `HEAD` miss). The

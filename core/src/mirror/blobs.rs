@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use super::{mark, BlobFlight, Mirror, MirrorTarget};
+use super::{mark, Mirror, MirrorTarget};
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::Body;
 use crate::io::fetch::Fetch;
@@ -21,7 +21,7 @@ use crate::store::Result;
 use crate::wire::response::{blob_response, satisfiable_range, Response};
 use crate::wire::{self};
 
-use super::fill::{follow, Fill, FlightError};
+use super::fill::{follow, BlobFlight, Claim, Fill, FlightError};
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     pub(super) async fn mirror_blob(
@@ -115,28 +115,20 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// Whether `digest` is being filled for this repository.
     pub(super) fn filling(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> bool {
         self.mirrors
-            .blob_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(t.local.clone(), digest.clone()))
+            .fills
+            .is_filling(&(t.local.clone(), digest.clone()))
     }
 
     /// Join the fill of `digest`, or start it.
     pub(super) fn blob_flight(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> Arc<BlobFlight> {
-        let mut flights = self
-            .mirrors
-            .blob_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         let key = (t.local.clone(), digest.clone());
-        if let Some(f) = flights.get(&key) {
-            metrics::inc(&self.store.metrics.singleflight_joins);
-            return f.clone();
-        }
-        let flight = Arc::new(BlobFlight::default());
-        flights.insert(key, flight.clone());
-        drop(flights);
-
+        let flight = match self.mirrors.fills.claim(key, self.store.host.now_unix_ms()) {
+            Claim::Follow(f) => {
+                metrics::inc(&self.store.metrics.singleflight_joins);
+                return f;
+            }
+            Claim::Lead(f) => f,
+        };
         let mut raw = [0u8; 16];
         self.store.host.fill_random(&mut raw);
         let fill = Fill {
@@ -148,7 +140,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             digest: digest.clone(),
             spool: UploadId::from_random(raw),
             flight: flight.clone(),
-            flights: self.mirrors.blob_flights.clone(),
+            fills: self.mirrors.fills.clone(),
             metrics: self.store.metrics.clone(),
         };
         self.store.host.spawn(Box::pin(fill.run()));

@@ -31,6 +31,9 @@
 //! [`Registry::flight_key`], so the core's own single flight never has
 //! followers there.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use http::header::HeaderValue;
 use http::{HeaderName, Method, Request, StatusCode};
 
@@ -39,15 +42,17 @@ use crate::io::body::{Body, ByteStream};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::mirror::upstream::UpstreamError;
 use crate::mirror::Mirror;
 use crate::mirror::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 use crate::model::digest::Digest;
-use crate::model::reference::Reference;
+use crate::model::reference::{Reference, RepositoryName};
 use crate::store::layout;
 use crate::wire::response::{blob_response, Response};
 use crate::wire::{self, Route};
+
+use super::fill::{BlobFlight, Claim, Fills, FlightError};
 
 /// What [`crate::Registry::handle_edge`] made of a request.
 pub enum Edge<B, F, H> {
@@ -76,6 +81,77 @@ impl<F, H> BlobMiss<F, H> {
         layout::blob(&self.digest)
     }
 }
+
+/// A host that stores a miss itself takes part in the core's single flight
+/// through [`crate::Registry::claim_fill`]: one request per (repository,
+/// digest) fills, the others wait for it and look again.
+pub enum FillClaim<H: Host> {
+    /// Nobody is filling the blob: this request fills it and settles the
+    /// lease (dropping the lease unsettled fails the fill).
+    Lead(FillLease<H>),
+    /// Another request is filling it: wait with
+    /// [`crate::Registry::follow_fill`], then look again.
+    Follow(FillFollower),
+}
+
+/// The right, and the duty, to fill one blob.
+pub struct FillLease<H: Host> {
+    fills: Arc<Fills>,
+    key: (RepositoryName, Digest),
+    flight: Arc<BlobFlight>,
+    host: Arc<H>,
+    metrics: Arc<Metrics>,
+    settled: AtomicBool,
+}
+
+impl<H: Host> FillLease<H> {
+    /// Bytes moved: followers tell a slow fill from an abandoned one by
+    /// when this was last called.
+    pub fn progress(&self) {
+        self.flight.moved(self.host.now_unix_ms());
+    }
+
+    /// The fill is over: `Ok` once the blob is stored and committed
+    /// ([`crate::Registry::commit_blob`]), else why not. Followers learn it;
+    /// later requests find the blob, or start a fresh fill. Only the first
+    /// call counts.
+    pub fn settle(&self, outcome: Result<(), String>) {
+        if self.settled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = &outcome {
+            metrics::inc(&self.metrics.fills_failed);
+            self.host.warn(&format!(
+                "fill of {} for {} failed: {e}",
+                self.key.1, self.key.0
+            ));
+        }
+        self.fills.settle(
+            &self.key,
+            &self.flight,
+            outcome.map_err(FlightError::Broken),
+        );
+    }
+}
+
+impl<H: Host> Drop for FillLease<H> {
+    fn drop(&mut self) {
+        // The request that held it went away (its client left before the
+        // fill was handed to a task that outlives it).
+        self.settle(Err("the filling request went away".into()));
+    }
+}
+
+/// A wait for another request's fill.
+pub struct FillFollower {
+    fills: Arc<Fills>,
+    key: (RepositoryName, Digest),
+    flight: Arc<BlobFlight>,
+}
+
+/// How long a fill may move no bytes before its followers take it as
+/// abandoned (its filler was killed) and one of them starts afresh.
+pub(crate) const STALLED_FILL_MS: u64 = 60_000;
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// A hit or a miss for a read of a mirrored blob; `None` for everything
@@ -202,6 +278,58 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .await?;
         self.record_use(&miss.digest).await;
         Ok(())
+    }
+
+    pub(crate) fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<H> {
+        let key = (miss.target.local.clone(), miss.digest.clone());
+        let fills = &self.mirrors.fills;
+        match fills.claim(key.clone(), self.store.host.now_unix_ms()) {
+            Claim::Lead(flight) => FillClaim::Lead(FillLease {
+                fills: fills.clone(),
+                key,
+                flight,
+                host: self.store.host.clone(),
+                metrics: self.store.metrics.clone(),
+                settled: AtomicBool::new(false),
+            }),
+            Claim::Follow(flight) => {
+                metrics::inc(&self.store.metrics.singleflight_joins);
+                FillClaim::Follow(FillFollower {
+                    fills: fills.clone(),
+                    key,
+                    flight,
+                })
+            }
+        }
+    }
+
+    /// Wait for the fill with the host's timer, polling: a request must not
+    /// be woken from another request's context (a Worker forbids it).
+    pub(crate) async fn follow_fill(&self, f: FillFollower) -> Result<(), RegistryError> {
+        let mut pause = 20;
+        loop {
+            match f.flight.outcome() {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => {
+                    return Err(RegistryError::new(
+                        ErrorCode::Unavailable,
+                        format!("upstream fill failed: {e}"),
+                    ))
+                }
+                None => {}
+            }
+            let now = self.store.host.now_unix_ms();
+            if now.saturating_sub(f.flight.moved_ms()) > STALLED_FILL_MS {
+                f.fills.settle(
+                    &f.key,
+                    &f.flight,
+                    Err(FlightError::Broken("the filling request went away".into())),
+                );
+                return Ok(());
+            }
+            self.store.host.sleep(pause).await;
+            pause = (pause * 3 / 2).min(1000);
+        }
     }
 }
 

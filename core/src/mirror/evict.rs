@@ -5,7 +5,6 @@ use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::{self};
-use crate::model::digest::Digest;
 use crate::store::layout;
 use crate::store::Result;
 
@@ -48,14 +47,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 protected.insert(digest);
             }
         }
-        let in_flight: std::collections::HashSet<Digest> = self
-            .mirrors
-            .blob_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .map(|(_, d)| d.clone())
-            .collect();
+        let in_flight = self.mirrors.fills.digests();
         let now = self.store.host.now_unix_ms();
         let mut candidates = Vec::new();
         let mut stored = std::collections::HashSet::new();

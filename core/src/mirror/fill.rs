@@ -24,10 +24,80 @@ use crate::store::layout;
 use crate::store::{error_stream, join_objects, Result};
 use crate::wire::{self};
 
+/// Who fills which blob: one fill per repository (as stored) and digest,
+/// whether the core moves the bytes (`Fill`) or the host does (the edge's
+/// `FillLease`). A fill started for one repository is never followed by a
+/// request for another, which the upstream may not let have the blob.
+///
+/// In memory, for one process. This is the seam where a lease held in
+/// storage goes when several processes share one cache.
+#[derive(Default)]
+pub(crate) struct Fills {
+    flights: Mutex<HashMap<FlightKey, Arc<BlobFlight>>>,
+}
+
+/// What [`Fills::claim`] decided for a request.
+pub(crate) enum Claim {
+    /// Nobody was filling the blob: the caller fills it, then settles.
+    Lead(Arc<BlobFlight>),
+    /// Another request is filling it.
+    Follow(Arc<BlobFlight>),
+}
+
+impl Fills {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<BlobFlight>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Join the fill of `key`, or start one (stamped `now_ms`).
+    pub(crate) fn claim(&self, key: FlightKey, now_ms: u64) -> Claim {
+        let mut flights = self.lock();
+        if let Some(f) = flights.get(&key) {
+            return Claim::Follow(f.clone());
+        }
+        let flight = Arc::new(BlobFlight::default());
+        flight.moved(now_ms);
+        flights.insert(key, flight.clone());
+        Claim::Lead(flight)
+    }
+
+    pub(crate) fn is_filling(&self, key: &FlightKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    /// Digests being filled, for any repository.
+    pub(crate) fn digests(&self) -> std::collections::HashSet<Digest> {
+        self.lock().keys().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// The fill is over: requests from now on find the blob stored, or
+    /// (after a failure) start a fresh fill. A newer fill under the same
+    /// key stays.
+    pub(crate) fn release(&self, key: &FlightKey, flight: &Arc<BlobFlight>) {
+        let mut flights = self.lock();
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(key);
+        }
+    }
+
+    /// Release `flight` and tell its followers how it ended.
+    pub(crate) fn settle(
+        &self,
+        key: &FlightKey,
+        flight: &Arc<BlobFlight>,
+        outcome: Result<(), FlightError>,
+    ) {
+        // Out of the map first: a request arriving from now on finds the
+        // blob stored, or (after a failure) starts a fresh fill.
+        self.release(key, flight);
+        flight.update(|s| s.outcome = Some(outcome));
+    }
+}
+
 // ----- blob fills -------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-pub(super) enum FlightError {
+pub(crate) enum FlightError {
     Upstream(UpstreamError),
     Broken(String),
 }
@@ -61,8 +131,11 @@ pub(super) struct FlightState {
 }
 
 #[derive(Default)]
-pub(super) struct BlobFlight {
+pub(crate) struct BlobFlight {
     pub(super) state: Mutex<FlightState>,
+    /// When bytes last moved (host clock, ms): how a follower of a fill it
+    /// cannot see tells a slow one from one whose filler went away.
+    moved_ms: std::sync::atomic::AtomicU64,
 }
 
 pub(super) enum Step {
@@ -75,6 +148,20 @@ pub(super) enum Step {
 }
 
 impl BlobFlight {
+    pub(crate) fn moved(&self, now_ms: u64) {
+        self.moved_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn moved_ms(&self) -> u64 {
+        self.moved_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the fill ended, once it has.
+    pub(crate) fn outcome(&self) -> Option<Result<(), FlightError>> {
+        self.lock().outcome.clone()
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -227,7 +314,7 @@ pub(super) struct Fill<S, F, H> {
     pub(super) digest: Digest,
     pub(super) spool: UploadId,
     pub(super) flight: Arc<BlobFlight>,
-    pub(super) flights: Arc<Mutex<HashMap<FlightKey, Arc<BlobFlight>>>>,
+    pub(super) fills: Arc<Fills>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -237,13 +324,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         if outcome.is_err() {
             metrics::inc(&self.metrics.fills_failed);
         }
-        // Out of the map first: a request arriving from now on finds the
-        // blob stored, or (after a failure) starts a fresh fill.
-        self.flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(self.local.clone(), self.digest.clone()));
-        self.flight.update(|s| s.outcome = Some(outcome));
+        let key = (self.local.clone(), self.digest.clone());
+        self.fills.settle(&key, &self.flight, outcome);
         // Clients still reading spooled chunks fall back to the stored blob.
         if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
             for k in keys {

@@ -30,7 +30,7 @@ mod tags;
 pub(crate) mod upstream;
 
 pub use evict::EvictionReport;
-use fill::BlobFlight;
+use fill::Fills;
 use manifests::Flights;
 use missing::MissingKey;
 use recency::Recency;
@@ -84,10 +84,8 @@ pub(crate) struct Mirrors<F, H> {
     /// Recent upstream 404s and until when they stand (host clock).
     missing: Mutex<HashMap<MissingKey, u64>>,
     manifest_flights: Flights,
-    /// Fills by the repository (as stored) they fill for and the digest:
-    /// a fill started for one repository is never followed by a request for
-    /// another, which the upstream may not let have the blob.
-    blob_flights: Arc<Mutex<HashMap<FlightKey, Arc<BlobFlight>>>>,
+    /// Who fills which blob, for the core's own fills and the host's alike.
+    fills: Arc<Fills>,
 }
 
 type FlightKey = (RepositoryName, Digest);
@@ -110,7 +108,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             recency: Recency::default(),
             missing: Mutex::default(),
             manifest_flights: Flights::default(),
-            blob_flights: Arc::default(),
+            fills: Arc::default(),
         }
     }
 
@@ -163,7 +161,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             recency: Recency::default(),
             missing: Mutex::default(),
             manifest_flights: Flights::default(),
-            blob_flights: Arc::default(),
+            fills: Arc::default(),
         })
     }
 

@@ -7,10 +7,12 @@
 //! context: a request woken from another request's context would do its I/O
 //! there (and its response body would belong to the wrong request). So no
 //! request here ever waits on another one's wakeup:
-//! - blob fills: the first request for a missing blob leads the fill; later
-//!   ones poll (their own timers) until it has settled, then answer from R2
-//!   like any hit. They do not get bytes while the fill runs: a branch of
-//!   the leader's stream cannot cross into their context.
+//! - blob fills: the core's single flight (`Registry::claim_fill`) picks
+//!   the request that fills a missing blob; later ones wait with
+//!   `Registry::follow_fill`, which polls on the host's timer, until it has
+//!   settled, then answer from R2 like any hit. They do not get bytes while
+//!   the fill runs: a branch of the leader's stream cannot cross into their
+//!   context.
 //! - manifests: requests with the same core flight key take turns (a gate
 //!   polled the same way), so the core's own single flight never has
 //!   followers; the second one finds the manifest stored.
@@ -19,15 +21,15 @@
 //! fill the same blob at once, each put verified, the second overwriting the
 //! first with the same bytes.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
 use http::StatusCode;
 use kura_core::{error_response, Response};
-use kura_core::{BlobMiss, Edge};
-use kura_core::{Body, Digest, ErrorCode, Registry, RegistryConfig, RegistryError, RepositoryName};
+use kura_core::{BlobMiss, Edge, FillClaim, FillLease};
+use kura_core::{Body, ErrorCode, Registry, RegistryConfig, RegistryError};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{event, Context, Delay, Env};
 
@@ -41,9 +43,6 @@ use crate::split::{self, Progress, Sink};
 
 /// The R2 bucket binding's name in wrangler.toml.
 const BUCKET_BINDING: &str = "BUCKET";
-/// A fill that has not moved for this long is taken as dead (its Worker
-/// invocation ended), and a waiting request starts its own.
-const STALLED_FILL_MS: u64 = 60_000;
 /// How long a manifest request waits for another with the same key before
 /// going ahead anyway.
 const GATE_PATIENCE_MS: u64 = 30_000;
@@ -58,7 +57,6 @@ struct App {
 
 thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
-    static FILLS: RefCell<HashMap<FillKey, Rc<Fill>>> = RefCell::new(HashMap::new());
     static GATES: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
@@ -208,48 +206,11 @@ enum Missed {
     Again,
 }
 
-/// Fills by the repository (as stored) they fill for and the digest: a
-/// fill started for one repository is never followed by a request for
-/// another, which the upstream may not let have the blob.
-type FillKey = (RepositoryName, Digest);
-
-/// One fill in this isolate.
-struct Fill {
-    key: FillKey,
-    outcome: RefCell<Option<Result<(), String>>>,
-    /// When bytes last moved (ms; the runtime's clock advances with I/O).
-    moved_ms: Cell<u64>,
-}
-
-impl Progress for Fill {
+/// Bytes moved: the core's followers judge the fill alive by it.
+impl Progress for FillLease<WorkerHost> {
     fn advanced(&self, _bytes: u64) {
-        self.moved_ms.set(now_ms());
+        self.progress();
     }
-}
-
-impl Fill {
-    /// Record the outcome and leave the map: later requests find the blob
-    /// stored, or (after a failure) lead a fresh fill.
-    fn settle(self: &Rc<Self>, outcome: Result<(), String>) {
-        if let Err(e) = &outcome {
-            worker::console_warn!(
-                "kura: fill of {} for {} failed: {e}",
-                self.key.1,
-                self.key.0
-            );
-        }
-        *self.outcome.borrow_mut() = Some(outcome);
-        FILLS.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.get(&self.key).is_some_and(|x| Rc::ptr_eq(x, self)) {
-                f.remove(&self.key);
-            }
-        });
-    }
-}
-
-fn now_ms() -> u64 {
-    js_sys::Date::now() as u64
 }
 
 /// The first request for a blob leads the fill; the others wait for it.
@@ -268,68 +229,26 @@ async fn blob_miss(
             Err(e) => to_web(error_response(&e)),
         });
     }
-    let key: FillKey = (miss.target.local.clone(), miss.digest.clone());
-    let existing = FILLS.with(|f| f.borrow().get(&key).cloned());
-    if let Some(fill) = existing {
-        return follow(fill).await;
-    }
-    let fill = Rc::new(Fill {
-        key: key.clone(),
-        outcome: RefCell::new(None),
-        moved_ms: Cell::new(now_ms()),
-    });
-    FILLS.with(|f| f.borrow_mut().insert(key, fill.clone()));
-    lead(app, miss, fill, ctx).await
-}
-
-/// Wait (own timers, no cross-request wakeups) for another request's fill.
-async fn follow(fill: Rc<Fill>) -> Missed {
-    let mut pause = 20;
-    loop {
-        if let Some(outcome) = fill.outcome.borrow().as_ref() {
-            return match outcome {
-                Ok(()) => Missed::Again,
-                Err(e) => Missed::Answer(to_web(error_response(&RegistryError::new(
-                    ErrorCode::Unavailable,
-                    format!("upstream fill failed: {e}"),
-                )))),
-            };
-        }
-        if now_ms().saturating_sub(fill.moved_ms.get()) > STALLED_FILL_MS {
-            fill.settle(Err("the filling request went away".into()));
-            return Missed::Again;
-        }
-        Delay::from(Duration::from_millis(pause)).await;
-        pause = (pause * 3 / 2).min(1000);
-    }
-}
-
-/// Settles a fill whose leading request was dropped (its client went away)
-/// before the fill was handed to `waitUntil`, so waiting requests need not
-/// wait for the stall timeout.
-struct Leading(Option<Rc<Fill>>);
-
-impl Drop for Leading {
-    fn drop(&mut self) {
-        if let Some(fill) = self.0.take() {
-            if fill.outcome.borrow().is_none() {
-                fill.settle(Err("the filling request went away".into()));
-            }
-        }
+    match app.registry.claim_fill(&miss) {
+        FillClaim::Lead(lease) => lead(app, miss, Rc::new(lease), ctx).await,
+        // Waits on its own timer: no wakeups across requests.
+        FillClaim::Follow(f) => match app.registry.follow_fill(f).await {
+            Ok(()) => Missed::Again,
+            Err(e) => Missed::Answer(to_web(error_response(&e))),
+        },
     }
 }
 
 async fn lead(
     app: &Rc<App>,
     miss: BlobMiss<WorkerFetch, WorkerHost>,
-    fill: Rc<Fill>,
+    lease: Rc<FillLease<WorkerHost>>,
     ctx: &Context,
 ) -> Missed {
-    let mut leading = Leading(Some(fill.clone()));
     let up = match app.registry.fetch_blob(&miss).await {
         Ok(up) => up,
         Err(e) => {
-            fill.settle(Err(e.message.clone()));
+            lease.settle(Err(e.message.clone()));
             return Missed::Answer(to_web(error_response(&e)));
         }
     };
@@ -337,7 +256,7 @@ async fn lead(
     let body = up.into_body().take();
     let (Some(size), Some(body_source)) = (size, body.clone()) else {
         // R2 needs the length up front: pass it through, uncached.
-        fill.settle(Err("upstream sent no Content-Length; not cached".into()));
+        lease.settle(Err("upstream sent no Content-Length; not cached".into()));
         let body = Body::Stream(JsBody::new(body));
         return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, size, body)));
     };
@@ -354,7 +273,7 @@ async fn lead(
         Ok(s) => s,
         Err(e) => {
             // R2 is unhappy: still serve the client.
-            fill.settle(Err(format!("R2: {e}")));
+            lease.settle(Err(format!("R2: {e}")));
             let body = Body::Stream(JsBody::new(Some(body_source)));
             return Missed::Answer(to_web(app.registry.blob_miss_response(
                 &miss,
@@ -363,7 +282,7 @@ async fn lead(
             )));
         }
     };
-    let progress: Rc<dyn Progress> = fill.clone();
+    let progress: Rc<dyn Progress> = lease.clone();
     if miss.range.is_some() {
         // A range of a blob not stored yet: store it whole first, then
         // answer the range from R2.
@@ -373,7 +292,7 @@ async fn lead(
             Err(e) => Err(e),
         };
         let ok = r.is_ok();
-        fill.settle(r);
+        lease.settle(r);
         return if ok {
             Missed::Again
         } else {
@@ -386,7 +305,7 @@ async fn lead(
     let (readable, writer) = match split::client_stream(size) {
         Ok(c) => c,
         Err(e) => {
-            fill.settle(Err(e.clone()));
+            lease.settle(Err(e.clone()));
             sink.abort(&JsValue::from_str(&e));
             drop(JsBody::new(Some(body_source)));
             return Missed::Answer(to_web(error_response(&RegistryError::internal(e))));
@@ -395,15 +314,15 @@ async fn lead(
     let body = Body::Stream(JsBody::new(Some(readable)));
     let answer = to_web(app.registry.blob_miss_response(&miss, Some(size), body));
     let app = app.clone();
-    // From here the fill settles itself, whatever happens to this request.
-    leading.0 = None;
+    // From here the fill settles itself, whatever happens to this request
+    // (if the runtime drops it unfinished, the lease's drop fails it).
     ctx.wait_until(async move {
         let r = split::pump(body_source, size, Some(writer), sink, progress).await;
         let r = match r {
             Ok(()) => commit(&app, &miss).await,
             Err(e) => Err(e),
         };
-        fill.settle(r);
+        lease.settle(r);
     });
     Missed::Answer(answer)
 }
@@ -419,6 +338,10 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
 }
 
 // ----- manifest turns ------------------------------------------------------------

@@ -1,9 +1,11 @@
 //! OCI error codes and the error type every registry operation returns.
 
+use std::sync::Arc;
+
 use http::StatusCode;
 
 use crate::io::storage::StorageError;
-use crate::model::digest::DigestError;
+use crate::model::digest::{DigestError, DigestMismatch, SizeMismatch};
 use crate::model::reference::{NameError, ReferenceError, TagError};
 
 /// The error codes of the distribution spec, each with its HTTP status.
@@ -196,5 +198,196 @@ impl From<ReferenceError> for RegistryError {
 impl From<StorageError> for RegistryError {
     fn from(e: StorageError) -> Self {
         RegistryError::new(ErrorCode::Internal, format!("storage: {e}"))
+    }
+}
+
+/// `e` and every error behind it, `: `-separated: what an operator's log
+/// wants (a client never sees this).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // Some errors repeat their source's words in their own.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+/// The error behind another, kept for the operator (`{:#}` and
+/// [`std::error::Error::source`] show the chain). Shared, so errors that
+/// several waiters receive stay cheap to clone.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream gave no usable answer, or an upstream could not be
+/// set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The upstream answered 404.
+    #[error("not found upstream")]
+    NotFound,
+    /// The upstream refused access (401 or 403, the status given).
+    #[error("upstream denied access ({0})")]
+    Denied(u16),
+    /// The upstream is down, overloaded or unreachable (after retries).
+    #[error("upstream unavailable: {reason}")]
+    Unavailable {
+        /// What happened, for the operator's log.
+        reason: String,
+        /// The client's or the body's error, when there was one.
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// Any other unexpected status.
+    #[error("upstream answered {0}")]
+    Status(u16),
+    /// The upstream's answer (a token response, an auth challenge, a
+    /// redirect) made no sense, or its configuration is invalid.
+    #[error("upstream sent an invalid response: {0}")]
+    Invalid(String),
+    /// The upstream asked for a pause (`429` with `Retry-After`); nothing is
+    /// sent to it until `retry_after_ms` from now.
+    #[error("upstream asked to wait {retry_after_ms} ms")]
+    Throttled {
+        /// What is left of the pause, in ms from now.
+        retry_after_ms: u64,
+    },
+}
+
+impl UpstreamError {
+    /// [`UpstreamError::Unavailable`] for `reason`, with no error behind it.
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        UpstreamError::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// [`UpstreamError::Unavailable`] caused by `source`.
+    pub(crate) fn unavailable_from(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        UpstreamError::Unavailable {
+            reason: reason.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Whether cached content may be served instead (stale-if-error).
+    pub fn allows_stale(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unavailable { .. }
+                | UpstreamError::Status(_)
+                | UpstreamError::Denied(_)
+                | UpstreamError::Throttled { .. }
+        )
+    }
+}
+
+impl RegistryError {
+    /// An upstream failure as the client sees it: what kind of failure it
+    /// was, never the upstream's words or addresses (those are for the
+    /// operator's log). `unknown` is the code for a 404
+    /// (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, ...).
+    pub(crate) fn from_upstream(e: &UpstreamError, unknown: ErrorCode) -> Self {
+        match e {
+            UpstreamError::NotFound => RegistryError::new(unknown, "not found upstream"),
+            UpstreamError::Denied(s) => RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("the upstream denied access ({s})"),
+            ),
+            UpstreamError::Unavailable { .. } => {
+                RegistryError::new(ErrorCode::Unavailable, "the upstream is unavailable")
+            }
+            UpstreamError::Status(s) => {
+                RegistryError::new(ErrorCode::Unavailable, format!("the upstream answered {s}"))
+            }
+            UpstreamError::Invalid(_) => RegistryError::new(
+                ErrorCode::Unavailable,
+                "the upstream sent an invalid response",
+            )
+            .with_status(StatusCode::BAD_GATEWAY),
+            // Pass the upstream's pause on: the client should not retry sooner.
+            UpstreamError::Throttled { retry_after_ms } => {
+                RegistryError::new(ErrorCode::Unavailable, "the upstream asked for a pause")
+                    .with_header(
+                        http::header::RETRY_AFTER,
+                        retry_after_ms.div_ceil(1000).max(1).to_string(),
+                    )
+            }
+        }
+    }
+
+    /// A failed write of a client's bytes: bad bytes are the client's
+    /// error (a digest or size that does not match, a body that broke off),
+    /// anything else is ours.
+    pub(crate) fn from_upload(e: StorageError) -> Self {
+        match e {
+            StorageError::Input(io) => {
+                // The verifying stream's errors travel inside io::Error,
+                // the only error a byte stream carries.
+                if let Some(inner) = io.get_ref() {
+                    if let Some(m) = inner.downcast_ref::<DigestMismatch>() {
+                        return RegistryError::new(ErrorCode::DigestInvalid, m.to_string());
+                    }
+                    if let Some(m) = inner.downcast_ref::<SizeMismatch>() {
+                        return RegistryError::new(ErrorCode::SizeInvalid, m.to_string());
+                    }
+                }
+                RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!("reading upload body: {io}"),
+                )
+            }
+            other => other.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::io::fetch::FetchError;
+
+    #[test]
+    fn an_upstream_failure_keeps_its_cause_for_the_log_but_not_for_the_client() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "port 9 refused");
+        let e = UpstreamError::unavailable_from("no response", FetchError::connect(refused));
+        let log = chain(&e);
+        assert!(log.contains("no response"), "{log}");
+        assert!(log.contains("connection failed"), "{log}");
+        assert!(log.contains("port 9 refused"), "{log}");
+        let client = RegistryError::from_upstream(&e, ErrorCode::BlobUnknown);
+        assert_eq!(client.code, ErrorCode::Unavailable);
+        assert!(!client.message.contains("port 9"), "{}", client.message);
+    }
+
+    #[test]
+    fn a_storage_failure_keeps_the_backend_error() {
+        let e = StorageError::backend(std::io::Error::other("disk on fire"));
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("disk on fire"));
+    }
+
+    #[test]
+    fn a_bad_upload_is_the_clients_error() {
+        let mismatch = DigestMismatch {
+            expected: crate::Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            actual: crate::Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap(),
+        };
+        let e = StorageError::Input(std::io::Error::other(mismatch));
+        assert_eq!(RegistryError::from_upload(e).code, ErrorCode::DigestInvalid);
+        let e = StorageError::backend("full");
+        assert_eq!(RegistryError::from_upload(e).code, ErrorCode::Internal);
     }
 }

@@ -35,12 +35,12 @@ pub use model::{digest, manifest, reference};
 pub use body::{Body, BoxFuture, ByteStream};
 pub use config::{RegistryConfig, UpstreamConfig};
 pub use digest::{Algorithm, Digest};
-pub use error::{ErrorCode, RegistryError};
+pub use error::{ErrorCode, ErrorSource, RegistryError, UpstreamError};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
 pub use metrics::Metrics;
 pub use mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, FillLease};
-pub use mirror::upstream::UpstreamError;
+
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};
 pub use registry::{error_response, Registry, RegistryBuilder, Response};

@@ -10,6 +10,7 @@ use http::{Method, Request, StatusCode};
 
 use crate::config::RegistryConfig;
 use crate::config::UpstreamConfig;
+use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{Body, ByteStream};
 use crate::io::fetch::{Fetch, NoFetch};
@@ -17,7 +18,6 @@ use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
 use crate::mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower};
-use crate::mirror::upstream::UpstreamError;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
 use crate::wire::response::json_response;

@@ -175,7 +175,7 @@ impl Fetch for LocalFetch {
                     }
                     return Ok(b.body(body::once(bytes)).unwrap());
                 }
-                Some(Answer::Fail(message)) => return Err(FetchError::Other(message)),
+                Some(Answer::Fail(message)) => return Err(FetchError::other(message)),
                 Some(Answer::Hold(gate)) => {
                     let _ = gate.await;
                     held = true;

@@ -3,7 +3,6 @@
 use http::header::{HeaderName, CONTENT_LENGTH, LOCATION};
 use http::StatusCode;
 
-use super::uploads::upload_error;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{self, Body, ByteStream, CollectError};
 use crate::io::host::Host;
@@ -230,7 +229,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         self.storage
             .put_stream(&key, verified)
             .await
-            .map_err(upload_error)?;
+            .map_err(RegistryError::from_upload)?;
         Ok(())
     }
 

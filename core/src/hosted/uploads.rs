@@ -15,7 +15,7 @@ use http::StatusCode;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{self, Body, ByteStream};
 use crate::io::host::Host;
-use crate::io::storage::{PutMode, Storage, StorageError};
+use crate::io::storage::{PutMode, Storage};
 use crate::model::digest::{self, Algorithm, Digest, Hasher};
 use crate::model::reference::RepositoryName;
 use crate::model::upload::{Chunk, UploadId, UploadState};
@@ -172,7 +172,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         self.storage
             .put_stream(&key, stream)
             .await
-            .map_err(upload_error)?;
+            .map_err(RegistryError::from_upload)?;
         let (hasher, len) = slot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -426,28 +426,6 @@ impl Drop for Writing<'_> {
                 map.remove(&self.id);
             }
         }
-    }
-}
-
-/// Map a failed blob write: bad client bytes are the client's error,
-/// anything else is ours.
-pub(crate) fn upload_error(e: StorageError) -> RegistryError {
-    match e {
-        StorageError::Input(io) => {
-            if let Some(inner) = io.get_ref() {
-                if let Some(m) = inner.downcast_ref::<digest::DigestMismatch>() {
-                    return RegistryError::new(ErrorCode::DigestInvalid, m.to_string());
-                }
-                if let Some(m) = inner.downcast_ref::<digest::SizeMismatch>() {
-                    return RegistryError::new(ErrorCode::SizeInvalid, m.to_string());
-                }
-            }
-            RegistryError::new(
-                ErrorCode::BlobUploadInvalid,
-                format!("reading upload body: {io}"),
-            )
-        }
-        other => other.into(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 
+use crate::error::ErrorSource;
 use crate::io::body::ByteStream;
 use crate::{MaybeSend, MaybeSync};
 
@@ -14,15 +15,29 @@ use crate::{MaybeSend, MaybeSync};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// Could not connect, TLS failed, the connection dropped.
+    /// Could not connect, TLS failed, the connection dropped; the client's
+    /// error is the source.
     #[error("connection failed: {0}")]
-    Connect(String),
+    Connect(#[source] ErrorSource),
     /// The host's timeout expired before the response came.
     #[error("request timed out")]
     Timeout,
-    /// Anything else the host's client reports.
+    /// Anything else the host's client reports (or a request the core
+    /// could not build), as the source.
     #[error("{0}")]
-    Other(String),
+    Other(#[source] ErrorSource),
+}
+
+impl FetchError {
+    /// A [`FetchError::Connect`] with `e` as its source.
+    pub fn connect(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        FetchError::Connect(ErrorSource::from(e.into()))
+    }
+
+    /// A [`FetchError::Other`] with `e` as its source.
+    pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        FetchError::Other(ErrorSource::from(e.into()))
+    }
 }
 
 /// The HTTP client a host lends the core for mirroring.
@@ -54,7 +69,7 @@ impl Fetch for NoFetch {
         &self,
         _req: http::Request<()>,
     ) -> Result<http::Response<ByteStream>, FetchError> {
-        Err(FetchError::Other("no upstreams configured".into()))
+        Err(FetchError::other("no upstreams configured"))
     }
 
     fn body_stream(body: ByteStream) -> ByteStream {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::{mark, Mirror, MirrorTarget};
+use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::Body;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::{self};
-use crate::mirror::upstream::UpstreamError;
 use crate::model::digest::Digest;
 use crate::model::upload::UploadId;
 use crate::store::layout;

@@ -37,13 +37,13 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderName, Method, Request, StatusCode};
 
+use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{Body, ByteStream};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::{self, Metrics};
-use crate::mirror::upstream::UpstreamError;
 use crate::mirror::Mirror;
 use crate::mirror::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 use crate::model::digest::Digest;

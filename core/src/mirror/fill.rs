@@ -11,12 +11,13 @@ use futures::channel::oneshot;
 use futures::StreamExt;
 
 use super::{FlightKey, APPEND_CHUNK, SPOOL_CHUNK};
+use crate::error::UpstreamError;
 use crate::io::body::{self, ByteStream};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self, Metrics};
-use crate::mirror::upstream::{Upstream, UpstreamError};
+use crate::mirror::upstream::Upstream;
 use crate::model::digest::{self, Digest, Hasher};
 use crate::model::reference::RepositoryName;
 use crate::model::upload::{UploadId, UploadState};

@@ -11,13 +11,13 @@ use http::{Method, StatusCode};
 
 use super::{mark, mark_stale, Mirror, MirrorTarget};
 use crate::config::STALE_DEADLINE_MS;
+use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{self, Body, CollectError};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self};
-use crate::mirror::upstream::UpstreamError;
 use crate::model::digest::Digest;
 use crate::model::manifest;
 use crate::model::reference::{Reference, RepositoryName, Tag};

@@ -42,13 +42,14 @@ use http::header::{CONTENT_TYPE, WARNING};
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::config::UpstreamConfig;
-use crate::error::{ErrorCode, RegistryError};
+use crate::error::UpstreamError;
+use crate::error::{chain, ErrorCode, RegistryError};
 use crate::io::body::Body;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::{self, Metrics};
-use crate::mirror::upstream::{Upstream, UpstreamError};
+use crate::mirror::upstream::Upstream;
 use crate::model::digest::Digest;
 use crate::model::reference::RepositoryName;
 use crate::store::{Result, Store};
@@ -344,9 +345,9 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             // the operator; the client learns what kind of failure it was.
             self.store
                 .host
-                .warn(&format!("upstream request failed: {e}"));
+                .warn(&format!("upstream request failed: {}", chain(&e)));
         }
-        upstream_failure(e, unknown)
+        RegistryError::from_upstream(&e, unknown)
     }
 
     /// The upstream sent something no registry should (a manifest too big,
@@ -387,34 +388,4 @@ fn mark_stale<B, F, H>(resp: Response<B>, t: &MirrorTarget<F, H>) -> Response<B>
         ),
     );
     resp
-}
-
-/// An upstream failure as the client sees it.
-fn upstream_failure(e: UpstreamError, unknown: ErrorCode) -> RegistryError {
-    match e {
-        UpstreamError::NotFound => RegistryError::new(unknown, "not found upstream"),
-        UpstreamError::Denied(s) => RegistryError::new(
-            ErrorCode::Unavailable,
-            format!("the upstream denied access ({s})"),
-        ),
-        UpstreamError::Unavailable(_) => {
-            RegistryError::new(ErrorCode::Unavailable, "the upstream is unavailable")
-        }
-        UpstreamError::Status(s) => {
-            RegistryError::new(ErrorCode::Unavailable, format!("the upstream answered {s}"))
-        }
-        UpstreamError::Invalid(_) => RegistryError::new(
-            ErrorCode::Unavailable,
-            "the upstream sent an invalid response",
-        )
-        .with_status(StatusCode::BAD_GATEWAY),
-        // Pass the upstream's pause on: the client should not retry sooner.
-        UpstreamError::Throttled { retry_after_ms } => {
-            RegistryError::new(ErrorCode::Unavailable, "the upstream asked for a pause")
-                .with_header(
-                    http::header::RETRY_AFTER,
-                    retry_after_ms.div_ceil(1000).max(1).to_string(),
-                )
-        }
-    }
 }

@@ -6,11 +6,11 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, Method, StatusCode, Uri};
 
 use super::{Mirror, MirrorTarget};
+use crate::error::UpstreamError;
 use crate::io::body::{self, Body};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
-use crate::mirror::upstream::UpstreamError;
 use crate::model::digest::Digest;
 use crate::model::manifest;
 use crate::model::reference::Tag;
@@ -49,7 +49,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .await
         {
             Ok(resp) => index(resp).await,
-            Err(UpstreamError::Unavailable(_)) => {
+            Err(UpstreamError::Unavailable { .. }) => {
                 return self.store.referrers(&t.local, subject, uri).await
             }
             // 404, 400, 405…: no referrers API there.
@@ -62,7 +62,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 let fallback = match Tag::parse(&tag) {
                     Ok(_) => match t.upstream.manifest(&t.remote, &tag, Method::GET).await {
                         Ok(resp) => index(resp).await,
-                        Err(UpstreamError::Unavailable(_)) => {
+                        Err(UpstreamError::Unavailable { .. }) => {
                             return self.store.referrers(&t.local, subject, uri).await
                         }
                         Err(_) => None,

@@ -4,13 +4,13 @@
 use http::{StatusCode, Uri};
 
 use super::{mark, mark_stale, Mirror, MirrorTarget};
+use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{self, CollectError};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self};
-use crate::mirror::upstream::UpstreamError;
 use crate::model::reference::{RepositoryName, Tag};
 use crate::store::layout;
 use crate::store::Result;
@@ -164,7 +164,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 CollectError::TooLarge => {
                     UpstreamError::Invalid(format!("tag list larger than {TAG_LIST_LIMIT} bytes"))
                 }
-                CollectError::Io(e) => UpstreamError::Unavailable(format!("reading tag list: {e}")),
+                CollectError::Io(e) => UpstreamError::unavailable_from("reading the tag list", e),
             })?;
         let wire: Wire = serde_json::from_slice(&bytes).map_err(|e| {
             UpstreamError::Invalid(format!("{} tag list: {e}", t.upstream.config.name))

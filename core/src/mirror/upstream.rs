@@ -11,55 +11,13 @@ use http::{Method, Request, Response, StatusCode, Uri};
 
 use crate::config::UpstreamConfig;
 use crate::config::DOWN_WINDOW_MS;
+use crate::error::UpstreamError;
 use crate::io::body::{self, CollectError};
 use crate::io::fetch::{Fetch, FetchError};
 use crate::io::host::Host;
 use crate::metrics::{self, Metrics};
 use crate::model::manifest::ALL_MEDIA_TYPES;
 use crate::model::reference::RepositoryName;
-
-/// Why an upstream gave no usable answer, or an upstream could not be
-/// set up.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpstreamError {
-    /// The upstream answered 404.
-    #[error("not found upstream")]
-    NotFound,
-    /// The upstream refused access (401 or 403, the status given).
-    #[error("upstream denied access ({0})")]
-    Denied(u16),
-    /// The upstream is down, overloaded or unreachable (after retries).
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    /// Any other unexpected status.
-    #[error("upstream answered {0}")]
-    Status(u16),
-    /// The upstream's answer (a token response, an auth challenge, a
-    /// redirect) made no sense, or its configuration is invalid.
-    #[error("upstream sent an invalid response: {0}")]
-    Invalid(String),
-    /// The upstream asked for a pause (`429` with `Retry-After`); nothing is
-    /// sent to it until `retry_after_ms` from now.
-    #[error("upstream asked to wait {retry_after_ms} ms")]
-    Throttled {
-        /// What is left of the pause, in ms from now.
-        retry_after_ms: u64,
-    },
-}
-
-impl UpstreamError {
-    /// Whether cached content may be served instead (stale-if-error).
-    pub fn allows_stale(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Unavailable(_)
-                | UpstreamError::Status(_)
-                | UpstreamError::Denied(_)
-                | UpstreamError::Throttled { .. }
-        )
-    }
-}
 
 /// What kura remembers of an upstream's health (host clock, ms).
 #[derive(Debug, Default, Clone, Copy)]
@@ -212,7 +170,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 retry_after_ms: h.throttled_until - now,
             });
         }
-        (h.down_until > now).then(|| UpstreamError::Unavailable("recently unreachable".into()))
+        (h.down_until > now).then(|| UpstreamError::unavailable("recently unreachable"))
     }
 
     /// Remember that the upstream could not be reached (or hung) just now.
@@ -258,7 +216,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 // again would only multiply the wait.
                 Err(FetchError::Timeout) => {
                     self.mark_down();
-                    return Err(UpstreamError::Unavailable("timed out".into()));
+                    return Err(UpstreamError::unavailable("timed out"));
                 }
                 Err(_) if attempt < MAX_ATTEMPTS => {
                     self.backoff(attempt, None).await;
@@ -266,7 +224,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 }
                 Err(e) => {
                     self.mark_down();
-                    return Err(UpstreamError::Unavailable(e.to_string()));
+                    return Err(UpstreamError::unavailable_from("no response", e));
                 }
             };
             let status = resp.status();
@@ -323,14 +281,14 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                     } else if attempt < MAX_ATTEMPTS {
                         self.backoff(attempt, None).await;
                     } else {
-                        return Err(UpstreamError::Unavailable(format!("upstream answered {s}")));
+                        return Err(UpstreamError::unavailable(format!("upstream answered {s}")));
                     }
                 }
                 s if s.is_server_error() && attempt < MAX_ATTEMPTS => {
                     self.backoff(attempt, None).await;
                 }
                 s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                    return Err(UpstreamError::Unavailable(format!("upstream answered {s}")))
+                    return Err(UpstreamError::unavailable(format!("upstream answered {s}")))
                 }
                 s => return Err(UpstreamError::Status(s.as_u16())),
             }
@@ -379,7 +337,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     ) -> Result<Response<F::Body>, FetchError> {
         let origin: Uri = url
             .parse()
-            .map_err(|e| FetchError::Other(format!("bad url {url}: {e}")))?;
+            .map_err(|e| FetchError::other(format!("bad url {url}: {e}")))?;
         let mut current = origin.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut b = Request::builder()
@@ -399,7 +357,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                     b = b.header(AUTHORIZATION, auth);
                 }
             }
-            let req = b.body(()).map_err(|e| FetchError::Other(e.to_string()))?;
+            let req = b.body(()).map_err(FetchError::other)?;
             let resp = self.fetch.fetch(req).await?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
@@ -408,10 +366,10 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| FetchError::Other("redirect without Location".into()))?;
+                .ok_or_else(|| FetchError::other("redirect without Location"))?;
             current = resolve(&current, location)?;
         }
-        Err(FetchError::Other("too many redirects".into()))
+        Err(FetchError::other("too many redirects"))
     }
 
     async fn obtain_token(
@@ -464,11 +422,11 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             .fetch
             .fetch(req)
             .await
-            .map_err(|e| UpstreamError::Unavailable(format!("token server: {e}")))?;
+            .map_err(|e| UpstreamError::unavailable_from("token server", e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(if status.is_server_error() {
-                UpstreamError::Unavailable(format!("token server answered {status}"))
+                UpstreamError::unavailable(format!("token server answered {status}"))
             } else {
                 UpstreamError::Denied(status.as_u16())
             });
@@ -477,7 +435,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             .await
             .map_err(|e| match e {
                 CollectError::TooLarge => UpstreamError::Invalid("token response too large".into()),
-                CollectError::Io(e) => UpstreamError::Unavailable(format!("token server: {e}")),
+                CollectError::Io(e) => UpstreamError::unavailable_from("reading the token", e),
             })?;
         let token = parse_token(&bytes)?;
         let expires = self.host.now_unix_ms() + token.1.saturating_sub(10).max(1) * 1000;
@@ -600,7 +558,7 @@ fn same_origin(a: &Uri, b: &Uri) -> bool {
 
 /// Resolve a `Location` header against the request URL.
 fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
-    let bad = || FetchError::Other(format!("bad redirect location {location:?}"));
+    let bad = || FetchError::other(format!("bad redirect location {location:?}"));
     if location.starts_with("http://") || location.starts_with("https://") {
         return location.parse().map_err(|_| bad());
     }

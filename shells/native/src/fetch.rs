@@ -110,9 +110,9 @@ impl Fetch for HttpFetch {
                 if e.is_timeout() {
                     FetchError::Timeout
                 } else if e.is_connect() {
-                    FetchError::Connect(format!("{e:#}"))
+                    FetchError::connect(e)
                 } else {
-                    FetchError::Other(format!("{e:#}"))
+                    FetchError::other(e)
                 }
             })?;
         let mut out = http::Response::builder().status(resp.status());
@@ -120,7 +120,7 @@ impl Fetch for HttpFetch {
             *h = resp.headers().clone();
         }
         let body: ByteStream = Box::pin(resp.bytes_stream().map_err(io::Error::other));
-        out.body(body).map_err(|e| FetchError::Other(e.to_string()))
+        out.body(body).map_err(FetchError::other)
     }
 
     fn body_stream(body: ByteStream) -> ByteStream {

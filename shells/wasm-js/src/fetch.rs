@@ -34,8 +34,8 @@ fn fetch_error(e: &JsValue) -> FetchError {
         Some("TimeoutError") | Some("AbortError") => FetchError::Timeout,
         // What fetch throws when it cannot connect ("fetch failed",
         // "error sending request", …).
-        Some("TypeError") => FetchError::Connect(msg),
-        _ => FetchError::Other(msg),
+        Some("TypeError") => FetchError::connect(msg),
+        _ => FetchError::other(msg),
     }
 }
 
@@ -59,7 +59,7 @@ impl Fetch for JsFetch {
         let f = self
             .fetch
             .as_ref()
-            .ok_or_else(|| FetchError::Other("no fetch function".into()))?;
+            .ok_or_else(|| FetchError::other("no fetch function"))?;
         let ret = f
             .call2(&JsValue::UNDEFINED, &url, &init)
             .map_err(|e| fetch_error(&e))?;
@@ -73,20 +73,19 @@ impl Fetch for JsFetch {
             .as_f64()
             .and_then(|s| StatusCode::from_u16(s as u16).ok())
             .ok_or_else(|| {
-                FetchError::Other(
+                FetchError::other(
                     "fetch returned a response without a valid status (an opaque redirect? \
-                     use a fetch that returns redirects with redirect: \"manual\")"
-                        .into(),
+                     use a fetch that returns redirects with redirect: \"manual\")",
                 )
             })?;
         let mut out = http::Response::new(body);
         *out.status_mut() = status;
         let js_headers = js::get(&resp, "headers");
         let entries = js_sys::try_iter(&js_headers)
-            .map_err(|e| FetchError::Other(js::error_string(&e)))?
-            .ok_or_else(|| FetchError::Other("response headers are not iterable".into()))?;
+            .map_err(|e| FetchError::other(js::error_string(&e)))?
+            .ok_or_else(|| FetchError::other("response headers are not iterable"))?;
         for entry in entries {
-            let entry = entry.map_err(|e| FetchError::Other(js::error_string(&e)))?;
+            let entry = entry.map_err(|e| FetchError::other(js::error_string(&e)))?;
             let Some(pair) = entry.dyn_ref::<Array>() else {
                 continue;
             };

@@ -80,7 +80,7 @@ impl JsStorage {
 
     fn entries(list: &JsValue, what: &str) -> Result<Array, StorageError> {
         if !Array::is_array(list) {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::backend(format!(
                 "{what} must return an array"
             )));
         }
@@ -95,13 +95,13 @@ fn storage_error(e: JsValue) -> StorageError {
     match js::error_code(&e).as_deref() {
         Some("EEXIST") => StorageError::AlreadyExists,
         Some("ENOENT") => StorageError::NotFound,
-        _ => StorageError::Backend(js::error_string(&e)),
+        _ => StorageError::backend(js::error_string(&e)),
     }
 }
 
 fn size_of(v: &JsValue, what: &str) -> Result<u64, StorageError> {
     js::get_u64(v, "size").ok_or_else(|| {
-        StorageError::Backend(format!("{what}: size must be a non-negative integer"))
+        StorageError::backend(format!("{what}: size must be a non-negative integer"))
     })
 }
 
@@ -154,9 +154,9 @@ impl Storage for JsStorage {
             if absent(&v) {
                 return Ok(None);
             }
-            return js::as_bytes(&v).map(Some).ok_or_else(|| {
-                StorageError::Backend("read must return a Uint8Array or null".into())
-            });
+            return js::as_bytes(&v)
+                .map(Some)
+                .ok_or_else(|| StorageError::backend("read must return a Uint8Array or null"));
         }
         match self.get(key, None).await? {
             None => Ok(None),
@@ -199,8 +199,8 @@ impl Storage for JsStorage {
         result?;
         if !ended() {
             let _ = self.delete(key).await;
-            return Err(StorageError::Backend(
-                "storage put returned before reading its whole stream".into(),
+            return Err(StorageError::backend(
+                "storage put returned before reading its whole stream",
             ));
         }
         Ok(count.get())
@@ -261,9 +261,7 @@ impl Storage for JsStorage {
             let key = entry
                 .as_string()
                 .or_else(|| js::get(&entry, "key").as_string())
-                .ok_or_else(|| {
-                    StorageError::Backend("list entries must be strings or { key }".into())
-                })?;
+                .ok_or_else(|| StorageError::backend("list entries must be strings or { key }"))?;
             if key.starts_with(prefix) {
                 keys.push(key);
             }
@@ -278,9 +276,9 @@ impl Storage for JsStorage {
         if self.has_list_meta {
             let v = self.call("listMeta", &[&prefix.into()]).await?;
             for entry in Self::entries(&v, "listMeta")?.iter() {
-                let key = js::get(&entry, "key").as_string().ok_or_else(|| {
-                    StorageError::Backend("listMeta entries need a string key".into())
-                })?;
+                let key = js::get(&entry, "key")
+                    .as_string()
+                    .ok_or_else(|| StorageError::backend("listMeta entries need a string key"))?;
                 if !key.starts_with(prefix) {
                     continue;
                 }

@@ -16,12 +16,12 @@ impl Fetch for WorkerFetch {
     type Body = JsBody;
 
     async fn fetch(&self, req: http::Request<()>) -> Result<http::Response<JsBody>, FetchError> {
-        let other = |e: wasm_bindgen::JsValue| FetchError::Other(describe(&e));
+        let other = |e: wasm_bindgen::JsValue| FetchError::other(describe(&e));
         let headers = web_sys::Headers::new().map_err(other)?;
         for (name, value) in req.headers() {
             let value = value
                 .to_str()
-                .map_err(|_| FetchError::Other(format!("header {name} is not ASCII")))?;
+                .map_err(|_| FetchError::other(format!("header {name} is not ASCII")))?;
             headers.append(name.as_str(), value).map_err(other)?;
         }
         let init = web_sys::RequestInit::new();
@@ -34,9 +34,9 @@ impl Fetch for WorkerFetch {
             .map_err(other)?;
         let resp: web_sys::Response = JsFuture::from(js::global_fetch(&request))
             .await
-            .map_err(|e| FetchError::Connect(describe(&e)))?
+            .map_err(|e| FetchError::connect(describe(&e)))?
             .dyn_into()
-            .map_err(|_| FetchError::Other("fetch did not return a Response".into()))?;
+            .map_err(|_| FetchError::other("fetch did not return a Response"))?;
         let mut out = http::Response::builder().status(resp.status());
         if let Ok(Some(entries)) = js_sys::try_iter(&resp.headers()) {
             for entry in entries.flatten() {
@@ -47,7 +47,7 @@ impl Fetch for WorkerFetch {
             }
         }
         out.body(JsBody::new(resp.body()))
-            .map_err(|e| FetchError::Other(e.to_string()))
+            .map_err(|e| FetchError::other(e.to_string()))
     }
 
     fn body_stream(body: JsBody) -> ByteStream {

@@ -45,7 +45,7 @@ pub struct R2Storage {
 }
 
 fn backend(e: JsValue) -> StorageError {
-    StorageError::Backend(describe(&e))
+    StorageError::backend(describe(&e))
 }
 
 async fn wait(p: Result<Promise, JsValue>) -> Result<JsValue, StorageError> {

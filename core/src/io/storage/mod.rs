@@ -12,6 +12,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::error::ErrorSource;
 use crate::io::body::ByteStream;
 use crate::{MaybeSend, MaybeSync};
 
@@ -74,15 +75,17 @@ pub enum StorageError {
     /// The backend does not offer this operation.
     #[error("storage backend does not support {0}")]
     Unsupported(&'static str),
-    /// Any other failure of the backend, as text.
+    /// Any other failure of the backend, with the backend's own error
+    /// kept as the source.
     #[error("storage backend: {0}")]
-    Backend(String),
+    Backend(#[source] ErrorSource),
 }
 
 impl StorageError {
-    /// A [`StorageError::Backend`] carrying `e`'s message.
-    pub fn backend(e: impl std::fmt::Display) -> Self {
-        StorageError::Backend(e.to_string())
+    /// A [`StorageError::Backend`] with `e` as its source (an error, or
+    /// a message).
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StorageError::Backend(ErrorSource::from(e.into()))
     }
 }
 

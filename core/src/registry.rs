@@ -321,18 +321,8 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         }
     }
 
-    /// The key the core's single flight would use for this request: set for
-    /// `GET`/`HEAD` of a manifest in a mirrored repository, `None` for
-    /// everything else. Hosts whose concurrent requests must not wake each
-    /// other (a Worker: each request has its own I/O context) serialize
-    /// mirrored manifest reads on it, so the core's single flight never has
-    /// followers there.
-    pub fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
-        self.mirror().flight_key(parts)
-    }
-
     /// Take part in the single flight for a miss the host will fill: the
-    /// first request for a (repository, digest) gets the [`FillLease`] and
+    /// first request for a (repository, digest) gets the [`FillLease`](crate::FillLease) and
     /// fills; the others get a [`FillFollower`] for
     /// [`Registry::follow_fill`]. The core's own fills share the same
     /// bookkeeping, so a blob is never filled twice at once in a process.

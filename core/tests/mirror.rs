@@ -1106,6 +1106,39 @@ fn followers_of_a_tag_check_get_the_leaders_answer() {
     assert_eq!(r.header("x-kura-cache"), "revalidated");
 }
 
+/// On a host whose requests must not wake each other (a Worker), the
+/// followers of a manifest fetch poll on the host's timer instead of being
+/// woken by the leader, and still share its one upstream request.
+#[test]
+fn isolated_requests_share_a_manifest_fetch_by_polling() {
+    let s = setup(60_000);
+    let (digest, _) = push_image(&s.upstream, "app", "v1", &[data(1000, 77)]);
+    s.mirror.host().isolated.store(true, Ordering::SeqCst);
+    let (open, held) = gate();
+    s.fetch
+        .rule_times(Some(Method::GET), "/manifests/v1", Answer::Hold(held), 1);
+    let uri = "/v2/up.local/app/manifests/v1";
+    let answers = block_on(async {
+        let mut calls: Vec<_> = (0..5)
+            .map(|_| Box::pin(get_async(&s.mirror, uri)))
+            .collect();
+        for c in calls.iter_mut() {
+            assert!(futures::poll!(c.as_mut()).is_pending());
+        }
+        drop(open);
+        futures::future::join_all(calls).await
+    });
+    for r in &answers {
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("docker-content-digest"), digest.to_string());
+    }
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/v1"), 1);
+    assert!(
+        s.mirror.host().polls.load(Ordering::SeqCst) > 0,
+        "the followers must wait by polling"
+    );
+}
+
 #[test]
 fn concurrent_misses_share_a_failure() {
     let s = setup(60_000);

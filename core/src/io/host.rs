@@ -20,6 +20,16 @@ pub trait Host: MaybeSend + MaybeSync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// A future that completes after `ms` milliseconds (retry backoff).
     fn sleep(&self, ms: u64) -> BoxFuture<'static, ()>;
+    /// Whether one request's future may be woken by work done for another
+    /// request. `false` for a Cloudflare Worker: each request has its own
+    /// I/O context, and a request resumed from another's context would do
+    /// its I/O there. The core then never waits on another request's
+    /// wakeup: a request that waits for another's upstream fetch polls on
+    /// [`Host::sleep`] instead.
+    fn wakes_across_requests(&self) -> bool {
+        true
+    }
+
     /// Tell the operator about something they should act on (credentials
     /// withheld from a foreign token realm). Hosts without a log drop it.
     fn warn(&self, message: &str) {

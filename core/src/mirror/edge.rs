@@ -1,22 +1,16 @@
 //! Blob misses for hosts that move the bytes themselves.
 //!
-//! The core's own blob fill ([`crate::mirror`]) reads every byte of an
-//! upstream blob: it hashes, spools and relays them. A host that can split
-//! a stream without touching its bytes (a Worker hands the upstream's
+//! The core's own blob fill (`fill`) reads every byte of an upstream blob:
+//! it hashes, spools and relays them. A host that can split a stream
+//! without touching its bytes (a Worker hands the upstream's
 //! `ReadableStream` to the client and to an R2 put that checks the sha256)
-//! should not run it. For such hosts:
-//!
-//! - [`crate::Registry::handle_edge`] answers everything [`crate::Registry::handle`]
-//!   answers, except a `GET`/`HEAD` of a mirrored blob that is not stored:
-//!   that comes back as a [`BlobMiss`], and nothing has been fetched yet.
-//! - [`Registry::fetch_blob`] asks the upstream for it (token auth,
-//!   `library/` names, redirects to blob CDNs, retries) and returns the
-//!   upstream's response with the body untouched.
-//! - [`Registry::blob_miss_response`] builds the client's response around
-//!   whatever body the host streams (headers, status, `x-kura-cache: miss`).
-//! - [`crate::Registry::commit_blob`] records the blob once the host has stored it
-//!   under [`BlobMiss::key`] and storage confirmed its digest: the
-//!   repository link and the catalog entry, as the core's own fill does.
+//! should not run it. For such hosts, the `Registry` facade offers, in
+//! order: `handle_edge` (a miss comes back as a [`BlobMiss`], nothing
+//! fetched yet), `claim_fill` (the core's single flight decides whether this
+//! request fills or follows), `fetch_blob` (the upstream's response, body
+//! untouched), `blob_miss_response` (the client's headers around the host's
+//! body), `commit_blob` (link and catalog once storage holds the verified
+//! blob) and, for followers, `follow_fill`.
 //!
 //! The core still decides everything (routing, whether it is a miss, which
 //! upstream request, what a verified blob is linked as); the host moves
@@ -27,9 +21,8 @@
 //!
 //! Hosts whose concurrent requests must not wake each other (a Worker: each
 //! request has its own I/O context, and a request resumed from another's
-//! context does its I/O there) serialize mirrored manifest reads on
-//! [`Registry::flight_key`], so the core's own single flight never has
-//! followers there.
+//! context does its I/O there) say so with `Host::wakes_across_requests`;
+//! the core's waits for another request's work then poll on `Host::sleep`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,7 +40,7 @@ use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
 use crate::mirror::{MirrorTarget, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 use crate::model::digest::Digest;
-use crate::model::reference::{Reference, RepositoryName};
+use crate::model::reference::RepositoryName;
 use crate::store::layout;
 use crate::wire::response::{blob_response, Response};
 use crate::wire::{self, Route};
@@ -204,23 +197,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             })),
             _ => None,
         }
-    }
-
-    /// The key the core's single flight would use for this request: set for
-    /// `GET`/`HEAD` of a manifest in a mirrored repository, `None` for
-    /// everything else (and for requests that do not parse).
-    pub(crate) fn flight_key(&self, parts: &http::request::Parts) -> Option<String> {
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            return None;
-        }
-        let Ok(Some(Route::Manifest(name, reference))) = Route::parse(parts.uri.path()) else {
-            return None;
-        };
-        let t = self.mirrors.target(&name, &parts.uri).ok()??;
-        Some(match reference {
-            Reference::Digest(d) => format!("{}@{d}", t.local),
-            Reference::Tag(tag) => format!("{}:{tag}", t.local),
-        })
     }
 
     /// Ask the upstream for a missing blob (`HEAD` for a `HEAD` miss). The

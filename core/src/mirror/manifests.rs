@@ -120,7 +120,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                             metrics::inc(&self.store.metrics.singleflight_joins);
                             // The leader's failure is ours too; its success
                             // (or its leaving) sends us back to storage.
-                            if let Ok(Some(Err(e))) = rx.await {
+                            if let Ok(Some(Err(e))) = leader_outcome(&*self.store.host, rx).await {
                                 return Err(e);
                             }
                         }
@@ -159,7 +159,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     {
                         Joined::Follower(rx) => {
                             metrics::inc(&self.store.metrics.singleflight_joins);
-                            match rx.await {
+                            match leader_outcome(&*self.store.host, rx).await {
                                 // The leader's answer is everyone's: a tag
                                 // deleted upstream is gone for all of them.
                                 Ok(Some(Err(e))) => return Err(e),
@@ -415,6 +415,25 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
 /// storage again), `Some(Err)` the answer is this error, `None` it left
 /// before an answer (its client hung up): ask again.
 pub(super) type Outcome = Option<Result<(), RegistryError>>;
+
+/// What the leader sent: woken by it where the host allows, else polled
+/// on the host's timer (see [`Host::wakes_across_requests`]).
+pub(super) async fn leader_outcome<H: Host>(
+    host: &H,
+    mut rx: oneshot::Receiver<Outcome>,
+) -> Result<Outcome, oneshot::Canceled> {
+    if host.wakes_across_requests() {
+        return rx.await;
+    }
+    let mut pause = 5;
+    loop {
+        if let Some(outcome) = rx.try_recv()? {
+            return Ok(outcome);
+        }
+        host.sleep(pause).await;
+        pause = (pause * 2).min(200);
+    }
+}
 
 #[derive(Default)]
 pub(super) struct Flights {

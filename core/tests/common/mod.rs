@@ -1,6 +1,6 @@
 //! What the core tests share: a deterministic host.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::executor::block_on;
 use kura_core::{BoxFuture, Host};
@@ -10,6 +10,10 @@ use kura_core::{BoxFuture, Host};
 pub struct TestHost {
     pub clock: AtomicU64,
     counter: AtomicU64,
+    /// Act like a Worker: no request may be woken by another's work.
+    pub isolated: AtomicBool,
+    /// Short sleeps taken (each yields once) while `isolated`.
+    pub polls: AtomicU64,
 }
 
 impl TestHost {
@@ -17,6 +21,8 @@ impl TestHost {
         TestHost {
             clock: AtomicU64::new(now_ms),
             counter: AtomicU64::new(1),
+            isolated: AtomicBool::new(false),
+            polls: AtomicU64::new(0),
         }
     }
 }
@@ -34,10 +40,26 @@ impl Host for TestHost {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         std::thread::spawn(move || block_on(task));
     }
+    fn wakes_across_requests(&self) -> bool {
+        !self.isolated.load(Ordering::SeqCst)
+    }
     fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
         // Retry backoffs (under a second) pass at once; longer waits (the
         // deadline for a stale answer) take real time, on a thread.
         if ms < 1_000 {
+            if self.isolated.load(Ordering::SeqCst) {
+                // A polling wait must give the others a turn.
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                let mut yielded = false;
+                return Box::pin(futures::future::poll_fn(move |cx| {
+                    if yielded {
+                        return std::task::Poll::Ready(());
+                    }
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }));
+            }
             return Box::pin(async {});
         }
         let (tx, rx) = futures::channel::oneshot::channel::<()>();

@@ -13,25 +13,22 @@
 //!   settled, then answer from R2 like any hit. They do not get bytes while
 //!   the fill runs: a branch of the leader's stream cannot cross into their
 //!   context.
-//! - manifests: requests with the same core flight key take turns (a gate
-//!   polled the same way), so the core's own single flight never has
-//!   followers; the second one finds the manifest stored.
+//! - manifests: the core's own single flight; `WorkerHost` says requests
+//!   must not wake each other, so its followers poll on the host's timer.
 //!
 //! Across isolates and locations there is no coordination: two isolates may
 //! fill the same blob at once, each put verified, the second overwriting the
 //! first with the same bytes.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::Duration;
 
 use http::StatusCode;
 use kura_core::{error_response, Response};
 use kura_core::{BlobMiss, Edge, FillClaim, FillLease};
 use kura_core::{Body, ErrorCode, Registry, RegistryConfig, RegistryError};
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{event, Context, Delay, Env};
+use worker::{event, Context, Env};
 
 use crate::config::Config;
 use crate::fetch::WorkerFetch;
@@ -43,9 +40,6 @@ use crate::split::{self, Progress, Sink};
 
 /// The R2 bucket binding's name in wrangler.toml.
 const BUCKET_BINDING: &str = "BUCKET";
-/// How long a manifest request waits for another with the same key before
-/// going ahead anyway.
-const GATE_PATIENCE_MS: u64 = 30_000;
 
 type Kura = Registry<R2Storage, WorkerHost, WorkerFetch>;
 
@@ -57,7 +51,6 @@ struct App {
 
 thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
-    static GATES: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
 #[event(start)]
@@ -167,10 +160,6 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
                 .with_status(StatusCode::BAD_REQUEST);
             return to_web(error_response(&e));
         }
-    };
-    let _turn = match app.registry.flight_key(&parts) {
-        Some(key) => Some(Gate::enter(key).await),
-        None => None,
     };
     // A fill another request led (or that failed) is looked at again.
     for _ in 0..3 {
@@ -338,41 +327,6 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn now_ms() -> u64 {
-    js_sys::Date::now() as u64
-}
-
-// ----- manifest turns ------------------------------------------------------------
-
-/// Requests with the same key take turns; see the module docs. `None`: the
-/// wait ran out and the request went ahead without a turn.
-struct Gate(Option<String>);
-
-impl Gate {
-    async fn enter(key: String) -> Gate {
-        let started = now_ms();
-        let mut pause = 5;
-        loop {
-            if GATES.with(|g| g.borrow_mut().insert(key.clone())) {
-                return Gate(Some(key));
-            }
-            if now_ms().saturating_sub(started) > GATE_PATIENCE_MS {
-                return Gate(None);
-            }
-            Delay::from(Duration::from_millis(pause)).await;
-            pause = (pause * 2).min(200);
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        if let Some(key) = self.0.take() {
-            GATES.with(|g| g.borrow_mut().remove(&key));
-        }
-    }
 }
 
 // ----- responses ---------------------------------------------------------------------

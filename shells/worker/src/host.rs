@@ -26,6 +26,12 @@ impl kura_core::Host for WorkerHost {
         wasm_bindgen_futures::spawn_local(task);
     }
 
+    /// Each request has its own I/O context: a request woken from another's
+    /// would do its I/O there.
+    fn wakes_across_requests(&self) -> bool {
+        false
+    }
+
     fn sleep(&self, ms: u64) -> BoxFuture<'static, ()> {
         Box::pin(worker::Delay::from(Duration::from_millis(ms)))
     }

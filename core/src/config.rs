@@ -62,6 +62,22 @@ pub fn is_docker_hub(name: &str) -> bool {
     name == hub.name || hub.aliases.contains(&name)
 }
 
+/// [`DEFAULT_TAG_TTL_SECS`], as a function for `#[serde(default = ...)]`
+/// in a shell's configuration file.
+pub fn default_tag_ttl_secs() -> u64 {
+    DEFAULT_TAG_TTL_SECS
+}
+
+/// [`DEFAULT_MAX_STALE_SECS`], for `#[serde(default = ...)]`.
+pub fn default_max_stale_secs() -> u64 {
+    DEFAULT_MAX_STALE_SECS
+}
+
+/// [`DEFAULT_NOT_FOUND_TTL_SECS`], for `#[serde(default = ...)]`.
+pub fn default_not_found_ttl_secs() -> u64 {
+    DEFAULT_NOT_FOUND_TTL_SECS
+}
+
 /// Longest wait for an upstream when a stale answer could be given
 /// instead (a tag past its TTL, still within `max_stale_ms`).
 pub const STALE_DEADLINE_MS: u64 = 3_000;

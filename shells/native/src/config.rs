@@ -221,10 +221,10 @@ impl Default for MirrorConfig {
             url: r.url.into(),
             username: None,
             password: None,
-            tag_ttl_secs: default_tag_ttl(),
-            max_stale_secs: default_max_stale(),
+            tag_ttl_secs: kura_core::config::default_tag_ttl_secs(),
+            max_stale_secs: kura_core::config::default_max_stale_secs(),
             token_realms: Vec::new(),
-            not_found_ttl_secs: default_not_found_ttl(),
+            not_found_ttl_secs: kura_core::config::default_not_found_ttl_secs(),
         };
         MirrorConfig {
             upstreams: kura_core::config::PUBLIC_REGISTRIES
@@ -255,10 +255,10 @@ pub struct UpstreamSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Seconds a tag is served without asking the upstream.
-    #[serde(default = "default_tag_ttl")]
+    #[serde(default = "kura_core::config::default_tag_ttl_secs")]
     pub tag_ttl_secs: u64,
     /// How old cached tags may be when served because the upstream fails.
-    #[serde(default = "default_max_stale")]
+    #[serde(default = "kura_core::config::default_max_stale_secs")]
     pub max_stale_secs: u64,
     /// Token realm hosts (or `host:port`) trusted with the credentials
     /// besides the upstream's own host and registrable domain.
@@ -266,20 +266,8 @@ pub struct UpstreamSection {
     pub token_realms: Vec<String>,
     /// Seconds an upstream 404 for a manifest or blob is remembered and
     /// answered without asking again (0: off).
-    #[serde(default = "default_not_found_ttl")]
+    #[serde(default = "kura_core::config::default_not_found_ttl_secs")]
     pub not_found_ttl_secs: u64,
-}
-
-fn default_not_found_ttl() -> u64 {
-    kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS
-}
-
-fn default_tag_ttl() -> u64 {
-    kura_core::config::DEFAULT_TAG_TTL_SECS
-}
-
-fn default_max_stale() -> u64 {
-    kura_core::config::DEFAULT_MAX_STALE_SECS
 }
 
 impl UpstreamSection {

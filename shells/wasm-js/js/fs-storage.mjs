@@ -212,14 +212,7 @@ export class FsStorage {
     let removed = 0;
     const now = Date.now();
     const visit = async (dir) => {
-      let entries;
-      try {
-        entries = await readdir(dir, { withFileTypes: true });
-      } catch (e) {
-        if (isMissing(e)) return;
-        throw e;
-      }
-      for (const ent of entries) {
+      for (const ent of await entriesOf(dir)) {
         const p = join(dir, ent.name);
         if (ent.isDirectory()) {
           await visit(p);
@@ -237,15 +230,18 @@ export class FsStorage {
   }
 }
 
-async function walk(dir, dirKey, out, withMeta) {
-  let entries;
+/** The entries of `dir`; none if it does not exist. */
+async function entriesOf(dir) {
   try {
-    entries = await readdir(dir, { withFileTypes: true });
+    return await readdir(dir, { withFileTypes: true });
   } catch (e) {
-    if (isMissing(e)) return;
+    if (isMissing(e)) return [];
     throw e;
   }
-  for (const ent of entries) {
+}
+
+async function walk(dir, dirKey, out, withMeta) {
+  for (const ent of await entriesOf(dir)) {
     if (ent.name.startsWith('.')) continue; // temporary files
     const key = dirKey === '' ? ent.name : `${dirKey}/${ent.name}`;
     const p = join(dir, ent.name);

@@ -7,11 +7,11 @@
 //! as an error.
 
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use js_sys::{Array, Function, Object, Promise};
 use kura_core::ByteStream;
 use kura_core::{Fetch, FetchError};
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::js::{self, JsBody};
@@ -80,26 +80,8 @@ impl Fetch for JsFetch {
             })?;
         let mut out = http::Response::new(body);
         *out.status_mut() = status;
-        let js_headers = js::get(&resp, "headers");
-        let entries = js_sys::try_iter(&js_headers)
-            .map_err(|e| FetchError::other(js::error_string(&e)))?
-            .ok_or_else(|| FetchError::other("response headers are not iterable"))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| FetchError::other(js::error_string(&e)))?;
-            let Some(pair) = entry.dyn_ref::<Array>() else {
-                continue;
-            };
-            let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string())
-            else {
-                continue;
-            };
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                out.headers_mut().append(n, v);
-            }
-        }
+        js::append_headers(&js::get(&resp, "headers"), out.headers_mut())
+            .map_err(|e| FetchError::other(format!("response headers: {e}")))?;
         Ok(out)
     }
 

@@ -409,3 +409,28 @@ pub fn to_readable_stream_watched(
     let rs = ReadableStream::new(ByteSource { state, failed });
     (rs.into(), probe)
 }
+
+/// Append the `[name, value]` pairs of a JS headers object (a `Headers`, or
+/// any iterable of pairs) to `out`; pairs that are not valid HTTP are
+/// skipped. `Err` when `headers` cannot be iterated.
+pub fn append_headers(headers: &JsValue, out: &mut http::HeaderMap) -> Result<(), String> {
+    let entries = js_sys::try_iter(headers)
+        .map_err(|e| error_string(&e))?
+        .ok_or_else(|| "headers are not iterable".to_owned())?;
+    for entry in entries {
+        let entry = entry.map_err(|e| error_string(&e))?;
+        let Some(pair) = entry.dyn_ref::<js_sys::Array>() else {
+            continue;
+        };
+        let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            out.append(n, v);
+        }
+    }
+    Ok(())
+}

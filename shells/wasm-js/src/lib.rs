@@ -13,7 +13,7 @@ mod storage;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use js_sys::{Array, Function, Object, Promise};
 use kura_core::UpstreamConfig;
 use kura_core::{Body, ByteStream, ErrorCode, RegistryConfig, RegistryError};
@@ -407,24 +407,8 @@ fn to_core_request(req: &JsValue) -> Result<http::Request<ByteStream>, RegistryE
         .uri(uri)
         .body(JsBody::new(js::get(req, "body")).into_stream())
         .map_err(|e| bad_request(format!("request: {e}")))?;
-    let headers = js::get(req, "headers");
-    if let Ok(Some(entries)) = js_sys::try_iter(&headers) {
-        for entry in entries.flatten() {
-            let Some(pair) = entry.dyn_ref::<Array>() else {
-                continue;
-            };
-            let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string())
-            else {
-                continue;
-            };
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                out.headers_mut().append(n, v);
-            }
-        }
-    }
+    // A request without iterable headers just has none.
+    let _ = js::append_headers(&js::get(req, "headers"), out.headers_mut());
     Ok(out)
 }
 

@@ -30,9 +30,9 @@ pub struct Upstream {
     /// and the first path component.
     pub name: String,
     pub url: String,
-    #[serde(default = "default_tag_ttl")]
+    #[serde(default = "kura_core::config::default_tag_ttl_secs")]
     pub tag_ttl_secs: u64,
-    #[serde(default = "default_max_stale")]
+    #[serde(default = "kura_core::config::default_max_stale_secs")]
     pub max_stale_secs: u64,
     /// Other names for the same registry (`index.docker.io`), accepted in
     /// `?ns=` and as path prefixes.
@@ -43,20 +43,8 @@ pub struct Upstream {
     #[serde(default)]
     pub token_realms: Vec<String>,
     /// Seconds an upstream 404 is remembered (0: off).
-    #[serde(default = "default_not_found_ttl")]
+    #[serde(default = "kura_core::config::default_not_found_ttl_secs")]
     pub not_found_ttl_secs: u64,
-}
-
-fn default_not_found_ttl() -> u64 {
-    kura_core::config::DEFAULT_NOT_FOUND_TTL_SECS
-}
-
-fn default_tag_ttl() -> u64 {
-    kura_core::config::DEFAULT_TAG_TTL_SECS
-}
-
-fn default_max_stale() -> u64 {
-    kura_core::config::DEFAULT_MAX_STALE_SECS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -202,11 +190,11 @@ fn defaults() -> Vec<Upstream> {
         .map(|r| Upstream {
             name: r.name.into(),
             url: r.url.into(),
-            tag_ttl_secs: default_tag_ttl(),
-            max_stale_secs: default_max_stale(),
+            tag_ttl_secs: kura_core::config::default_tag_ttl_secs(),
+            max_stale_secs: kura_core::config::default_max_stale_secs(),
             namespaces: r.aliases.iter().map(|s| s.to_string()).collect(),
             token_realms: Vec::new(),
-            not_found_ttl_secs: default_not_found_ttl(),
+            not_found_ttl_secs: kura_core::config::default_not_found_ttl_secs(),
         })
         .collect()
 }

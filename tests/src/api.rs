@@ -93,6 +93,17 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// How kura served it (`x-kura-cache`: hit, miss, revalidated, stale),
+    /// or "".
+    pub fn cache(&self) -> &str {
+        self.header("x-kura-cache").unwrap_or("")
+    }
+
+    /// The sha256 digest of the body that arrived.
+    pub fn digest(&self) -> String {
+        crate::sha256(&self.body)
+    }
+
     /// Status, headers and the start of the body (and the failure, if
     /// any), for failure messages.
     pub fn describe(&self) -> String {

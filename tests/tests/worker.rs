@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use kura_tests::api::{send_lenient, Resp};
 use kura_tests::faulty::{Fault, Faulty};
 use kura_tests::image::{
     layer_tar, oci_blobs, oci_ref, ImageSpec, OciLayout, XorShift, OCI_CONFIG, OCI_INDEX,
@@ -31,7 +32,6 @@ use kura_tests::peers::Skopeo;
 use kura_tests::upstream::{Access, Distribution};
 use kura_tests::{free_port, have, http_client, sha256, workspace_root};
 use serde_json::json;
-use sha2::Digest as _;
 
 const MIB: usize = 1024 * 1024;
 /// Small limits so that the tests exercise R2 multipart: blobs above 8 MiB
@@ -358,64 +358,14 @@ fn blob_gets(access: &[Access]) -> Vec<&Access> {
         .collect()
 }
 
-/// What a GET delivered, hashed while streaming.
-#[derive(Debug)]
-struct Got {
-    status: u16,
-    cache: String,
-    received: usize,
-    digest: String,
-    body: Vec<u8>,
-    error: Option<String>,
-}
-
-fn get_blob(url: &str, range: Option<&str>) -> Got {
-    let client = http_client();
-    let mut rb = client.get(url).header("accept", ACCEPT_ALL);
+/// A GET of `url` (with a `Range`, if given); no response, or a body that
+/// breaks off, is an answer too (see `Resp::failure`).
+fn get_blob(url: &str, range: Option<&str>) -> Resp {
+    let mut rb = http_client().get(url).header("accept", ACCEPT_ALL);
     if let Some(r) = range {
         rb = rb.header("range", r);
     }
-    let mut resp = match rb.send() {
-        Ok(r) => r,
-        Err(e) => {
-            return Got {
-                status: 0,
-                cache: String::new(),
-                received: 0,
-                digest: String::new(),
-                body: Vec::new(),
-                error: Some(format!("{e:#}")),
-            }
-        }
-    };
-    let status = resp.status().as_u16();
-    let cache = resp
-        .headers()
-        .get("x-kura-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let mut body = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut error = None;
-    loop {
-        match resp.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => body.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                error = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
-    Got {
-        status,
-        cache,
-        received: body.len(),
-        digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))),
-        body,
-        error,
-    }
+    send_lenient(rb)
 }
 
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
@@ -622,14 +572,17 @@ fn skopeo_pulls_through_the_worker_byte_identical_and_warm_pulls_stay_in_r2() {
         &format!("{}/v2/up.local/team/app/blobs/{}", worker.url, layer.digest),
         None,
     );
-    assert_eq!((r.status, r.cache.as_str()), (200, "hit"), "{:?}", r.error);
-    assert_eq!((r.received as u64, &r.digest), (layer.size, &layer.digest));
+    assert_eq!((r.status, r.cache()), (200, "hit"), "{:?}", r.failure);
+    assert_eq!(
+        (r.body.len() as u64, &r.digest()),
+        (layer.size, &layer.digest)
+    );
     let r = get_blob(
         &format!("{}/v2/up.local/team/app/blobs/{}", worker.url, layer.digest),
         Some("bytes=5242870-5242889"),
     );
     assert_eq!(r.status, 206);
-    assert_eq!(r.received, 20, "a range across the first part boundary");
+    assert_eq!(r.body.len(), 20, "a range across the first part boundary");
     let log = worker.log_text();
     assert!(!log.contains("panicked"), "the Worker panicked:\n{log}");
 }
@@ -800,7 +753,7 @@ fn a_large_multi_layer_image_pulls_through_the_worker_with_bounded_fds() {
     for d in digests.iter().filter(|d| **d != manifest) {
         let url = format!("{}/v2/team/large/blobs/{d}", worker.url);
         assert!(
-            eventually(30, || get_blob(&url, Some("bytes=0-0")).cache == "hit"),
+            eventually(30, || get_blob(&url, Some("bytes=0-0")).cache() == "hit"),
             "{d} is not served from R2"
         );
         let access = up.access_log();
@@ -845,10 +798,10 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
         for attempt in 1..=2 {
             let r = get_blob(&blob_url(&layer.digest), None);
             assert!(
-                !(r.status == 200 && r.error.is_none() && r.digest == layer.digest),
+                !(r.status == 200 && r.failure.is_none() && r.digest() == layer.digest),
                 "{fault:?} attempt {attempt}: the client got the right blob from a lying upstream"
             );
-            assert_ne!(r.cache, "hit", "{fault:?}: served from R2");
+            assert_ne!(r.cache(), "hit", "{fault:?}: served from R2");
             // Let the fill settle before the next attempt.
             let gets = f.blob_gets("team/lie", &layer.digest);
             assert_eq!(gets, attempt, "{fault:?}: upstream GETs");
@@ -858,21 +811,24 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
         // Healed: a miss (so nothing was cached), right bytes, then a hit.
         let r = get_blob(&blob_url(&layer.digest), None);
         assert_eq!(
-            (r.status, r.cache.as_str()),
+            (r.status, r.cache()),
             (200, "miss"),
             "{fault:?}: {:?}",
-            r.error
+            r.failure
         );
-        assert!(r.error.is_none(), "{fault:?}: {:?}", r.error);
-        assert_eq!((r.received as u64, &r.digest), (layer.size, &layer.digest));
+        assert!(r.failure.is_none(), "{fault:?}: {:?}", r.failure);
+        assert_eq!(
+            (r.body.len() as u64, &r.digest()),
+            (layer.size, &layer.digest)
+        );
         let gets = f.blob_gets("team/lie", &layer.digest);
         assert!(
-            eventually(20, || get_blob(&blob_url(&layer.digest), None).cache
+            eventually(20, || get_blob(&blob_url(&layer.digest), None).cache()
                 == "hit"),
             "{fault:?}: never became a hit"
         );
         let r = get_blob(&blob_url(&layer.digest), None);
-        assert_eq!((r.status, &r.digest), (200, &layer.digest));
+        assert_eq!((r.status, &r.digest()), (200, &layer.digest));
         assert_eq!(
             f.blob_gets("team/lie", &layer.digest),
             gets,
@@ -903,11 +859,11 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
     for c in clients {
         let r = c.join().unwrap();
         assert_eq!(
-            (r.status, &r.digest),
+            (r.status, &r.digest()),
             (200, &d),
             "{:?} {}",
-            r.error,
-            r.cache
+            r.failure,
+            r.cache()
         );
     }
     assert_eq!(f.blob_gets("team/lie", &d), 1, "single flight");
@@ -936,10 +892,10 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
     for c in clients {
         let r = c.join().unwrap();
         assert_eq!(
-            (r.status, &r.digest),
+            (r.status, &r.digest()),
             (200, &img.manifest.digest),
             "{:?}",
-            r.error
+            r.failure
         );
     }
     assert_eq!(
@@ -956,18 +912,18 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
     assert_eq!(f.blob_gets("team/lie", &d2), 0);
     // A range of an uncached blob: stored whole, the range served from R2.
     let r = get_blob(&blob_url(&d2), Some("bytes=10-19"));
-    assert_eq!(r.status, 206, "{:?}", r.error);
+    assert_eq!(r.status, 206, "{:?}", r.failure);
     assert_eq!(r.body, XorShift::new(913).bytes(100_000)[10..20]);
     assert_eq!(f.blob_gets("team/lie", &d2), 1);
-    assert_eq!(get_blob(&blob_url(&d2), None).cache, "hit");
+    assert_eq!(get_blob(&blob_url(&d2), None).cache(), "hit");
 
     // Tags: a miss, a hit within the TTL, a HEAD revalidation after it, and
     // the cached manifest (marked stale) while the upstream fails.
     let murl = format!("{}/v2/team/lie/manifests/v1", worker.url);
     let manifest = |want: &str| {
         let r = get_blob(&murl, None);
-        assert_eq!((r.status, r.cache.as_str()), (200, want), "{:?}", r.error);
-        assert_eq!(r.digest, img.manifest.digest);
+        assert_eq!((r.status, r.cache()), (200, want), "{:?}", r.failure);
+        assert_eq!(r.digest(), img.manifest.digest);
     };
     manifest("miss");
     manifest("hit");
@@ -1025,8 +981,8 @@ fn warm_blob_request_cost() {
     let client = http_client();
     let url = |d: &str| format!("{}/v2/team/cost/blobs/{d}", worker.url);
     for d in [&small, &large] {
-        assert_eq!(get_blob(&url(d), None).digest, *d);
-        assert!(eventually(20, || get_blob(&url(d), None).cache == "hit"));
+        assert_eq!(get_blob(&url(d), None).digest(), *d);
+        assert!(eventually(20, || get_blob(&url(d), None).cache() == "hit"));
     }
     let measure = |what: &str, head: bool, target: &str, n: usize, want: Option<&str>| {
         let (w0, a0) = worker.cpu_seconds();

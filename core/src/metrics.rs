@@ -13,43 +13,43 @@ pub struct Metrics {
     /// `(route, status)` → count.
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Mirrored manifests served from the cache (`kura_cache_hits_total`).
-    pub manifest_hits: AtomicU64,
+    pub(crate) manifest_hits: AtomicU64,
     /// Mirrored manifests fetched from upstream (`kura_cache_misses_total`).
-    pub manifest_misses: AtomicU64,
+    pub(crate) manifest_misses: AtomicU64,
     /// Tags a HEAD upstream confirmed unchanged
     /// (`kura_cache_revalidations_total`).
-    pub manifest_revalidations: AtomicU64,
+    pub(crate) manifest_revalidations: AtomicU64,
     /// Cached tags served because the upstream failed
     /// (`kura_cache_stale_total`).
-    pub stale_served: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
     /// Mirrored blobs served from the cache (`kura_cache_hits_total`).
-    pub blob_hits: AtomicU64,
+    pub(crate) blob_hits: AtomicU64,
     /// Mirrored blobs fetched from upstream (`kura_cache_misses_total`).
-    pub blob_misses: AtomicU64,
+    pub(crate) blob_misses: AtomicU64,
     /// Requests that joined an upstream fetch already in flight
     /// (`kura_singleflight_joins_total`).
-    pub singleflight_joins: AtomicU64,
+    pub(crate) singleflight_joins: AtomicU64,
     /// Upstream requests that failed (`kura_upstream_errors_total`).
-    pub upstream_errors: AtomicU64,
+    pub(crate) upstream_errors: AtomicU64,
     /// Blob bytes served from the cache (`kura_cache_bytes_served_total`).
-    pub bytes_from_cache: AtomicU64,
+    pub(crate) bytes_from_cache: AtomicU64,
     /// Blob bytes fetched from upstreams (`kura_upstream_bytes_total`).
-    pub bytes_from_upstream: AtomicU64,
+    pub(crate) bytes_from_upstream: AtomicU64,
     /// Blob fills abandoned because the upstream failed or lied
     /// (`kura_fills_failed_total`).
-    pub fills_failed: AtomicU64,
+    pub(crate) fills_failed: AtomicU64,
     /// Blobs evicted to keep the cache under its size
     /// (`kura_cache_evictions_total`).
-    pub evictions: AtomicU64,
+    pub(crate) evictions: AtomicU64,
     /// Bytes of mirrored blobs in storage as of the last eviction pass: a
     /// gauge (`kura_cache_size_bytes`).
-    pub cache_size_bytes: AtomicU64,
+    pub(crate) cache_size_bytes: AtomicU64,
     /// Token requests sent without the upstream's credentials because the
     /// realm is foreign (`kura_upstream_credentials_withheld_total`).
-    pub credentials_withheld: AtomicU64,
+    pub(crate) credentials_withheld: AtomicU64,
     /// Requests answered 404 from a recent upstream 404, without asking
     /// again (`kura_upstream_not_found_cached_total`).
-    pub not_found_cached: AtomicU64,
+    pub(crate) not_found_cached: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {

@@ -223,7 +223,7 @@ pub fn required_access(method: &Method, route: Option<&Route>) -> Access {
 
 /// The value of query parameter `key`, percent-decoded. `Some(Err)` when it
 /// is present but not valid UTF-8 after decoding.
-pub fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>> {
+pub(crate) fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>> {
     let query = uri.query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -244,7 +244,7 @@ pub fn query_param(uri: &Uri, key: &str) -> Option<Result<String, RegistryError>
 }
 
 /// Every value of query parameter `key` (`?tag=a&tag=b`), percent-decoded.
-pub fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> {
+pub(crate) fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> {
     let Some(query) = uri.query() else {
         return Ok(Vec::new());
     };
@@ -267,7 +267,7 @@ pub fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> 
 }
 
 /// Decode `%XX` escapes; `None` on bad escapes or non-UTF-8 results.
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }
@@ -288,7 +288,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Percent-encode a query value (for `Link` headers).
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -303,12 +303,12 @@ pub fn percent_encode(s: &str) -> String {
 /// A `Range` header that is malformed or does not overlap the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("range not satisfiable")]
-pub struct BadRange;
+pub(crate) struct BadRange;
 
 /// Whether a `Range` header asks for one byte range. Other units and
 /// multiple ranges are valid HTTP that a server may ignore (RFC 9110
 /// §14.2): the whole blob is sent instead.
-pub fn single_byte_range(value: &str) -> bool {
+pub(crate) fn single_byte_range(value: &str) -> bool {
     value.trim().starts_with("bytes=") && !value.contains(',')
 }
 
@@ -317,7 +317,7 @@ pub fn single_byte_range(value: &str) -> bool {
 /// Returns the half-open byte range to serve. Only single ranges are
 /// supported (`a-b`, `a-`, `-n`); anything else, or a range that does not
 /// overlap the object, is an error the caller answers with 416.
-pub fn parse_range(value: &str, size: u64) -> Result<Range<u64>, BadRange> {
+pub(crate) fn parse_range(value: &str, size: u64) -> Result<Range<u64>, BadRange> {
     let spec = value.trim().strip_prefix("bytes=").ok_or(BadRange)?.trim();
     if spec.contains(',') {
         return Err(BadRange);
@@ -356,7 +356,7 @@ pub fn parse_range(value: &str, size: u64) -> Result<Range<u64>, BadRange> {
 /// Parse a chunk's `Content-Range`: distribution's `<start>-<end>`, also
 /// accepting the RFC form `bytes <start>-<end>/<total|*>`. Returns the
 /// inclusive start and end.
-pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
     let v = v
         .strip_prefix("bytes ")
@@ -375,7 +375,7 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
 
 /// A header that must be readable if present: `Err` when it is not visible
 /// ASCII (rather than silently ignoring it).
-pub fn header_strict<'a>(
+pub(crate) fn header_strict<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a str>, RegistryError> {
@@ -391,7 +391,7 @@ pub fn header_strict<'a>(
 }
 
 /// A header as a string, if present and visible ASCII.
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

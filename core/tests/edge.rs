@@ -13,9 +13,9 @@ use common::TestHost;
 use futures::executor::block_on;
 use http::{Method, Request, StatusCode};
 use kura_core::storage::{MemoryStorage, PutMode, Storage};
-use kura_core::Edge;
 use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
+use kura_core::{Edge, FillClaim};
 use kura_core::{Fetch, FetchError};
 
 type Upstream = Registry<MemoryStorage, TestHost>;
@@ -297,4 +297,83 @@ fn only_mirrored_blob_reads_are_diverted() {
             "{m} {uri}"
         );
     }
+}
+
+/// The miss for `d` in `library/alpine`, as `handle_edge` gives it.
+fn miss(s: &Setup, d: &Digest) -> kura_core::BlobMiss<LocalFetch, TestHost> {
+    match block_on(s.mirror.handle_edge(request(
+        Method::GET,
+        &format!("/v2/alpine/blobs/{d}"),
+        None,
+    ))) {
+        Edge::BlobMiss(m) => m,
+        Edge::Response(r) => panic!("not a miss: {}", r.status()),
+    }
+}
+
+/// One request per (repository, digest) fills; the others wait for its
+/// outcome on the host's timer, and learn a failure as theirs.
+#[test]
+fn a_host_driven_fill_has_one_leader_and_followers_learn_its_outcome() {
+    let s = setup();
+    s.mirror.host().isolated.store(true, Ordering::SeqCst);
+    let d = push_blob(&s.upstream, b"lease me");
+    let m = miss(&s, &d);
+    let FillClaim::Lead(lease) = s.mirror.claim_fill(&m) else {
+        panic!("the first claim must lead");
+    };
+    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+        panic!("a second claim must follow");
+    };
+    // The follower waits until the leader settles.
+    let (followed, ()) = block_on(async {
+        let mut follow = Box::pin(s.mirror.follow_fill(f));
+        assert!(futures::poll!(follow.as_mut()).is_pending());
+        let settle = async { lease.settle(Err("upstream broke".into())) };
+        futures::join!(follow, settle)
+    });
+    let e = followed.expect_err("the leader's failure is the follower's");
+    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(e.message.contains("upstream broke"), "{}", e.message);
+    // Settled: the next request leads a fresh fill.
+    assert!(matches!(s.mirror.claim_fill(&m), FillClaim::Lead(_)));
+}
+
+/// A lease dropped unsettled (its request went away) fails the fill for
+/// its followers at once; a filler that moves nothing for a minute is
+/// taken over.
+#[test]
+fn an_abandoned_or_stalled_fill_does_not_strand_its_followers() {
+    let s = setup();
+    s.mirror.host().isolated.store(true, Ordering::SeqCst);
+    let d = push_blob(&s.upstream, b"abandoned");
+    let m = miss(&s, &d);
+    let FillClaim::Lead(lease) = s.mirror.claim_fill(&m) else {
+        panic!("lead");
+    };
+    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+        panic!("follow");
+    };
+    drop(lease);
+    assert!(block_on(s.mirror.follow_fill(f)).is_err());
+
+    let FillClaim::Lead(stalled) = s.mirror.claim_fill(&m) else {
+        panic!("a fresh lead after the drop");
+    };
+    stalled.progress();
+    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+        panic!("follow");
+    };
+    // A minute and a bit later by the host's clock, with no progress.
+    let now = s.mirror.host().clock.load(Ordering::SeqCst);
+    s.mirror.host().clock.store(now + 61_000, Ordering::SeqCst);
+    assert!(
+        block_on(s.mirror.follow_fill(f)).is_ok(),
+        "a stalled fill is taken over: look again"
+    );
+    assert!(
+        matches!(s.mirror.claim_fill(&m), FillClaim::Lead(_)),
+        "the follower may lead now"
+    );
+    drop(stalled);
 }

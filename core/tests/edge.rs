@@ -137,10 +137,10 @@ fn a_blob_miss_is_handed_to_the_host_and_a_commit_makes_it_a_hit() {
     else {
         panic!("expected a blob miss");
     };
-    assert_eq!(miss.digest, d);
-    assert!(!miss.head);
-    assert_eq!(miss.target.local.as_str(), "docker.io/library/alpine");
-    assert_eq!(miss.target.remote.as_str(), "alpine");
+    assert_eq!(miss.digest(), &d);
+    assert!(!miss.is_head());
+    assert_eq!(miss.repository().as_str(), "docker.io/library/alpine");
+    assert_eq!(miss.upstream_repository().as_str(), "alpine");
     assert_eq!(s.blob_gets.load(Ordering::SeqCst), 0);
 
     // The upstream answer comes back unread (library/ added by the core).
@@ -243,8 +243,8 @@ fn head_misses_ask_the_upstream_with_head_and_unknown_blobs_are_404() {
     ))) else {
         panic!("expected a miss");
     };
-    assert!(miss.head);
-    assert_eq!(miss.range.as_deref(), Some("bytes=0-1"));
+    assert!(miss.is_head());
+    assert_eq!(miss.range(), Some("bytes=0-1"));
     let up = block_on(s.mirror.fetch_blob(&miss)).unwrap();
     assert_eq!(up.status(), StatusCode::OK);
     assert_eq!(

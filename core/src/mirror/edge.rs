@@ -58,16 +58,38 @@ pub enum Edge<B, F, H> {
 /// A `GET` or `HEAD` of a mirrored blob that storage does not hold.
 pub struct BlobMiss<F, H> {
     /// The upstream, and the repository's names there and here.
-    pub target: MirrorTarget<F, H>,
-    /// The blob the client asked for.
-    pub digest: Digest,
-    /// `HEAD`: the client wants the headers only.
-    pub head: bool,
-    /// The client's `Range` header, when it asks for one byte range.
-    pub range: Option<String>,
+    pub(crate) target: MirrorTarget<F, H>,
+    pub(crate) digest: Digest,
+    pub(crate) head: bool,
+    pub(crate) range: Option<String>,
 }
 
 impl<F, H> BlobMiss<F, H> {
+    /// The blob the client asked for.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// `HEAD`: the client wants the headers only.
+    pub fn is_head(&self) -> bool {
+        self.head
+    }
+
+    /// The client's `Range` header, when it asks for one byte range.
+    pub fn range(&self) -> Option<&str> {
+        self.range.as_deref()
+    }
+
+    /// The repository as stored here (`docker.io/library/alpine`).
+    pub fn repository(&self) -> &RepositoryName {
+        &self.target.local
+    }
+
+    /// The repository as the upstream names it (`library/alpine`).
+    pub fn upstream_repository(&self) -> &RepositoryName {
+        &self.target.remote
+    }
+
     /// Where the verified bytes go (and what [`crate::Registry::commit_blob`]
     /// expects to find).
     pub fn key(&self) -> String {

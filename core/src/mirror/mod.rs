@@ -92,13 +92,13 @@ pub(crate) struct Mirrors<F, H> {
 type FlightKey = (RepositoryName, Digest);
 
 /// Where a mirrored request goes.
-pub struct MirrorTarget<F, H> {
+pub(crate) struct MirrorTarget<F, H> {
     /// The upstream the repository is mirrored from.
-    pub upstream: Arc<Upstream<F, H>>,
+    pub(crate) upstream: Arc<Upstream<F, H>>,
     /// The name the upstream knows (`library/alpine`).
-    pub remote: RepositoryName,
+    pub(crate) remote: RepositoryName,
     /// The name kura stores it under (`docker.io/library/alpine`).
-    pub local: RepositoryName,
+    pub(crate) local: RepositoryName,
 }
 
 impl<F: Fetch, H: Host> Mirrors<F, H> {

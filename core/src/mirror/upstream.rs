@@ -40,9 +40,9 @@ const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 /// The client for one upstream registry, with what its requests share:
 /// bearer tokens by scope, and whether the upstream is down or asked
 /// for a pause.
-pub struct Upstream<F, H> {
+pub(crate) struct Upstream<F, H> {
     /// The upstream as configured.
-    pub config: UpstreamConfig,
+    pub(crate) config: UpstreamConfig,
     fetch: Arc<F>,
     host: Arc<H>,
     metrics: Arc<Metrics>,
@@ -54,7 +54,7 @@ pub struct Upstream<F, H> {
 
 impl<F: Fetch, H: Host> Upstream<F, H> {
     /// The client for `config`; fails if its URL has no scheme or host.
-    pub fn new(
+    pub(crate) fn new(
         config: UpstreamConfig,
         fetch: Arc<F>,
         host: Arc<H>,
@@ -82,7 +82,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     }
 
     /// GET or HEAD a manifest.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         repo: &RepositoryName,
         reference: &str,
@@ -93,7 +93,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     }
 
     /// GET a blob, or a byte range of it (`bytes=a-b`).
-    pub async fn blob(
+    pub(crate) async fn blob(
         &self,
         repo: &RepositoryName,
         digest: &str,
@@ -105,7 +105,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
 
     /// A page of the repository's tag list (`n` and `last` as the client
     /// asked; the upstream may cap `n`).
-    pub async fn tags(
+    pub(crate) async fn tags(
         &self,
         repo: &RepositoryName,
         n: Option<usize>,
@@ -127,7 +127,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     }
 
     /// The OCI 1.1 referrers of `digest`, optionally filtered upstream.
-    pub async fn referrers(
+    pub(crate) async fn referrers(
         &self,
         repo: &RepositoryName,
         digest: &str,
@@ -146,7 +146,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     }
 
     /// HEAD a blob: does the upstream have it for this repository?
-    pub async fn blob_head(
+    pub(crate) async fn blob_head(
         &self,
         repo: &RepositoryName,
         digest: &str,
@@ -162,7 +162,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     /// Why the upstream should not be asked now, if it should not: it asked
     /// for a pause, or it recently timed out or could not be reached. Cached
     /// content is served at once meanwhile.
-    pub fn known_down(&self) -> Option<UpstreamError> {
+    pub(crate) fn known_down(&self) -> Option<UpstreamError> {
         let now = self.host.now_unix_ms();
         let h = *self.lock_health();
         if h.throttled_until > now {
@@ -174,7 +174,7 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
     }
 
     /// Remember that the upstream could not be reached (or hung) just now.
-    pub fn mark_down(&self) {
+    pub(crate) fn mark_down(&self) {
         let until = self.host.now_unix_ms().saturating_add(DOWN_WINDOW_MS);
         let mut h = self.lock_health();
         h.down_until = h.down_until.max(until);

@@ -208,7 +208,7 @@ async fn blob_miss(
     miss: BlobMiss<WorkerFetch, WorkerHost>,
     ctx: &Context,
 ) -> Missed {
-    if miss.head {
+    if miss.is_head() {
         // Headers only: ask the upstream, store nothing.
         return Missed::Answer(match app.registry.fetch_blob(&miss).await {
             Ok(up) => {
@@ -252,7 +252,7 @@ async fn lead(
     let sink = Sink::start(
         &app.storage.bucket,
         &miss.key(),
-        &miss.digest,
+        miss.digest(),
         size,
         app.storage.single_put_max,
         app.storage.part_size,
@@ -272,7 +272,7 @@ async fn lead(
         }
     };
     let progress: Rc<dyn Progress> = lease.clone();
-    if miss.range.is_some() {
+    if miss.range().is_some() {
         // A range of a blob not stored yet: store it whole first, then
         // answer the range from R2.
         let r = split::pump(body_source, size, None, sink, progress).await;

@@ -8,6 +8,9 @@ use crate::io::storage::StorageError;
 use crate::model::digest::{DigestError, DigestMismatch, SizeMismatch};
 use crate::model::reference::{NameError, ReferenceError, TagError};
 
+/// What registry operations return.
+pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
 /// The error codes of the distribution spec, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -22,7 +22,7 @@ pub(crate) mod layout;
 pub(crate) mod memo;
 mod repo;
 
-pub(crate) type Result<T, E = RegistryError> = std::result::Result<T, E>;
+pub(crate) use crate::error::Result;
 
 /// Storage and what the registry keeps beside it in memory. Hosted
 /// repositories (`crate::hosted`) and the mirror (`crate::mirror`) both

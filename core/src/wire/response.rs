@@ -5,10 +5,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG};
 use http::StatusCode;
 
+use crate::error::Result;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::Body;
 use crate::model::digest::Digest;
-use crate::store::Result;
 use crate::wire;
 
 /// A response from the registry; `B` is the storage backend's body type,

@@ -346,11 +346,9 @@ impl<S: Storage, H: Host> Store<S, H> {
     /// session whose state is gone still has chunks to find).
     pub(crate) async fn upload_ids(&self) -> Result<Vec<UploadId>> {
         let keys = self.storage.list(layout::UPLOADS_PREFIX).await?;
-        let ids: std::collections::BTreeSet<&str> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(layout::UPLOADS_PREFIX)?.split('/').next())
-            .collect();
-        Ok(ids.into_iter().filter_map(UploadId::parse).collect())
+        let ids: std::collections::BTreeSet<UploadId> =
+            keys.iter().filter_map(|k| layout::upload_of(k)).collect();
+        Ok(ids.into_iter().collect())
     }
 
     /// Delete the spools of cache fills: at startup they are all leftovers

@@ -95,8 +95,8 @@ impl Fills {
     }
 }
 
-// ----- blob fills -------------------------------------------------------------
-
+/// Why a fill failed: the upstream's answer, or bytes that broke on the
+/// way (cut short, the wrong digest, storage refusing them).
 #[derive(Debug, Clone)]
 pub(crate) enum FlightError {
     Upstream(UpstreamError),

@@ -409,8 +409,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     }
 }
 
-// ----- single flight for manifests ------------------------------------------
-
 /// What a leader tells its followers: `Some(Ok)` it got an answer (look at
 /// storage again), `Some(Err)` the answer is this error, `None` it left
 /// before an answer (its client hung up): ask again.

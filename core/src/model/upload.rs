@@ -13,7 +13,7 @@ use crate::model::digest::Hasher;
 use crate::model::reference::RepositoryName;
 
 /// A session id: 32 lowercase hex characters from the host's random source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UploadId(String);
 
 impl UploadId {

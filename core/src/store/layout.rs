@@ -126,6 +126,11 @@ pub(crate) fn tag(name: &RepositoryName, tag: &Tag) -> String {
     format!("{}{tag}", tags_prefix(name))
 }
 
+/// The tag a [`tag`] key of repository `name` is for.
+pub(crate) fn tag_of(name: &RepositoryName, key: &str) -> Option<Tag> {
+    Tag::parse(key.strip_prefix(&tags_prefix(name))?).ok()
+}
+
 /// When a mirrored tag was last checked upstream (JSON).
 pub(crate) fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
     format!("repositories/{name}/_cache/tags/{tag}")
@@ -199,6 +204,12 @@ pub(crate) fn catalog_name(key: &str) -> Option<RepositoryName> {
 /// The prefix of every upload session's objects.
 pub(crate) const UPLOADS_PREFIX: &str = "uploads/";
 
+/// The upload session an upload-area key belongs to.
+pub(crate) fn upload_of(key: &str) -> Option<UploadId> {
+    let (id, _) = key.strip_prefix(UPLOADS_PREFIX)?.split_once('/')?;
+    UploadId::parse(id)
+}
+
 /// The prefix of everything stored for upload session `id`.
 pub(crate) fn upload_dir(id: &UploadId) -> String {
     format!("{UPLOADS_PREFIX}{id}/")
@@ -230,6 +241,25 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn upload_and_tag_keys_round_trip() {
+        let id = UploadId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        for key in [
+            upload_state(&id),
+            upload_data(&id),
+            upload_chunk(&id, 7, "n"),
+        ] {
+            assert_eq!(upload_of(&key), Some(id.clone()), "{key}");
+        }
+        assert_eq!(upload_of("uploads/not-an-id/state"), None);
+        assert_eq!(upload_of("uploads/0123456789abcdef0123456789abcdef"), None);
+        let n = RepositoryName::parse("a/b").unwrap();
+        let t = Tag::parse("v1.0").unwrap();
+        assert_eq!(tag_of(&n, &tag(&n, &t)), Some(t));
+        assert_eq!(tag_of(&n, "repositories/a/b/_manifests/tags/x/y"), None);
+        assert_eq!(tag_of(&n, "repositories/a/c/_manifests/tags/v1"), None);
+    }
 
     #[test]
     fn catalog_round_trip() {

@@ -249,14 +249,13 @@ impl<S: Storage, H: Host> Store<S, H> {
                 format!("repository {name} not known"),
             ));
         }
-        let prefix = layout::tags_prefix(name);
         let all: Vec<String> = self
             .storage
-            .list(&prefix)
+            .list(&layout::tags_prefix(name))
             .await?
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-            .filter(|t| Tag::parse(t).is_ok())
+            .iter()
+            .filter_map(|k| layout::tag_of(name, k))
+            .map(|t| t.as_str().to_owned())
             .collect();
         let Page {
             entries: page,

@@ -1139,6 +1139,44 @@ fn isolated_requests_share_a_manifest_fetch_by_polling() {
     );
 }
 
+/// An upstream that keeps failing the same way is one warning per ten
+/// seconds, not one per request, and the next one says how many it stood
+/// for.
+#[test]
+fn a_failing_upstream_is_warned_about_once_per_interval() {
+    let s = setup(60_000);
+    s.fetch.rule(
+        Some(Method::GET),
+        "/manifests/",
+        Answer::Status(503, Vec::new()),
+    );
+    let warned = || {
+        s.mirror
+            .host()
+            .warnings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| w.starts_with("upstream up.local:"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for i in 0..20 {
+        let r = call(
+            &s.mirror,
+            Method::GET,
+            &format!("/v2/up.local/app/manifests/t{i}"),
+        );
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(warned().len(), 1, "{:?}", warned());
+    at(&s.mirror, s.mirror.host().now_unix_ms() + 11_000);
+    call(&s.mirror, Method::GET, "/v2/up.local/app/manifests/later");
+    let w = warned();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[1].contains("(19 more like it"), "{w:?}");
+}
+
 #[test]
 fn concurrent_misses_share_a_failure() {
     let s = setup(60_000);

@@ -57,7 +57,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                             format!("blob {digest} not in {}", t.remote),
                         ))
                     }
-                    Err(e) => return Err(self.upstream_failure(e, ErrorCode::BlobUnknown)),
+                    Err(e) => return Err(self.upstream_failure(t, e, ErrorCode::BlobUnknown)),
                 }
                 self.store.link_blob(&t.local, digest).await?;
             }
@@ -72,7 +72,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 .upstream
                 .blob_head(&t.remote, &digest.to_string())
                 .await
-                .map_err(|e| self.upstream_failure(e, ErrorCode::BlobUnknown))?;
+                .map_err(|e| self.upstream_failure(t, e, ErrorCode::BlobUnknown))?;
             let len = wire::header(resp.headers(), "content-length")
                 .and_then(|v| v.trim().parse::<u64>().ok());
             let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
@@ -80,7 +80,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         }
         let flight = self.blob_flight(t, digest);
         let size = flight.started().await.map_err(|e| match e {
-            FlightError::Upstream(e) => self.upstream_failure(e, ErrorCode::BlobUnknown),
+            FlightError::Upstream(e) => self.upstream_failure(t, e, ErrorCode::BlobUnknown),
             FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
         })?;
         let (status, start, end, content_range) = match (range, size) {

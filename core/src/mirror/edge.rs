@@ -241,7 +241,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 ErrorCode::BlobUnknown,
                 format!("blob {} not found upstream", miss.digest),
             ),
-            other => self.upstream_failure(other, ErrorCode::BlobUnknown),
+            other => self.upstream_failure(t, other, ErrorCode::BlobUnknown),
         })
     }
 

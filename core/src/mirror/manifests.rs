@@ -66,7 +66,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .upstream
             .manifest(&t.remote, &reference.to_string(), Method::HEAD)
             .await
-            .map_err(|e| self.upstream_failure(e, ErrorCode::ManifestUnknown))?;
+            .map_err(|e| self.upstream_failure(t, e, ErrorCode::ManifestUnknown))?;
         let h = upstream.headers();
         let digest = match reference {
             Reference::Digest(d) => Some(d.clone()),
@@ -310,7 +310,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             }
             Err(e) if e.allows_stale() && stale_ok => self.stale(t, &reference).await,
             Err(UpstreamError::NotFound) => Err(manifest_unknown(&t.remote, &reference)),
-            Err(e) => Err(self.upstream_failure(e, ErrorCode::ManifestUnknown)),
+            Err(e) => Err(self.upstream_failure(t, e, ErrorCode::ManifestUnknown)),
         }
     }
 
@@ -359,7 +359,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .upstream
             .manifest(&t.remote, reference, Method::GET)
             .await
-            .map_err(|e| self.upstream_failure(e, ErrorCode::ManifestUnknown))?;
+            .map_err(|e| self.upstream_failure(t, e, ErrorCode::ManifestUnknown))?;
         let content_type = wire::header(resp.headers(), "content-type").map(str::to_owned);
         let announced =
             wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());

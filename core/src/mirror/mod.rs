@@ -84,6 +84,8 @@ pub(crate) struct Mirrors<F, H> {
     recency: Recency,
     /// Recent upstream 404s and until when they stand (host clock).
     missing: Mutex<HashMap<MissingKey, u64>>,
+    /// Upstream failures warned about recently (see [`WarnLimit`]).
+    warned: WarnLimit,
     manifest_flights: Flights,
     /// Who fills which blob, for the core's own fills and the host's alike.
     fills: Arc<Fills>,
@@ -108,6 +110,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             default: None,
             recency: Recency::default(),
             missing: Mutex::default(),
+            warned: WarnLimit::default(),
             manifest_flights: Flights::default(),
             fills: Arc::default(),
         }
@@ -161,6 +164,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             default,
             recency: Recency::default(),
             missing: Mutex::default(),
+            warned: WarnLimit::default(),
             manifest_flights: Flights::default(),
             fills: Arc::default(),
         })
@@ -338,14 +342,28 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     }
 
     /// An upstream failure as the client sees it, counted.
-    pub(crate) fn upstream_failure(&self, e: UpstreamError, unknown: ErrorCode) -> RegistryError {
+    pub(crate) fn upstream_failure(
+        &self,
+        t: &MirrorTarget<F, H>,
+        e: UpstreamError,
+        unknown: ErrorCode,
+    ) -> RegistryError {
         if !matches!(e, UpstreamError::NotFound) {
             metrics::inc(&self.store.metrics.upstream_errors);
             // The details (addresses, URLs, the upstream's words) are for
             // the operator; the client learns what kind of failure it was.
-            self.store
-                .host
-                .warn(&format!("upstream request failed: {}", chain(&e)));
+            let now = self.store.host.now_unix_ms();
+            let name = &t.upstream.config.name;
+            let kind = format!("{name} {}", warn_kind(&e));
+            if let Some(more) = self.mirrors.warned.admit(kind, now) {
+                let more = match more {
+                    0 => String::new(),
+                    n => format!(" ({n} more like it since the last warning)"),
+                };
+                self.store
+                    .host
+                    .warn(&format!("upstream {name}: {}{more}", chain(&e)));
+            }
         }
         RegistryError::from_upstream(&e, unknown)
     }
@@ -388,4 +406,50 @@ fn mark_stale<B, F, H>(resp: Response<B>, t: &MirrorTarget<F, H>) -> Response<B>
         ),
     );
     resp
+}
+
+/// How often, at most, the same kind of upstream failure is logged: while
+/// an upstream is down or paused every request fails the same way, and one
+/// line in ten seconds says as much as a thousand.
+const WARN_EVERY_MS: u64 = 10_000;
+/// Most kinds of failure tracked at once; past it the memory starts over.
+const WARN_KINDS_MAX: usize = 1_000;
+
+/// Which upstream failures were logged when, and how many since went
+/// unlogged.
+#[derive(Default)]
+pub(crate) struct WarnLimit(Mutex<HashMap<String, (u64, u64)>>);
+
+impl WarnLimit {
+    /// `Some(n)`: log this one, `n` like it went unlogged before it;
+    /// `None`: one like it was logged within [`WARN_EVERY_MS`].
+    fn admit(&self, kind: String, now_ms: u64) -> Option<u64> {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= WARN_KINDS_MAX && !seen.contains_key(&kind) {
+            seen.clear();
+        }
+        match seen.get_mut(&kind) {
+            Some((last, skipped)) if now_ms.saturating_sub(*last) < WARN_EVERY_MS => {
+                *skipped += 1;
+                None
+            }
+            Some((last, skipped)) => {
+                *last = now_ms;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                seen.insert(kind, (now_ms, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// The kind of an upstream failure for [`WarnLimit`]: its words without
+/// what changes from one request to the next (a pause's remaining time).
+fn warn_kind(e: &UpstreamError) -> String {
+    match e {
+        UpstreamError::Throttled { .. } => "throttled".into(),
+        other => other.to_string(),
+    }
 }

@@ -139,7 +139,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     metrics::inc(&self.store.metrics.upstream_errors);
                     Ok(answer(&c, "stale"))
                 }
-                _ => Err(self.upstream_failure(e, ErrorCode::NameUnknown)),
+                _ => Err(self.upstream_failure(t, e, ErrorCode::NameUnknown)),
             },
         }
     }

@@ -14,6 +14,8 @@ pub struct TestHost {
     pub isolated: AtomicBool,
     /// Short sleeps taken (each yields once) while `isolated`.
     pub polls: AtomicU64,
+    /// What the core warned the operator about.
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestHost {
@@ -23,6 +25,7 @@ impl TestHost {
             counter: AtomicU64::new(1),
             isolated: AtomicBool::new(false),
             polls: AtomicU64::new(0),
+            warnings: std::sync::Mutex::default(),
         }
     }
 }
@@ -39,6 +42,9 @@ impl Host for TestHost {
     }
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         std::thread::spawn(move || block_on(task));
+    }
+    fn warn(&self, message: &str) {
+        self.warnings.lock().unwrap().push(message.to_owned());
     }
     fn wakes_across_requests(&self) -> bool {
         !self.isolated.load(Ordering::SeqCst)

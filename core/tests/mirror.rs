@@ -870,6 +870,24 @@ fn get_async<'a, S: Storage<Body = ByteStream>, F: Fetch>(
     call_async(reg, Method::GET, uri, Bytes::new())
 }
 
+/// GET every uri at once while the upstream is held: each request must
+/// be waiting (on the upstream, or on the one request that asks it) when
+/// `open` is dropped; then all run to their answers.
+fn held_gets<S: Storage<Body = ByteStream>, F: Fetch>(
+    reg: &Registry<S, TestHost, F>,
+    uris: &[&str],
+    open: futures::channel::oneshot::Sender<()>,
+) -> Vec<Resp> {
+    block_on(async {
+        let mut calls: Vec<_> = uris.iter().map(|u| Box::pin(get_async(reg, u))).collect();
+        for c in calls.iter_mut() {
+            assert!(futures::poll!(c.as_mut()).is_pending());
+        }
+        drop(open);
+        futures::future::join_all(calls).await
+    })
+}
+
 #[test]
 fn a_fill_for_one_repository_is_never_followed_by_another() {
     let s = setup(60_000);
@@ -1066,16 +1084,7 @@ fn followers_of_a_tag_check_get_the_leaders_answer() {
     let (open, held) = gate();
     s.fetch
         .rule(Some(Method::HEAD), "/manifests/v1", Answer::Hold(held));
-    let answers = block_on(async {
-        let mut calls: Vec<_> = (0..5)
-            .map(|_| Box::pin(get_async(&s.mirror, uri)))
-            .collect();
-        for c in calls.iter_mut() {
-            assert!(futures::poll!(c.as_mut()).is_pending());
-        }
-        drop(open);
-        futures::future::join_all(calls).await
-    });
+    let answers = held_gets(&s.mirror, &[uri; 5], open);
     for r in &answers {
         assert_eq!(
             (r.status, r.header("x-kura-cache")),
@@ -1118,16 +1127,7 @@ fn isolated_requests_share_a_manifest_fetch_by_polling() {
     s.fetch
         .rule_times(Some(Method::GET), "/manifests/v1", Answer::Hold(held), 1);
     let uri = "/v2/up.local/app/manifests/v1";
-    let answers = block_on(async {
-        let mut calls: Vec<_> = (0..5)
-            .map(|_| Box::pin(get_async(&s.mirror, uri)))
-            .collect();
-        for c in calls.iter_mut() {
-            assert!(futures::poll!(c.as_mut()).is_pending());
-        }
-        drop(open);
-        futures::future::join_all(calls).await
-    });
+    let answers = held_gets(&s.mirror, &[uri; 5], open);
     for r in &answers {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("docker-content-digest"), digest.to_string());
@@ -1186,16 +1186,7 @@ fn concurrent_misses_share_a_failure() {
     s.fetch
         .rule(Some(Method::GET), "/manifests/nope", Answer::Hold(held));
     let uri = "/v2/up.local/app/manifests/nope";
-    let answers = block_on(async {
-        let mut calls: Vec<_> = (0..10)
-            .map(|_| Box::pin(get_async(&s.mirror, uri)))
-            .collect();
-        for c in calls.iter_mut() {
-            assert!(futures::poll!(c.as_mut()).is_pending());
-        }
-        drop(open);
-        futures::future::join_all(calls).await
-    });
+    let answers = held_gets(&s.mirror, &[uri; 10], open);
     assert!(answers.iter().all(|r| r.status == StatusCode::NOT_FOUND));
     assert_eq!(s.fetch.seen(&Method::GET, "/manifests/nope"), 1);
 
@@ -1210,16 +1201,7 @@ fn concurrent_misses_share_a_failure() {
         Answer::Status(503, Vec::new()),
     );
     let uri = "/v2/up.local/app/manifests/down";
-    let answers = block_on(async {
-        let mut calls: Vec<_> = (0..10)
-            .map(|_| Box::pin(get_async(&s.mirror, uri)))
-            .collect();
-        for c in calls.iter_mut() {
-            assert!(futures::poll!(c.as_mut()).is_pending());
-        }
-        drop(open);
-        futures::future::join_all(calls).await
-    });
+    let answers = held_gets(&s.mirror, &[uri; 10], open);
     assert!(answers
         .iter()
         .all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));

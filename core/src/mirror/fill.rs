@@ -401,6 +401,9 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                     s.received = received;
                     s.tail.push((offset, chunk));
                 });
+                // For followers that judge a fill by its progress
+                // (`Registry::follow_fill`), this one is as alive as any.
+                self.flight.moved(self.host.now_unix_ms());
             }
             if unspooled >= unit || (last && unspooled > 0) {
                 self.spool_tail(chunks).await.map_err(store)?;

@@ -117,10 +117,9 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                         .join(format!("{}@{d}", t.local))
                     {
                         Joined::Follower(rx) => {
-                            metrics::inc(&self.store.metrics.singleflight_joins);
                             // The leader's failure is ours too; its success
                             // (or its leaving) sends us back to storage.
-                            if let Ok(Some(Err(e))) = leader_outcome(&*self.store.host, rx).await {
+                            if let Ok(Some(Err(e))) = self.follow_leader(rx).await {
                                 return Err(e);
                             }
                         }
@@ -158,8 +157,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                         .join(format!("{}:{tag}", t.local))
                     {
                         Joined::Follower(rx) => {
-                            metrics::inc(&self.store.metrics.singleflight_joins);
-                            match leader_outcome(&*self.store.host, rx).await {
+                            match self.follow_leader(rx).await {
                                 // The leader's answer is everyone's: a tag
                                 // deleted upstream is gone for all of them.
                                 Ok(Some(Err(e))) => return Err(e),
@@ -179,6 +177,28 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     }
                 }
             }
+        }
+    }
+
+    /// Count the join, then wait for what the leader sends: woken by it
+    /// where the host allows, else polled on the host's timer (see
+    /// `Host::wakes_across_requests`).
+    async fn follow_leader(
+        &self,
+        mut rx: oneshot::Receiver<Outcome>,
+    ) -> Result<Outcome, oneshot::Canceled> {
+        metrics::inc(&self.store.metrics.singleflight_joins);
+        let host = &self.store.host;
+        if host.wakes_across_requests() {
+            return rx.await;
+        }
+        let mut pause = 5;
+        loop {
+            if let Some(outcome) = rx.try_recv()? {
+                return Ok(outcome);
+            }
+            host.sleep(pause).await;
+            pause = (pause * 2).min(200);
         }
     }
 
@@ -413,25 +433,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
 /// storage again), `Some(Err)` the answer is this error, `None` it left
 /// before an answer (its client hung up): ask again.
 pub(super) type Outcome = Option<Result<(), RegistryError>>;
-
-/// What the leader sent: woken by it where the host allows, else polled
-/// on the host's timer (see [`Host::wakes_across_requests`]).
-pub(super) async fn leader_outcome<H: Host>(
-    host: &H,
-    mut rx: oneshot::Receiver<Outcome>,
-) -> Result<Outcome, oneshot::Canceled> {
-    if host.wakes_across_requests() {
-        return rx.await;
-    }
-    let mut pause = 5;
-    loop {
-        if let Some(outcome) = rx.try_recv()? {
-            return Ok(outcome);
-        }
-        host.sleep(pause).await;
-        pause = (pause * 2).min(200);
-    }
-}
 
 #[derive(Default)]
 pub(super) struct Flights {

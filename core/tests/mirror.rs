@@ -1177,6 +1177,27 @@ fn a_failing_upstream_is_warned_about_once_per_interval() {
     assert!(w[1].contains("(19 more like it"), "{w:?}");
 }
 
+/// A repository named two ways (a path prefix, `?ns=`) is one repository
+/// as stored, so concurrent pulls under both spellings share one upstream
+/// fetch.
+#[test]
+fn both_spellings_of_a_mirrored_name_share_one_fetch() {
+    let s = setup(60_000);
+    let (digest, _) = push_image(&s.upstream, "app", "v1", &[data(1000, 78)]);
+    let (open, held) = gate();
+    s.fetch
+        .rule_times(Some(Method::GET), "/manifests/v1", Answer::Hold(held), 1);
+    let uris = [
+        "/v2/up.local/app/manifests/v1",
+        "/v2/app/manifests/v1?ns=up.local",
+    ];
+    for r in held_gets(&s.mirror, &uris, open) {
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("docker-content-digest"), digest.to_string());
+    }
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/v1"), 1);
+}
+
 #[test]
 fn concurrent_misses_share_a_failure() {
     let s = setup(60_000);

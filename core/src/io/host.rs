@@ -23,9 +23,11 @@ pub trait Host: MaybeSend + MaybeSync + 'static {
     /// Whether one request's future may be woken by work done for another
     /// request. `false` for a Cloudflare Worker: each request has its own
     /// I/O context, and a request resumed from another's context would do
-    /// its I/O there. The core then never waits on another request's
-    /// wakeup: a request that waits for another's upstream fetch polls on
-    /// [`Host::sleep`] instead.
+    /// its I/O there. A request waiting for another's manifest fetch then
+    /// polls on [`Host::sleep`] instead of being woken. The core's own blob
+    /// fill (reached through `Registry::handle`) still wakes the requests
+    /// that stream from it: such a host serves blob misses through
+    /// `Registry::handle_edge` and `follow_fill`, which poll.
     fn wakes_across_requests(&self) -> bool {
         true
     }

@@ -21,8 +21,9 @@
 //!
 //! Hosts whose concurrent requests must not wake each other (a Worker: each
 //! request has its own I/O context, and a request resumed from another's
-//! context does its I/O there) say so with `Host::wakes_across_requests`;
-//! the core's waits for another request's work then poll on `Host::sleep`.
+//! context does its I/O there) say so with `Host::wakes_across_requests`:
+//! manifest followers then poll on `Host::sleep`, and blob misses go
+//! through this module, whose `follow_fill` always polls.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -221,10 +221,36 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// The error behind another, kept for the operator (`{:#}` and
-/// [`std::error::Error::source`] show the chain). Shared, so errors that
-/// several waiters receive stay cheap to clone.
-pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync>;
+/// The error behind another (a backend's, a client's), kept whole:
+/// [`std::error::Error::source`] yields that error itself, so a caller can
+/// downcast it to its own type. Shared, so errors that several waiters
+/// receive stay cheap to clone.
+///
+/// Deliberately not an `Error` itself: an `Arc<dyn Error>` is one, and
+/// would stand in the chain in place of what it holds.
+#[derive(Debug, Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    /// Keep `e`: an error, or a message.
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ErrorSource(Arc::from(e.into()))
+    }
+}
+
+impl std::ops::Deref for ErrorSource {
+    type Target = dyn std::error::Error + Send + Sync;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Why an upstream gave no usable answer, or an upstream could not be
 /// set up.
@@ -278,7 +304,7 @@ impl UpstreamError {
     ) -> Self {
         UpstreamError::Unavailable {
             reason: reason.into(),
-            source: Some(Arc::new(source)),
+            source: Some(ErrorSource::new(source)),
         }
     }
 
@@ -370,6 +396,14 @@ mod tests {
         assert!(log.contains("no response"), "{log}");
         assert!(log.contains("connection failed"), "{log}");
         assert!(log.contains("port 9 refused"), "{log}");
+        // The client's own error is in the chain, as itself.
+        let mut next = std::error::Error::source(&e);
+        let mut refused = None;
+        while let Some(s) = next {
+            refused = refused.or(s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
+            next = s.source();
+        }
+        assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
         let client = RegistryError::from_upstream(&e, ErrorCode::BlobUnknown);
         assert_eq!(client.code, ErrorCode::Unavailable);
         assert!(!client.message.contains("port 9"), "{}", client.message);
@@ -378,8 +412,14 @@ mod tests {
     #[test]
     fn a_storage_failure_keeps_the_backend_error() {
         let e = StorageError::backend(std::io::Error::other("disk on fire"));
-        let source = std::error::Error::source(&e).map(|s| s.to_string());
-        assert_eq!(source.as_deref(), Some("disk on fire"));
+        // The error itself, not its words: a caller can look at its kind.
+        let source = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(|io| (io.kind(), io.to_string()));
+        assert_eq!(
+            source,
+            Some((std::io::ErrorKind::Other, "disk on fire".to_owned()))
+        );
     }
 
     #[test]

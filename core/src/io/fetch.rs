@@ -31,12 +31,12 @@ pub enum FetchError {
 impl FetchError {
     /// A [`FetchError::Connect`] with `e` as its source.
     pub fn connect(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        FetchError::Connect(ErrorSource::from(e.into()))
+        FetchError::Connect(ErrorSource::new(e))
     }
 
     /// A [`FetchError::Other`] with `e` as its source.
     pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        FetchError::Other(ErrorSource::from(e.into()))
+        FetchError::Other(ErrorSource::new(e))
     }
 }
 

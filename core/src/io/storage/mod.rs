@@ -85,7 +85,7 @@ impl StorageError {
     /// A [`StorageError::Backend`] with `e` as its source (an error, or
     /// a message).
     pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StorageError::Backend(ErrorSource::from(e.into()))
+        StorageError::Backend(ErrorSource::new(e))
     }
 }
 

@@ -105,9 +105,14 @@ pub(crate) struct MirrorTarget<F, H> {
 
 impl<F: Fetch, H: Host> Mirrors<F, H> {
     pub(crate) fn none() -> Self {
+        Self::serving(Vec::new(), None)
+    }
+
+    /// `upstreams` (`default` indexes one), with nothing known about them yet.
+    fn serving(upstreams: Vec<Arc<Upstream<F, H>>>, default: Option<usize>) -> Self {
         Mirrors {
-            upstreams: Vec::new(),
-            default: None,
+            upstreams,
+            default,
             recency: Recency::default(),
             missing: Mutex::default(),
             warned: WarnLimit::default(),
@@ -159,15 +164,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
                     })?,
             ),
         };
-        Ok(Mirrors {
-            upstreams,
-            default,
-            recency: Recency::default(),
-            missing: Mutex::default(),
-            warned: WarnLimit::default(),
-            manifest_flights: Flights::default(),
-            fills: Arc::default(),
-        })
+        Ok(Self::serving(upstreams, default))
     }
 
     fn lock_missing(&self) -> std::sync::MutexGuard<'_, HashMap<MissingKey, u64>> {

@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_STALE_SECS: u64 = 7 * 24 * 3600;
 /// a freshly pushed tag shows up soon.
 pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
 
+/// How long a blob fill's storage lease lasts unrenewed, in ms
+/// ([`RegistryConfig::fill_lease_ms`]).
+pub const DEFAULT_FILL_LEASE_MS: u64 = 20_000;
+
 /// A public registry kura mirrors out of the box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -106,6 +110,12 @@ pub struct RegistryConfig {
     /// How often, at most, the last use of one mirrored blob is written to
     /// storage (eviction goes by it; memory has every use in between).
     pub access_record_interval_ms: u64,
+    /// How long the storage lease of a blob fill lasts unrenewed. Every
+    /// process sharing the storage fills a blob once between them: the
+    /// holder renews the lease every quarter of this; the others follow
+    /// its spool, and take the fill over once the lease has not changed
+    /// for this long (its holder died).
+    pub fill_lease_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -116,6 +126,7 @@ impl Default for RegistryConfig {
             max_page_size: 10_000,
             manifest_cache_bytes: 16 * 1024 * 1024,
             access_record_interval_ms: 5 * 60 * 1000,
+            fill_lease_ms: DEFAULT_FILL_LEASE_MS,
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct Metrics {
     /// Requests that joined an upstream fetch already in flight
     /// (`kura_singleflight_joins_total`).
     pub(crate) singleflight_joins: AtomicU64,
+    /// Blob fills followed from another process's spool instead of
+    /// fetched (`kura_fills_followed_elsewhere_total`).
+    pub(crate) fills_followed_elsewhere: AtomicU64,
+    /// Blob fills taken over from a process that stopped renewing its
+    /// lease (`kura_fills_taken_over_total`).
+    pub(crate) fills_taken_over: AtomicU64,
     /// Upstream requests that failed (`kura_upstream_errors_total`).
     pub(crate) upstream_errors: AtomicU64,
     /// Blob bytes served from the cache (`kura_cache_bytes_served_total`).
@@ -89,7 +95,7 @@ impl Metrics {
                 "kura_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &str, &AtomicU64); 16] = [
             (
                 "kura_cache_hits_total",
                 "kind=\"manifest\"",
@@ -131,6 +137,18 @@ impl Metrics {
                 "",
                 "Requests that joined an upstream fetch already in flight.",
                 &self.singleflight_joins,
+            ),
+            (
+                "kura_fills_followed_elsewhere_total",
+                "",
+                "Blob fills followed from another process sharing the storage.",
+                &self.fills_followed_elsewhere,
+            ),
+            (
+                "kura_fills_taken_over_total",
+                "",
+                "Blob fills taken over from a process that stopped renewing its lease.",
+                &self.fills_taken_over,
             ),
             (
                 "kura_upstream_errors_total",

@@ -286,8 +286,10 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         self.mirror().evict(max_size, grace_ms).await
     }
 
-    /// Delete the spools of cache fills: at startup they are all leftovers
-    /// of a crash (a fill lives and dies with its process). Returns how many.
+    /// Delete the spools of cache fills whose filler stopped renewing them
+    /// two fill-lease lifetimes ago (see [`RegistryConfig::fill_lease_ms`]):
+    /// leftovers of a crash, in this process or another sharing the
+    /// storage. Returns how many.
     pub async fn purge_interrupted_fills(&self) -> Result<usize> {
         self.store.purge_interrupted_fills().await
     }

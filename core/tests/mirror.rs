@@ -13,7 +13,7 @@ use common::TestHost;
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
-use kura_core::storage::{MemoryStorage, Storage};
+use kura_core::storage::{MemoryStorage, PutMode, Storage};
 use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Host, Registry, RegistryConfig};
 use kura_core::{Fetch, FetchError};
@@ -494,6 +494,21 @@ fn mirror_on(
     now_ms: u64,
 ) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
     mirror_with(s, storage, now_ms, |_| {})
+}
+
+/// [`mirror_on`] with its own host.
+fn mirror_on_host(
+    s: &Setup,
+    storage: Arc<MemoryStorage>,
+    host: TestHost,
+) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.tag_ttl_ms = 60_000;
+    config.not_found_ttl_ms = 0;
+    Registry::builder(storage, host)
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap()
 }
 
 /// [`mirror_on`] with the upstream's configuration edited.
@@ -1500,4 +1515,130 @@ fn a_pause_asked_by_the_upstream_holds_for_all_its_requests() {
         call(&s.mirror, Method::GET, uri).header("x-kura-cache"),
         "revalidated"
     );
+}
+
+// ----- several processes on one storage ----------------------------------------
+
+fn fill_lease_key(repo: &str, d: &Digest) -> String {
+    format!("repositories/{repo}/_fills/sha256/{}", d.hex())
+}
+
+fn metric(reg: &Registry<Arc<MemoryStorage>, TestHost, LocalFetch>, name: &str) -> u64 {
+    reg.metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two mirrors on one storage (two processes on one bucket) miss the same
+/// blob at once: one asks the upstream, the other follows its spool, and
+/// both serve the whole blob.
+#[test]
+fn two_processes_on_one_storage_fetch_a_blob_once() {
+    let s = setup(60_000);
+    let layer = data(3 * 1024 * 1024 + 5, 80);
+    let (_, d) = push_image(&s.upstream, "fleet/one", "v1", std::slice::from_ref(&layer));
+    let storage = Arc::new(MemoryStorage::new());
+    let a = mirror_on(&s, storage.clone(), 1_000_000);
+    let b = mirror_on_host(&s, storage.clone(), TestHost::at(1_000_000).seeded(2));
+    let (open, held) = gate();
+    s.fetch.rule(
+        Some(Method::GET),
+        &format!("/v2/fleet/one/blobs/{}", d[1]),
+        Answer::Hold(held),
+    );
+    let uri = format!("/v2/up.local/fleet/one/blobs/{}", d[1]);
+    let (ra, rb) = block_on(async {
+        let mut ga = Box::pin(get_async(&a, &uri));
+        assert!(futures::poll!(ga.as_mut()).is_pending());
+        // A's fill holds the lease before B asks.
+        let lease = fill_lease_key("up.local/fleet/one", &d[1]);
+        for _ in 0..500 {
+            if storage.head(&lease).await.unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(storage.head(&lease).await.unwrap().is_some(), "no lease");
+        let mut gb = Box::pin(get_async(&b, &uri));
+        assert!(futures::poll!(gb.as_mut()).is_pending());
+        drop(open);
+        futures::join!(ga, gb)
+    });
+    for (who, r) in [("a", &ra), ("b", &rb)] {
+        assert_eq!(r.status, StatusCode::OK, "{who}");
+        assert!(r.bytes() == layer.as_slice(), "{who}: wrong bytes");
+        assert_eq!(r.header("x-kura-cache"), "miss", "{who}");
+    }
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(metric(&b, "kura_fills_followed_elsewhere_total"), 1);
+    assert_eq!(metric(&a, "kura_fills_followed_elsewhere_total"), 0);
+    // The lease is gone with the fill; both serve the blob as a hit.
+    let lease = fill_lease_key("up.local/fleet/one", &d[1]);
+    let mut gone = false;
+    for _ in 0..500 {
+        if block_on(storage.head(&lease)).unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(gone, "the lease outlived its fill");
+    assert_eq!(call(&b, Method::GET, &uri).header("x-kura-cache"), "hit");
+}
+
+/// A lease that nobody renews (its holder was killed) is taken over once
+/// it has not changed for its lifetime on the follower's clock, and not
+/// before; what the dead holder spooled is never served as the blob.
+#[test]
+fn a_fill_whose_holder_died_is_taken_over_after_the_lease_lifetime() {
+    let s = setup(60_000);
+    let layer = data(2 * 1024 * 1024 + 1, 81);
+    let (_, d) = push_image(&s.upstream, "fleet/two", "v1", std::slice::from_ref(&layer));
+    let storage = Arc::new(MemoryStorage::new());
+    let now = 5_000_000;
+    // What a killed process left: its lease, renewed "just now", and a
+    // spool holding wrong bytes.
+    let dead = "0123456789abcdef0123456789abcdef";
+    block_on(
+        storage.put(
+            &fill_lease_key("up.local/fleet/two", &d[1]),
+            format!(
+                r#"{{"spool":"{dead}","started":true,"size":{},"renewed_ms":{now}}}"#,
+                layer.len()
+            )
+            .into(),
+            PutMode::Create,
+        ),
+    )
+    .unwrap();
+    block_on(storage.put(
+        &format!("uploads/{dead}/chunk-{:020}-x", 0),
+        Bytes::from(vec![0u8; 4096]),
+        PutMode::Create,
+    ))
+    .unwrap();
+    let b = mirror_on(&s, storage.clone(), now);
+    let uri = format!("/v2/up.local/fleet/two/blobs/{}", d[1]);
+    let r = block_on(async {
+        let mut g = Box::pin(get_async(&b, &uri));
+        assert!(futures::poll!(g.as_mut()).is_pending());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            s.fetch.blob_gets.load(Ordering::SeqCst),
+            0,
+            "took a live lease over"
+        );
+        at(&b, now + 20_001);
+        g.await
+    });
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.bytes() == layer.as_slice(),
+        "wrong bytes after the takeover"
+    );
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
+    assert!(block_on(storage.head(&blob_key(&d[1]))).unwrap().is_some());
 }

@@ -351,19 +351,26 @@ impl<S: Storage, H: Host> Store<S, H> {
         Ok(ids.into_iter().collect())
     }
 
-    /// Delete the spools of cache fills: at startup they are all leftovers
-    /// of a crash (a fill lives and dies with its process). Returns how many.
+    /// Delete the spools of cache fills that nobody renewed for two lease
+    /// lifetimes: leftovers of a crash. (A live fill, in this process or
+    /// another sharing the storage, touches its spool's state every quarter
+    /// lifetime.) Returns how many.
     pub(crate) async fn purge_interrupted_fills(&self) -> Result<usize> {
+        let now = self.host.now_unix_ms();
         let mut purged = 0;
         for id in self.upload_ids().await? {
             if let Some(raw) = self.storage.read(&layout::upload_state(&id)).await? {
-                if UploadState::decode(&raw).is_some_and(|s| s.fill) {
+                if UploadState::decode(&raw).is_some_and(|s| s.fill && self.fill_is_dead(&s, now)) {
                     self.remove_upload(&id).await?;
                     purged += 1;
                 }
             }
         }
         Ok(purged)
+    }
+
+    fn fill_is_dead(&self, s: &UploadState, now: u64) -> bool {
+        now.saturating_sub(s.updated_ms) > 2 * self.config.fill_lease_ms
     }
 
     /// Mark a session as receiving data until the guard drops.
@@ -396,8 +403,10 @@ impl<S: Storage, H: Host> Store<S, H> {
                 continue;
             }
             let stale = match self.storage.read(&layout::upload_state(&id)).await? {
-                Some(raw) => UploadState::decode(&raw)
-                    .is_none_or(|s| now.saturating_sub(s.updated_ms) > max_age_ms),
+                Some(raw) => UploadState::decode(&raw).is_none_or(|s| {
+                    now.saturating_sub(s.updated_ms) > max_age_ms
+                        || (s.fill && self.fill_is_dead(&s, now))
+                }),
                 None => true, // chunks without state: a crash mid-cleanup
             };
             if stale {

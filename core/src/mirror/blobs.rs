@@ -142,6 +142,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             flight: flight.clone(),
             fills: self.mirrors.fills.clone(),
             metrics: self.store.metrics.clone(),
+            lease_ms: self.store.config.fill_lease_ms,
         };
         self.store.host.spawn(Box::pin(fill.run()));
         flight

@@ -17,6 +17,7 @@ use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self, Metrics};
+use crate::mirror::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::mirror::upstream::Upstream;
 use crate::model::digest::{self, Digest, Hasher};
 use crate::model::reference::RepositoryName;
@@ -112,14 +113,14 @@ impl std::fmt::Display for FlightError {
     }
 }
 
-pub(super) struct Spooled {
-    pub(super) offset: u64,
-    pub(super) len: u64,
-    pub(super) key: String,
+pub(crate) struct Spooled {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) key: String,
 }
 
 #[derive(Default)]
-pub(super) struct FlightState {
+pub(crate) struct FlightState {
     /// Upstream headers arrived.
     pub(super) started: bool,
     pub(super) size: Option<u64>,
@@ -148,6 +149,15 @@ pub(super) enum Step {
     Wait(oneshot::Receiver<()>),
 }
 
+impl FlightState {
+    /// Forget a fill's progress: another holder starts again from byte 0.
+    fn restart(&mut self) {
+        self.received = 0;
+        self.spooled.clear();
+        self.tail.clear();
+    }
+}
+
 impl BlobFlight {
     pub(crate) fn moved(&self, now_ms: u64) {
         self.moved_ms
@@ -163,7 +173,7 @@ impl BlobFlight {
         self.lock().outcome.clone()
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -317,11 +327,30 @@ pub(super) struct Fill<S, F, H> {
     pub(super) flight: Arc<BlobFlight>,
     pub(super) fills: Arc<Fills>,
     pub(super) metrics: Arc<Metrics>,
+    /// How long the fill's storage lease lasts unrenewed.
+    pub(super) lease_ms: u64,
+}
+
+/// How following another process's fill ended.
+enum Watched {
+    Over(Result<(), FlightError>),
+    /// Its holder stopped renewing the lease; this process holds it now.
+    TakenOver,
+    /// Its holder gave up before a byte arrived.
+    Released,
 }
 
 impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     pub(super) async fn run(self) {
-        let outcome = self.fill().await;
+        let lease = Arc::new(StoredLease::new(
+            self.storage.clone(),
+            self.host.clone(),
+            &self.local,
+            &self.digest,
+            self.spool.clone(),
+            self.lease_ms,
+        ));
+        let (outcome, held) = self.lead_or_follow(&lease).await;
         if outcome.is_err() {
             metrics::inc(&self.metrics.fills_failed);
         }
@@ -333,9 +362,126 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 let _ = self.storage.delete(&k).await;
             }
         }
+        if held {
+            lease.release().await;
+        }
     }
 
-    pub(super) async fn fill(&self) -> Result<(), FlightError> {
+    /// Fill under the storage lease, or follow the process that holds it.
+    /// Returns how it ended and whether this process held the lease.
+    async fn lead_or_follow(
+        &self,
+        lease: &Arc<StoredLease<S, H>>,
+    ) -> (Result<(), FlightError>, bool) {
+        // A holder that gives up before its first byte (the upstream said
+        // no) releases the lease: ask again, and hear the upstream's answer
+        // first hand.
+        for _ in 0..3 {
+            match lease.claim(&self.flight).await {
+                Claimed::Uncoordinated => return (self.fill(None).await, false),
+                Claimed::Held => return (self.hold(lease).await, true),
+                Claimed::Elsewhere(record) => match self.watch(lease, record).await {
+                    Watched::Over(outcome) => return (outcome, false),
+                    Watched::TakenOver => return (self.hold(lease).await, true),
+                    Watched::Released => continue,
+                },
+            }
+        }
+        (
+            Err(FlightError::Broken(
+                "the fill was given up by one process after another".into(),
+            )),
+            false,
+        )
+    }
+
+    /// Fill while holding the lease, renewing it meanwhile.
+    async fn hold(&self, lease: &Arc<StoredLease<S, H>>) -> Result<(), FlightError> {
+        self.host
+            .spawn(Box::pin(lease.clone().keep(self.flight.clone())));
+        self.fill(Some(lease)).await
+    }
+
+    /// Follow another process's fill: its spooled parts become this
+    /// flight's, so this process's clients read them as they land.
+    async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord) -> Watched {
+        metrics::inc(&self.metrics.fills_followed_elsewhere);
+        let blob = layout::blob(&self.digest);
+        let mut seen = first;
+        let mut seen_at = self.host.now_unix_ms();
+        let mut pause = 10;
+        let mut spool = UploadId::parse(&seen.spool);
+        loop {
+            if let Ok(Some(_)) = self.storage.head(&blob).await {
+                return Watched::Over(Ok(()));
+            }
+            let now = self.host.now_unix_ms();
+            match lease.read().await {
+                Ok(Some(record)) => {
+                    if record.spool != seen.spool {
+                        // Taken over: the new holder starts from byte 0.
+                        self.flight.update(FlightState::restart);
+                        spool = UploadId::parse(&record.spool);
+                    }
+                    if record != seen {
+                        seen = record;
+                        seen_at = now;
+                    } else if (now.saturating_sub(seen_at) > lease.lifetime_ms
+                        || now.saturating_sub(seen.renewed_ms) > 3 * lease.lifetime_ms)
+                        // Another process may take it first: then follow that one.
+                        && lease.take_over(&self.flight).await
+                    {
+                        metrics::inc(&self.metrics.fills_taken_over);
+                        self.flight.update(FlightState::restart);
+                        return Watched::TakenOver;
+                    }
+                }
+                Ok(None) => {
+                    // Released: committed (look again) or given up.
+                    if let Ok(Some(_)) = self.storage.head(&blob).await {
+                        return Watched::Over(Ok(()));
+                    }
+                    if self.flight.lock().received == 0 {
+                        return Watched::Released;
+                    }
+                    return Watched::Over(Err(FlightError::Broken(
+                        "the process filling the blob gave up".into(),
+                    )));
+                }
+                Err(_) => {}
+            }
+            let moved = match &spool {
+                Some(id) => match spooled_parts(&*self.storage, id).await {
+                    Ok((parts, contiguous)) => {
+                        let moved = contiguous > self.flight.lock().received;
+                        self.flight.update(|s| {
+                            s.started = seen.started;
+                            s.size = seen.size;
+                            s.received = contiguous;
+                            s.spooled = parts;
+                        });
+                        moved
+                    }
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if moved {
+                self.flight.moved(now);
+                pause = 10;
+            } else {
+                pause = (pause * 3 / 2).min(250);
+            }
+            self.host.sleep(pause).await;
+        }
+    }
+
+    /// Fill from the upstream, telling `lease` (if held) when the upstream
+    /// answered.
+    pub(super) async fn fill(
+        &self,
+        lease: Option<&Arc<StoredLease<S, H>>>,
+    ) -> Result<(), FlightError> {
         let resp = self
             .upstream
             .blob(&self.remote, &self.digest.to_string(), None)
@@ -366,6 +512,10 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             s.started = true;
             s.size = size;
         });
+        if let Some(lease) = lease {
+            // Followers elsewhere answer their clients from here on.
+            lease.renew(&self.flight).await;
+        }
 
         let unit = if self.storage.can_append() {
             APPEND_CHUNK

@@ -22,6 +22,7 @@ mod blobs;
 pub(crate) mod edge;
 mod evict;
 mod fill;
+mod lease;
 mod manifests;
 mod missing;
 mod recency;

@@ -8,6 +8,7 @@
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
 //! repositories/<name>/_cache/tag-lists/<page>              a mirrored tag list page and when it was fetched (JSON)
+//! repositories/<name>/_fills/<alg>/<hex>                   the lease of a blob fill in progress (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
 //! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
 //! uploads/<id>/state                                        upload session state (JSON)
@@ -111,6 +112,16 @@ pub(crate) fn layer_link(name: &RepositoryName, d: &Digest) -> String {
 pub(crate) fn manifest_revision(name: &RepositoryName, d: &Digest) -> String {
     format!(
         "repositories/{name}/_manifests/revisions/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+/// The lease of a fill of blob `d` for repository `name`: whoever put it
+/// (create-only) fills; every process sharing the storage sees it.
+pub(crate) fn fill_lease(name: &RepositoryName, d: &Digest) -> String {
+    format!(
+        "repositories/{name}/_fills/{}/{}",
         d.algorithm().as_str(),
         d.hex()
     )
@@ -233,6 +244,17 @@ pub(crate) fn upload_chunk(id: &UploadId, offset: u64, nonce: &str) -> String {
     format!("{UPLOADS_PREFIX}{id}/chunk-{offset:020}-{nonce}")
 }
 
+/// Where in the blob a spool object's bytes start: 0 for [`upload_data`],
+/// the offset in the key of an [`upload_chunk`]; `None` for other keys.
+pub(crate) fn spool_part_offset(key: &str) -> Option<u64> {
+    let (_, name) = key.strip_prefix(UPLOADS_PREFIX)?.split_once('/')?;
+    if name == "data" {
+        return Some(0);
+    }
+    let (offset, _nonce) = name.strip_prefix("chunk-")?.split_once('-')?;
+    offset.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     // On wasm32, `#[test]` is wasm-bindgen-test's (run in Node by
@@ -252,6 +274,12 @@ mod tests {
         ] {
             assert_eq!(upload_of(&key), Some(id.clone()), "{key}");
         }
+        assert_eq!(spool_part_offset(&upload_data(&id)), Some(0));
+        assert_eq!(
+            spool_part_offset(&upload_chunk(&id, 9 << 20, "n")),
+            Some(9 << 20)
+        );
+        assert_eq!(spool_part_offset(&upload_state(&id)), None);
         assert_eq!(upload_of("uploads/not-an-id/state"), None);
         assert_eq!(upload_of("uploads/0123456789abcdef0123456789abcdef"), None);
         let n = RepositoryName::parse("a/b").unwrap();

@@ -19,6 +19,14 @@ pub struct TestHost {
 }
 
 impl TestHost {
+    /// Another process's host: its random bytes differ from every other
+    /// host's made with another `seed`. (Not every test file uses it.)
+    #[allow(dead_code)]
+    pub fn seeded(self, seed: u64) -> Self {
+        self.counter.store(seed << 32, Ordering::SeqCst);
+        self
+    }
+
     pub fn at(now_ms: u64) -> Self {
         TestHost {
             clock: AtomicU64::new(now_ms),

@@ -294,6 +294,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         self.store.purge_interrupted_fills().await
     }
 
+    /// Whether the storage takes create-only puts ([`crate::storage::PutMode::Create`]
+    /// refusing an existing key), which is what lets every process sharing
+    /// it fill each blob once between them (without, each process fills
+    /// alone). Writes and deletes one probe object.
+    pub async fn shares_fills(&self) -> Result<bool> {
+        self.store.create_only_puts_work().await
+    }
+
     /// Delete upload sessions not touched for `max_age_ms`. A session with
     /// a chunk arriving is active however long the chunk takes. Returns
     /// how many.

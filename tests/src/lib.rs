@@ -262,4 +262,5 @@ pub mod faulty;
 pub mod image;
 pub mod peers;
 pub mod s3;
+pub mod stream;
 pub mod upstream;

@@ -15,7 +15,7 @@ use http::StatusCode;
 use crate::error::{ErrorCode, RegistryError};
 use crate::io::body::{self, Body, ByteStream};
 use crate::io::host::Host;
-use crate::io::storage::{PutMode, Storage};
+use crate::io::storage::{PutMode, Storage, StorageError};
 use crate::model::digest::{self, Algorithm, Digest, Hasher};
 use crate::model::reference::RepositoryName;
 use crate::model::upload::{Chunk, UploadId, UploadState};
@@ -367,6 +367,21 @@ impl<S: Storage, H: Host> Store<S, H> {
             }
         }
         Ok(purged)
+    }
+
+    /// Put one probe object twice with [`PutMode::Create`]: the second must
+    /// be refused. (In the upload area, under a fresh id: a crash between
+    /// the put and the delete leaves a stateless session the janitor
+    /// removes.)
+    pub(crate) async fn create_only_puts_work(&self) -> Result<bool> {
+        let mut raw = [0u8; 16];
+        self.host.fill_random(&mut raw);
+        let key = format!("{}probe", layout::upload_dir(&UploadId::from_random(raw)));
+        let first = self.storage.put(&key, Bytes::new(), PutMode::Create).await;
+        let second = self.storage.put(&key, Bytes::new(), PutMode::Create).await;
+        let _ = self.storage.delete(&key).await;
+        first?;
+        Ok(matches!(second, Err(StorageError::AlreadyExists)))
     }
 
     fn fill_is_dead(&self, s: &UploadState, now: u64) -> bool {

@@ -52,6 +52,10 @@ impl Default for Config {
 pub struct StorageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
+    /// Several kura instances use this storage: refuse to start unless it
+    /// takes create-only writes, which is how they share blob fills.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +164,10 @@ pub struct MirrorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_size: Option<ByteSize>,
     pub evict_interval_secs: u64,
+    /// How long a blob fill's lease in storage lasts unrenewed: instances
+    /// sharing the storage take over a fill whose holder stopped renewing
+    /// it for this long (it died).
+    pub fill_lease_secs: u64,
 }
 
 /// A byte count written as a number or with a unit (`500MB`, `50GiB`).
@@ -239,6 +247,7 @@ impl Default for MirrorConfig {
             read_timeout_secs: 60,
             max_size: None,
             evict_interval_secs: 60,
+            fill_lease_secs: kura_core::config::DEFAULT_FILL_LEASE_MS / 1000,
         }
     }
 }

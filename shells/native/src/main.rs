@@ -166,8 +166,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = server::build_app(&config)?;
     let local_root = config.storage.s3.is_none().then(|| config.data_dir.clone());
     if let Some(root) = &local_root {
-        // Before serving: every staging file now is a crash leftover.
-        match storage::sweep_staging_files(root, Duration::ZERO) {
+        // Before serving. Another instance may share the directory and be
+        // writing: a staging file still written to has a fresh mtime.
+        match storage::sweep_staging_files(root, Duration::from_secs(60)) {
             Ok((0, _)) => {}
             Ok((n, bytes)) => tracing::info!(
                 files = n,
@@ -176,6 +177,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ),
             Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
         }
+    }
+    match app.registry.shares_fills().await {
+        Ok(true) => {}
+        Ok(false) if config.storage.shared => anyhow::bail!(
+            "storage.shared is set, but this storage does not refuse a create-only write over \
+             an existing object (S3 `If-None-Match: *`), so instances sharing it cannot share \
+             blob fills; use a store that supports conditional writes (see docs/storage.md)"
+        ),
+        Ok(false) => tracing::info!(
+            "storage takes no create-only writes: blob fills are not shared with other instances"
+        ),
+        Err(e) if config.storage.shared => {
+            anyhow::bail!("storage.shared: probing conditional writes failed: {e}")
+        }
+        Err(e) => tracing::warn!(error = %e, "probing conditional writes failed"),
     }
     match app.registry.purge_interrupted_fills().await {
         Ok(0) => {}

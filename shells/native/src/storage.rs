@@ -129,7 +129,9 @@ const MAP_ALIGN: u64 = 64 * 1024;
 /// every write in `<name>#<n>` beside its target and renames it when done,
 /// so a crash leaves the staging file behind (invisible to listings, but
 /// taking space). Files older than `older_than` go, and directories left
-/// empty. At startup, with nothing writing yet, `older_than` is zero.
+/// empty. A write in progress keeps its staging file's mtime fresh, so a
+/// minute is enough at startup even with another instance on the same
+/// directory.
 pub fn sweep_staging_files(
     root: &std::path::Path,
     older_than: std::time::Duration,

@@ -1,0 +1,184 @@
+//! Several `kura serve` processes on one storage (one S3 bucket on s3s-fs,
+//! or one directory) behave as one cache: a blob missed by all of them is
+//! fetched from the upstream once, the others stream the holder's spool
+//! as it lands, and a holder killed mid-fill is taken over.
+//!
+//! Needs s3s-fs (see `kura_tests::s3`).
+//!
+//! Run with `cargo test -p kura-tests --test fleet`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kura_tests::faulty::{Fault, Faulty};
+use kura_tests::s3::S3Server;
+use kura_tests::stream::{eventually, stream_hash, Streamed};
+use kura_tests::{http_client, Kura, KuraOptions};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Storage shared by the instances of one test.
+enum Shared {
+    Bucket(S3Server),
+    Directory(tempfile::TempDir),
+}
+
+impl Shared {
+    fn bucket() -> Shared {
+        Shared::Bucket(S3Server::start("fleet").expect("starting s3s-fs"))
+    }
+
+    fn directory() -> Shared {
+        Shared::Directory(tempfile::tempdir().unwrap())
+    }
+
+    /// Start one more kura on this storage, mirroring `upstream` as
+    /// `up.local`.
+    fn start(&self, upstream: &str, cfg: &Path, extra: &str) -> Kura {
+        let file = cfg.join(format!("kura-{}.yml", kura_tests::free_port()));
+        let storage = match self {
+            Shared::Bucket(s3) => {
+                s3.write_kura_config(&file).unwrap();
+                std::fs::read_to_string(&file).unwrap()
+            }
+            Shared::Directory(_) => "storage:\n".into(),
+        };
+        let yaml = format!(
+            "{storage}  shared: true\nmirror:\n  fill_lease_secs: 2\n{extra}  upstreams:\n    \
+             - name: up.local\n      url: {upstream}\n"
+        );
+        std::fs::write(&file, &yaml).unwrap();
+        let data_dir = match self {
+            Shared::Directory(d) => Some(d.path().join("data")),
+            Shared::Bucket(_) => None,
+        };
+        Kura::start_with(KuraOptions {
+            config: Some(file),
+            data_dir,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("starting kura with\n{yaml}\n{e:#}"))
+    }
+}
+
+fn metric(k: &Kura, name: &str) -> u64 {
+    let text = http_client()
+        .get(format!("{}/metrics", k.url))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// GET `url` on a thread, counting bytes into the returned counter.
+fn streaming(url: String) -> (Arc<AtomicU64>, std::thread::JoinHandle<Streamed>) {
+    let progress = Arc::new(AtomicU64::new(0));
+    let p = progress.clone();
+    let t = std::thread::spawn(move || stream_hash(&http_client(), &url, Some(&p), |_| true));
+    (progress, t)
+}
+
+fn assert_whole(who: &str, r: &Streamed, size: u64, digest: &str) {
+    assert_eq!(r.status, 200, "{who}: {r:?}");
+    assert!(r.error.is_none(), "{who}: {r:?}");
+    assert_eq!((r.received, r.digest.as_str()), (size, digest), "{who}");
+}
+
+/// Two instances miss one blob while the upstream stalls half way: the
+/// second streams what the first spooled, both get the whole blob, the
+/// upstream sends it once.
+fn one_fetch_between_two_instances(shared: Shared) {
+    const SIZE: u64 = 48 * MIB;
+    let f = Faulty::start().unwrap();
+    let data = kura_tests::image::XorShift::new(1201).bytes(SIZE as usize);
+    let digest = f.add_blob(data);
+    f.set_fault(&digest, Fault::Stall { after: 24 * MIB });
+    let cfg = tempfile::tempdir().unwrap();
+    let a = shared.start(&f.url, cfg.path(), "");
+    let b = shared.start(&f.url, cfg.path(), "");
+    let path = format!("/v2/up.local/team/fleet/blobs/{digest}");
+
+    let (pa, ta) = streaming(format!("{}{path}", a.url));
+    assert!(
+        eventually(60, || pa.load(Ordering::SeqCst) >= 16 * MIB),
+        "first instance's client stuck at {} bytes",
+        pa.load(Ordering::SeqCst)
+    );
+    let (pb, tb) = streaming(format!("{}{path}", b.url));
+    // Before the upstream goes on, B's client gets what A spooled: B
+    // follows A's fill from storage, it does not wait for the commit.
+    assert!(
+        eventually(60, || pb.load(Ordering::SeqCst) >= 16 * MIB),
+        "second instance's client stuck at {} bytes; log:\n{}",
+        pb.load(Ordering::SeqCst),
+        b.log_text()
+    );
+    assert_eq!(f.blob_gets("team/fleet", &digest), 1);
+    f.clear_fault(&digest);
+    let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
+    assert_whole("first", &ra, SIZE, &digest);
+    assert_whole("second", &rb, SIZE, &digest);
+    assert_eq!(rb.cache, "miss");
+    assert_eq!(f.blob_gets("team/fleet", &digest), 1, "fetched twice");
+    assert_eq!(metric(&b, "kura_fills_followed_elsewhere_total"), 1);
+    let r = stream_hash(&http_client(), &format!("{}{path}", b.url), None, |_| true);
+    assert_whole("warm", &r, SIZE, &digest);
+    assert_eq!(r.cache, "hit");
+}
+
+#[test]
+fn instances_on_one_s3_bucket_fetch_a_blob_once() {
+    one_fetch_between_two_instances(Shared::bucket());
+}
+
+#[test]
+fn instances_on_one_directory_fetch_a_blob_once() {
+    one_fetch_between_two_instances(Shared::directory());
+}
+
+/// The instance filling a blob is killed mid-fill: the other, whose client
+/// was following, takes the fill over once the lease (2 s here) has not
+/// been renewed, and its client gets the whole, verified blob.
+#[test]
+fn a_killed_instances_fill_is_taken_over() {
+    const SIZE: u64 = 40 * MIB;
+    let shared = Shared::bucket();
+    let f = Faulty::start().unwrap();
+    let data = kura_tests::image::XorShift::new(1202).bytes(SIZE as usize);
+    let digest = f.add_blob(data);
+    f.set_fault(&digest, Fault::Stall { after: 20 * MIB });
+    let cfg = tempfile::tempdir().unwrap();
+    let mut a = shared.start(&f.url, cfg.path(), "");
+    let b = shared.start(&f.url, cfg.path(), "");
+    let path = format!("/v2/up.local/team/crash/blobs/{digest}");
+
+    let (pa, ta) = streaming(format!("{}{path}", a.url));
+    assert!(eventually(60, || pa.load(Ordering::SeqCst) >= 16 * MIB));
+    let (pb, tb) = streaming(format!("{}{path}", b.url));
+    assert!(eventually(60, || pb.load(Ordering::SeqCst) >= 16 * MIB));
+    a.kill();
+    let killed = Instant::now();
+    assert!(ta.join().unwrap().error.is_some());
+    // The upstream heals; B's takeover fetches the blob again.
+    f.clear_fault(&digest);
+    let rb = tb.join().unwrap();
+    assert_whole("follower of the killed instance", &rb, SIZE, &digest);
+    let took = killed.elapsed();
+    eprintln!("taken over and completed {took:?} after the kill");
+    assert_eq!(f.blob_gets("team/crash", &digest), 2);
+    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
+    let Shared::Bucket(s3) = &shared else {
+        unreachable!()
+    };
+    // Only verified bytes became the blob.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let blob = s3
+        .bucket_dir()
+        .join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+    let stored = std::fs::read(&blob).unwrap();
+    assert_eq!(kura_tests::sha256(&stored), digest);
+}

@@ -1642,3 +1642,55 @@ fn a_fill_whose_holder_died_is_taken_over_after_the_lease_lifetime() {
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
     assert!(block_on(storage.head(&blob_key(&d[1]))).unwrap().is_some());
 }
+
+/// Processes on one storage ask the upstream about a tag once per TTL
+/// between them: one finds the check another made in storage, and one
+/// that expires while another is checking waits for that answer.
+#[test]
+fn two_processes_on_one_storage_check_a_tag_once_per_ttl() {
+    let s = setup(60_000);
+    let (digest, _) = push_image(&s.upstream, "fleet/tag", "v1", &[data(1000, 82)]);
+    let storage = Arc::new(MemoryStorage::new());
+    let a = mirror_on(&s, storage.clone(), 1_000_000);
+    let b = mirror_on_host(&s, storage.clone(), TestHost::at(1_000_000).seeded(3));
+    let uri = "/v2/up.local/fleet/tag/manifests/v1";
+    let heads = || s.fetch.seen(&Method::HEAD, "/manifests/v1");
+    assert_eq!(call(&a, Method::GET, uri).header("x-kura-cache"), "miss");
+    assert_eq!(call(&b, Method::GET, uri).header("x-kura-cache"), "hit");
+    assert_eq!(s.fetch.seen(&Method::GET, "/manifests/v1"), 1);
+
+    // Past the TTL: A checks, B finds A's check in storage.
+    at(&a, 1_061_000);
+    at(&b, 1_061_000);
+    assert_eq!(
+        call(&a, Method::GET, uri).header("x-kura-cache"),
+        "revalidated"
+    );
+    let r = call(&b, Method::GET, uri);
+    assert_eq!(r.header("x-kura-cache"), "hit");
+    assert_eq!(r.header("docker-content-digest"), digest.to_string());
+    assert_eq!(heads(), 1, "B asked the upstream again");
+
+    // Past it again, both at once: B waits for A's check (its host's
+    // short sleeps yield, so both run on this one thread).
+    b.host().isolated.store(true, Ordering::SeqCst);
+    at(&a, 1_122_000);
+    at(&b, 1_122_000);
+    let (open, held) = gate();
+    s.fetch
+        .rule(Some(Method::HEAD), "/manifests/v1", Answer::Hold(held));
+    let (ra, rb) = block_on(async {
+        let mut ga = Box::pin(get_async(&a, uri));
+        assert!(futures::poll!(ga.as_mut()).is_pending());
+        let mut gb = Box::pin(get_async(&b, uri));
+        assert!(futures::poll!(gb.as_mut()).is_pending());
+        drop(open);
+        futures::join!(ga, gb)
+    });
+    assert_eq!(ra.header("x-kura-cache"), "revalidated");
+    assert_eq!(
+        (rb.status, rb.header("x-kura-cache")),
+        (StatusCode::OK, "hit")
+    );
+    assert_eq!(heads(), 2);
+}

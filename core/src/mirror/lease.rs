@@ -53,6 +53,27 @@ impl LeaseRecord {
     }
 }
 
+/// What a create-only put of a lease object found.
+pub(crate) enum Taken {
+    /// The put succeeded: this process holds the lease.
+    Held,
+    /// Another process holds it; what it wrote, if it could be read.
+    Elsewhere(Option<Bytes>),
+    /// Storage cannot take create-only puts (or failed to).
+    Uncoordinated,
+}
+
+/// Put `record` at `key` unless something is there.
+pub(crate) async fn take<S: Storage>(storage: &S, key: &str, record: Bytes) -> Taken {
+    match storage.put(key, record, PutMode::Create).await {
+        Ok(()) => Taken::Held,
+        Err(StorageError::AlreadyExists) => {
+            Taken::Elsewhere(storage.read(key).await.ok().flatten())
+        }
+        Err(_) => Taken::Uncoordinated,
+    }
+}
+
 /// What [`StoredLease::claim`] found.
 pub(crate) enum Claimed {
     /// This process holds the lease: it fills.
@@ -105,24 +126,21 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
 
     /// Take the lease if nobody holds it.
     pub(crate) async fn claim(&self, flight: &BlobFlight) -> Claimed {
-        let put = self
-            .storage
-            .put(&self.key, self.record(flight).encode(), PutMode::Create)
-            .await;
-        match put {
-            Ok(()) => Claimed::Held,
-            Err(StorageError::AlreadyExists) => match self.read().await {
-                Ok(Some(record)) => Claimed::Elsewhere(record),
-                // Released (or unreadable) between the put and the read:
-                // the caller asks again.
-                Ok(None) | Err(_) => Claimed::Elsewhere(LeaseRecord {
-                    spool: String::new(),
-                    started: false,
-                    size: None,
-                    renewed_ms: 0,
-                }),
-            },
-            Err(_) => Claimed::Uncoordinated,
+        match take(&*self.storage, &self.key, self.record(flight).encode()).await {
+            Taken::Held => Claimed::Held,
+            Taken::Uncoordinated => Claimed::Uncoordinated,
+            // Unreadable, or released between the put and the read: an
+            // empty record, which the caller reads as released.
+            Taken::Elsewhere(raw) => {
+                Claimed::Elsewhere(raw.as_deref().and_then(LeaseRecord::decode).unwrap_or(
+                    LeaseRecord {
+                        spool: String::new(),
+                        started: false,
+                        size: None,
+                        renewed_ms: 0,
+                    },
+                ))
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use futures::channel::oneshot;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
 
+use super::lease::{take, Taken};
 use super::{mark, mark_stale, Mirror, MirrorTarget};
 use crate::config::STALE_DEADLINE_MS;
 use crate::error::UpstreamError;
@@ -26,6 +27,28 @@ use crate::store::memo::CachedTag;
 use crate::store::{manifest_unknown, Result};
 use crate::wire::response::{set, Response};
 use crate::wire::{self};
+use bytes::Bytes;
+
+/// How long a process waits for another's check of a tag before it asks
+/// the upstream itself.
+const TAG_CHECK_WAIT_MS: u64 = crate::config::STALE_DEADLINE_MS + 2_000;
+
+/// Deletes a lease object when dropped (on a task of the host's: a drop
+/// cannot wait).
+struct ReleaseOnDrop<S: Storage, H: Host> {
+    storage: std::sync::Arc<S>,
+    host: std::sync::Arc<H>,
+    key: String,
+}
+
+impl<S: Storage, H: Host> Drop for ReleaseOnDrop<S, H> {
+    fn drop(&mut self) {
+        let (storage, key) = (self.storage.clone(), std::mem::take(&mut self.key));
+        self.host.spawn(Box::pin(async move {
+            let _ = storage.delete(&key).await;
+        }));
+    }
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct TagCache {
@@ -138,8 +161,24 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 let max_stale = t.upstream.config.max_stale_ms;
                 let mut waited = false;
                 loop {
-                    let cached = self.tag_cache(&t.local, tag).await?;
+                    let mut cached = self.tag_cache(&t.local, tag).await?;
                     let now = self.store.host.now_unix_ms();
+                    if cached
+                        .as_ref()
+                        .is_some_and(|c| now.saturating_sub(c.checked_ms) >= ttl)
+                    {
+                        // Memory may be behind another process on the same
+                        // storage that checked the tag since.
+                        if let Some(stored) = self.stored_tag_cache(&t.local, tag).await? {
+                            if cached
+                                .as_ref()
+                                .is_some_and(|c| stored.checked_ms > c.checked_ms)
+                            {
+                                self.remember_tag(&t.local, tag, &stored);
+                                cached = Some(stored);
+                            }
+                        }
+                    }
                     if let Some(c) = &cached {
                         let age = now.saturating_sub(c.checked_ms);
                         if age < ttl {
@@ -170,7 +209,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                             }
                         }
                         Joined::Leader(lead) => {
-                            let answer = self.revalidate_tag(t, tag, cached).await;
+                            let answer = self.check_tag_once(t, tag, cached).await;
                             lead.finish(answer.as_ref().map(|_| ()));
                             return answer;
                         }
@@ -213,6 +252,19 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 checked_ms: c.checked_ms,
             }));
         }
+        let c = self.stored_tag_cache(local, tag).await?;
+        if let Some(c) = &c {
+            self.remember_tag(local, tag, c);
+        }
+        Ok(c)
+    }
+
+    /// The tag's record in storage, as the last process to check it left it.
+    pub(super) async fn stored_tag_cache(
+        &self,
+        local: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Option<TagCache>> {
         let Some(raw) = self
             .store
             .storage
@@ -235,8 +287,77 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         {
             return Ok(None);
         }
-        self.remember_tag(local, tag, &c);
         Ok(Some(c))
+    }
+
+    /// Ask the upstream about `tag` (see `revalidate_tag`), unless another
+    /// process sharing the storage is asking it now: then wait for its
+    /// answer to land in storage, and ask only if none comes.
+    async fn check_tag_once(
+        &self,
+        t: &MirrorTarget<F, H>,
+        tag: &Tag,
+        cached: Option<TagCache>,
+    ) -> Result<Response<S::Body>> {
+        let storage = &self.store.storage;
+        let host = &self.store.host;
+        let key = layout::tag_check(&t.local, tag);
+        let start = host.now_unix_ms();
+        let stamp = format!("{} {start}", self.store.process);
+        match take(&**storage, &key, Bytes::from(stamp)).await {
+            Taken::Held => {
+                // Released however the check ends, even if its request is
+                // dropped half way (its client hung up).
+                let _release = ReleaseOnDrop {
+                    storage: storage.clone(),
+                    host: host.clone(),
+                    key,
+                };
+                return self.revalidate_tag(t, tag, cached).await;
+            }
+            Taken::Uncoordinated => return self.revalidate_tag(t, tag, cached).await,
+            Taken::Elsewhere(stamp) => {
+                let stamp = stamp.and_then(|b| String::from_utf8(b.to_vec()).ok());
+                let (holder, stamped) = stamp
+                    .as_deref()
+                    .and_then(|s| s.trim().split_once(' '))
+                    .map_or(("", 0), |(p, ms)| (p, ms.parse::<u64>().unwrap_or(0)));
+                // This process's own requests share one check already: a
+                // lease of ours is left by a leader whose client hung up.
+                let own = holder == self.store.process.as_str();
+                let since = cached.as_ref().map_or(0, |c| c.checked_ms);
+                let mut pause = 10;
+                loop {
+                    let now = host.now_unix_ms();
+                    // A holder that went away (killed) left its lease.
+                    if own
+                        || now.saturating_sub(stamped) > 2 * TAG_CHECK_WAIT_MS
+                        || now.saturating_sub(start) > TAG_CHECK_WAIT_MS
+                    {
+                        let _ = storage.delete(&key).await;
+                        break;
+                    }
+                    host.sleep(pause).await;
+                    pause = (pause * 3 / 2).min(200);
+                    if let Some(c) = self.stored_tag_cache(&t.local, tag).await? {
+                        if c.checked_ms > since {
+                            self.remember_tag(&t.local, tag, &c);
+                            let reference = Reference::Tag(tag.clone());
+                            let resp = self
+                                .store
+                                .manifest_response(&t.local, &c.digest, &reference);
+                            return Ok(mark(resp.await?, "hit"));
+                        }
+                    }
+                    // Released with no fresher record: the upstream failed
+                    // it (or dropped the tag). Ask for ourselves.
+                    if storage.head(&key).await?.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.revalidate_tag(t, tag, cached).await
     }
 
     pub(super) fn remember_tag(&self, local: &RepositoryName, tag: &Tag, c: &TagCache) {

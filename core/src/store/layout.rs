@@ -8,6 +8,7 @@
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
 //! repositories/<name>/_cache/tag-lists/<page>              a mirrored tag list page and when it was fetched (JSON)
+//! repositories/<name>/_cache/tag-checks/<tag>              the lease of an upstream check of a tag in progress
 //! repositories/<name>/_fills/<alg>/<hex>                   the lease of a blob fill in progress (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
 //! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
@@ -145,6 +146,12 @@ pub(crate) fn tag_of(name: &RepositoryName, key: &str) -> Option<Tag> {
 /// When a mirrored tag was last checked upstream (JSON).
 pub(crate) fn tag_cache(name: &RepositoryName, tag: &Tag) -> String {
     format!("repositories/{name}/_cache/tags/{tag}")
+}
+
+/// The lease of an upstream check of a mirrored tag in progress: processes
+/// sharing the storage ask the upstream about a tag once between them.
+pub(crate) fn tag_check(name: &RepositoryName, tag: &Tag) -> String {
+    format!("repositories/{name}/_cache/tag-checks/{tag}")
 }
 
 /// A page of a mirrored repository's tag list, as last fetched upstream.

@@ -37,16 +37,22 @@ pub(crate) struct Store<S, H> {
     pub(crate) recent: memo::ManifestCache,
     /// Upload sessions with a request writing to them, and how many.
     pub(crate) uploads_writing: Mutex<HashMap<UploadId, usize>>,
+    /// This process among those sharing the storage: how leases it wrote
+    /// are told from other processes' (random, from the host).
+    pub(crate) process: UploadId,
 }
 
-impl<S, H> Store<S, H> {
+impl<S, H: crate::io::host::Host> Store<S, H> {
     pub(crate) fn new(
         storage: Arc<S>,
         host: Arc<H>,
         config: RegistryConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut raw = [0u8; 16];
+        host.fill_random(&mut raw);
         Store {
+            process: UploadId::from_random(raw),
             storage,
             host,
             recent: memo::ManifestCache::new(config.manifest_cache_bytes),

@@ -1694,3 +1694,50 @@ fn two_processes_on_one_storage_check_a_tag_once_per_ttl() {
     );
     assert_eq!(heads(), 2);
 }
+
+/// Eviction on one process goes by uses seen on every process sharing the
+/// storage, and only one process evicts at a time.
+#[test]
+fn eviction_keeps_a_blob_another_process_used_last() {
+    let s = setup(60_000);
+    let layers: Vec<Vec<u8>> = (0..2).map(|i| data(100_000, 90 + i)).collect();
+    let (_, digests) = push_image(&s.upstream, "lru2", "v1", &layers);
+    let (old, new) = (&digests[1], &digests[2]);
+    let storage = Arc::new(MemoryStorage::new());
+    let a = mirror_on(&s, storage.clone(), 2_000_000);
+    let b = mirror_on_host(&s, storage.clone(), TestHost::at(2_000_000).seeded(4));
+    let blob_url = |d: &Digest| format!("/v2/up.local/lru2/blobs/{d}");
+    assert_eq!(call(&a, Method::GET, &blob_url(old)).status, StatusCode::OK);
+    // A uses it again: now A's own memory has a time for it.
+    at(&a, 2_000_500);
+    assert_eq!(
+        call(&a, Method::GET, &blob_url(old)).header("x-kura-cache"),
+        "hit"
+    );
+    at(&a, 2_001_000);
+    assert_eq!(call(&a, Method::GET, &blob_url(new)).status, StatusCode::OK);
+    // B pulls the blob A used first, after A's last use of either.
+    at(&b, 2_002_000);
+    assert_eq!(
+        call(&b, Method::GET, &blob_url(old)).header("x-kura-cache"),
+        "hit"
+    );
+
+    // While another process holds the evictor lease, A does nothing.
+    let lease = "leases/evictor";
+    block_on(storage.put(lease, Bytes::from("someone 2001500"), PutMode::Create)).unwrap();
+    at(&a, 2_003_000);
+    let report = block_on(a.evict(100_000, 0)).unwrap();
+    assert!(report.skipped && report.evicted_blobs == 0, "{report:?}");
+    block_on(storage.delete(lease)).unwrap();
+
+    let report = block_on(a.evict(100_000, 0)).unwrap();
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    let stored = |d: &Digest| block_on(storage.head(&blob_key(d))).unwrap().is_some();
+    assert!(stored(old), "evicted the blob another process used last");
+    assert!(!stored(new));
+    assert!(
+        block_on(storage.head(lease)).unwrap().is_none(),
+        "lease kept"
+    );
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kura_tests::api::Api;
 use kura_tests::faulty::{Fault, Faulty};
 use kura_tests::s3::S3Server;
 use kura_tests::stream::{eventually, stream_hash, Streamed};
@@ -181,4 +182,55 @@ fn a_killed_instances_fill_is_taken_over() {
         .join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
     let stored = std::fs::read(&blob).unwrap();
     assert_eq!(kura_tests::sha256(&stored), digest);
+}
+
+fn api(k: &Kura) -> Api {
+    Api {
+        base: k.url.clone(),
+        port: k.port,
+        client: http_client(),
+        auth: None,
+    }
+}
+
+/// A chunked push whose requests go to three instances in turn completes:
+/// an upload session lives in storage, not in the instance that opened it.
+#[test]
+fn a_chunked_push_spread_over_three_instances_completes() {
+    let shared = Shared::bucket();
+    let cfg = tempfile::tempdir().unwrap();
+    let f = Faulty::start().unwrap();
+    let ks: Vec<Kura> = (0..3)
+        .map(|_| shared.start(&f.url, cfg.path(), ""))
+        .collect();
+    let (a, b, c) = (api(&ks[0]), api(&ks[1]), api(&ks[2]));
+    let data = kura_tests::image::XorShift::new(1203).bytes(9 * MIB as usize + 7);
+    let digest = kura_tests::sha256(&data);
+    let (one, rest) = data.split_at(4 * MIB as usize);
+    let (two, three) = rest.split_at(4 * MIB as usize);
+
+    let loc = a.start_upload("team/spread");
+    let r = b
+        .patch(&loc, one, Some((0, one.len() as u64 - 1)))
+        .expect(202);
+    let loc = r.hdr("location").to_owned();
+    let end = (one.len() + two.len()) as u64;
+    let r = c
+        .patch(&loc, two, Some((one.len() as u64, end - 1)))
+        .expect(202);
+    assert_eq!(r.hdr("range"), format!("0-{}", end - 1));
+    let loc = r.hdr("location").to_owned();
+    let r = a.get(&loc).expect(204);
+    assert_eq!(
+        r.hdr("range"),
+        format!("0-{}", end - 1),
+        "status on another instance"
+    );
+    let last = end + three.len() as u64 - 1;
+    b.put_upload(&loc, &digest, three, Some((end, last)))
+        .expect(201);
+    let r = c
+        .get(&format!("/v2/team/spread/blobs/{digest}"))
+        .expect(200);
+    assert!(r.body == data, "the blob read back differs");
 }

@@ -1,5 +1,8 @@
 //! Keeping the cache under its size, least recently used first.
 
+use bytes::Bytes;
+
+use super::lease::{take, Taken};
 use super::Mirror;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
@@ -7,6 +10,10 @@ use crate::io::storage::Storage;
 use crate::metrics::{self};
 use crate::store::layout;
 use crate::store::Result;
+
+/// How long an eviction pass may hold the evictor lease before another
+/// process takes it as dead.
+const EVICTOR_LEASE_MS: u64 = 30 * 60 * 1000;
 
 /// What an eviction pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +25,9 @@ pub struct EvictionReport {
     pub evicted_blobs: usize,
     /// Bytes those blobs held.
     pub evicted_bytes: u64,
+    /// Another process sharing the storage was evicting: this pass did
+    /// nothing.
+    pub skipped: bool,
 }
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
@@ -33,6 +43,39 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         if self.mirrors.upstreams.is_empty() {
             return Ok(report);
         }
+        // One evictor at a time among the processes sharing the storage.
+        let key = layout::EVICTOR_LEASE;
+        let now = self.store.host.now_unix_ms();
+        let stamp = Bytes::from(format!("{} {now}", self.store.process));
+        match take(&*self.store.storage, key, stamp.clone()).await {
+            Taken::Held | Taken::Uncoordinated => {}
+            Taken::Elsewhere(held) => {
+                let at = held
+                    .as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok()?.split_once(' ')?.1.parse().ok())
+                    .unwrap_or(0u64);
+                // A pass that started this long ago died with its process.
+                if now.saturating_sub(at) < EVICTOR_LEASE_MS {
+                    report.skipped = true;
+                    return Ok(report);
+                }
+                self.store
+                    .storage
+                    .put(key, stamp, crate::io::storage::PutMode::Overwrite)
+                    .await?;
+            }
+        }
+        let pass = self.evict_pass(max_size, grace_ms, report).await;
+        let _ = self.store.storage.delete(key).await;
+        pass
+    }
+
+    async fn evict_pass(
+        &self,
+        max_size: u64,
+        grace_ms: u64,
+        mut report: EvictionReport,
+    ) -> Result<EvictionReport> {
         let mut mirrored = std::collections::HashSet::new();
         let mut protected = std::collections::HashSet::new();
         for key in self.store.storage.list("repositories/").await? {
@@ -60,10 +103,15 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 continue;
             }
             report.cached_bytes += e.size;
-            let used = self.last_use(&digest).await?.max(e.modified_ms);
-            candidates.push((used, e.size, e.key, digest));
+            candidates.push((e.modified_ms, e.size, e.key, digest));
         }
         let mut total = report.cached_bytes;
+        if total > max_size {
+            // Only a pass that evicts reads when each blob was last used.
+            for c in candidates.iter_mut() {
+                c.0 = c.0.max(self.last_use(&c.3).await?);
+            }
+        }
         candidates.sort();
         for (used, size, key, digest) in candidates {
             if total <= max_size {

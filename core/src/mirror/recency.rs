@@ -101,12 +101,16 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         }
     }
 
-    /// The last use of `digest` known to this process or recorded in
-    /// storage (read once per process), or 0.
+    /// The last use of `digest`: the later of what this process saw and
+    /// what storage records (any process sharing it may have written it
+    /// since), or 0.
     pub(super) async fn last_use(&self, digest: &Digest) -> Result<u64> {
-        if let Some(u) = self.mirrors.recency.lock_blobs().get(digest) {
-            return Ok(u.used_ms);
-        }
+        let seen = self
+            .mirrors
+            .recency
+            .lock_blobs()
+            .get(digest)
+            .map_or(0, |u| u.used_ms);
         let recorded = self
             .store
             .storage
@@ -114,15 +118,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .await?
             .and_then(|raw| std::str::from_utf8(&raw).ok()?.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        if recorded > 0 {
-            self.mirrors.recency.lock_blobs().insert(
-                digest.clone(),
-                BlobUse {
-                    used_ms: recorded,
-                    recorded_ms: recorded,
-                },
-            );
-        }
-        Ok(recorded)
+        Ok(seen.max(recorded))
     }
 }

@@ -12,6 +12,7 @@
 //! repositories/<name>/_fills/<alg>/<hex>                   the lease of a blob fill in progress (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
 //! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
+//! leases/evictor                                           held by the process running an eviction pass
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
 //! ```
@@ -47,6 +48,9 @@ pub(crate) fn blob_digest(key: &str) -> Option<Digest> {
     }
     Digest::parse(&format!("{alg}:{hex}")).ok()
 }
+
+/// Held (created only if absent) by the process running an eviction pass.
+pub(crate) const EVICTOR_LEASE: &str = "leases/evictor";
 
 /// The prefix of every [`access`] key.
 pub(crate) const ACCESS_PREFIX: &str = "access/";

@@ -206,6 +206,9 @@ pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration) {
                     max_size,
                     "evicted least recently used blobs"
                 ),
+                Ok(r) if r.skipped => {
+                    tracing::debug!("another instance is evicting; pass skipped")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "eviction pass failed"),
             }

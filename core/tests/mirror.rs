@@ -1741,3 +1741,55 @@ fn eviction_keeps_a_blob_another_process_used_last() {
         "lease kept"
     );
 }
+
+/// A process that finds another's lease and then the blob committed before
+/// it saw a byte of the fill serves the stored blob whole.
+#[test]
+fn a_fill_committed_elsewhere_before_a_byte_was_seen_is_served_whole() {
+    let s = setup(60_000);
+    let layer = data(500_000, 83);
+    let (_, d) = push_image(
+        &s.upstream,
+        "fleet/three",
+        "v1",
+        std::slice::from_ref(&layer),
+    );
+    let storage = Arc::new(MemoryStorage::new());
+    let now = 7_000_000;
+    let lease = fill_lease_key("up.local/fleet/three", &d[1]);
+    block_on(storage.put(
+        &lease,
+        format!(r#"{{"spool":"0123456789abcdef0123456789abcdee","renewed_ms":{now}}}"#).into(),
+        PutMode::Create,
+    ))
+    .unwrap();
+    let b = mirror_on_host(&s, storage.clone(), TestHost::at(now).seeded(5));
+    let uri = format!("/v2/up.local/fleet/three/blobs/{}", d[1]);
+    let r = block_on(async {
+        let mut g = Box::pin(get_async(&b, &uri));
+        assert!(futures::poll!(g.as_mut()).is_pending());
+        // The other process commits and lets go.
+        let name = kura_core::RepositoryName::parse("up.local/fleet/three").unwrap();
+        storage
+            .put(
+                &blob_key(&d[1]),
+                Bytes::from(layer.clone()),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        storage
+            .put(
+                &layer_link_key(&name, &d[1]),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        storage.delete(&lease).await.unwrap();
+        g.await
+    });
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.bytes() == layer.as_slice(), "not the whole blob");
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+}

@@ -22,13 +22,72 @@ const MIB: u64 = 1024 * 1024;
 
 /// Storage shared by the instances of one test.
 enum Shared {
-    Bucket(S3Server),
+    /// An s3s-fs bucket, reached through haproxy one request at a time.
+    Bucket(S3Server, OneAtATime),
     Directory(tempfile::TempDir),
+}
+
+/// haproxy in front of s3s-fs, letting one create-only put at a time
+/// through (everything else passes freely).
+///
+/// s3s-fs checks `If-None-Match: *` and then writes, without a lock (its
+/// `put_object`), so two create-only puts of one key racing each other can
+/// both succeed; S3 and R2 decide such races atomically. Serialized, s3s-fs
+/// decides them as S3 does.
+struct OneAtATime {
+    child: std::process::Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OneAtATime {
+    fn start(server: &str) -> OneAtATime {
+        let dir = tempfile::tempdir().unwrap();
+        let port = kura_tests::free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
+                 timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n  \
+                 acl create_only hdr_cnt(if-none-match) gt 0\n  \
+                 use_backend one_at_a_time if create_only\n  default_backend direct\n\
+                 backend direct\n  server s3s-fs {server}\n\
+                 backend one_at_a_time\n  server s3s-fs {server} maxconn 1\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy) runs");
+        assert!(
+            eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()),
+            "haproxy did not listen"
+        );
+        OneAtATime {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Shared {
     fn bucket() -> Shared {
-        Shared::Bucket(S3Server::start("fleet").expect("starting s3s-fs"))
+        let s3 = S3Server::start("fleet").expect("starting s3s-fs");
+        let proxy = OneAtATime::start(&format!("127.0.0.1:{}", s3.port));
+        Shared::Bucket(s3, proxy)
     }
 
     fn directory() -> Shared {
@@ -40,9 +99,11 @@ impl Shared {
     fn start(&self, upstream: &str, cfg: &Path, extra: &str) -> Kura {
         let file = cfg.join(format!("kura-{}.yml", kura_tests::free_port()));
         let storage = match self {
-            Shared::Bucket(s3) => {
+            Shared::Bucket(s3, proxy) => {
                 s3.write_kura_config(&file).unwrap();
-                std::fs::read_to_string(&file).unwrap()
+                std::fs::read_to_string(&file)
+                    .unwrap()
+                    .replace(&s3.endpoint, &proxy.endpoint)
             }
             Shared::Directory(_) => "storage:\n".into(),
         };
@@ -53,7 +114,7 @@ impl Shared {
         std::fs::write(&file, &yaml).unwrap();
         let data_dir = match self {
             Shared::Directory(d) => Some(d.path().join("data")),
-            Shared::Bucket(_) => None,
+            Shared::Bucket(..) => None,
         };
         Kura::start_with(KuraOptions {
             config: Some(file),
@@ -172,7 +233,7 @@ fn a_killed_instances_fill_is_taken_over() {
     eprintln!("taken over and completed {took:?} after the kill");
     assert_eq!(f.blob_gets("team/crash", &digest), 2);
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
-    let Shared::Bucket(s3) = &shared else {
+    let Shared::Bucket(s3, _) = &shared else {
         unreachable!()
     };
     // Only verified bytes became the blob.
@@ -233,4 +294,43 @@ fn a_chunked_push_spread_over_three_instances_completes() {
         .get(&format!("/v2/team/spread/blobs/{digest}"))
         .expect(200);
     assert!(r.body == data, "the blob read back differs");
+}
+
+/// Three instances on one bucket, 64 clients spread over them asking for
+/// one cold blob at once: the upstream sends it once, every client gets
+/// every byte. (`cargo xtask bench --only fleet` is the large version.)
+#[test]
+fn sixty_four_cold_gets_over_three_instances_make_one_upstream_fetch() {
+    const SIZE: u64 = 32 * MIB;
+    let shared = Shared::bucket();
+    let f = Faulty::start().unwrap();
+    let data = kura_tests::image::XorShift::new(1204).bytes(SIZE as usize);
+    let digest = f.add_blob(data);
+    let cfg = tempfile::tempdir().unwrap();
+    let ks: Vec<Kura> = (0..3)
+        .map(|_| shared.start(&f.url, cfg.path(), ""))
+        .collect();
+    let barrier = Arc::new(std::sync::Barrier::new(64));
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            let url = format!("{}/v2/up.local/team/fan/blobs/{digest}", ks[i % 3].url);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let client = http_client();
+                barrier.wait();
+                stream_hash(&client, &url, None, |_| true)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_whole(&format!("client {i}"), &c.join().unwrap(), SIZE, &digest);
+    }
+    eprintln!("64 clients over 3 instances: {:?}", started.elapsed());
+    assert_eq!(f.blob_gets("team/fan", &digest), 1, "upstream GETs");
+    let followed: u64 = ks
+        .iter()
+        .map(|k| metric(k, "kura_fills_followed_elsewhere_total"))
+        .sum();
+    assert_eq!(followed, 2, "the two instances without the lease follow it");
 }

@@ -150,6 +150,14 @@ pub(super) enum Step {
 }
 
 impl FlightState {
+    /// The blob is stored whole (committed by another process, perhaps
+    /// before this one saw a byte of it): readers read it from storage.
+    fn stored(&mut self, size: u64) {
+        self.started = true;
+        self.size = Some(size);
+        self.received = size;
+    }
+
     /// Forget a fill's progress: another holder starts again from byte 0.
     fn restart(&mut self) {
         self.received = 0;
@@ -379,7 +387,15 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         for _ in 0..3 {
             match lease.claim(&self.flight).await {
                 Claimed::Uncoordinated => return (self.fill(None).await, false),
-                Claimed::Held => return (self.hold(lease).await, true),
+                Claimed::Held => {
+                    // The blob may have been committed (and its lease
+                    // released) since this request found it missing.
+                    if let Ok(Some(meta)) = self.storage.head(&layout::blob(&self.digest)).await {
+                        self.flight.update(|s| s.stored(meta.size));
+                        return (Ok(()), true);
+                    }
+                    return (self.hold(lease).await, true);
+                }
                 Claimed::Elsewhere(record) => match self.watch(lease, record).await {
                     Watched::Over(outcome) => return (outcome, false),
                     Watched::TakenOver => return (self.hold(lease).await, true),
@@ -412,7 +428,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         let mut pause = 10;
         let mut spool = UploadId::parse(&seen.spool);
         loop {
-            if let Ok(Some(_)) = self.storage.head(&blob).await {
+            if let Ok(Some(meta)) = self.storage.head(&blob).await {
+                self.flight.update(|s| s.stored(meta.size));
                 return Watched::Over(Ok(()));
             }
             let now = self.host.now_unix_ms();
@@ -438,7 +455,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 }
                 Ok(None) => {
                     // Released: committed (look again) or given up.
-                    if let Ok(Some(_)) = self.storage.head(&blob).await {
+                    if let Ok(Some(meta)) = self.storage.head(&blob).await {
+                        self.flight.update(|s| s.stored(meta.size));
                         return Watched::Over(Ok(()));
                     }
                     if self.flight.lock().received == 0 {

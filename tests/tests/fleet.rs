@@ -21,6 +21,7 @@ use kura_tests::{http_client, Kura, KuraOptions};
 const MIB: u64 = 1024 * 1024;
 
 /// Storage shared by the instances of one test.
+#[allow(clippy::large_enum_variant)] // one per test
 enum Shared {
     /// An s3s-fs bucket, reached through haproxy one request at a time.
     Bucket(S3Server, OneAtATime),

@@ -390,8 +390,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 Claimed::Held => {
                     // The blob may have been committed (and its lease
                     // released) since this request found it missing.
-                    if let Ok(Some(meta)) = self.storage.head(&layout::blob(&self.digest)).await {
-                        self.flight.update(|s| s.stored(meta.size));
+                    if let Some(size) = self.stored_here().await {
+                        self.flight.update(|s| s.stored(size));
                         return (Ok(()), true);
                     }
                     return (self.hold(lease).await, true);
@@ -411,6 +411,20 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         )
     }
 
+    /// The blob's size if it is stored and linked into this repository
+    /// (committed by a fill for it). Stored for another repository only,
+    /// it is not this fill's to serve: the upstream has not said yes here.
+    async fn stored_here(&self) -> Option<u64> {
+        let link = layout::layer_link(&self.local, &self.digest);
+        self.storage.head(&link).await.ok()??;
+        let meta = self
+            .storage
+            .head(&layout::blob(&self.digest))
+            .await
+            .ok()??;
+        Some(meta.size)
+    }
+
     /// Fill while holding the lease, renewing it meanwhile.
     async fn hold(&self, lease: &Arc<StoredLease<S, H>>) -> Result<(), FlightError> {
         self.host
@@ -422,14 +436,13 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// flight's, so this process's clients read them as they land.
     async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord) -> Watched {
         metrics::inc(&self.metrics.fills_followed_elsewhere);
-        let blob = layout::blob(&self.digest);
         let mut seen = first;
         let mut seen_at = self.host.now_unix_ms();
         let mut pause = 10;
         let mut spool = UploadId::parse(&seen.spool);
         loop {
-            if let Ok(Some(meta)) = self.storage.head(&blob).await {
-                self.flight.update(|s| s.stored(meta.size));
+            if let Some(size) = self.stored_here().await {
+                self.flight.update(|s| s.stored(size));
                 return Watched::Over(Ok(()));
             }
             let now = self.host.now_unix_ms();
@@ -455,8 +468,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 }
                 Ok(None) => {
                     // Released: committed (look again) or given up.
-                    if let Ok(Some(meta)) = self.storage.head(&blob).await {
-                        self.flight.update(|s| s.stored(meta.size));
+                    if let Some(size) = self.stored_here().await {
+                        self.flight.update(|s| s.stored(size));
                         return Watched::Over(Ok(()));
                     }
                     if self.flight.lock().received == 0 {

@@ -166,3 +166,64 @@ impl Drop for S3Server {
         }
     }
 }
+
+/// haproxy in front of s3s-fs, letting one create-only put at a time
+/// through (everything else passes freely).
+///
+/// s3s-fs checks `If-None-Match: *` and then writes, without a lock (its
+/// `put_object`), so two create-only puts of one key racing each other can
+/// both succeed; S3 and R2 decide such races atomically. Serialized, s3s-fs
+/// decides them as S3 does.
+pub struct OneAtATime {
+    child: Child,
+    /// `http://127.0.0.1:PORT`: use it as the S3 endpoint.
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OneAtATime {
+    /// haproxy in front of `server` (`HOST:PORT`).
+    pub fn start(server: &str) -> anyhow::Result<OneAtATime> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
+                 timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n  \
+                 acl create_only hdr_cnt(if-none-match) gt 0\n  \
+                 use_backend one_at_a_time if create_only\n  default_backend direct\n\
+                 backend direct\n  server s3s-fs {server}\n\
+                 backend one_at_a_time\n  server s3s-fs {server} maxconn 1\n"
+            ),
+        )?;
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning haproxy (Debian package haproxy)")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("haproxy did not listen within 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(OneAtATime {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

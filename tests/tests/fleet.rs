@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use kura_tests::api::Api;
 use kura_tests::faulty::{Fault, Faulty};
-use kura_tests::s3::S3Server;
+use kura_tests::s3::{OneAtATime, S3Server};
 use kura_tests::stream::{eventually, stream_hash, Streamed};
 use kura_tests::{http_client, Kura, KuraOptions};
 
@@ -28,66 +28,10 @@ enum Shared {
     Directory(tempfile::TempDir),
 }
 
-/// haproxy in front of s3s-fs, letting one create-only put at a time
-/// through (everything else passes freely).
-///
-/// s3s-fs checks `If-None-Match: *` and then writes, without a lock (its
-/// `put_object`), so two create-only puts of one key racing each other can
-/// both succeed; S3 and R2 decide such races atomically. Serialized, s3s-fs
-/// decides them as S3 does.
-struct OneAtATime {
-    child: std::process::Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl OneAtATime {
-    fn start(server: &str) -> OneAtATime {
-        let dir = tempfile::tempdir().unwrap();
-        let port = kura_tests::free_port();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
-                 timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n  \
-                 acl create_only hdr_cnt(if-none-match) gt 0\n  \
-                 use_backend one_at_a_time if create_only\n  default_backend direct\n\
-                 backend direct\n  server s3s-fs {server}\n\
-                 backend one_at_a_time\n  server s3s-fs {server} maxconn 1\n"
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("haproxy")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian package haproxy) runs");
-        assert!(
-            eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()),
-            "haproxy did not listen"
-        );
-        OneAtATime {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for OneAtATime {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Shared {
     fn bucket() -> Shared {
         let s3 = S3Server::start("fleet").expect("starting s3s-fs");
-        let proxy = OneAtATime::start(&format!("127.0.0.1:{}", s3.port));
+        let proxy = OneAtATime::start(&format!("127.0.0.1:{}", s3.port)).expect("starting haproxy");
         Shared::Bucket(s3, proxy)
     }
 

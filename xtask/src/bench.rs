@@ -81,7 +81,7 @@ impl Plan {
 pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let quick = args.contains(&"--quick");
     let plan = Plan::new(quick);
-    // `--only warm|cold|herd|memory` runs one phase; `--perf` records a
+    // `--only warm|cold|herd|fleet|memory` runs one phase; `--perf` records a
     // CPU profile (perf record -g) of every kura started, kept in
     // target/bench-perf/ for `perf report -i`.
     let only = args
@@ -214,6 +214,68 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                 t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
                 t.add("64 concurrent cold GETs: last byte (s)", name, secs);
                 m.stop();
+            }
+        }
+    }
+
+    if phase("fleet") {
+        eprintln!("bench: cold fan-out over one and three instances on one S3 bucket");
+        let s3 = kura_tests::s3::S3Server::start("bench")?;
+        let proxy = kura_tests::s3::OneAtATime::start(&format!("127.0.0.1:{}", s3.port))?;
+        let digest = &images.medium_layer;
+        let mut run = 0;
+        for round in 0..plan.rounds {
+            for (instances, clients) in alternate(round, [(1usize, 64usize), (3, 64)])
+                .into_iter()
+                .chain(alternate(round, [(1, 256), (3, 256)]))
+            {
+                run += 1;
+                // A fresh key prefix per run: every run starts cold.
+                let file = w.join(format!("fleet-{run}.yml"));
+                s3.write_kura_config(&file)?;
+                let storage = std::fs::read_to_string(&file)?
+                    .replace(&s3.endpoint, &proxy.endpoint)
+                    + &format!("    prefix: run{run}\n  shared: true\n");
+                let mut ms = (0..instances)
+                    .map(|i| {
+                        Mirror::start_with(
+                            &kura,
+                            w,
+                            &format!("fleet-{run}-{i}"),
+                            &upstream.url,
+                            &storage,
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let before = upstream.blob_gets_of("bench/medium", digest);
+                let urls: Vec<String> = (0..clients)
+                    .map(|i| format!("{}/v2/bench/medium/blobs/{digest}", ms[i % instances].url))
+                    .collect();
+                let started = Instant::now();
+                let sizes = curl_parallel(&urls, clients)?;
+                let secs = started.elapsed().as_secs_f64();
+                ensure!(
+                    sizes.iter().all(|s| *s == images.medium_size),
+                    "fleet: a cold GET returned the wrong length: {sizes:?}"
+                );
+                let gets = upstream.blob_gets_of("bench/medium", digest) - before;
+                let rss = ms
+                    .iter()
+                    .map(Mirror::hwm_mib)
+                    .collect::<anyhow::Result<Vec<f64>>>()?
+                    .into_iter()
+                    .fold(0.0, f64::max);
+                let what = |m: &str| {
+                    format!(
+                        "{clients} cold GETs over {instances} instance(s) on one S3 bucket: {m}"
+                    )
+                };
+                t.add(&what("upstream GETs"), "kura", gets as f64);
+                t.add(&what("last byte (s)"), "kura", secs);
+                t.add(&what("peak RSS per instance (MiB)"), "kura", rss);
+                for m in ms.iter_mut() {
+                    m.stop();
+                }
             }
         }
     }
@@ -463,6 +525,18 @@ struct Mirror {
 
 impl Mirror {
     fn start(kind: &MirrorKind, work: &Path, name: &str, upstream: &str) -> anyhow::Result<Mirror> {
+        Self::start_with(kind, work, name, upstream, "")
+    }
+
+    /// [`Mirror::start`] with `extra` top-level YAML in kura's config (a
+    /// `storage:` section, say).
+    fn start_with(
+        kind: &MirrorKind,
+        work: &Path,
+        name: &str,
+        upstream: &str,
+        extra: &str,
+    ) -> anyhow::Result<Mirror> {
         let port = kura_tests::free_port();
         let (label, dir) = match kind {
             MirrorKind::Kura(_) => ("kura", work.join(format!("kura-{name}"))),
@@ -478,7 +552,7 @@ impl Mirror {
                     format!(
                         "listen: 127.0.0.1:{port}\ndata_dir: {data}\n\
                          mirror:\n  default: up.local\n  upstreams:\n    \
-                         - name: up.local\n      url: {upstream}\n",
+                         - name: up.local\n      url: {upstream}\n{extra}",
                         data = dir.join("data").display()
                     ),
                 )?;

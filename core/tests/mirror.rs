@@ -13,7 +13,7 @@ use common::TestHost;
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
-use kura_core::storage::{MemoryStorage, PutMode, Storage};
+use kura_core::storage::{MemoryStorage, PutMode, Storage, StorageError};
 use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Host, Registry, RegistryConfig};
 use kura_core::{Fetch, FetchError};
@@ -1563,6 +1563,13 @@ fn two_processes_on_one_storage_fetch_a_blob_once() {
         assert!(storage.head(&lease).await.unwrap().is_some(), "no lease");
         let mut gb = Box::pin(get_async(&b, &uri));
         assert!(futures::poll!(gb.as_mut()).is_pending());
+        // B's fill (on a thread of its own) finds A's lease and follows.
+        for _ in 0..1000 {
+            if metric(&b, "kura_fills_followed_elsewhere_total") == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         drop(open);
         futures::join!(ga, gb)
     });
@@ -1605,7 +1612,7 @@ fn a_fill_whose_holder_died_is_taken_over_after_the_lease_lifetime() {
         storage.put(
             &fill_lease_key("up.local/fleet/two", &d[1]),
             format!(
-                r#"{{"spool":"{dead}","started":true,"size":{},"renewed_ms":{now}}}"#,
+                r#"{{"spool":"{dead}","started":false,"size":{},"renewed_ms":{now}}}"#,
                 layer.len()
             )
             .into(),
@@ -1792,4 +1799,180 @@ fn a_fill_committed_elsewhere_before_a_byte_was_seen_is_served_whole() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.bytes() == layer.as_slice(), "not the whole blob");
     assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+}
+
+/// Storage whose blob commits wait until `open` is dropped.
+struct GatedCommit {
+    inner: MemoryStorage,
+    gate: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
+}
+
+#[async_trait]
+impl Storage for GatedCommit {
+    type Body = ByteStream;
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<kura_core::storage::ObjectMeta>, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
+        self.inner.get(key, range).await
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        if key.starts_with("blobs/") {
+            let _ = self.gate.clone().await;
+        }
+        self.inner.put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        if key.starts_with("blobs/") {
+            let _ = self.gate.clone().await;
+        }
+        self.inner.put_stream(key, data).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let _ = self.gate.clone().await;
+        self.inner.rename(from, to).await
+    }
+    fn can_append(&self) -> bool {
+        self.inner.can_append()
+    }
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        self.inner.append(key, offset, parts).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+/// Once the holder's bytes all hashed to the digest, a client in another
+/// process gets the last one without waiting for the blob to be stored
+/// (joining S3 parts into the blob takes as long as uploading it again).
+#[test]
+fn another_processes_client_gets_the_last_byte_once_verified_not_once_stored() {
+    let s = setup(60_000);
+    let layer = data(3 * 1024 * 1024 + 9, 84);
+    let (_, d) = push_image(
+        &s.upstream,
+        "fleet/gate",
+        "v1",
+        std::slice::from_ref(&layer),
+    );
+    let (open, gate) = gate();
+    let storage = Arc::new(GatedCommit {
+        inner: MemoryStorage::new(),
+        gate,
+    });
+    let registry = |host: TestHost| {
+        let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+        config.not_found_ttl_ms = 0;
+        Registry::builder(storage.clone(), host)
+            .mirror(LocalFetch(s.fetch.clone()), vec![config])
+            .build()
+            .unwrap()
+    };
+    let a = registry(TestHost::at(1_000_000));
+    let b = registry(TestHost::at(1_000_000).seeded(6));
+    let uri = format!("/v2/up.local/fleet/gate/blobs/{}", d[1]);
+    let lease = fill_lease_key("up.local/fleet/gate", &d[1]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (a, b, uri) = (&a, &b, uri.as_str());
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(move || call(a, Method::GET, uri));
+        let mut held = false;
+        for _ in 0..1000 {
+            if block_on(storage.head(&lease)).unwrap().is_some() {
+                held = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(held, "A took no lease");
+        let tx = tx.clone();
+        scope.spawn(move || {
+            let _ = tx.send(call(b, Method::GET, uri));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("B's client waited for A's commit");
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.bytes() == layer.as_slice(), "wrong bytes");
+        assert!(
+            block_on(storage.head(&blob_key(&d[1]))).unwrap().is_none(),
+            "stored already: the test proves nothing"
+        );
+        drop(open);
+        let r = holder.join().unwrap();
+        assert!(r.bytes() == layer.as_slice(), "A's client: wrong bytes");
+    });
+    assert!(block_on(storage.head(&blob_key(&d[1]))).unwrap().is_some());
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+/// A client that read part of a fill whose holder then died gets an error,
+/// not the rest from the process that takes the fill over: the bytes it has
+/// were never verified, so they must not become part of a whole answer.
+#[test]
+fn a_reader_of_a_dead_holders_bytes_is_cut_off_at_the_takeover() {
+    let s = setup(60_000);
+    let layer = data(1024 * 1024 + 3, 85);
+    let (_, d) = push_image(&s.upstream, "fleet/cut", "v1", std::slice::from_ref(&layer));
+    let storage = Arc::new(MemoryStorage::new());
+    let now = 9_000_000;
+    let dead = "0123456789abcdef0123456789abcded";
+    block_on(
+        storage.put(
+            &fill_lease_key("up.local/fleet/cut", &d[1]),
+            format!(
+                r#"{{"spool":"{dead}","started":true,"size":{},"renewed_ms":{now}}}"#,
+                layer.len()
+            )
+            .into(),
+            PutMode::Create,
+        ),
+    )
+    .unwrap();
+    block_on(storage.put(
+        &format!("uploads/{dead}/chunk-{:020}-x", 0),
+        Bytes::from(vec![0u8; 4096]),
+        PutMode::Create,
+    ))
+    .unwrap();
+    let b = mirror_on_host(&s, storage.clone(), TestHost::at(now).seeded(7));
+    let uri = format!("/v2/up.local/fleet/cut/blobs/{}", d[1]);
+    let resp = block_on(b.handle(Request::get(&uri).body(body::empty()).unwrap()));
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (Body::Stream(mut stream) | Body::Relay(mut stream)) = resp.into_body() else {
+        panic!("no body stream");
+    };
+    let first = block_on(stream.next()).unwrap().unwrap();
+    assert!(first.iter().all(|b| *b == 0), "not the dead holder's bytes");
+    at(&b, now + 20_001);
+    let mut rest = Vec::new();
+    let mut failed = false;
+    while let Some(item) = block_on(stream.next()) {
+        match item {
+            Ok(chunk) => rest.extend_from_slice(&chunk),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "went on with the new holder's bytes after {} of the dead one's",
+        first.len()
+    );
 }

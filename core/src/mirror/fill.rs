@@ -128,6 +128,18 @@ pub(crate) struct FlightState {
     pub(super) spooled: Vec<Spooled>,
     /// Received but not yet spooled, as `(offset, bytes)`.
     pub(super) tail: Vec<(u64, Bytes)>,
+    /// Readers may read to the end before the commit: another process's
+    /// fill said every byte is spooled and hashed to the digest, and every
+    /// byte is listed here. (This process's own fills wait for the commit,
+    /// so that a finished GET means a stored blob.)
+    pub(super) verified: bool,
+    /// This process's fill hashed every byte to the digest (told to other
+    /// processes through the lease).
+    pub(super) hashed: bool,
+    /// Bumped when another holder starts the fill again from byte 0: a
+    /// reader that already has bytes of the old one must not go on with
+    /// the new one's (the old bytes were never verified).
+    pub(super) generation: u64,
     pub(super) outcome: Option<Result<(), FlightError>>,
     pub(super) wakers: Vec<oneshot::Sender<()>>,
 }
@@ -160,6 +172,8 @@ impl FlightState {
 
     /// Forget a fill's progress: another holder starts again from byte 0.
     fn restart(&mut self) {
+        self.generation += 1;
+        self.verified = false;
         self.received = 0;
         self.spooled.clear();
         self.tail.clear();
@@ -232,13 +246,41 @@ impl BlobFlight {
     }
 
     /// What a client at `pos` (reading up to `end`) can do next.
-    pub(super) fn step(&self, pos: u64, end: Option<u64>) -> Step {
+    /// What a client at `pos` (reading up to `end`, having started at
+    /// `start` in fill generation `generation`, `None` before its first
+    /// step) can do next.
+    pub(super) fn step(
+        &self,
+        pos: u64,
+        end: Option<u64>,
+        start: u64,
+        generation: &mut Option<u64>,
+    ) -> Step {
         let mut s = self.lock();
+        match *generation {
+            Some(g) if g != s.generation && pos > start => {
+                return Step::Fail(
+                    "the process filling the blob went away after sending part of it; \
+                     ask again"
+                        .into(),
+                )
+            }
+            _ => *generation = Some(s.generation),
+        }
+        let done = matches!(s.outcome, Some(Ok(())));
+        let end = end.or(if done || s.verified {
+            Some(s.received)
+        } else {
+            s.size
+        });
+        // A client that has every verified byte is done, even if storing
+        // the blob then failed.
+        if s.verified && end.is_some_and(|e| pos >= e) {
+            return Step::Done;
+        }
         if let Some(Err(e)) = &s.outcome {
             return Step::Fail(e.to_string());
         }
-        let done = matches!(s.outcome, Some(Ok(())));
-        let end = end.or(if done { Some(s.received) } else { s.size });
         if end.is_some_and(|e| pos >= e) {
             return Step::Done;
         }
@@ -246,7 +288,12 @@ impl BlobFlight {
             return Step::Stored(pos..end.unwrap_or(s.received));
         }
         // The last byte waits for verification.
-        let readable = s.received.saturating_sub(1).min(end.unwrap_or(u64::MAX));
+        let readable = if s.verified {
+            s.received
+        } else {
+            s.received.saturating_sub(1)
+        }
+        .min(end.unwrap_or(u64::MAX));
         if pos < readable {
             for sp in &s.spooled {
                 if pos >= sp.offset && pos < sp.offset + sp.len {
@@ -276,26 +323,26 @@ pub(super) fn follow<S: Storage>(
     start: u64,
     end: Option<u64>,
 ) -> ByteStream {
-    let parts = futures::stream::unfold(Some(start), move |pos| {
+    let parts = futures::stream::unfold(Some((start, None)), move |state| {
         let flight = flight.clone();
         let storage = storage.clone();
         let blob_key = blob_key.clone();
         async move {
-            let mut pos = pos?;
+            let (mut pos, mut generation) = state?;
             loop {
-                match flight.step(pos, end) {
+                match flight.step(pos, end, start, &mut generation) {
                     Step::Done => return None,
                     Step::Fail(msg) => {
                         return Some((error_stream(std::io::Error::other(msg)), None))
                     }
                     Step::Bytes(b) => {
                         pos += b.len() as u64;
-                        return Some((body::once(b), Some(pos)));
+                        return Some((body::once(b), Some((pos, generation))));
                     }
                     Step::Spool(key, r) => match storage.get(&key, Some(r.clone())).await {
                         Ok(Some((_, body))) => {
                             pos += r.end - r.start;
-                            return Some((S::body_stream(body), Some(pos)));
+                            return Some((S::body_stream(body), Some((pos, generation))));
                         }
                         // Spooled chunks go away once the blob is stored:
                         // wait for the flight to say so, then read that.
@@ -490,6 +537,11 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                             s.size = seen.size;
                             s.received = contiguous;
                             s.spooled = parts;
+                            // The holder's bytes all hashed right and all
+                            // are listed: they may be read to the end. (An
+                            // unknown size waits for the commit.)
+                            s.verified =
+                                seen.verified && seen.size.is_some_and(|size| contiguous == size);
                         });
                         moved
                     }
@@ -603,6 +655,12 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         let actual = hasher.finish();
         if actual != self.digest {
             return Err(broken(format!("content has digest {actual}")));
+        }
+        // Followers (here and in other processes) may have the last byte
+        // now; joining parts into the blob can take a while on S3.
+        self.flight.update(|s| s.hashed = true);
+        if let Some(lease) = lease {
+            lease.renew(&self.flight).await;
         }
         self.commit(received).await.map_err(store)?;
         Ok(())

@@ -39,6 +39,10 @@ pub(crate) struct LeaseRecord {
     /// The blob's size, when the upstream said.
     #[serde(default)]
     pub(crate) size: Option<u64>,
+    /// Every byte is spooled and hashed to the digest (the commit may still
+    /// be under way).
+    #[serde(default)]
+    pub(crate) verified: bool,
     /// The holder's clock at the last renewal. Only its changing matters.
     pub(crate) renewed_ms: u64,
 }
@@ -120,6 +124,7 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
             spool: self.spool.to_string(),
             started: s.started,
             size: s.size,
+            verified: s.hashed,
             renewed_ms: self.host.now_unix_ms(),
         }
     }
@@ -137,6 +142,7 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
                         spool: String::new(),
                         started: false,
                         size: None,
+                        verified: false,
                         renewed_ms: 0,
                     },
                 ))

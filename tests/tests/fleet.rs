@@ -149,7 +149,8 @@ fn instances_on_one_directory_fetch_a_blob_once() {
 
 /// The instance filling a blob is killed mid-fill: the other, whose client
 /// was following, takes the fill over once the lease (2 s here) has not
-/// been renewed, and its client gets the whole, verified blob.
+/// been renewed. Its client, holding unverified bytes of the dead fill, gets
+/// a clean error; the retry gets the whole, verified blob.
 #[test]
 fn a_killed_instances_fill_is_taken_over() {
     const SIZE: u64 = 40 * MIB;
@@ -170,12 +171,27 @@ fn a_killed_instances_fill_is_taken_over() {
     a.kill();
     let killed = Instant::now();
     assert!(ta.join().unwrap().error.is_some());
-    // The upstream heals; B's takeover fetches the blob again.
+    // The upstream heals; B's takeover fetches the blob again. B's client
+    // already has bytes of A's that were never verified: it is cut off,
+    // and its retry gets the whole blob.
     f.clear_fault(&digest);
     let rb = tb.join().unwrap();
-    assert_whole("follower of the killed instance", &rb, SIZE, &digest);
-    let took = killed.elapsed();
-    eprintln!("taken over and completed {took:?} after the kill");
+    assert!(
+        rb.error.is_some() && rb.received < SIZE,
+        "a client with the dead holder's bytes went on: {rb:?}"
+    );
+    let cut = killed.elapsed();
+    let retry = stream_hash(&http_client(), &format!("{}{path}", b.url), None, |_| true);
+    assert_whole(
+        "retry on the instance that took over",
+        &retry,
+        SIZE,
+        &digest,
+    );
+    eprintln!(
+        "client cut off {cut:?} after the kill, retry complete {:?} after it",
+        killed.elapsed()
+    );
     assert_eq!(f.blob_gets("team/crash", &digest), 2);
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
     let Shared::Bucket(s3, _) = &shared else {

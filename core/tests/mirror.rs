@@ -1519,6 +1519,24 @@ fn a_pause_asked_by_the_upstream_holds_for_all_its_requests() {
 
 // ----- several processes on one storage ----------------------------------------
 
+/// What a process killed while filling `d` for `repo` left: its lease,
+/// renewed at `now`, and a spool of 4096 zero bytes (the wrong bytes).
+fn left_by_a_dead_holder(
+    storage: &MemoryStorage,
+    repo: &str,
+    d: &Digest,
+    size: usize,
+    started: bool,
+    now: u64,
+) {
+    let dead = "0123456789abcdef0123456789abcdef";
+    let lease =
+        format!(r#"{{"spool":"{dead}","started":{started},"size":{size},"renewed_ms":{now}}}"#);
+    block_on(storage.put(&fill_lease_key(repo, d), lease.into(), PutMode::Create)).unwrap();
+    let chunk = format!("uploads/{dead}/chunk-{:020}-x", 0);
+    block_on(storage.put(&chunk, Bytes::from(vec![0u8; 4096]), PutMode::Create)).unwrap();
+}
+
 fn fill_lease_key(repo: &str, d: &Digest) -> String {
     format!("repositories/{repo}/_fills/sha256/{}", d.hex())
 }
@@ -1607,25 +1625,14 @@ fn a_fill_whose_holder_died_is_taken_over_after_the_lease_lifetime() {
     let now = 5_000_000;
     // What a killed process left: its lease, renewed "just now", and a
     // spool holding wrong bytes.
-    let dead = "0123456789abcdef0123456789abcdef";
-    block_on(
-        storage.put(
-            &fill_lease_key("up.local/fleet/two", &d[1]),
-            format!(
-                r#"{{"spool":"{dead}","started":false,"size":{},"renewed_ms":{now}}}"#,
-                layer.len()
-            )
-            .into(),
-            PutMode::Create,
-        ),
-    )
-    .unwrap();
-    block_on(storage.put(
-        &format!("uploads/{dead}/chunk-{:020}-x", 0),
-        Bytes::from(vec![0u8; 4096]),
-        PutMode::Create,
-    ))
-    .unwrap();
+    left_by_a_dead_holder(
+        &storage,
+        "up.local/fleet/two",
+        &d[1],
+        layer.len(),
+        false,
+        now,
+    );
     let b = mirror_on(&s, storage.clone(), now);
     let uri = format!("/v2/up.local/fleet/two/blobs/{}", d[1]);
     let r = block_on(async {
@@ -1930,25 +1937,14 @@ fn a_reader_of_a_dead_holders_bytes_is_cut_off_at_the_takeover() {
     let (_, d) = push_image(&s.upstream, "fleet/cut", "v1", std::slice::from_ref(&layer));
     let storage = Arc::new(MemoryStorage::new());
     let now = 9_000_000;
-    let dead = "0123456789abcdef0123456789abcded";
-    block_on(
-        storage.put(
-            &fill_lease_key("up.local/fleet/cut", &d[1]),
-            format!(
-                r#"{{"spool":"{dead}","started":true,"size":{},"renewed_ms":{now}}}"#,
-                layer.len()
-            )
-            .into(),
-            PutMode::Create,
-        ),
-    )
-    .unwrap();
-    block_on(storage.put(
-        &format!("uploads/{dead}/chunk-{:020}-x", 0),
-        Bytes::from(vec![0u8; 4096]),
-        PutMode::Create,
-    ))
-    .unwrap();
+    left_by_a_dead_holder(
+        &storage,
+        "up.local/fleet/cut",
+        &d[1],
+        layer.len(),
+        true,
+        now,
+    );
     let b = mirror_on_host(&s, storage.clone(), TestHost::at(now).seeded(7));
     let uri = format!("/v2/up.local/fleet/cut/blobs/{}", d[1]);
     let resp = block_on(b.handle(Request::get(&uri).body(body::empty()).unwrap()));

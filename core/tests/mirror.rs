@@ -1947,7 +1947,26 @@ fn a_reader_of_a_dead_holders_bytes_is_cut_off_at_the_takeover() {
     );
     let b = mirror_on_host(&s, storage.clone(), TestHost::at(now).seeded(7));
     let uri = format!("/v2/up.local/fleet/cut/blobs/{}", d[1]);
-    let resp = block_on(b.handle(Request::get(&uri).body(body::empty()).unwrap()));
+    let resp = block_on(async {
+        let mut answer = Box::pin(b.handle(Request::get(&uri).body(body::empty()).unwrap()));
+        // The holder is alive for a while (its spool grows: followers
+        // serve it from then on), then dies.
+        for i in 1..200u64 {
+            if let std::task::Poll::Ready(resp) = futures::poll!(answer.as_mut()) {
+                return resp;
+            }
+            let chunk = format!(
+                "uploads/0123456789abcdef0123456789abcdef/chunk-{:020}-y",
+                i * 4096
+            );
+            storage
+                .put(&chunk, Bytes::from(vec![0u8; 4096]), PutMode::Create)
+                .await
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("the follower never served the live holder's spool");
+    });
     assert_eq!(resp.status(), StatusCode::OK);
     let (Body::Stream(mut stream) | Body::Relay(mut stream)) = resp.into_body() else {
         panic!("no body stream");

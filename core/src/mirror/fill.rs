@@ -487,6 +487,11 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         let mut seen_at = self.host.now_unix_ms();
         let mut pause = 10;
         let mut spool = UploadId::parse(&seen.spool);
+        // A lease may be a dead process's (killed, then this one started):
+        // its spool is not served until the lease or the spool is seen to
+        // change, so clients never start on bytes nobody will finish.
+        let mut alive = false;
+        let mut listed_first: Option<u64> = None;
         loop {
             if let Some(size) = self.stored_here().await {
                 self.flight.update(|s| s.stored(size));
@@ -499,10 +504,12 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                         // Taken over: the new holder starts from byte 0.
                         self.flight.update(FlightState::restart);
                         spool = UploadId::parse(&record.spool);
+                        listed_first = None;
                     }
                     if record != seen {
                         seen = record;
                         seen_at = now;
+                        alive = true;
                     } else if (now.saturating_sub(seen_at) > lease.lifetime_ms
                         || now.saturating_sub(seen.renewed_ms) > 3 * lease.lifetime_ms)
                         // Another process may take it first: then follow that one.
@@ -531,18 +538,32 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             let moved = match &spool {
                 Some(id) => match spooled_parts(&*self.storage, id).await {
                     Ok((parts, contiguous)) => {
-                        let moved = contiguous > self.flight.lock().received;
-                        self.flight.update(|s| {
-                            s.started = seen.started;
-                            s.size = seen.size;
-                            s.received = contiguous;
-                            s.spooled = parts;
-                            // The holder's bytes all hashed right and all
-                            // are listed: they may be read to the end. (An
-                            // unknown size waits for the commit.)
-                            s.verified =
-                                seen.verified && seen.size.is_some_and(|size| contiguous == size);
-                        });
+                        match listed_first {
+                            None => listed_first = Some(contiguous),
+                            Some(first) if contiguous > first => {
+                                alive = true;
+                                seen_at = now;
+                            }
+                            Some(_) => {}
+                        }
+                        // Bytes the holder said all hashed right are safe
+                        // to serve whether or not it still lives.
+                        let whole = seen.verified && seen.size == Some(contiguous);
+                        let serve = alive || whole;
+                        let moved = serve && contiguous > self.flight.lock().received;
+                        if serve {
+                            self.flight.update(|s| {
+                                s.started = seen.started;
+                                s.size = seen.size;
+                                s.received = contiguous;
+                                s.spooled = parts;
+                                // The holder's bytes all hashed right and all
+                                // are listed: they may be read to the end. (An
+                                // unknown size waits for the commit.)
+                                s.verified = seen.verified
+                                    && seen.size.is_some_and(|size| contiguous == size);
+                            });
+                        }
                         moved
                     }
                     Err(_) => false,

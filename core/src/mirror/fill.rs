@@ -409,9 +409,9 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         if outcome.is_err() {
             metrics::inc(&self.metrics.fills_failed);
         }
-        let key = (self.local.clone(), self.digest.clone());
-        self.fills.settle(&key, &self.flight, outcome);
-        // Clients still reading spooled chunks fall back to the stored blob.
+        // Tidy up before anyone hears how the fill ended: a client that saw
+        // it fail finds nothing of it left. (Clients still reading spooled
+        // chunks wait for the outcome, then read the stored blob.)
         if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
             for k in keys {
                 let _ = self.storage.delete(&k).await;
@@ -420,6 +420,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         if held {
             lease.release().await;
         }
+        let key = (self.local.clone(), self.digest.clone());
+        self.fills.settle(&key, &self.flight, outcome);
     }
 
     /// Fill under the storage lease, or follow the process that holds it.

@@ -1,8 +1,6 @@
 //! Keeping the cache under its size, least recently used first.
 
-use bytes::Bytes;
-
-use super::lease::{take, Taken};
+use super::lease::{take, ReleaseOnDrop, Stamp, Taken};
 use super::Mirror;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
@@ -46,16 +44,12 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         // One evictor at a time among the processes sharing the storage.
         let key = layout::EVICTOR_LEASE;
         let now = self.store.host.now_unix_ms();
-        let stamp = Bytes::from(format!("{} {now}", self.store.process));
+        let stamp = Stamp::encode(&self.store.process, now);
         match take(&*self.store.storage, key, stamp.clone()).await {
             Taken::Held | Taken::Uncoordinated => {}
             Taken::Elsewhere(held) => {
-                let at = held
-                    .as_deref()
-                    .and_then(|b| std::str::from_utf8(b).ok()?.split_once(' ')?.1.parse().ok())
-                    .unwrap_or(0u64);
                 // A pass that started this long ago died with its process.
-                if now.saturating_sub(at) < EVICTOR_LEASE_MS {
+                if now.saturating_sub(Stamp::decode(held.as_deref()).at_ms) < EVICTOR_LEASE_MS {
                     report.skipped = true;
                     return Ok(report);
                 }
@@ -65,8 +59,13 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     .await?;
             }
         }
+        let lease = ReleaseOnDrop {
+            storage: self.store.storage.clone(),
+            host: self.store.host.clone(),
+            key: key.to_owned(),
+        };
         let pass = self.evict_pass(max_size, grace_ms, report).await;
-        let _ = self.store.storage.delete(key).await;
+        lease.release().await;
         pass
     }
 

@@ -9,7 +9,7 @@ use futures::channel::oneshot;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
 
-use super::lease::{take, Taken};
+use super::lease::{take, ReleaseOnDrop, Stamp, Taken};
 use super::{mark, mark_stale, Mirror, MirrorTarget};
 use crate::config::STALE_DEADLINE_MS;
 use crate::error::UpstreamError;
@@ -27,28 +27,10 @@ use crate::store::memo::CachedTag;
 use crate::store::{manifest_unknown, Result};
 use crate::wire::response::{set, Response};
 use crate::wire::{self};
-use bytes::Bytes;
 
 /// How long a process waits for another's check of a tag before it asks
 /// the upstream itself.
 const TAG_CHECK_WAIT_MS: u64 = crate::config::STALE_DEADLINE_MS + 2_000;
-
-/// Deletes a lease object when dropped (on a task of the host's: a drop
-/// cannot wait).
-struct ReleaseOnDrop<S: Storage, H: Host> {
-    storage: std::sync::Arc<S>,
-    host: std::sync::Arc<H>,
-    key: String,
-}
-
-impl<S: Storage, H: Host> Drop for ReleaseOnDrop<S, H> {
-    fn drop(&mut self) {
-        let (storage, key) = (self.storage.clone(), std::mem::take(&mut self.key));
-        self.host.spawn(Box::pin(async move {
-            let _ = storage.delete(&key).await;
-        }));
-    }
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct TagCache {
@@ -303,28 +285,26 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         let host = &self.store.host;
         let key = layout::tag_check(&t.local, tag);
         let start = host.now_unix_ms();
-        let stamp = format!("{} {start}", self.store.process);
-        match take(&**storage, &key, Bytes::from(stamp)).await {
+        match take(&**storage, &key, Stamp::encode(&self.store.process, start)).await {
             Taken::Held => {
                 // Released however the check ends, even if its request is
                 // dropped half way (its client hung up).
-                let _release = ReleaseOnDrop {
+                let lease = ReleaseOnDrop {
                     storage: storage.clone(),
                     host: host.clone(),
                     key,
                 };
-                return self.revalidate_tag(t, tag, cached).await;
+                let answer = self.revalidate_tag(t, tag, cached).await;
+                lease.release().await;
+                return answer;
             }
             Taken::Uncoordinated => return self.revalidate_tag(t, tag, cached).await,
             Taken::Elsewhere(stamp) => {
-                let stamp = stamp.and_then(|b| String::from_utf8(b.to_vec()).ok());
-                let (holder, stamped) = stamp
-                    .as_deref()
-                    .and_then(|s| s.trim().split_once(' '))
-                    .map_or(("", 0), |(p, ms)| (p, ms.parse::<u64>().unwrap_or(0)));
+                let stamp = Stamp::decode(stamp.as_deref());
+                let stamped = stamp.at_ms;
                 // This process's own requests share one check already: a
                 // lease of ours is left by a leader whose client hung up.
-                let own = holder == self.store.process.as_str();
+                let own = stamp.holder == self.store.process.as_str();
                 let since = cached.as_ref().map_or(0, |c| c.checked_ms);
                 let mut pause = 10;
                 loop {

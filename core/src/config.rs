@@ -20,6 +20,33 @@ pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
 /// ([`RegistryConfig::fill_lease_ms`]).
 pub const DEFAULT_FILL_LEASE_MS: u64 = 20_000;
 
+/// How recently a mirrored blob may have been used and still be evicted,
+/// in ms: a blob used within the last ten minutes may be being served.
+pub const DEFAULT_EVICTION_GRACE_MS: u64 = 10 * 60 * 1000;
+
+/// A byte count as operators write one: a number of bytes, or a number with
+/// a decimal (`kB`, `MB`, `GB`, `TB`) or binary (`KiB`, `MiB`, `GiB`, `TiB`)
+/// unit, case and a space before the unit ignored. `None` if it is not one,
+/// or overflows.
+pub fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let mult: u64 = match s[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 /// A public registry kura mirrors out of the box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -336,15 +336,15 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// fills; the others get a [`FillFollower`] for
     /// [`Registry::follow_fill`]. The core's own fills share the same
     /// bookkeeping, so a blob is never filled twice at once in a process.
-    pub fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<H> {
-        self.mirror().claim_fill(miss)
+    pub async fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<S, H> {
+        self.mirror().claim_fill(miss).await
     }
 
     /// Wait for the fill another request leads. `Ok`: look again (the blob
     /// is stored now, or its filler went away and this request may lead a
     /// fresh fill); `Err`: the fill failed, answer with it. Waits with
     /// [`Host::sleep`], never by being woken from another request.
-    pub async fn follow_fill(&self, follower: FillFollower) -> Result<(), RegistryError> {
+    pub async fn follow_fill(&self, follower: FillFollower<S, H>) -> Result<(), RegistryError> {
         self.mirror().follow_fill(follower).await
     }
 

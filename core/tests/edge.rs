@@ -16,7 +16,7 @@ use kura_core::storage::{MemoryStorage, PutMode, Storage};
 use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
 use kura_core::{Edge, FillClaim};
-use kura_core::{Fetch, FetchError};
+use kura_core::{Fetch, FetchError, Host};
 
 type Upstream = Registry<MemoryStorage, TestHost>;
 
@@ -319,24 +319,40 @@ fn a_host_driven_fill_has_one_leader_and_followers_learn_its_outcome() {
     s.mirror.host().isolated.store(true, Ordering::SeqCst);
     let d = push_blob(&s.upstream, b"lease me");
     let m = miss(&s, &d);
-    let FillClaim::Lead(lease) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Lead(lease) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("the first claim must lead");
     };
-    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Follow(f) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("a second claim must follow");
     };
     // The follower waits until the leader settles.
     let (followed, ()) = block_on(async {
         let mut follow = Box::pin(s.mirror.follow_fill(f));
         assert!(futures::poll!(follow.as_mut()).is_pending());
-        let settle = async { lease.settle(Err("upstream broke".into())) };
+        let settle = lease.settle(Err("upstream broke".into()));
         futures::join!(follow, settle)
     });
     let e = followed.expect_err("the leader's failure is the follower's");
     assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(e.message.contains("upstream broke"), "{}", e.message);
     // Settled: the next request leads a fresh fill.
-    assert!(matches!(s.mirror.claim_fill(&m), FillClaim::Lead(_)));
+    assert!(matches!(
+        block_on(s.mirror.claim_fill(&m)),
+        FillClaim::Lead(_)
+    ));
+}
+
+/// Waits (real time, bounded) until no fill lease is left in `storage`: a
+/// lease dropped unsettled is deleted on a host task.
+fn no_fill_lease_left<S: Storage>(storage: &S) -> bool {
+    for _ in 0..500 {
+        let keys = block_on(storage.list("repositories/")).unwrap();
+        if !keys.iter().any(|k| k.contains("/_fills/")) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
 }
 
 /// A lease dropped unsettled (its request went away) fails the fill for
@@ -348,20 +364,24 @@ fn an_abandoned_or_stalled_fill_does_not_strand_its_followers() {
     s.mirror.host().isolated.store(true, Ordering::SeqCst);
     let d = push_blob(&s.upstream, b"abandoned");
     let m = miss(&s, &d);
-    let FillClaim::Lead(lease) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Lead(lease) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("lead");
     };
-    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Follow(f) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("follow");
     };
     drop(lease);
     assert!(block_on(s.mirror.follow_fill(f)).is_err());
+    assert!(
+        no_fill_lease_left(s.mirror.storage()),
+        "the dropped lease's storage lease is released"
+    );
 
-    let FillClaim::Lead(stalled) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Lead(stalled) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("a fresh lead after the drop");
     };
     stalled.progress();
-    let FillClaim::Follow(f) = s.mirror.claim_fill(&m) else {
+    let FillClaim::Follow(f) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("follow");
     };
     // A minute and a bit later by the host's clock, with no progress.
@@ -371,9 +391,196 @@ fn an_abandoned_or_stalled_fill_does_not_strand_its_followers() {
         block_on(s.mirror.follow_fill(f)).is_ok(),
         "a stalled fill is taken over: look again"
     );
+    // Its lease in storage, never renewed (it did not fill inside `hold`),
+    // is watched for a lifetime from now, then taken over too.
+    let FillClaim::Follow(f) = block_on(s.mirror.claim_fill(&m)) else {
+        panic!("the stalled request's storage lease is still there");
+    };
+    s.mirror
+        .host()
+        .clock
+        .store(now + 61_000 + 20_000, Ordering::SeqCst);
+    assert!(block_on(s.mirror.follow_fill(f)).is_ok());
     assert!(
-        matches!(s.mirror.claim_fill(&m), FillClaim::Lead(_)),
+        matches!(block_on(s.mirror.claim_fill(&m)), FillClaim::Lead(_)),
         "the follower may lead now"
     );
     drop(stalled);
+}
+
+type Isolate = Registry<Arc<MemoryStorage>, TestHost, LocalFetch>;
+
+/// Another isolate (or process) of the mirror on `storage`: its own memory,
+/// its own host (clock at 1,000,000 ms, random bytes of its own), the same
+/// upstream. Its fill leases last `lease_ms` unrenewed.
+fn isolate(s: &Setup, storage: Arc<MemoryStorage>, seed: u64, lease_ms: u64) -> Isolate {
+    let fetch = LocalFetch {
+        upstream: s.upstream.clone(),
+        blob_gets: s.blob_gets.clone(),
+        blob_heads: s.blob_heads.clone(),
+    };
+    let mut config = UpstreamConfig::new("docker.io", "http://upstream.invalid");
+    config.not_found_ttl_ms = 0;
+    let mut registry = RegistryConfig::default();
+    registry.fill_lease_ms = lease_ms;
+    let host = TestHost::at(1_000_000).seeded(seed);
+    host.isolated.store(true, Ordering::SeqCst);
+    Registry::builder(storage, host)
+        .config(registry)
+        .mirror(fetch, vec![config])
+        .default_upstream(Some("docker.io".into()))
+        .build()
+        .unwrap()
+}
+
+fn miss_on(r: &Isolate, d: &Digest) -> kura_core::BlobMiss<LocalFetch, TestHost> {
+    match block_on(r.handle_edge(request(Method::GET, &format!("/v2/alpine/blobs/{d}"), None))) {
+        Edge::BlobMiss(m) => m,
+        Edge::Response(r) => panic!("not a miss: {}", r.status()),
+    }
+}
+
+/// What a Worker does with a miss it leads: fetch, store, commit.
+async fn fill(r: &Isolate, miss: &kura_core::BlobMiss<LocalFetch, TestHost>) -> Result<(), String> {
+    let up = r.fetch_blob(miss).await.map_err(|e| e.message)?;
+    let bytes = collect(Body::Stream(up.into_body())).await;
+    r.storage()
+        .put(&miss.key(), bytes, PutMode::Overwrite)
+        .await
+        .map_err(|e| e.to_string())?;
+    r.commit_blob(miss).await.map_err(|e| e.message)
+}
+
+fn metric(r: &Isolate, name: &str) -> u64 {
+    r.metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two isolates on one bucket miss the same blob: the second finds the
+/// first's lease in storage, waits for its fill, and then serves the
+/// stored blob. One upstream GET between them; the lease is gone after.
+#[test]
+fn two_isolates_on_one_storage_fill_a_blob_once() {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, 20_000);
+    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let data: &'static [u8] = b"one fill for two isolates";
+    let d = push_blob(&s.upstream, data);
+    let (ma, mb) = (miss_on(&a, &d), miss_on(&b, &d));
+    let FillClaim::Lead(lease) = block_on(a.claim_fill(&ma)) else {
+        panic!("the first isolate leads");
+    };
+    let FillClaim::Follow(f) = block_on(b.claim_fill(&mb)) else {
+        panic!("the second isolate must follow the lease it finds");
+    };
+    assert_eq!(metric(&b, "kura_fills_followed_elsewhere_total"), 1);
+    let (followed, ()) = block_on(async {
+        let mut follow = Box::pin(b.follow_fill(f));
+        assert!(futures::poll!(follow.as_mut()).is_pending());
+        let lead = async {
+            let r = lease.hold(fill(&a, &ma)).await;
+            lease.settle(r).await;
+        };
+        futures::join!(follow, lead)
+    });
+    followed.expect("the fill elsewhere succeeded: look again");
+    let Edge::Response(resp) =
+        block_on(b.handle_edge(request(Method::GET, &format!("/v2/alpine/blobs/{d}"), None)))
+    else {
+        panic!("the blob is stored now");
+    };
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        block_on(collect(resp.into_body())),
+        Bytes::from_static(data)
+    );
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1, "one upstream GET");
+    assert!(no_fill_lease_left(&*storage));
+}
+
+/// An isolate that dies mid-fill (its lease neither renewed nor released)
+/// holds the others up for the lease's lifetime, on their own clock; then
+/// one of them takes the fill over.
+#[test]
+fn a_dead_isolates_fill_is_taken_over_after_its_lease_lifetime() {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, 20_000);
+    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let d = push_blob(&s.upstream, b"orphaned fill");
+    let FillClaim::Lead(lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
+        panic!("lead");
+    };
+    // Killed: no drop, no release.
+    std::mem::forget(lease);
+    let mb = miss_on(&b, &d);
+    let FillClaim::Follow(f) = block_on(b.claim_fill(&mb)) else {
+        panic!("follow the lease");
+    };
+    let mut follow = Box::pin(b.follow_fill(f));
+    // Short of the lifetime, it waits.
+    b.host().clock.store(1_000_000 + 19_000, Ordering::SeqCst);
+    for _ in 0..20 {
+        assert!(block_on(async { futures::poll!(follow.as_mut()) }).is_pending());
+    }
+    b.host().clock.store(1_000_000 + 20_000, Ordering::SeqCst);
+    block_on(follow).expect("taken over: look again");
+    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
+    let FillClaim::Lead(lease) = block_on(b.claim_fill(&mb)) else {
+        panic!("the survivor leads now");
+    };
+    let r = block_on(lease.hold(fill(&b, &mb)));
+    block_on(lease.settle(r));
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1);
+    assert!(no_fill_lease_left(&*storage));
+}
+
+/// A fill that outlasts its lease's lifetime is not taken over while its
+/// holder renews the lease (`FillLease::hold`): the follower waits for the
+/// blob, and the upstream is asked once.
+#[test]
+fn a_long_fill_inside_hold_keeps_its_lease() {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, 2_000);
+    let b = isolate(&s, storage.clone(), 2, 2_000);
+    let d = push_blob(&s.upstream, b"a slow upstream");
+    let (ma, mb) = (miss_on(&a, &d), miss_on(&b, &d));
+    let FillClaim::Lead(lease) = block_on(a.claim_fill(&ma)) else {
+        panic!("lead");
+    };
+    let FillClaim::Follow(f) = block_on(b.claim_fill(&mb)) else {
+        panic!("follow");
+    };
+    let (followed, ()) = block_on(async {
+        let follow = b.follow_fill(f);
+        let lead = async {
+            let slow = async {
+                // Five lifetimes pass on both clocks before the bytes come
+                // (each turn of the follower's, under a second, is one of
+                // these: it looks while the lifetime passes).
+                for _ in 0..25 {
+                    for h in [a.host(), b.host()] {
+                        h.clock.fetch_add(400, Ordering::SeqCst);
+                    }
+                    a.host().sleep(10).await;
+                }
+                fill(&a, &ma).await
+            };
+            let r = lease.hold(slow).await;
+            lease.settle(r).await;
+        };
+        futures::join!(follow, lead)
+    });
+    followed.unwrap();
+    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 0);
+    assert!(
+        block_on(storage.head(&mb.key())).unwrap().is_some(),
+        "the follower was released by the stored blob"
+    );
+    assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1);
 }

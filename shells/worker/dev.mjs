@@ -2,7 +2,10 @@
 // `wrangler dev --local` but with the devtools inspector off:
 //
 //   node dev.mjs [--config FILE] [--ip ADDR] [--port PORT] [--persist-to DIR]
-//                [--var NAME:VALUE]... [--watch]
+//                [--var NAME:VALUE]... [--watch] [--test-scheduled]
+//
+// --test-scheduled: as with `wrangler dev --test-scheduled`, a GET of
+// /__scheduled?cron=... runs the Worker's scheduled (Cron Trigger) handler.
 //
 // Why not `wrangler dev --local`: it always attaches its inspector proxy to
 // the Worker and enables the inspector's Network domain. workerd then sends
@@ -37,6 +40,7 @@ function parse(argv) {
     persistTo: undefined,
     vars: {},
     watch: false,
+    testScheduled: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -67,6 +71,9 @@ function parse(argv) {
       case "--watch":
         opts.watch = true;
         break;
+      case "--test-scheduled":
+        opts.testScheduled = true;
+        break;
       default:
         throw new Error(`unknown argument ${flag}`);
     }
@@ -95,6 +102,7 @@ const worker = await unstable_startWorker({
     inspector: false,
     watch: opts.watch,
     liveReload: false,
+    testScheduled: opts.testScheduled,
     persist: opts.persistTo,
     server: { hostname: opts.ip, port: opts.port },
   },

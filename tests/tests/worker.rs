@@ -128,7 +128,9 @@ fn prepared() -> &'static Result<(PathBuf, PathBuf), String> {
 
 /// The Worker in wrangler's local runtime (`dev.mjs`: `wrangler dev --local`
 /// without the devtools inspector, see there why) with these vars, its R2
-/// persisted in a temporary directory. Killed (with workerd) on drop.
+/// persisted in a temporary directory (or a shared one: `start_on`), its
+/// Cron Trigger run by a GET of `/__scheduled`. Killed (with workerd) on
+/// drop.
 struct Worker {
     child: Option<Child>,
     url: String,
@@ -139,6 +141,13 @@ struct Worker {
 
 impl Worker {
     fn start(vars: &[(&str, String)]) -> Worker {
+        Worker::start_on(vars, None)
+    }
+
+    /// With its local R2 (and everything else wrangler persists) in `state`,
+    /// which other Workers may share: each is its own workerd process, so
+    /// its own isolate, on one bucket.
+    fn start_on(vars: &[(&str, String)], state: Option<&Path>) -> Worker {
         let (launcher, shim) = match prepared() {
             Ok(p) => p,
             Err(e) => panic!("preparing the Worker: {e}"),
@@ -164,8 +173,9 @@ impl Worker {
             .arg(port.to_string())
             .arg("--config")
             .arg(&config)
+            .arg("--test-scheduled")
             .arg("--persist-to")
-            .arg(dir.path().join("state"))
+            .arg(state.map_or_else(|| dir.path().join("state"), Path::to_path_buf))
             .current_dir(dir.path())
             .env("WRANGLER_SEND_METRICS", "false")
             .env("WRANGLER_SEND_ERROR_REPORTS", "false")
@@ -637,6 +647,113 @@ fn image_with_layers(
     all.insert(config.digest.clone());
     all.insert(manifest.digest.clone());
     (manifest.digest, config.digest, all)
+}
+
+/// Isolates on one bucket: two Workers, each its own workerd process (the
+/// local runtime runs one isolate per Worker; two processes on one
+/// persisted R2 are the closest it comes to many isolates at one location),
+/// share the lease of a fill in R2. Four clients, spread over both, ask for
+/// a blob the upstream is slow to send: one upstream GET, four right
+/// bodies. Then a Cron Trigger run on one Worker evicts least recently
+/// used first under MAX_SIZE, by the uses both recorded: the blob the
+/// other Worker served last stays.
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn isolates_on_one_bucket_fill_a_blob_once_and_a_cron_run_evicts_by_their_uses() {
+    require_worker_tools!();
+    let f = Faulty::start().unwrap();
+    let upstreams = json!([{ "name": "up.local", "url": f.url }]);
+    let mut vars = vec![
+        ("UPSTREAMS", upstreams.to_string()),
+        ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+        ("MAX_SIZE", (12 * MIB).to_string()),
+        ("EVICTION_GRACE_SECS", "0".to_owned()),
+    ];
+    vars.extend(limits());
+    let state = tempfile::tempdir().unwrap();
+    let workers = [
+        Worker::start_on(&vars, Some(state.path())),
+        Worker::start_on(&vars, Some(state.path())),
+    ];
+    let url = |w: usize, d: &str| format!("{}/v2/team/fleet/blobs/{d}", workers[w].url);
+
+    // 9 MiB (R2 multipart), the upstream stalling after 1 MiB until told.
+    let data = XorShift::new(931).bytes(9 * MIB);
+    let big = f.add_blob(data);
+    f.set_fault(&big, Fault::Stall { after: MIB as u64 });
+    let barrier = Arc::new(Barrier::new(4));
+    let clients: Vec<_> = [0, 1, 1, 0]
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (url, barrier) = (url(w, &big), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // The leader first, the others once its lease is in R2.
+                std::thread::sleep(Duration::from_millis(300 * i as u64));
+                get_blob(&url, None)
+            })
+        })
+        .collect();
+    assert!(eventually(20, || f.blob_gets("team/fleet", &big) == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        f.blob_gets("team/fleet", &big),
+        1,
+        "the other Worker asked the upstream too while the fill was stalled"
+    );
+    f.clear_fault(&big);
+    for (i, c) in clients.into_iter().enumerate() {
+        let r = c.join().unwrap();
+        assert_eq!(r.status, 200, "client {i}: {:?}", r.failure);
+        assert!(r.failure.is_none(), "client {i}: {:?}", r.failure);
+        assert_eq!(r.digest(), big, "client {i}: wrong bytes");
+    }
+    assert_eq!(f.blob_gets("team/fleet", &big), 1, "one upstream GET");
+    for w in 0..2 {
+        let r = get_blob(&url(w, &big), None);
+        assert_eq!((r.status, r.cache()), (200, "hit"), "worker {w}");
+    }
+
+    // 9 + 3 × 5 MiB cached, in the order big, x, y, z (x and z filled by
+    // the first Worker, y by the second); then x served by the second.
+    let small: Vec<String> = (0..3)
+        .map(|n| f.add_blob(XorShift::new(940 + n).bytes(5 * MIB)))
+        .collect();
+    let (x, y, z) = (&small[0], &small[1], &small[2]);
+    for (w, d) in [(0, x), (1, y), (0, z), (1, x)] {
+        std::thread::sleep(Duration::from_millis(50));
+        let r = get_blob(&url(w, d), None);
+        assert_eq!((r.status, &r.digest()), (200, d));
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+    }
+    let gets = |d: &str| f.blob_gets("team/fleet", d);
+    assert_eq!((gets(x), gets(y), gets(z)), (1, 1, 1));
+    // 24 MiB over a 12 MiB bound: big (9) and y (5) go, least recently
+    // used first; x stays, used last on the Worker that is not evicting.
+    let cron = http_client()
+        .get(format!("{}/__scheduled?cron=*+*+*+*+*", workers[0].url))
+        .send()
+        .expect("running the Cron Trigger");
+    assert_eq!(cron.status().as_u16(), 200);
+    assert!(
+        eventually(20, || workers[0].log_text().contains("eviction pass")),
+        "no eviction pass logged:\n{}",
+        workers[0].log_text()
+    );
+    for (d, kept) in [(&big, false), (x, true), (y, false), (z, true)] {
+        let before = gets(d);
+        let r = get_blob(&url(1, d), None);
+        assert_eq!((r.status, &r.digest()), (200, d));
+        let (cache, refetched) = (r.cache(), gets(d) > before);
+        assert_eq!(
+            (cache == "hit", refetched),
+            (kept, !kept),
+            "{d}: expected {} ({cache}); log:\n{}",
+            if kept { "kept" } else { "evicted" },
+            workers[0].log_text()
+        );
+    }
 }
 
 /// A real-sized image: four layers of 80 to 125 MiB, pulled cold by skopeo

@@ -47,6 +47,8 @@ use crate::wire::response::{blob_response, Response};
 use crate::wire::{self, Route};
 
 use super::fill::{BlobFlight, Claim, Fills, FlightError};
+use super::lease::{Claimed, LeaseRecord, StoredLease};
+use crate::model::upload::UploadId;
 
 /// What [`crate::Registry::handle_edge`] made of a request.
 pub enum Edge<B, F, H> {
@@ -100,41 +102,80 @@ impl<F, H> BlobMiss<F, H> {
 
 /// A host that stores a miss itself takes part in the core's single flight
 /// through [`crate::Registry::claim_fill`]: one request per (repository,
-/// digest) fills, the others wait for it and look again.
-pub enum FillClaim<H: Host> {
-    /// Nobody is filling the blob: this request fills it and settles the
-    /// lease (dropping the lease unsettled fails the fill).
-    Lead(FillLease<H>),
-    /// Another request is filling it: wait with
-    /// [`crate::Registry::follow_fill`], then look again.
-    Follow(FillFollower),
+/// digest) fills, the others wait for it and look again. Processes sharing
+/// the storage (Worker isolates on one R2 bucket) take part too, through a
+/// lease object in storage (see `lease`).
+pub enum FillClaim<S: Storage, H: Host> {
+    /// Nobody is filling the blob: this request fills it (inside
+    /// [`FillLease::hold`]) and settles the lease (dropping the lease
+    /// unsettled fails the fill).
+    Lead(FillLease<S, H>),
+    /// Another request, here or in another process, is filling it: wait
+    /// with [`crate::Registry::follow_fill`], then look again.
+    Follow(FillFollower<S, H>),
 }
 
 /// The right, and the duty, to fill one blob.
-pub struct FillLease<H: Host> {
+pub struct FillLease<S: Storage, H: Host> {
     fills: Arc<Fills>,
     key: (RepositoryName, Digest),
     flight: Arc<BlobFlight>,
     host: Arc<H>,
     metrics: Arc<Metrics>,
     settled: AtomicBool,
+    /// The lease in storage, when the storage takes create-only puts.
+    stored: Option<Arc<StoredLease<S, H>>>,
 }
 
-impl<H: Host> FillLease<H> {
+impl<S: Storage, H: Host> FillLease<S, H> {
     /// Bytes moved: followers tell a slow fill from an abandoned one by
     /// when this was last called.
     pub fn progress(&self) {
         self.flight.moved(self.host.now_unix_ms());
     }
 
+    /// Run the host's fill (its upstream read, storage write and commit),
+    /// renewing the lease in storage meanwhile, so that other processes go
+    /// on waiting for it instead of taking it over. The renewals run in
+    /// this future, on the host's timer: no task of their own.
+    pub async fn hold<T>(&self, fill: impl std::future::Future<Output = T>) -> T {
+        let Some(stored) = &self.stored else {
+            return fill.await;
+        };
+        let renewing = async {
+            let every = (stored.lifetime_ms / 4).max(1);
+            loop {
+                self.host.sleep(every).await;
+                if !stored.renew(&self.flight).await {
+                    // Taken over (this fill was slow to be seen): go on,
+                    // the blob is verified either way; stop renewing.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        futures::pin_mut!(fill, renewing);
+        match futures::future::select(fill, renewing).await {
+            futures::future::Either::Left((done, _)) => done,
+            futures::future::Either::Right(((), fill)) => fill.await,
+        }
+    }
+
     /// The fill is over: `Ok` once the blob is stored and committed
-    /// ([`crate::Registry::commit_blob`]), else why not. Followers learn it;
-    /// later requests find the blob, or start a fresh fill. Only the first
-    /// call counts.
-    pub fn settle(&self, outcome: Result<(), String>) {
+    /// ([`crate::Registry::commit_blob`]), else why not. The lease in
+    /// storage goes first, then followers here learn the outcome; later
+    /// requests find the blob, or start a fresh fill. Only the first call
+    /// counts.
+    pub async fn settle(&self, outcome: Result<(), String>) {
         if self.settled.swap(true, Ordering::SeqCst) {
             return;
         }
+        if let Some(stored) = &self.stored {
+            stored.release().await;
+        }
+        self.settle_here(outcome);
+    }
+
+    fn settle_here(&self, outcome: Result<(), String>) {
         if let Err(e) = &outcome {
             metrics::inc(&self.metrics.fills_failed);
             self.host.warn(&format!(
@@ -148,21 +189,49 @@ impl<H: Host> FillLease<H> {
             outcome.map_err(FlightError::Broken),
         );
     }
+
+    /// Settled as "look again" (not a failure): the blob is stored, or the
+    /// fill this request waited for elsewhere is over or taken over.
+    fn look_again(&self) {
+        if !self.settled.swap(true, Ordering::SeqCst) {
+            self.fills.settle(&self.key, &self.flight, Ok(()));
+        }
+    }
 }
 
-impl<H: Host> Drop for FillLease<H> {
+impl<S: Storage, H: Host> Drop for FillLease<S, H> {
     fn drop(&mut self) {
+        if self.settled.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // The request that held it went away (its client left before the
-        // fill was handed to a task that outlives it).
-        self.settle(Err("the filling request went away".into()));
+        // fill was handed to a task that outlives it). The lease in
+        // storage is deleted on a task; if that never runs, it expires.
+        if let Some(stored) = self.stored.take() {
+            self.host
+                .spawn(Box::pin(async move { stored.release().await }));
+        }
+        self.settle_here(Err("the filling request went away".into()));
     }
 }
 
 /// A wait for another request's fill.
-pub struct FillFollower {
+pub struct FillFollower<S: Storage, H: Host> {
     fills: Arc<Fills>,
     key: (RepositoryName, Digest),
     flight: Arc<BlobFlight>,
+    /// The fill is another process's: this request leads the wait here
+    /// (its in-memory fill, which requests of this process follow) and
+    /// watches the lease in storage.
+    elsewhere: Option<Elsewhere<S, H>>,
+}
+
+struct Elsewhere<S: Storage, H: Host> {
+    here: FillLease<S, H>,
+    lease: Arc<StoredLease<S, H>>,
+    /// The lease as last read, and when (this process's clock).
+    seen: LeaseRecord,
+    seen_at: u64,
 }
 
 /// How long a fill may move no bytes before its followers take it as
@@ -279,24 +348,72 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         Ok(())
     }
 
-    pub(crate) fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<H> {
+    pub(crate) async fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<S, H> {
         let key = (miss.target.local.clone(), miss.digest.clone());
         let fills = &self.mirrors.fills;
-        match fills.claim(key.clone(), self.store.host.now_unix_ms()) {
-            Claim::Lead(flight) => FillClaim::Lead(FillLease {
-                fills: fills.clone(),
-                key,
-                flight,
-                host: self.store.host.clone(),
-                metrics: self.store.metrics.clone(),
-                settled: AtomicBool::new(false),
-            }),
+        let flight = match fills.claim(key.clone(), self.store.host.now_unix_ms()) {
+            Claim::Lead(flight) => flight,
             Claim::Follow(flight) => {
                 metrics::inc(&self.store.metrics.singleflight_joins);
-                FillClaim::Follow(FillFollower {
+                return FillClaim::Follow(FillFollower {
                     fills: fills.clone(),
                     key,
                     flight,
+                    elsewhere: None,
+                });
+            }
+        };
+        let mut here = FillLease {
+            fills: fills.clone(),
+            key,
+            flight,
+            host: self.store.host.clone(),
+            metrics: self.store.metrics.clone(),
+            settled: AtomicBool::new(false),
+            stored: None,
+        };
+        // The holder's name in the lease: the host moves the bytes, so
+        // there is no spool to follow, only the lease to watch.
+        let mut raw = [0u8; 16];
+        self.store.host.fill_random(&mut raw);
+        let stored = Arc::new(StoredLease::new(
+            self.store.storage.clone(),
+            self.store.host.clone(),
+            &miss.target.local,
+            &miss.digest,
+            UploadId::from_random(raw),
+            self.store.config.fill_lease_ms,
+        ));
+        match stored.claim(&here.flight).await {
+            Claimed::Uncoordinated => FillClaim::Lead(here),
+            Claimed::Held => {
+                here.stored = Some(stored);
+                // Committed (and its lease released) elsewhere since this
+                // request found it missing: look again.
+                if let Ok(Some(_)) = self.store.storage.head(&miss.key()).await {
+                    here.settle(Ok(())).await;
+                    return FillClaim::Follow(FillFollower {
+                        fills: here.fills.clone(),
+                        key: here.key.clone(),
+                        flight: here.flight.clone(),
+                        elsewhere: None,
+                    });
+                }
+                FillClaim::Lead(here)
+            }
+            Claimed::Elsewhere(seen) => {
+                metrics::inc(&self.store.metrics.fills_followed_elsewhere);
+                here.progress();
+                FillClaim::Follow(FillFollower {
+                    fills: here.fills.clone(),
+                    key: here.key.clone(),
+                    flight: here.flight.clone(),
+                    elsewhere: Some(Elsewhere {
+                        seen_at: here.host.now_unix_ms(),
+                        here,
+                        lease: stored,
+                        seen,
+                    }),
                 })
             }
         }
@@ -304,7 +421,11 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
 
     /// Wait for the fill with the host's timer, polling: a request must not
     /// be woken from another request's context (a Worker forbids it).
-    pub(crate) async fn follow_fill(&self, f: FillFollower) -> Result<(), RegistryError> {
+    pub(crate) async fn follow_fill(&self, f: FillFollower<S, H>) -> Result<(), RegistryError> {
+        if let Some(elsewhere) = f.elsewhere {
+            self.watch_elsewhere(elsewhere).await;
+            return Ok(());
+        }
         let mut pause = 20;
         loop {
             match f.flight.outcome() {
@@ -329,6 +450,48 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             self.store.host.sleep(pause).await;
             pause = (pause * 3 / 2).min(1000);
         }
+    }
+
+    /// Wait, polling storage, until another process's fill is over: its
+    /// blob is stored, or its lease is gone (it failed: the caller looks
+    /// again and may fill itself), or its lease has not changed for its
+    /// lifetime on this process's clock (its holder died: the lease is
+    /// deleted and the caller looks again, to take it). Requests of this
+    /// process waiting on `e.here` then look again too.
+    async fn watch_elsewhere(&self, e: Elsewhere<S, H>) {
+        let storage = &self.store.storage;
+        let host = &self.store.host;
+        let blob = layout::blob(&e.here.key.1);
+        let (mut seen, mut seen_at) = (e.seen, e.seen_at);
+        let mut pause = 50;
+        loop {
+            host.sleep(pause).await;
+            pause = (pause * 3 / 2).min(1000);
+            if let Ok(Some(_)) = storage.head(&blob).await {
+                break;
+            }
+            let now = host.now_unix_ms();
+            match e.lease.read().await {
+                // Over. Stored in between the two reads, or failed.
+                Ok(None) => break,
+                Ok(Some(record)) if record != seen => {
+                    seen = record;
+                    seen_at = now;
+                    e.here.progress();
+                }
+                _ if now.saturating_sub(seen_at) >= e.lease.lifetime_ms => {
+                    metrics::inc(&self.store.metrics.fills_taken_over);
+                    self.store.host.warn(&format!(
+                        "the fill of {} for {} stopped renewing its lease; taking it over",
+                        e.here.key.1, e.here.key.0
+                    ));
+                    let _ = storage.delete(&e.lease.key).await;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        e.here.look_again();
     }
 }
 

@@ -176,22 +176,7 @@ pub struct ByteSize(pub u64);
 
 impl ByteSize {
     pub fn parse(s: &str) -> Option<ByteSize> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let n: u64 = s[..split].parse().ok()?;
-        let mult: u64 = match s[split..].trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1000 * 1000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gib" => 1 << 30,
-            "t" | "tb" => 1000u64.pow(4),
-            "tib" => 1 << 40,
-            _ => return None,
-        };
-        n.checked_mul(mult).map(ByteSize)
+        kura_core::config::parse_byte_size(s).map(ByteSize)
     }
 }
 

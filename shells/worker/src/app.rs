@@ -2,23 +2,26 @@
 //! runtime's `fetch` for upstreams. Requests go to `Registry::handle_edge`;
 //! blob misses are filled here (see `split`), everything else (manifests,
 //! tag revalidation, stale-if-error, hits, ranges, errors) is the core's.
+//! The Cron Trigger (`scheduled`) keeps R2 under `MAX_SIZE`.
 //!
-//! Single flight within an isolate. Workers give each request its own I/O
-//! context: a request woken from another request's context would do its I/O
-//! there (and its response body would belong to the wrong request). So no
-//! request here ever waits on another one's wakeup:
+//! Single flight. Workers give each request its own I/O context: a request
+//! woken from another request's context would do its I/O there (and its
+//! response body would belong to the wrong request). So no request here
+//! ever waits on another one's wakeup:
 //! - blob fills: the core's single flight (`Registry::claim_fill`) picks
-//!   the request that fills a missing blob; later ones wait with
-//!   `Registry::follow_fill`, which polls on the host's timer, until it has
-//!   settled, then answer from R2 like any hit. They do not get bytes while
-//!   the fill runs: a branch of the leader's stream cannot cross into their
-//!   context.
+//!   the request that fills a missing blob, within the isolate and, through
+//!   a lease object in R2 (a create-only put), across isolates; the filler
+//!   renews the lease while it fills (`FillLease::hold`). Later requests
+//!   wait with `Registry::follow_fill`, which polls on the host's timer (and
+//!   R2, for another isolate's fill) until the fill is over, then answer
+//!   from R2 like any hit. They do not get bytes while the fill runs: a
+//!   branch of the leader's stream cannot cross into their context. An
+//!   isolate that dies mid-fill stops renewing; its lease is taken over
+//!   after `fill_lease_ms`.
 //! - manifests: the core's own single flight; `WorkerHost` says requests
 //!   must not wake each other, so its followers poll on the host's timer.
-//!
-//! Across isolates and locations there is no coordination: two isolates may
-//! fill the same blob at once, each put verified, the second overwriting the
-//! first with the same bytes.
+//!   Tag revalidations are shared across isolates by the core's tag-check
+//!   lease in R2.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -70,6 +73,37 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
     Ok(handle(app, req, ctx).await)
 }
 
+/// The Cron Trigger: keep R2 under `MAX_SIZE`, least recently used first.
+/// Isolates record their hits in R2 (sampled), so the run sees uses in all
+/// of them; one run at a time evicts (the core's evictor lease in R2).
+#[event(scheduled)]
+async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
+    let app = match app(&env) {
+        Ok(app) => app,
+        Err(msg) => {
+            worker::console_error!("kura-worker configuration: {msg}");
+            return;
+        }
+    };
+    let Some(max_size) = app.config.max_size else {
+        return;
+    };
+    match app
+        .registry
+        .evict(max_size, app.config.eviction_grace_ms)
+        .await
+    {
+        Ok(r) => worker::console_log!(
+            "kura: eviction pass: {} blobs ({} bytes) evicted of {} cached bytes, bound {max_size}{}",
+            r.evicted_blobs,
+            r.evicted_bytes,
+            r.cached_bytes,
+            if r.skipped { "; skipped: another run is evicting" } else { "" }
+        ),
+        Err(e) => worker::console_error!("kura: eviction pass failed: {e}"),
+    }
+}
+
 /// The isolate's registry, built on the first request.
 fn app(env: &Env) -> Result<Rc<App>, String> {
     if let Some(app) = APP.with(|a| a.borrow().clone()) {
@@ -99,6 +133,7 @@ fn app(env: &Env) -> Result<Rc<App>, String> {
     let mut registry_config = RegistryConfig::default();
     // Mirrors are read-only; nothing hosted is pushed at the edge.
     registry_config.delete_enabled = false;
+    registry_config.fill_lease_ms = config.fill_lease_ms;
     let registry = Registry::builder(storage.clone(), WorkerHost)
         .config(registry_config)
         .mirror(WorkerFetch, config.core_upstreams())
@@ -196,7 +231,7 @@ enum Missed {
 }
 
 /// Bytes moved: the core's followers judge the fill alive by it.
-impl Progress for FillLease<WorkerHost> {
+impl Progress for FillLease<R2Storage, WorkerHost> {
     fn advanced(&self, _bytes: u64) {
         self.progress();
     }
@@ -218,7 +253,7 @@ async fn blob_miss(
             Err(e) => to_web(error_response(&e)),
         });
     }
-    match app.registry.claim_fill(&miss) {
+    match app.registry.claim_fill(&miss).await {
         FillClaim::Lead(lease) => lead(app, miss, Rc::new(lease), ctx).await,
         // Waits on its own timer: no wakeups across requests.
         FillClaim::Follow(f) => match app.registry.follow_fill(f).await {
@@ -231,13 +266,13 @@ async fn blob_miss(
 async fn lead(
     app: &Rc<App>,
     miss: BlobMiss<WorkerFetch, WorkerHost>,
-    lease: Rc<FillLease<WorkerHost>>,
+    lease: Rc<FillLease<R2Storage, WorkerHost>>,
     ctx: &Context,
 ) -> Missed {
     let up = match app.registry.fetch_blob(&miss).await {
         Ok(up) => up,
         Err(e) => {
-            lease.settle(Err(e.message.clone()));
+            lease.settle(Err(e.message.clone())).await;
             return Missed::Answer(to_web(error_response(&e)));
         }
     };
@@ -245,7 +280,9 @@ async fn lead(
     let body = up.into_body().take();
     let (Some(size), Some(body_source)) = (size, body.clone()) else {
         // R2 needs the length up front: pass it through, uncached.
-        lease.settle(Err("upstream sent no Content-Length; not cached".into()));
+        lease
+            .settle(Err("upstream sent no Content-Length; not cached".into()))
+            .await;
         let body = Body::Stream(JsBody::new(body));
         return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, size, body)));
     };
@@ -262,7 +299,7 @@ async fn lead(
         Ok(s) => s,
         Err(e) => {
             // R2 is unhappy: still serve the client.
-            lease.settle(Err(format!("R2: {e}")));
+            lease.settle(Err(format!("R2: {e}"))).await;
             let body = Body::Stream(JsBody::new(Some(body_source)));
             return Missed::Answer(to_web(app.registry.blob_miss_response(
                 &miss,
@@ -275,13 +312,14 @@ async fn lead(
     if miss.range().is_some() {
         // A range of a blob not stored yet: store it whole first, then
         // answer the range from R2.
-        let r = split::pump(body_source, size, None, sink, progress).await;
-        let r = match r {
-            Ok(()) => commit(app, &miss).await,
-            Err(e) => Err(e),
-        };
+        let r = lease
+            .hold(async {
+                split::pump(body_source, size, None, sink, progress).await?;
+                commit(app, &miss).await
+            })
+            .await;
         let ok = r.is_ok();
-        lease.settle(r);
+        lease.settle(r).await;
         return if ok {
             Missed::Again
         } else {
@@ -294,7 +332,7 @@ async fn lead(
     let (readable, writer) = match split::client_stream(size) {
         Ok(c) => c,
         Err(e) => {
-            lease.settle(Err(e.clone()));
+            lease.settle(Err(e.clone())).await;
             sink.abort(&JsValue::from_str(&e));
             drop(JsBody::new(Some(body_source)));
             return Missed::Answer(to_web(error_response(&RegistryError::internal(e))));
@@ -306,12 +344,13 @@ async fn lead(
     // From here the fill settles itself, whatever happens to this request
     // (if the runtime drops it unfinished, the lease's drop fails it).
     ctx.wait_until(async move {
-        let r = split::pump(body_source, size, Some(writer), sink, progress).await;
-        let r = match r {
-            Ok(()) => commit(&app, &miss).await,
-            Err(e) => Err(e),
-        };
-        lease.settle(r);
+        let r = lease
+            .hold(async {
+                split::pump(body_source, size, Some(writer), sink, progress).await?;
+                commit(&app, &miss).await
+            })
+            .await;
+        lease.settle(r).await;
     });
     Missed::Answer(answer)
 }

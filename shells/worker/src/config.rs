@@ -8,6 +8,9 @@
 //! | `UPSTREAM_CREDENTIALS` | secret, JSON object | upstream name → `{"username","password"}` |
 //! | `R2_SINGLE_PUT_MAX_BYTES` | var | blobs up to this size are stored with one R2 put (default 4 GiB) |
 //! | `R2_PART_BYTES` | var | larger blobs go through an R2 multipart upload in parts of this size (default 256 MiB) |
+//! | `MAX_SIZE` | var | keep cached layers in R2 under this many bytes (`50GiB`, `500MB`), least recently used evicted first by each Cron Trigger run; unset: R2 grows |
+//! | `EVICTION_GRACE_SECS` | var | a blob used this recently is never evicted (default 600) |
+//! | `FILL_LEASE_SECS` | var | how long an isolate that stopped renewing its fill's lease in R2 holds up the others (default 20) |
 //!
 //! Plain Rust (no JS): the Worker hands in a lookup function, tests a map.
 
@@ -64,6 +67,10 @@ pub struct Config {
     pub credentials: BTreeMap<String, Credentials>,
     pub single_put_max: u64,
     pub part_size: u64,
+    /// Eviction bound for the Cron Trigger, in bytes.
+    pub max_size: Option<u64>,
+    pub eviction_grace_ms: u64,
+    pub fill_lease_ms: u64,
 }
 
 impl Config {
@@ -109,6 +116,23 @@ impl Config {
                     .map_err(|_| format!("{name}: {v:?} is not a number of bytes")),
             }
         };
+        let max_size = match get("MAX_SIZE").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(
+                kura_core::config::parse_byte_size(&v)
+                    .ok_or_else(|| format!("MAX_SIZE: {v:?} is not a size (50GiB, 500MB, 123)"))?,
+            ),
+        };
+        let secs = |name: &str, default_ms: u64| -> Result<u64, String> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default_ms),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(|s| s.saturating_mul(1000))
+                    .map_err(|_| format!("{name}: {v:?} is not a number of seconds")),
+            }
+        };
         let config = Config {
             upstreams,
             default_upstream,
@@ -116,6 +140,12 @@ impl Config {
             credentials,
             single_put_max: size("R2_SINGLE_PUT_MAX_BYTES", 4 * GIB)?,
             part_size: size("R2_PART_BYTES", 256 * MIB)?,
+            max_size,
+            eviction_grace_ms: secs(
+                "EVICTION_GRACE_SECS",
+                kura_core::config::DEFAULT_EVICTION_GRACE_MS,
+            )?,
+            fill_lease_ms: secs("FILL_LEASE_SECS", kura_core::config::DEFAULT_FILL_LEASE_MS)?,
         };
         config.check()?;
         Ok(config)
@@ -154,6 +184,9 @@ impl Config {
             return Err(format!(
                 "R2_PART_BYTES must be between {R2_MIN_PART} and {R2_MAX_PUT} (R2's part limits)"
             ));
+        }
+        if self.fill_lease_ms < 1000 {
+            return Err("FILL_LEASE_SECS must be at least 1".into());
         }
         if self.single_put_max > R2_MAX_PUT {
             return Err(format!(

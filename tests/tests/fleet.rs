@@ -1,7 +1,8 @@
 //! Several `kura serve` processes on one storage (one S3 bucket on s3s-fs,
 //! or one directory) behave as one cache: a blob missed by all of them is
 //! fetched from the upstream once, the others stream the holder's spool
-//! as it lands, and a holder killed mid-fill is taken over.
+//! as it lands, and a holder killed mid-fill is taken over. They check a
+//! tag once per TTL between them, and evict by the uses of all of them.
 //!
 //! Needs s3s-fs (see `kura_tests::s3`).
 //!
@@ -40,8 +41,13 @@ impl Shared {
     }
 
     /// Start one more kura on this storage, mirroring `upstream` as
-    /// `up.local`.
+    /// `up.local`; `extra`: more of its `mirror:` section (indented lines).
     fn start(&self, upstream: &str, cfg: &Path, extra: &str) -> Kura {
+        self.start_with(upstream, cfg, extra, "")
+    }
+
+    /// [`Shared::start`], with `up_extra` added to the upstream's entry.
+    fn start_with(&self, upstream: &str, cfg: &Path, extra: &str, up_extra: &str) -> Kura {
         let file = cfg.join(format!("kura-{}.yml", kura_tests::free_port()));
         let storage = match self {
             Shared::Bucket(s3, proxy) => {
@@ -54,7 +60,7 @@ impl Shared {
         };
         let yaml = format!(
             "{storage}  shared: true\nmirror:\n  fill_lease_secs: 2\n{extra}  upstreams:\n    \
-             - name: up.local\n      url: {upstream}\n"
+             - name: up.local\n      url: {upstream}\n{up_extra}"
         );
         std::fs::write(&file, &yaml).unwrap();
         let data_dir = match self {
@@ -294,4 +300,122 @@ fn sixty_four_cold_gets_over_three_instances_make_one_upstream_fetch() {
         .map(|k| metric(k, "kura_fills_followed_elsewhere_total"))
         .sum();
     assert_eq!(followed, 2, "the two instances without the lease follow it");
+}
+
+/// A tag pulled again and again from three instances: within its TTL the
+/// upstream is not asked at all (the instances read each other's check
+/// from storage); once it has expired, nine clients at once over the three
+/// make one HEAD between them.
+#[test]
+fn tag_pulls_over_three_instances_check_the_upstream_once_per_ttl() {
+    let shared = Shared::bucket();
+    let f = Faulty::start().unwrap();
+    let img = f.add_image("team/tags", "v1", &[64 * 1024], 1205);
+    let cfg = tempfile::tempdir().unwrap();
+    let ks: Vec<Kura> = (0..3)
+        .map(|_| shared.start_with(&f.url, cfg.path(), "", "      tag_ttl_secs: 3\n"))
+        .collect();
+    let tag_path = "/v2/team/tags/manifests/v1";
+    let pull = |k: &Kura| {
+        let r = http_client()
+            .get(format!("{}/v2/up.local/team/tags/manifests/v1", k.url))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let digest = r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(digest, img.manifest.digest);
+    };
+    let asked = || f.count("GET", tag_path) + f.count("HEAD", tag_path);
+    pull(&ks[0]);
+    let first = asked();
+    assert!(first >= 1);
+    let started = Instant::now();
+    for round in 0..3 {
+        for k in &ks {
+            pull(k);
+        }
+        assert_eq!(
+            asked(),
+            first,
+            "round {round}: the upstream was asked within the TTL"
+        );
+    }
+    assert!(
+        started.elapsed().as_secs() < 3,
+        "the rounds outlasted the TTL"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    // Expired everywhere: nine clients at once, three on each instance.
+    let barrier = std::sync::Barrier::new(9);
+    std::thread::scope(|scope| {
+        for i in 0..9 {
+            let (k, barrier) = (&ks[i % 3], &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                pull(k);
+            });
+        }
+    });
+    for k in &ks {
+        pull(k);
+    }
+    assert_eq!(
+        (f.count("HEAD", tag_path), f.count("GET", tag_path)),
+        (1, first),
+        "after the TTL: one HEAD between the three, and no GET"
+    );
+}
+
+/// Eviction by the uses of every instance: the instance that evicts (the
+/// only one with `max_size`) did not serve the blob the last pull used,
+/// another one did, and that blob stays; the least recently used goes,
+/// and the cache ends under `max_size`.
+#[test]
+fn eviction_keeps_the_blob_another_instance_served_last() {
+    const SIZE: usize = 5 * MIB as usize;
+    let shared = Shared::bucket();
+    let f = Faulty::start().unwrap();
+    let blobs: Vec<String> = (0..4)
+        .map(|n| f.add_blob(kura_tests::image::XorShift::new(1300 + n).bytes(SIZE)))
+        .collect();
+    let cfg = tempfile::tempdir().unwrap();
+    let evicting = "  max_size: 16MiB\n  evict_interval_secs: 1\n  eviction_grace_secs: 0\n";
+    let ks = [
+        shared.start(&f.url, cfg.path(), evicting),
+        shared.start(&f.url, cfg.path(), ""),
+        shared.start(&f.url, cfg.path(), ""),
+    ];
+    let get = |k: &Kura, d: &str| {
+        let url = format!("{}/v2/up.local/team/lru/blobs/{d}", k.url);
+        let r = stream_hash(&http_client(), &url, None, |_| true);
+        assert_whole(d, &r, SIZE as u64, d);
+    };
+    let gets = |d: &str| f.blob_gets("team/lru", d);
+    // 15 MiB, under the bound: b0 (filled by the evicting instance), b1,
+    // b2; then b0 served by another instance, and b3 over the bound.
+    for (k, d) in [(0, 0), (1, 1), (2, 2), (1, 0), (2, 3)] {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        get(&ks[k], &blobs[d]);
+    }
+    assert_eq!(blobs.iter().map(|d| gets(d)).collect::<Vec<_>>(), [1; 4]);
+    assert!(
+        eventually(30, || metric(&ks[0], "kura_cache_evictions_total") >= 1),
+        "no eviction pass evicted"
+    );
+    // Give a pass that evicts more the chance to, before looking.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        metric(&ks[0], "kura_cache_evictions_total"),
+        1,
+        "20 MiB over 16: one goes"
+    );
+    for (d, kept) in [(0, true), (1, false), (2, true), (3, true)] {
+        let before = gets(&blobs[d]);
+        get(&ks[2], &blobs[d]);
+        assert_eq!(gets(&blobs[d]) == before, kept, "b{d}: kept {kept}");
+    }
 }

@@ -164,6 +164,8 @@ pub struct MirrorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_size: Option<ByteSize>,
     pub evict_interval_secs: u64,
+    /// A blob used this recently is never evicted (it may be being served).
+    pub eviction_grace_secs: u64,
     /// How long a blob fill's lease in storage lasts unrenewed: instances
     /// sharing the storage take over a fill whose holder stopped renewing
     /// it for this long (it died).
@@ -232,6 +234,7 @@ impl Default for MirrorConfig {
             read_timeout_secs: 60,
             max_size: None,
             evict_interval_secs: 60,
+            eviction_grace_secs: kura_core::config::DEFAULT_EVICTION_GRACE_MS / 1000,
             fill_lease_secs: kura_core::config::DEFAULT_FILL_LEASE_MS / 1000,
         }
     }

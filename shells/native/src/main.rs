@@ -208,6 +208,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             app.clone(),
             max.0,
             Duration::from_secs(config.mirror.evict_interval_secs),
+            config.mirror.eviction_grace_secs.saturating_mul(1000),
         );
     }
     let router = server::router(app);

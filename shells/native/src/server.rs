@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::Router;
 use futures::TryStreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
-use kura_core::config::DEFAULT_EVICTION_GRACE_MS;
 use kura_core::wire::{self, Route};
 use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryError};
 
@@ -192,17 +191,13 @@ fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {
 }
 
 /// Keep the mirror cache under its size bound (sparing blobs used in the
-/// last `DEFAULT_EVICTION_GRACE_MS`: they may be being served).
-pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration) {
+/// last `grace_ms`: they may be being served).
+pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration, grace_ms: u64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
         loop {
             tick.tick().await;
-            match app
-                .registry
-                .evict(max_size, DEFAULT_EVICTION_GRACE_MS)
-                .await
-            {
+            match app.registry.evict(max_size, grace_ms).await {
                 Ok(r) if r.evicted_blobs > 0 => tracing::info!(
                     evicted_blobs = r.evicted_blobs,
                     evicted_bytes = r.evicted_bytes,

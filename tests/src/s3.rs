@@ -167,23 +167,60 @@ impl Drop for S3Server {
     }
 }
 
-/// haproxy in front of s3s-fs, letting one create-only put at a time
-/// through (everything else passes freely).
+/// haproxy in front of s3s-fs, changing how it answers create-only puts.
 ///
-/// s3s-fs checks `If-None-Match: *` and then writes, without a lock (its
-/// `put_object`), so two create-only puts of one key racing each other can
-/// both succeed; S3 and R2 decide such races atomically. Serialized, s3s-fs
-/// decides them as S3 does.
-pub struct OneAtATime {
+/// `one_at_a_time`: s3s-fs checks `If-None-Match: *` and then writes,
+/// without a lock (its `put_object`), so two create-only puts of one key
+/// racing each other can both succeed; S3 and R2 decide such races
+/// atomically. Serialized, s3s-fs decides them as S3 does.
+///
+/// `ignoring_conditions` and `refusing_conditions`: a store that does not
+/// know conditional writes, as seen by a client. (The header cannot just
+/// be dropped on the way: it is part of the request's SigV4 signature.)
+pub struct S3Front {
     child: Child,
     /// `http://127.0.0.1:PORT`: use it as the S3 endpoint.
     pub endpoint: String,
     _dir: tempfile::TempDir,
 }
 
-impl OneAtATime {
-    /// haproxy in front of `server` (`HOST:PORT`).
-    pub fn start(server: &str) -> anyhow::Result<OneAtATime> {
+impl S3Front {
+    /// One create-only put at a time to `server` (`HOST:PORT`), everything
+    /// else passes freely.
+    pub fn one_at_a_time(server: &str) -> anyhow::Result<S3Front> {
+        S3Front::start(
+            "  acl create_only hdr_cnt(if-none-match) gt 0\n  \
+             use_backend one_at_a_time if create_only\n  default_backend direct\n",
+            server,
+        )
+    }
+
+    /// Every create-only put answered `200 OK` by the proxy (it never
+    /// reaches `server`): a store that takes a put whatever its
+    /// `If-None-Match` says. Nothing is written, which is all the same to a
+    /// client that does not read the object back.
+    pub fn ignoring_conditions(server: &str) -> anyhow::Result<S3Front> {
+        S3Front::start(
+            "  acl create_only hdr_cnt(if-none-match) gt 0\n  \
+             http-request return status 200 hdr ETag '\"0\"' if create_only\n  \
+             default_backend direct\n",
+            server,
+        )
+    }
+
+    /// Every create-only put answered `501 NotImplemented`, as S3-compatible
+    /// stores without conditional writes answer.
+    pub fn refusing_conditions(server: &str) -> anyhow::Result<S3Front> {
+        S3Front::start(
+            "  acl create_only hdr_cnt(if-none-match) gt 0\n  \
+             http-request return status 501 content-type application/xml string \
+             '<Error><Code>NotImplemented</Code><Message>conditional writes</Message></Error>' \
+             if create_only\n  default_backend direct\n",
+            server,
+        )
+    }
+
+    fn start(frontend_rules: &str, server: &str) -> anyhow::Result<S3Front> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -193,9 +230,8 @@ impl OneAtATime {
             &cfg,
             format!(
                 "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
-                 timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n  \
-                 acl create_only hdr_cnt(if-none-match) gt 0\n  \
-                 use_backend one_at_a_time if create_only\n  default_backend direct\n\
+                 timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n\
+                 {frontend_rules}\
                  backend direct\n  server s3s-fs {server}\n\
                  backend one_at_a_time\n  server s3s-fs {server} maxconn 1\n"
             ),
@@ -213,7 +249,7 @@ impl OneAtATime {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(OneAtATime {
+        Ok(S3Front {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             _dir: dir,
@@ -221,7 +257,7 @@ impl OneAtATime {
     }
 }
 
-impl Drop for OneAtATime {
+impl Drop for S3Front {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use kura_tests::api::Api;
 use kura_tests::faulty::{Fault, Faulty};
-use kura_tests::s3::{OneAtATime, S3Server};
+use kura_tests::s3::{S3Front, S3Server};
 use kura_tests::stream::{eventually, stream_hash, Streamed};
 use kura_tests::{http_client, Kura, KuraOptions};
 
@@ -25,14 +25,15 @@ const MIB: u64 = 1024 * 1024;
 #[allow(clippy::large_enum_variant)] // one per test
 enum Shared {
     /// An s3s-fs bucket, reached through haproxy one request at a time.
-    Bucket(S3Server, OneAtATime),
+    Bucket(S3Server, S3Front),
     Directory(tempfile::TempDir),
 }
 
 impl Shared {
     fn bucket() -> Shared {
         let s3 = S3Server::start("fleet").expect("starting s3s-fs");
-        let proxy = OneAtATime::start(&format!("127.0.0.1:{}", s3.port)).expect("starting haproxy");
+        let proxy =
+            S3Front::one_at_a_time(&format!("127.0.0.1:{}", s3.port)).expect("starting haproxy");
         Shared::Bucket(s3, proxy)
     }
 
@@ -418,4 +419,61 @@ fn eviction_keeps_the_blob_another_instance_served_last() {
         get(&ks[2], &blobs[d]);
         assert_eq!(gets(&blobs[d]) == before, kept, "b{d}: kept {kept}");
     }
+}
+
+/// A store without conditional writes cannot coordinate instances: with
+/// `storage.shared` kura refuses to start and says why; without it, it
+/// starts and fills alone. Both kinds: one that takes every create-only put
+/// (ignores `If-None-Match`), one that answers it 501.
+#[test]
+fn a_store_without_conditional_writes_is_refused_for_shared_mode() {
+    let s3 = S3Server::start("unconditional").expect("starting s3s-fs");
+    let server = format!("127.0.0.1:{}", s3.port);
+    let cfg = tempfile::tempdir().unwrap();
+    let config = |endpoint: &str, shared: bool| {
+        let file = cfg
+            .path()
+            .join(format!("kura-{}.yml", kura_tests::free_port()));
+        s3.write_kura_config(&file).unwrap();
+        let mut yaml = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace(&s3.endpoint, endpoint);
+        if shared {
+            yaml.push_str("  shared: true\n");
+        }
+        std::fs::write(&file, yaml).unwrap();
+        KuraOptions {
+            config: Some(file),
+            ..Default::default()
+        }
+    };
+    let ignoring = S3Front::ignoring_conditions(&server).expect("starting haproxy");
+    let refusing = S3Front::refusing_conditions(&server).expect("starting haproxy");
+    for (front, refusal, alone) in [
+        (
+            &ignoring,
+            "storage.shared is set, but this storage does not refuse a create-only write",
+            "blob fills are not shared with other instances",
+        ),
+        (
+            &refusing,
+            "storage.shared: probing conditional writes failed",
+            "probing conditional writes failed",
+        ),
+    ] {
+        let refused = match Kura::start_with(config(&front.endpoint, true)) {
+            Ok(k) => panic!("started in shared mode; log:\n{}", k.log_text()),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(refused.contains(refusal), "{refused}");
+        let k = Kura::start_with(config(&front.endpoint, false)).expect("starts unshared");
+        assert!(
+            eventually(10, || k.log_text().contains(alone)),
+            "{}",
+            k.log_text()
+        );
+    }
+    // The same bucket without the proxy qualifies.
+    let k = Kura::start_with(config(&s3.endpoint, true));
+    assert!(k.is_ok(), "{:#}", k.err().unwrap());
 }

@@ -221,7 +221,7 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     if phase("fleet") {
         eprintln!("bench: cold fan-out over one and three instances on one S3 bucket");
         let s3 = kura_tests::s3::S3Server::start("bench")?;
-        let proxy = kura_tests::s3::OneAtATime::start(&format!("127.0.0.1:{}", s3.port))?;
+        let proxy = kura_tests::s3::S3Front::one_at_a_time(&format!("127.0.0.1:{}", s3.port))?;
         let digest = &images.medium_layer;
         let mut run = 0;
         for round in 0..plan.rounds {

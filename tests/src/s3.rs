@@ -181,6 +181,8 @@ pub struct S3Front {
     child: Child,
     /// `http://127.0.0.1:PORT`: use it as the S3 endpoint.
     pub endpoint: String,
+    /// haproxy's log: one line per request (`option httplog`).
+    log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -229,17 +231,20 @@ impl S3Front {
         std::fs::write(
             &cfg,
             format!(
-                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
+                "global\n  log stdout format raw local0\n\
+                 defaults\n  log global\n  option httplog\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
                  timeout server 120s\n  timeout queue 120s\nfrontend s3\n  bind 127.0.0.1:{port}\n\
                  {frontend_rules}\
                  backend direct\n  server s3s-fs {server}\n\
                  backend one_at_a_time\n  server s3s-fs {server} maxconn 1\n"
             ),
         )?;
+        let log = dir.path().join("requests.log");
         let child = Command::new("haproxy")
             .arg("-f")
             .arg(&cfg)
             .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
             .spawn()
             .context("spawning haproxy (Debian package haproxy)")?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -252,8 +257,26 @@ impl S3Front {
         Ok(S3Front {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            log,
             _dir: dir,
         })
+    }
+
+    /// Requests passed or answered so far, by method (`GET`, `PUT`, ...).
+    /// haproxy logs a request when it ends: wait for clients to finish.
+    pub fn requests(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_method = std::collections::BTreeMap::new();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for line in text.lines() {
+            // `... "GET /bucket/key?x HTTP/1.1"`
+            let Some((_, request)) = line.split_once('"') else {
+                continue;
+            };
+            if let Some(method) = request.split(' ').next().filter(|m| !m.is_empty()) {
+                *by_method.entry(method.to_owned()).or_insert(0) += 1;
+            }
+        }
+        by_method
     }
 }
 

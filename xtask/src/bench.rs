@@ -248,6 +248,7 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let before = upstream.blob_gets_of("bench/medium", digest);
+                let storage_before: usize = proxy.requests().values().sum();
                 let urls: Vec<String> = (0..clients)
                     .map(|i| format!("{}/v2/bench/medium/blobs/{digest}", ms[i % instances].url))
                     .collect();
@@ -259,6 +260,15 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                     "fleet: a cold GET returned the wrong length: {sizes:?}"
                 );
                 let gets = upstream.blob_gets_of("bench/medium", digest) - before;
+                // haproxy logs a request once it ends: the fills' last
+                // requests (commit, lease release) end after the clients'.
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let requests = proxy.requests();
+                let storage_requests = requests.values().sum::<usize>() - storage_before;
+                eprintln!(
+                    "bench: fleet run {run}: {instances} instance(s), {clients} clients: \
+                     {secs:.2} s; storage requests so far by method: {requests:?}"
+                );
                 let rss = ms
                     .iter()
                     .map(Mirror::hwm_mib)
@@ -273,6 +283,11 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                 t.add(&what("upstream GETs"), "kura", gets as f64);
                 t.add(&what("last byte (s)"), "kura", secs);
                 t.add(&what("peak RSS per instance (MiB)"), "kura", rss);
+                t.add(
+                    &what("storage requests per blob served"),
+                    "kura",
+                    storage_requests as f64 / clients as f64,
+                );
                 for m in ms.iter_mut() {
                     m.stop();
                 }

@@ -608,35 +608,180 @@ fn eviction_goes_by_last_use_across_a_restart() {
     );
 }
 
-/// An access record whose blob is gone (a crash between eviction's two
-/// deletes) is swept by the next eviction; records of stored blobs stay.
+/// Use records an older kura left (`access/<alg>/<hex>`, one per blob)
+/// count in the first eviction pass, which lists the whole cache and
+/// builds the ledger; then they are gone (orphans too), and later passes
+/// do not list the cache again.
 #[test]
-fn eviction_sweeps_access_records_left_without_their_blob() {
+fn eviction_takes_older_use_records_into_its_ledger_once() {
     let s = setup(60_000);
-    let (_, digests) = push_image(&s.upstream, "rec", "v1", &[data(50_000, 70)]);
-    let layer = &digests[1];
+    let layers: Vec<Vec<u8>> = (0..2).map(|i| data(50_000, 70 + i)).collect();
+    let (_, digests) = push_image(&s.upstream, "rec", "v1", &layers);
+    let (a, b) = (&digests[1], &digests[2]);
     let storage = Arc::new(MemoryStorage::new());
     let mirror = mirror_on(&s, storage.clone(), 1_000_000);
-    let r = call(
-        &mirror,
-        Method::GET,
-        &format!("/v2/up.local/rec/blobs/{layer}"),
-    );
-    assert_eq!(r.status, StatusCode::OK);
+    for (d, t) in [(a, 1_000_000), (b, 2_000_000)] {
+        at(&mirror, t);
+        let r = call(&mirror, Method::GET, &format!("/v2/up.local/rec/blobs/{d}"));
+        assert_eq!(r.status, StatusCode::OK);
+    }
     let record = |d: &Digest| format!("access/{}/{}", d.algorithm().as_str(), d.hex());
     let orphan = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
-    block_on(storage.put(
-        &record(&orphan),
-        Bytes::from_static(b"5"),
-        kura_core::storage::PutMode::Overwrite,
-    ))
-    .unwrap();
+    // An older kura saw `a` used last.
+    for (d, ms) in [(a, "3000000"), (&orphan, "5")] {
+        block_on(storage.put(
+            &record(d),
+            Bytes::from(ms),
+            kura_core::storage::PutMode::Overwrite,
+        ))
+        .unwrap();
+    }
+    let later = mirror_on(&s, storage.clone(), 10_000_000);
+    let report = block_on(later.evict(60_000, 1_000)).unwrap();
+    assert!(report.full_listing, "{report:?}");
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
     let present = |key: &str| block_on(storage.head(key)).unwrap().is_some();
-    assert!(present(&record(layer)), "a fill records its blob's use");
-    // Nothing is over the limit: only the sweep runs.
-    block_on(mirror.evict(u64::MAX, 1_000)).unwrap();
-    assert!(!present(&record(&orphan)), "the orphaned record must go");
-    assert!(present(&record(layer)), "a stored blob's record must stay");
+    assert!(
+        present(&blob_key(a)),
+        "the older record's recent use must count"
+    );
+    assert!(!present(&blob_key(b)));
+    assert!(!present(&record(a)) && !present(&record(&orphan)));
+    let report = block_on(later.evict(60_000, 1_000)).unwrap();
+    assert!(!report.full_listing, "{report:?}");
+}
+
+/// Storage that notes which prefixes are listed and counts reads.
+struct Counting {
+    inner: Arc<MemoryStorage>,
+    listed: Mutex<Vec<String>>,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl Storage for Counting {
+    type Body = ByteStream;
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<kura_core::storage::ObjectMeta>, StorageError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.head(key).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key, range).await
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        self.inner.put_stream(key, data).await
+    }
+    fn can_append(&self) -> bool {
+        self.inner.can_append()
+    }
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        self.inner.append(key, offset, parts).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.listed.lock().unwrap().push(prefix.to_owned());
+        self.inner.list(prefix).await
+    }
+    async fn list_meta(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<kura_core::storage::ListEntry>, StorageError> {
+        self.listed.lock().unwrap().push(prefix.to_owned());
+        self.inner.list_meta(prefix).await
+    }
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+/// After the first pass (which lists the cache), an eviction pass lists
+/// only the changes and reads only them and the ledger, however many blobs
+/// are cached; it still evicts by last use, and a blob pushed into a
+/// hosted repository since is never evicted.
+#[test]
+fn an_eviction_pass_reads_what_changed_not_the_whole_cache() {
+    let s = setup(60_000);
+    let layers: Vec<Vec<u8>> = (0..30).map(|i| data(1_000, 500 + i)).collect();
+    let (_, digests) = push_image(&s.upstream, "many", "v1", &layers);
+    let layers_d = &digests[1..];
+    let storage = Arc::new(Counting {
+        inner: Arc::new(MemoryStorage::new()),
+        listed: Mutex::default(),
+        reads: AtomicUsize::new(0),
+    });
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.not_found_ttl_ms = 0;
+    let mirror = Registry::builder(storage.clone(), TestHost::at(1_000_000))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap();
+    let url = |d: &Digest| format!("/v2/up.local/many/blobs/{d}");
+    for (i, d) in layers_d.iter().enumerate() {
+        at(&mirror, 1_000_000 + i as u64 * 1_000);
+        assert_eq!(call(&mirror, Method::GET, &url(d)).status, StatusCode::OK);
+    }
+    let first = block_on(mirror.evict(u64::MAX, 0)).unwrap();
+    assert!(first.full_listing);
+    assert_eq!(first.cached_bytes, 30_000);
+
+    // Two blobs used again (the two oldest), one pushed to a hosted repo.
+    at(&mirror, 5_000_000);
+    for d in &layers_d[..2] {
+        assert_eq!(
+            call(&mirror, Method::GET, &url(d)).header("x-kura-cache"),
+            "hit"
+        );
+    }
+    let hosted = &layers_d[2];
+    let pushed = block_on(call_async(
+        &mirror,
+        Method::POST,
+        &format!("/v2/mine/blobs/uploads/?digest={hosted}"),
+        layers[2].clone().into(),
+    ));
+    assert_eq!(pushed.status, StatusCode::CREATED);
+
+    storage.listed.lock().unwrap().clear();
+    storage.reads.store(0, Ordering::SeqCst);
+    at(&mirror, 6_000_000);
+    // 29 evictable, 1 kept: down to 5 blobs' worth.
+    let report = block_on(mirror.evict(5_000, 0)).unwrap();
+    assert!(!report.full_listing, "{report:?}");
+    assert_eq!(report.cached_bytes, 29_000, "{report:?}");
+    assert_eq!(report.evicted_blobs, 24, "{report:?}");
+    let listed = storage.listed.lock().unwrap().clone();
+    assert!(
+        listed.iter().all(|p| p == "cache/changes/"),
+        "listed more than the changes: {listed:?}"
+    );
+    // The ledger, three changes (two uses, one kept) and one existence
+    // check per evicted blob; not one read per cached blob.
+    let reads = storage.reads.load(Ordering::SeqCst);
+    assert!(reads <= 1 + 3 + 24 + 2, "{reads} reads");
+    let stored = |d: &Digest| block_on(storage.head(&blob_key(d))).unwrap().is_some();
+    assert!(
+        stored(&layers_d[0]) && stored(&layers_d[1]),
+        "used last: kept"
+    );
+    assert!(stored(hosted), "a hosted blob is never evicted");
+    assert!(stored(&layers_d[29]) && !stored(&layers_d[3]));
+    assert_eq!(
+        call(&mirror, Method::GET, &format!("/v2/mine/blobs/{hosted}")).status,
+        StatusCode::OK
+    );
 }
 
 #[test]

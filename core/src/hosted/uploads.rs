@@ -41,7 +41,7 @@ impl<S: Storage, H: Host> Store<S, H> {
                     .await?
                     .is_some();
                 if linked && self.storage.head(&layout::blob(&digest)).await?.is_some() {
-                    self.link_blob(name, &digest).await?;
+                    self.link_kept_blob(name, &digest).await?;
                     return Ok(self.blob_created(name, &digest));
                 }
             }
@@ -49,7 +49,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         } else if let Some(d) = wire::query_param(uri, "digest") {
             let digest = Digest::parse(&d?)?;
             self.store_blob(&digest, body).await?;
-            self.link_blob(name, &digest).await?;
+            self.link_kept_blob(name, &digest).await?;
             return Ok(self.blob_created(name, &digest));
         }
 
@@ -278,7 +278,7 @@ impl<S: Storage, H: Host> Store<S, H> {
                 return Err(e);
             }
         }
-        self.link_blob(name, &digest).await?;
+        self.link_kept_blob(name, &digest).await?;
         self.remove_upload(id).await?;
         Ok(self.blob_created(name, &digest))
     }

@@ -49,6 +49,7 @@ use crate::wire::{self, Route};
 use super::fill::{BlobFlight, Claim, Fills, FlightError};
 use super::lease::{Claimed, LeaseRecord, StoredLease};
 use crate::model::upload::UploadId;
+use crate::store::changes::Change;
 
 /// What [`crate::Registry::handle_edge`] made of a request.
 pub enum Edge<B, F, H> {
@@ -335,16 +336,22 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// storage checked its digest: link it into the mirrored repository and
     /// list the repository in the catalog. Fails if the blob is not there.
     pub(crate) async fn commit_blob(&self, miss: &BlobMiss<F, H>) -> Result<(), RegistryError> {
-        if self.store.storage.head(&miss.key()).await?.is_none() {
+        let Some(meta) = self.store.storage.head(&miss.key()).await? else {
             return Err(RegistryError::internal(format!(
                 "blob {} was not stored",
                 miss.digest
             )));
-        }
+        };
         self.store
             .link_blob(&miss.target.local, &miss.digest)
             .await?;
-        self.record_use(&miss.digest).await;
+        let filled = Change::Filled {
+            digest: miss.digest.to_string(),
+            size: meta.size,
+            at_ms: self.store.host.now_unix_ms(),
+        };
+        // Advice for eviction: the blob is committed whatever happens here.
+        let _ = self.store.record_change(&filled).await;
         Ok(())
     }
 

@@ -1,11 +1,18 @@
 //! Keeping the cache under its size, least recently used first.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
 use super::lease::{take, ReleaseOnDrop, Stamp, Taken};
 use super::Mirror;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
-use crate::io::storage::Storage;
+use crate::io::storage::{PutMode, Storage};
 use crate::metrics::{self};
+use crate::model::digest::Digest;
+use crate::store::changes::Change;
 use crate::store::layout;
 use crate::store::Result;
 
@@ -26,6 +33,9 @@ pub struct EvictionReport {
     /// Another process sharing the storage was evicting: this pass did
     /// nothing.
     pub skipped: bool,
+    /// This pass listed the whole cache (there was no ledger yet, or its
+    /// daily rebuild was due); other passes read only what changed.
+    pub full_listing: bool,
 }
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
@@ -75,9 +85,131 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         grace_ms: u64,
         mut report: EvictionReport,
     ) -> Result<EvictionReport> {
-        let mut mirrored = std::collections::HashSet::new();
-        let mut protected = std::collections::HashSet::new();
-        for key in self.store.storage.list("repositories/").await? {
+        let storage = &self.store.storage;
+        let now = self.store.host.now_unix_ms();
+        let (mut folded, changes) = self.changes(&[]).await?;
+        let mut ledger = match storage.read(layout::LEDGER).await? {
+            Some(raw) => Ledger::decode(&raw)
+                .filter(|l| l.built_ms <= now && now - l.built_ms < LEDGER_REBUILD_MS),
+            None => None,
+        };
+        if ledger.is_none() {
+            ledger = Some(self.rebuild(now).await?);
+            report.full_listing = true;
+        }
+        let mut ledger = ledger.unwrap_or_default();
+        for c in &changes {
+            ledger.fold(c);
+        }
+        // This process's uses not sampled into storage yet.
+        for (digest, entry) in ledger.blobs.iter_mut() {
+            if let Ok(d) = Digest::parse(digest) {
+                entry.1 = entry.1.max(self.used_here(&d));
+            }
+        }
+        report.cached_bytes = ledger.total();
+        let mut total = report.cached_bytes;
+        if total > max_size {
+            let in_flight = self.mirrors.fills.digests();
+            let mut candidates: Vec<(u64, u64, String)> = ledger
+                .blobs
+                .iter()
+                .map(|(d, (size, used))| (*used, *size, d.clone()))
+                .collect();
+            candidates.sort();
+            let mut victims = Vec::new();
+            for (used, size, digest) in candidates {
+                if total <= max_size {
+                    break;
+                }
+                let Ok(d) = Digest::parse(&digest) else {
+                    ledger.blobs.remove(&digest);
+                    continue;
+                };
+                if now.saturating_sub(used) < grace_ms || in_flight.contains(&d) {
+                    continue;
+                }
+                victims.push((d, used));
+                total -= size;
+            }
+            // Changes written while this pass chose: a victim used or kept
+            // since is spared.
+            let (more, late) = self.changes(&folded).await?;
+            folded.extend(more);
+            for c in &late {
+                ledger.fold(c);
+            }
+            total = ledger.total();
+            for (d, used) in victims {
+                let key = d.to_string();
+                let Some(&(size, now_used)) = ledger.blobs.get(&key) else {
+                    continue;
+                };
+                if now_used != used {
+                    continue;
+                }
+                ledger.blobs.remove(&key);
+                // Gone already (deleted behind kura's back, or a change
+                // folded twice after a crash): nothing to free.
+                if storage.head(&layout::blob(&d)).await?.is_none() {
+                    total -= size;
+                    continue;
+                }
+                storage.delete(&layout::blob(&d)).await?;
+                self.mirrors.recency.lock_blobs().remove(&d);
+                total -= size;
+                report.evicted_blobs += 1;
+                report.evicted_bytes += size;
+            }
+        }
+        // The ledger first, then the changes it holds: a crash between them
+        // folds them again, which changes nothing but a phantom blob
+        // dropped at its eviction.
+        storage
+            .put(layout::LEDGER, ledger.encode(), PutMode::Overwrite)
+            .await?;
+        for key in folded {
+            storage.delete(&key).await?;
+        }
+        metrics::add(&self.store.metrics.evictions, report.evicted_blobs as u64);
+        self.store
+            .metrics
+            .cache_size_bytes
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// The changes under `cache/changes/` not in `seen`: their keys, and the
+    /// changes (unreadable ones are skipped, and deleted with the rest).
+    async fn changes(&self, seen: &[String]) -> Result<(Vec<String>, Vec<Change>)> {
+        let mut keys = Vec::new();
+        let mut changes = Vec::new();
+        for key in self.store.storage.list(layout::CHANGES_PREFIX).await? {
+            if seen.contains(&key) {
+                continue;
+            }
+            if let Some(raw) = self.store.storage.read(&key).await? {
+                changes.extend(Change::decode(&raw));
+            }
+            keys.push(key);
+        }
+        Ok((keys, changes))
+    }
+
+    /// The ledger from a full listing of the cache: what is evictable
+    /// (mirrored layers nothing else links), what is kept, and when each
+    /// was last used (the previous ledger's record, an older kura's
+    /// `access/` record, or when it was written, whichever is latest).
+    async fn rebuild(&self, now: u64) -> Result<Ledger> {
+        let storage = &self.store.storage;
+        let previous = storage
+            .read(layout::LEDGER)
+            .await?
+            .and_then(|raw| Ledger::decode(&raw))
+            .unwrap_or_default();
+        let mut mirrored = HashSet::new();
+        let mut kept = BTreeSet::new();
+        for key in storage.list("repositories/").await? {
             let (name, digest, is_layer) = match layout::repository_key(&key) {
                 Some(layout::RepositoryKey::Layer(n, d)) => (n, d, true),
                 Some(layout::RepositoryKey::Manifest(n, d)) => (n, d, false),
@@ -86,60 +218,98 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             if self.mirrors.is_mirrored_local(&name) && is_layer {
                 mirrored.insert(digest);
             } else {
-                protected.insert(digest);
+                kept.insert(digest.to_string());
             }
         }
-        let in_flight = self.mirrors.fills.digests();
-        let now = self.store.host.now_unix_ms();
-        let mut candidates = Vec::new();
-        let mut stored = std::collections::HashSet::new();
-        for e in self.store.storage.list_meta("blobs/").await? {
+        let recorded: HashSet<Digest> = storage
+            .list(layout::ACCESS_PREFIX)
+            .await?
+            .iter()
+            .filter_map(|k| layout::access_digest(k))
+            .collect();
+        let mut ledger = Ledger {
+            built_ms: now,
+            blobs: BTreeMap::new(),
+            kept,
+        };
+        for e in storage.list_meta("blobs/").await? {
             let Some(digest) = layout::blob_digest(&e.key) else {
                 continue;
             };
-            stored.insert(digest.clone());
-            if !mirrored.contains(&digest) || protected.contains(&digest) {
+            let name = digest.to_string();
+            if !mirrored.contains(&digest) || ledger.kept.contains(&name) {
                 continue;
             }
-            report.cached_bytes += e.size;
-            candidates.push((e.modified_ms, e.size, e.key, digest));
+            let mut used = e.modified_ms;
+            if let Some((_, before)) = previous.blobs.get(&name) {
+                used = used.max(*before);
+            }
+            if recorded.contains(&digest) {
+                used = used.max(self.recorded_use(&digest).await?);
+            }
+            ledger.blobs.insert(name, (e.size, used));
         }
-        let mut total = report.cached_bytes;
-        if total > max_size {
-            // Only a pass that evicts reads when each blob was last used.
-            for c in candidates.iter_mut() {
-                c.0 = c.0.max(self.last_use(&c.3).await?);
+        // The ledger holds what they said now (saved by the caller before
+        // the next pass could miss it, a crash costing only this).
+        for d in recorded {
+            storage.delete(&layout::access(&d)).await?;
+        }
+        Ok(ledger)
+    }
+}
+
+/// A full listing rebuilds the ledger at least this often: what changes
+/// cannot tell (a blob deleted behind kura's back, a hosted link gone) is
+/// set right within a day.
+const LEDGER_REBUILD_MS: u64 = 24 * 3600 * 1000;
+
+/// What eviction passes know of the cache between them ([`layout::LEDGER`]),
+/// kept up to date by folding in `Change`s, so that a pass costs what
+/// changed instead of a listing of the whole cache.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    /// When a full listing last rebuilt it (the evictor's clock).
+    built_ms: u64,
+    /// Evictable mirrored layers: digest → (size, last use).
+    blobs: BTreeMap<String, (u64, u64)>,
+    /// Never evicted: linked by a hosted repository, or as a manifest.
+    kept: BTreeSet<String>,
+}
+
+impl Ledger {
+    fn decode(raw: &[u8]) -> Option<Ledger> {
+        serde_json::from_slice(raw).ok()
+    }
+
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn fold(&mut self, change: &Change) {
+        match change {
+            Change::Filled {
+                digest,
+                size,
+                at_ms,
+            } => {
+                if !self.kept.contains(digest) {
+                    let e = self.blobs.entry(digest.clone()).or_insert((*size, 0));
+                    *e = (*size, e.1.max(*at_ms));
+                }
+            }
+            Change::Used { digest, at_ms } => {
+                if let Some(e) = self.blobs.get_mut(digest) {
+                    e.1 = e.1.max(*at_ms);
+                }
+            }
+            Change::Kept { digest } => {
+                self.blobs.remove(digest);
+                self.kept.insert(digest.clone());
             }
         }
-        candidates.sort();
-        for (used, size, key, digest) in candidates {
-            if total <= max_size {
-                break;
-            }
-            if now.saturating_sub(used) < grace_ms || in_flight.contains(&digest) {
-                continue;
-            }
-            self.store.storage.delete(&key).await?;
-            stored.remove(&digest);
-            self.store.storage.delete(&layout::access(&digest)).await?;
-            self.mirrors.recency.lock_blobs().remove(&digest);
-            total -= size;
-            report.evicted_blobs += 1;
-            report.evicted_bytes += size;
-        }
-        // A crash between a blob's delete and its record's leaves the
-        // record behind; nothing else would ever remove it.
-        for key in self.store.storage.list(layout::ACCESS_PREFIX).await? {
-            match layout::access_digest(&key) {
-                Some(d) if stored.contains(&d) || in_flight.contains(&d) => {}
-                _ => self.store.storage.delete(&key).await?,
-            }
-        }
-        metrics::add(&self.store.metrics.evictions, report.evicted_blobs as u64);
-        self.store
-            .metrics
-            .cache_size_bytes
-            .store(total, std::sync::atomic::Ordering::Relaxed);
-        Ok(report)
+    }
+
+    fn total(&self) -> u64 {
+        self.blobs.values().map(|(size, _)| size).sum()
     }
 }

@@ -22,6 +22,7 @@ use crate::mirror::upstream::Upstream;
 use crate::model::digest::{self, Digest, Hasher};
 use crate::model::reference::RepositoryName;
 use crate::model::upload::{UploadId, UploadState};
+use crate::store::changes::{self, Change};
 use crate::store::layout;
 use crate::store::{error_stream, join_objects, Result};
 use crate::wire::{self};
@@ -775,15 +776,13 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                 PutMode::Overwrite,
             )
             .await?;
-        // The fill is the blob's first use (the registry's in-memory
-        // recency learns it from its first read of this record).
-        self.storage
-            .put(
-                &layout::access(&self.digest),
-                Bytes::from(self.host.now_unix_ms().to_string()),
-                PutMode::Overwrite,
-            )
-            .await?;
+        // The fill is the blob's first use.
+        let filled = Change::Filled {
+            digest: self.digest.to_string(),
+            size,
+            at_ms: self.host.now_unix_ms(),
+        };
+        changes::record(&*self.storage, &*self.host, &filled).await?;
         Ok(())
     }
 }

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use super::Mirror;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
-use crate::io::storage::{PutMode, Storage};
+use crate::io::storage::Storage;
 use crate::model::digest::Digest;
 use crate::model::manifest;
+use crate::store::changes::Change;
 use crate::store::layout;
 use crate::store::Result;
 
@@ -19,8 +20,9 @@ use crate::store::Result;
 ///
 /// Every use updates memory; storage gets the time at most once per blob per
 /// [`RegistryConfig::access_record_interval_ms`](crate::RegistryConfig), as
-/// [`layout::access`], so recency survives a restart and a later process
-/// (or another process on the same storage) sees it. A pull of a manifest
+/// a `Change::Used` for the next eviction pass, so recency survives a
+/// restart and a later process (or another process on the same storage)
+/// sees it. A pull of a manifest
 /// counts as a use of everything it references, at most once per manifest
 /// per interval (it is parsed to find them).
 #[derive(Default)]
@@ -65,12 +67,10 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             // fail the request that used the blob.
             let _ = self
                 .store
-                .storage
-                .put(
-                    &layout::access(digest),
-                    Bytes::from(now.to_string()),
-                    PutMode::Overwrite,
-                )
+                .record_change(&Change::Used {
+                    digest: digest.to_string(),
+                    at_ms: now,
+                })
                 .await;
         }
     }
@@ -101,23 +101,23 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         }
     }
 
-    /// The last use of `digest`: the later of what this process saw and
-    /// what storage records (any process sharing it may have written it
-    /// since), or 0.
-    pub(super) async fn last_use(&self, digest: &Digest) -> Result<u64> {
-        let seen = self
-            .mirrors
+    /// When this process last used `digest`, or 0.
+    pub(super) fn used_here(&self, digest: &Digest) -> u64 {
+        self.mirrors
             .recency
             .lock_blobs()
             .get(digest)
-            .map_or(0, |u| u.used_ms);
-        let recorded = self
+            .map_or(0, |u| u.used_ms)
+    }
+
+    /// The use an older kura recorded for `digest` (`access/` records), or 0.
+    pub(super) async fn recorded_use(&self, digest: &Digest) -> Result<u64> {
+        Ok(self
             .store
             .storage
             .read(&layout::access(digest))
             .await?
             .and_then(|raw| std::str::from_utf8(&raw).ok()?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(seen.max(recorded))
+            .unwrap_or(0))
     }
 }

@@ -11,7 +11,9 @@
 //! repositories/<name>/_cache/tag-checks/<tag>              the lease of an upstream check of a tag in progress
 //! repositories/<name>/_fills/<alg>/<hex>                   the lease of a blob fill in progress (JSON)
 //! catalog/<name>/_repository                              one marker per repository, for _catalog
-//! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal), for eviction
+//! access/<alg>/<hex>                                       when a mirrored blob was last used (ms, decimal): older kura, read once by eviction
+//! cache/changes/<ms>-<random>                              a blob filled, used or kept by a hosted repository since the last eviction pass (JSON)
+//! cache/ledger                                             the evictor's record of cached blobs: sizes, last uses, what is kept (JSON)
 //! leases/evictor                                           held by the process running an eviction pass
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
@@ -51,6 +53,19 @@ pub(crate) fn blob_digest(key: &str) -> Option<Digest> {
 
 /// Held (created only if absent) by the process running an eviction pass.
 pub(crate) const EVICTOR_LEASE: &str = "leases/evictor";
+
+/// The prefix of every [`change`] key.
+pub(crate) const CHANGES_PREFIX: &str = "cache/changes/";
+
+/// One change to the cache since the last eviction pass, at `ms` (the
+/// writer's clock, zero-padded so that keys list in time order per writer),
+/// `nonce` telling writers apart.
+pub(crate) fn change(ms: u64, nonce: &str) -> String {
+    format!("{CHANGES_PREFIX}{ms:013}-{nonce}")
+}
+
+/// What eviction passes know of the cache between them.
+pub(crate) const LEDGER: &str = "cache/ledger";
 
 /// The prefix of every [`access`] key.
 pub(crate) const ACCESS_PREFIX: &str = "access/";

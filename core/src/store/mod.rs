@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::model::reference::{Reference, RepositoryName};
 use crate::model::upload::UploadId;
 
+pub(crate) mod changes;
 pub(crate) mod layout;
 pub(crate) mod memo;
 mod repo;

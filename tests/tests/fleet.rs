@@ -266,12 +266,13 @@ fn a_chunked_push_spread_over_three_instances_completes() {
 
 /// Three instances on one bucket, 64 clients spread over them asking for
 /// one cold blob at once: the upstream sends it once, every client gets
-/// every byte. 32 MiB here; `KURA_FLEET_BLOB_MIB=200` for the full size
+/// every byte. 32 MiB here; `FLEET_TEST_BLOB_MIB=200` for the full size
+/// (not `KURA_…`: kura reads those as its configuration)
 /// (12.5 GiB served and hashed: minutes on two cores, so by hand).
 /// (`cargo xtask bench --only fleet` measures it.)
 #[test]
 fn sixty_four_cold_gets_over_three_instances_make_one_upstream_fetch() {
-    let size_mib: u64 = std::env::var("KURA_FLEET_BLOB_MIB")
+    let size_mib: u64 = std::env::var("FLEET_TEST_BLOB_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);

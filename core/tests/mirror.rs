@@ -2136,3 +2136,132 @@ fn a_reader_of_a_dead_holders_bytes_is_cut_off_at_the_takeover() {
         first.len()
     );
 }
+
+/// `S`, counting reads of upload-area objects (a fill's spool).
+struct SpoolReads<S> {
+    inner: Arc<S>,
+    gets: AtomicUsize,
+}
+
+#[async_trait]
+impl<S: Storage<Body = ByteStream>> Storage for SpoolReads<S> {
+    type Body = ByteStream;
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<kura_core::storage::ObjectMeta>, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
+        if key.starts_with("uploads/") {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get(key, range).await
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        self.inner.put_stream(key, data).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.inner.rename(from, to).await
+    }
+    fn can_append(&self) -> bool {
+        self.inner.can_append()
+    }
+    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
+        self.inner.append(key, offset, parts).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn list_meta(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<kura_core::storage::ListEntry>, StorageError> {
+        self.inner.list_meta(prefix).await
+    }
+    fn body_stream(body: ByteStream) -> ByteStream {
+        body
+    }
+}
+
+/// Clients of a process following another's fill are served from one copy
+/// in memory of what was spooled, not each with reads of their own from
+/// storage (which, on S3, made the holder's commit queue behind them).
+#[test]
+fn a_followers_clients_share_one_read_of_the_spool() {
+    const CLIENTS: usize = 6;
+    let s = setup(60_000);
+    let layer = data(3 * 1024 * 1024 + 11, 86);
+    let (_, d) = push_image(
+        &s.upstream,
+        "fleet/share",
+        "v1",
+        std::slice::from_ref(&layer),
+    );
+    let (open, gate) = gate();
+    let shared = Arc::new(GatedCommit {
+        inner: MemoryStorage::new(),
+        gate,
+    });
+    let counted = Arc::new(SpoolReads {
+        inner: shared.clone(),
+        gets: AtomicUsize::new(0),
+    });
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.not_found_ttl_ms = 0;
+    let a = Registry::builder(shared.clone(), TestHost::at(1_000_000))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config.clone()])
+        .build()
+        .unwrap();
+    let b = Registry::builder(counted.clone(), TestHost::at(1_000_000).seeded(7))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap();
+    let uri = format!("/v2/up.local/fleet/share/blobs/{}", d[1]);
+    let lease = fill_lease_key("up.local/fleet/share", &d[1]);
+    let (a, b, uri) = (&a, &b, uri.as_str());
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(move || call(a, Method::GET, uri));
+        let mut held = false;
+        for _ in 0..1000 {
+            if block_on(shared.head(&lease)).unwrap().is_some() {
+                held = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(held, "A took no lease");
+        // The commit is held: every byte B's clients get comes from the
+        // spool (or from B's copy of it).
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| scope.spawn(move || call(b, Method::GET, uri)))
+            .collect();
+        for c in clients {
+            let r = c.join().unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.bytes() == layer.as_slice(), "wrong bytes");
+        }
+        assert!(
+            block_on(shared.head(&blob_key(&d[1]))).unwrap().is_none(),
+            "stored already: the test proves nothing"
+        );
+        drop(open);
+        assert!(holder.join().unwrap().bytes() == layer.as_slice());
+    });
+    let reads = counted.gets.load(Ordering::SeqCst);
+    assert!(
+        reads < CLIENTS,
+        "{reads} reads of the spool for {CLIENTS} clients"
+    );
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+}

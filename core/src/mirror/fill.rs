@@ -37,6 +37,9 @@ use crate::wire::{self};
 #[derive(Default)]
 pub(crate) struct Fills {
     flights: Mutex<HashMap<FlightKey, Arc<BlobFlight>>>,
+    /// Bytes of other processes' fills held in memory for clients here,
+    /// across every followed fill (at most `FOLLOWED_IN_MEMORY_TOTAL`).
+    followed_in_memory: std::sync::atomic::AtomicU64,
 }
 
 /// What [`Fills::claim`] decided for a request.
@@ -62,6 +65,26 @@ impl Fills {
         flight.moved(now_ms);
         flights.insert(key, flight.clone());
         Claim::Lead(flight)
+    }
+
+    /// Count `n` more bytes of followed fills in memory, if the budget
+    /// allows.
+    fn hold_followed(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.followed_in_memory
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held + n <= FOLLOWED_IN_MEMORY_TOTAL).then_some(held + n)
+            })
+            .is_ok()
+    }
+
+    fn release_followed(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .followed_in_memory
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                Some(held.saturating_sub(n))
+            });
     }
 
     pub(crate) fn is_filling(&self, key: &FlightKey) -> bool {
@@ -127,7 +150,9 @@ pub(crate) struct FlightState {
     pub(super) size: Option<u64>,
     pub(super) received: u64,
     pub(super) spooled: Vec<Spooled>,
-    /// Received but not yet spooled, as `(offset, bytes)`.
+    /// Received but not yet spooled, as `(offset, bytes)`; when following
+    /// another process's fill, the newest spooled bytes (up to
+    /// `FOLLOWED_IN_MEMORY`), read once for every client here.
     pub(super) tail: Vec<(u64, Bytes)>,
     /// Readers may read to the end before the commit: another process's
     /// fill said every byte is spooled and hashed to the digest, and every
@@ -296,17 +321,20 @@ impl BlobFlight {
         }
         .min(end.unwrap_or(u64::MAX));
         if pos < readable {
-            for sp in &s.spooled {
-                if pos >= sp.offset && pos < sp.offset + sp.len {
-                    let to = (sp.offset + sp.len).min(readable);
-                    return Step::Spool(sp.key.clone(), pos - sp.offset..to - sp.offset);
-                }
-            }
+            // Memory first: a follower's copy of the newest spooled bytes
+            // overlaps the spool, and serves its clients without a read
+            // each from storage.
             for (off, b) in &s.tail {
                 let (off, len) = (*off, b.len() as u64);
                 if pos >= off && pos < off + len {
                     let to = (off + len).min(readable);
                     return Step::Bytes(b.slice((pos - off) as usize..(to - off) as usize));
+                }
+            }
+            for sp in &s.spooled {
+                if pos >= sp.offset && pos < sp.offset + sp.len {
+                    let to = (sp.offset + sp.len).min(readable);
+                    return Step::Spool(sp.key.clone(), pos - sp.offset..to - sp.offset);
                 }
             }
         }
@@ -385,6 +413,43 @@ pub(super) struct Fill<S, F, H> {
     pub(super) metrics: Arc<Metrics>,
     /// How long the fill's storage lease lasts unrenewed.
     pub(super) lease_ms: u64,
+}
+
+/// How many of the newest bytes of another process's fill a follower holds
+/// in memory for its clients (older ones they read from the spool): with
+/// them, N clients of a follower cost one read of each spooled byte instead
+/// of N, and the holder's commit does not queue behind those reads.
+const FOLLOWED_IN_MEMORY: u64 = 64 * 1024 * 1024;
+
+/// The same, for all fills a process follows at once.
+const FOLLOWED_IN_MEMORY_TOTAL: u64 = 256 * 1024 * 1024;
+
+/// Bytes `range` of a spool, read from its `parts` (in offset order); `None`
+/// if a part is gone (the blob was committed meanwhile) or unreadable.
+async fn read_parts<S: Storage>(
+    storage: &S,
+    parts: &[Spooled],
+    range: std::ops::Range<u64>,
+) -> Option<(u64, Bytes)> {
+    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    for p in parts {
+        let (from, to) = (range.start.max(p.offset), range.end.min(p.offset + p.len));
+        if from >= to {
+            continue;
+        }
+        let (_, body) = storage
+            .get(&p.key, Some(from - p.offset..to - p.offset))
+            .await
+            .ok()??;
+        let bytes = body::collect_limited(S::body_stream(body), (to - from) as usize)
+            .await
+            .ok()?;
+        if bytes.len() as u64 != to - from {
+            return None;
+        }
+        out.extend_from_slice(&bytes);
+    }
+    (out.len() as u64 == range.end - range.start).then(|| (range.start, out.freeze()))
 }
 
 /// How following another process's fill ended.
@@ -485,6 +550,23 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// Follow another process's fill: its spooled parts become this
     /// flight's, so this process's clients read them as they land.
     async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord) -> Watched {
+        let mut held = 0;
+        let watched = self.watch_spool(lease, first, &mut held).await;
+        // Clients here read the stored blob from now on (or this process
+        // fills afresh, into a tail of its own).
+        self.flight.update(|s| s.tail.clear());
+        self.fills.release_followed(held);
+        watched
+    }
+
+    /// [`Self::watch`], counting in `held` the followed bytes it keeps in
+    /// memory.
+    async fn watch_spool(
+        &self,
+        lease: &StoredLease<S, H>,
+        first: LeaseRecord,
+        held: &mut u64,
+    ) -> Watched {
         metrics::inc(&self.metrics.fills_followed_elsewhere);
         let mut seen = first;
         let mut seen_at = self.host.now_unix_ms();
@@ -553,9 +635,33 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                         // to serve whether or not it still lives.
                         let whole = seen.verified && seen.size == Some(contiguous);
                         let serve = alive || whole;
-                        let moved = serve && contiguous > self.flight.lock().received;
+                        let had = self.flight.lock().received;
+                        let moved = serve && contiguous > had;
+                        let from = had.max(contiguous.saturating_sub(FOLLOWED_IN_MEMORY));
+                        let newest = if moved && self.fills.hold_followed(contiguous - from) {
+                            let read = read_parts(&*self.storage, &parts, from..contiguous).await;
+                            match read {
+                                Some(_) => *held += contiguous - from,
+                                None => self.fills.release_followed(contiguous - from),
+                            }
+                            read
+                        } else {
+                            None
+                        };
+                        let mut dropped = 0;
                         if serve {
                             self.flight.update(|s| {
+                                if let Some(b) = newest {
+                                    s.tail.push(b);
+                                    // Oldest out, down to the budget.
+                                    let keep_from = contiguous.saturating_sub(FOLLOWED_IN_MEMORY);
+                                    let before: u64 =
+                                        s.tail.iter().map(|(_, b)| b.len() as u64).sum();
+                                    s.tail.retain(|(off, b)| off + b.len() as u64 > keep_from);
+                                    let after: u64 =
+                                        s.tail.iter().map(|(_, b)| b.len() as u64).sum();
+                                    dropped = before - after;
+                                }
                                 s.started = seen.started;
                                 s.size = seen.size;
                                 s.received = contiguous;
@@ -567,6 +673,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                                     && seen.size.is_some_and(|size| contiguous == size);
                             });
                         }
+                        *held -= dropped.min(*held);
+                        self.fills.release_followed(dropped);
                         moved
                     }
                     Err(_) => false,

@@ -260,6 +260,26 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                     "fleet: a cold GET returned the wrong length: {sizes:?}"
                 );
                 let gets = upstream.blob_gets_of("bench/medium", digest) - before;
+                // What the instances counted as fetched from the upstream
+                // (followers count nothing: they read the holder's spool).
+                let upstream_bytes: f64 = ms
+                    .iter()
+                    .map(|m| {
+                        kura_tests::http_client()
+                            .get(format!("{}/metrics", m.url))
+                            .send()
+                            .and_then(|r| r.text())
+                            .unwrap_or_default()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("kura_upstream_bytes_total ")?
+                                    .trim()
+                                    .parse::<f64>()
+                                    .ok()
+                            })
+                            .unwrap_or(0.0)
+                    })
+                    .sum();
                 // haproxy logs a request once it ends: the fills' last
                 // requests (commit, lease release) end after the clients'.
                 std::thread::sleep(std::time::Duration::from_millis(500));
@@ -281,6 +301,11 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                     )
                 };
                 t.add(&what("upstream GETs"), "kura", gets as f64);
+                t.add(
+                    &what("upstream bytes (MiB)"),
+                    "kura",
+                    upstream_bytes / (1024.0 * 1024.0),
+                );
                 t.add(&what("last byte (s)"), "kura", secs);
                 t.add(&what("peak RSS per instance (MiB)"), "kura", rss);
                 t.add(

@@ -143,6 +143,14 @@ pub struct RegistryConfig {
     /// its spool, and take the fill over once the lease has not changed
     /// for this long (its holder died).
     pub fill_lease_ms: u64,
+    /// Eviction passes ([`crate::Registry::evict`]) run on this storage, in
+    /// this process or another sharing it: record what they must learn
+    /// (blobs filled and used, blobs a hosted repository keeps) as small
+    /// change objects, so that a pass reads what changed instead of
+    /// listing the cache. Off (the default), nothing is recorded and every
+    /// pass lists the whole cache. Every process sharing a storage should
+    /// say the same.
+    pub records_changes: bool,
 }
 
 impl Default for RegistryConfig {
@@ -154,6 +162,7 @@ impl Default for RegistryConfig {
             manifest_cache_bytes: 16 * 1024 * 1024,
             access_record_interval_ms: 5 * 60 * 1000,
             fill_lease_ms: DEFAULT_FILL_LEASE_MS,
+            records_changes: false,
         }
     }
 }

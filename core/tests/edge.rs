@@ -584,3 +584,69 @@ fn a_long_fill_inside_hold_keeps_its_lease() {
     );
     assert_eq!(s.blob_gets.load(Ordering::SeqCst), 1);
 }
+
+/// A request waiting for another isolate's fill that goes away (its client
+/// left) does not fail the requests of its isolate that waited with it:
+/// they look again, and the fill elsewhere goes on.
+#[test]
+fn a_waiter_that_goes_away_does_not_fail_the_others_of_its_isolate() {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, 20_000);
+    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let d = push_blob(&s.upstream, b"waited for elsewhere");
+    let FillClaim::Lead(_lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
+        panic!("lead");
+    };
+    let mb = miss_on(&b, &d);
+    let FillClaim::Follow(waiter) = block_on(b.claim_fill(&mb)) else {
+        panic!("follow the lease elsewhere");
+    };
+    let FillClaim::Follow(with_it) = block_on(b.claim_fill(&mb)) else {
+        panic!("follow the waiter here");
+    };
+    drop(waiter);
+    block_on(b.follow_fill(with_it)).expect("look again, not a failure");
+}
+
+/// A filler whose upstream stalls (no bytes for `STALLED_FILL_MS`) stops
+/// renewing its lease: another isolate takes the fill over instead of
+/// waiting as long as the stalled request lives.
+#[test]
+fn a_stalled_fill_stops_renewing_and_is_taken_over() {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, 2_000);
+    let b = isolate(&s, storage.clone(), 2, 2_000);
+    let d = push_blob(&s.upstream, b"a stalled upstream");
+    let FillClaim::Lead(lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
+        panic!("lead");
+    };
+    let FillClaim::Follow(f) = block_on(b.claim_fill(&miss_on(&b, &d))) else {
+        panic!("follow");
+    };
+    let done = block_on(async {
+        let stalled = lease.hold(std::future::pending::<()>());
+        let follow = b.follow_fill(f);
+        let clock = async {
+            // A second on both clocks per 10 ms of real time (the
+            // follower's longer pauses are real), for 400 seconds.
+            for _ in 0..400 {
+                for h in [a.host(), b.host()] {
+                    h.clock.fetch_add(1_000, Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                a.host().sleep(10).await;
+            }
+        };
+        futures::pin_mut!(stalled, follow, clock);
+        let watched = futures::future::select(follow, clock);
+        match futures::future::select(watched, stalled).await {
+            futures::future::Either::Left((futures::future::Either::Left((r, _)), _)) => Some(r),
+            _ => None,
+        }
+    });
+    let followed = done.expect("the follower still waits on a stalled fill");
+    followed.expect("taken over: look again");
+    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
+}

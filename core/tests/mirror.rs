@@ -231,6 +231,14 @@ struct Setup {
     mirror: Mirror,
 }
 
+/// A mirror's registry configuration: eviction passes run here, so fills
+/// and uses are recorded for them.
+fn evicting() -> RegistryConfig {
+    let mut c = RegistryConfig::default();
+    c.records_changes = true;
+    c
+}
+
 fn setup(tag_ttl_ms: u64) -> Setup {
     let upstream = Arc::new(Registry::new(
         MemoryStorage::new(),
@@ -250,6 +258,7 @@ fn setup(tag_ttl_ms: u64) -> Setup {
     config.not_found_ttl_ms = 0;
     let host = TestHost::at(1_000_000);
     let mirror = Registry::builder(MemoryStorage::new(), host)
+        .config(evicting())
         .mirror(LocalFetch(fetch.clone()), vec![config])
         .build()
         .unwrap();
@@ -506,6 +515,7 @@ fn mirror_on_host(
     config.tag_ttl_ms = 60_000;
     config.not_found_ttl_ms = 0;
     Registry::builder(storage, host)
+        .config(evicting())
         .mirror(LocalFetch(s.fetch.clone()), vec![config])
         .build()
         .unwrap()
@@ -524,6 +534,7 @@ fn mirror_with(
     config.not_found_ttl_ms = 0;
     edit(&mut config);
     Registry::builder(storage, TestHost::at(now_ms))
+        .config(evicting())
         .mirror(LocalFetch(s.fetch.clone()), vec![config])
         .build()
         .unwrap()
@@ -725,6 +736,7 @@ fn an_eviction_pass_reads_what_changed_not_the_whole_cache() {
     let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
     config.not_found_ttl_ms = 0;
     let mirror = Registry::builder(storage.clone(), TestHost::at(1_000_000))
+        .config(evicting())
         .mirror(LocalFetch(s.fetch.clone()), vec![config])
         .build()
         .unwrap();
@@ -2264,4 +2276,37 @@ fn a_followers_clients_share_one_read_of_the_spool() {
         "{reads} reads of the spool for {CLIENTS} clients"
     );
     assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+/// A registry whose storage nobody evicts from records nothing for
+/// eviction (change records would pile up forever), and a pass run on it
+/// anyway lists the whole cache every time.
+#[test]
+fn without_eviction_nothing_is_recorded_and_passes_list_everything() {
+    let s = setup(60_000);
+    let (_, d) = push_image(&s.upstream, "quiet", "v1", &[data(10_000, 90)]);
+    let storage = Arc::new(MemoryStorage::new());
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.not_found_ttl_ms = 0;
+    let mirror = Registry::builder(storage.clone(), TestHost::at(1_000_000))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap();
+    let url = format!("/v2/up.local/quiet/blobs/{}", d[1]);
+    for _ in 0..2 {
+        assert_eq!(call(&mirror, Method::GET, &url).status, StatusCode::OK);
+    }
+    let hosted = block_on(call_async(
+        &mirror,
+        Method::POST,
+        &format!("/v2/mine/blobs/uploads/?digest={}", d[1]),
+        data(10_000, 90).into(),
+    ));
+    assert_eq!(hosted.status, StatusCode::CREATED);
+    let changes = block_on(storage.list("cache/")).unwrap();
+    assert!(changes.is_empty(), "{changes:?}");
+    for _ in 0..2 {
+        let r = block_on(mirror.evict(u64::MAX, 0)).unwrap();
+        assert!(r.full_listing, "{r:?}");
+    }
 }

@@ -41,15 +41,24 @@ impl<S: Storage, H: Host> Store<S, H> {
                     .await?
                     .is_some();
                 if linked && self.storage.head(&layout::blob(&digest)).await?.is_some() {
-                    self.link_kept_blob(name, &digest).await?;
-                    return Ok(self.blob_created(name, &digest));
+                    self.keep_blob(&digest).await?;
+                    self.link_blob(name, &digest).await?;
+                    // Evicted between the look and the keep: not mountable
+                    // after all.
+                    if self.storage.head(&layout::blob(&digest)).await?.is_some() {
+                        return Ok(self.blob_created(name, &digest));
+                    }
+                    self.storage
+                        .delete(&layout::layer_link(name, &digest))
+                        .await?;
                 }
             }
             // Not mountable: the spec says fall back to a normal session.
         } else if let Some(d) = wire::query_param(uri, "digest") {
             let digest = Digest::parse(&d?)?;
+            self.keep_blob(&digest).await?;
             self.store_blob(&digest, body).await?;
-            self.link_kept_blob(name, &digest).await?;
+            self.link_blob(name, &digest).await?;
             return Ok(self.blob_created(name, &digest));
         }
 
@@ -252,6 +261,9 @@ impl<S: Storage, H: Host> Store<S, H> {
             RegistryError::new(ErrorCode::BlobUploadInvalid, format!("reading body: {e}"))
         })?;
 
+        // Before the blob is written: an eviction pass that did not see
+        // this yet cannot have chosen the blob we are about to write.
+        self.keep_blob(&digest).await?;
         if state.chunks.is_empty() {
             // Monolithic: nothing staged, so the body goes straight to its
             // final place through the verifier.
@@ -278,7 +290,7 @@ impl<S: Storage, H: Host> Store<S, H> {
                 return Err(e);
             }
         }
-        self.link_kept_blob(name, &digest).await?;
+        self.link_blob(name, &digest).await?;
         self.remove_upload(id).await?;
         Ok(self.blob_created(name, &digest))
     }

@@ -143,6 +143,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             fills: self.mirrors.fills.clone(),
             metrics: self.store.metrics.clone(),
             lease_ms: self.store.config.fill_lease_ms,
+            records_changes: self.store.config.records_changes,
         };
         self.store.host.spawn(Box::pin(fill.run()));
         flight

@@ -126,6 +126,9 @@ pub struct FillLease<S: Storage, H: Host> {
     settled: AtomicBool,
     /// The lease in storage, when the storage takes create-only puts.
     stored: Option<Arc<StoredLease<S, H>>>,
+    /// Held only to wait for another process's fill (`Elsewhere`): whatever
+    /// ends the wait, requests here look again.
+    waits_elsewhere: bool,
 }
 
 impl<S: Storage, H: Host> FillLease<S, H> {
@@ -147,7 +150,14 @@ impl<S: Storage, H: Host> FillLease<S, H> {
             let every = (stored.lifetime_ms / 4).max(1);
             loop {
                 self.host.sleep(every).await;
-                if !stored.renew(&self.flight).await {
+                // A fill that moves no bytes (its upstream stalled) stops
+                // renewing, so that other processes take it over instead of
+                // waiting on it as long as its client stays.
+                let idle = self
+                    .host
+                    .now_unix_ms()
+                    .saturating_sub(self.flight.moved_ms());
+                if idle > STALLED_FILL_MS || !stored.renew(&self.flight).await {
                     // Taken over (this fill was slow to be seen): go on,
                     // the blob is verified either way; stop renewing.
                     std::future::pending::<()>().await;
@@ -203,6 +213,11 @@ impl<S: Storage, H: Host> FillLease<S, H> {
 impl<S: Storage, H: Host> Drop for FillLease<S, H> {
     fn drop(&mut self) {
         if self.settled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.waits_elsewhere {
+            // The waiting request went away; the fill elsewhere goes on.
+            self.fills.settle(&self.key, &self.flight, Ok(()));
             return;
         }
         // The request that held it went away (its client left before the
@@ -378,6 +393,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             metrics: self.store.metrics.clone(),
             settled: AtomicBool::new(false),
             stored: None,
+            waits_elsewhere: false,
         };
         // The holder's name in the lease: the host moves the bytes, so
         // there is no spool to follow, only the lease to watch.
@@ -411,6 +427,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             Claimed::Elsewhere(seen) => {
                 metrics::inc(&self.store.metrics.fills_followed_elsewhere);
                 here.progress();
+                here.waits_elsewhere = true;
                 FillClaim::Follow(FillFollower {
                     fills: here.fills.clone(),
                     key: here.key.clone(),
@@ -492,7 +509,13 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                         "the fill of {} for {} stopped renewing its lease; taking it over",
                         e.here.key.1, e.here.key.0
                     ));
-                    let _ = storage.delete(&e.lease.key).await;
+                    // Unless another watcher took it over meanwhile: its
+                    // fresh lease is not ours to delete.
+                    if let Ok(Some(again)) = e.lease.read().await {
+                        if again == seen {
+                            let _ = storage.delete(&e.lease.key).await;
+                        }
+                    }
                     break;
                 }
                 _ => {}

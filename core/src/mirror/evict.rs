@@ -85,19 +85,28 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         grace_ms: u64,
         mut report: EvictionReport,
     ) -> Result<EvictionReport> {
+        use std::sync::atomic::Ordering;
         let storage = &self.store.storage;
         let now = self.store.host.now_unix_ms();
-        let (mut folded, changes) = self.changes(&[]).await?;
-        let mut ledger = match storage.read(layout::LEDGER).await? {
-            Some(raw) => Ledger::decode(&raw)
+        let (keys, changes) = self.changes(&HashSet::new()).await?;
+        let mut folded: HashSet<String> = keys.into_iter().collect();
+        // Changes are trusted only while they are recorded, and since this
+        // process last rebuilt the ledger (before it started, a process
+        // sharing the storage may not have recorded them).
+        let trusted =
+            self.store.config.records_changes && self.mirrors.ledger_rebuilt.load(Ordering::SeqCst);
+        let ledger = match storage.read(layout::LEDGER).await? {
+            Some(raw) if trusted => Ledger::decode(&raw)
                 .filter(|l| l.built_ms <= now && now - l.built_ms < LEDGER_REBUILD_MS),
-            None => None,
+            _ => None,
         };
-        if ledger.is_none() {
-            ledger = Some(self.rebuild(now).await?);
-            report.full_listing = true;
-        }
-        let mut ledger = ledger.unwrap_or_default();
+        let (mut ledger, legacy) = match ledger {
+            Some(l) => (l, Vec::new()),
+            None => {
+                report.full_listing = true;
+                self.rebuild(now).await?
+            }
+        };
         for c in &changes {
             ledger.fold(c);
         }
@@ -132,20 +141,23 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 victims.push((d, used));
                 total -= size;
             }
-            // Changes written while this pass chose: a victim used or kept
-            // since is spared.
-            let (more, late) = self.changes(&folded).await?;
-            folded.extend(more);
-            for c in &late {
-                ledger.fold(c);
-            }
             total = ledger.total();
             for (d, used) in victims {
+                // Changes written since this pass looked, read right before
+                // each delete: a victim used or kept (pushed to a hosted
+                // repository) since is spared.
+                let (more, late) = self.changes(&folded).await?;
+                folded.extend(more);
+                for c in &late {
+                    ledger.fold(c);
+                }
                 let key = d.to_string();
                 let Some(&(size, now_used)) = ledger.blobs.get(&key) else {
+                    total = ledger.total();
                     continue;
                 };
                 if now_used != used {
+                    total = ledger.total();
                     continue;
                 }
                 ledger.blobs.remove(&key);
@@ -168,7 +180,11 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         storage
             .put(layout::LEDGER, ledger.encode(), PutMode::Overwrite)
             .await?;
-        for key in folded {
+        if report.full_listing {
+            self.mirrors.ledger_rebuilt.store(true, Ordering::SeqCst);
+        }
+        // The ledger holds what these said now.
+        for key in folded.into_iter().chain(legacy) {
             storage.delete(&key).await?;
         }
         metrics::add(&self.store.metrics.evictions, report.evicted_blobs as u64);
@@ -181,7 +197,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
 
     /// The changes under `cache/changes/` not in `seen`: their keys, and the
     /// changes (unreadable ones are skipped, and deleted with the rest).
-    async fn changes(&self, seen: &[String]) -> Result<(Vec<String>, Vec<Change>)> {
+    async fn changes(&self, seen: &HashSet<String>) -> Result<(Vec<String>, Vec<Change>)> {
         let mut keys = Vec::new();
         let mut changes = Vec::new();
         for key in self.store.storage.list(layout::CHANGES_PREFIX).await? {
@@ -200,7 +216,9 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     /// (mirrored layers nothing else links), what is kept, and when each
     /// was last used (the previous ledger's record, an older kura's
     /// `access/` record, or when it was written, whichever is latest).
-    async fn rebuild(&self, now: u64) -> Result<Ledger> {
+    /// Also returns the `access/` keys read, to delete once the ledger is
+    /// saved.
+    async fn rebuild(&self, now: u64) -> Result<(Ledger, Vec<String>)> {
         let storage = &self.store.storage;
         let previous = storage
             .read(layout::LEDGER)
@@ -249,12 +267,8 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             }
             ledger.blobs.insert(name, (e.size, used));
         }
-        // The ledger holds what they said now (saved by the caller before
-        // the next pass could miss it, a crash costing only this).
-        for d in recorded {
-            storage.delete(&layout::access(&d)).await?;
-        }
-        Ok(ledger)
+        let legacy = recorded.iter().map(layout::access).collect();
+        Ok((ledger, legacy))
     }
 }
 

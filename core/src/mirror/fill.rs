@@ -413,6 +413,8 @@ pub(super) struct Fill<S, F, H> {
     pub(super) metrics: Arc<Metrics>,
     /// How long the fill's storage lease lasts unrenewed.
     pub(super) lease_ms: u64,
+    /// Record the fill for eviction passes (`RegistryConfig::records_changes`).
+    pub(super) records_changes: bool,
 }
 
 /// How many of the newest bytes of another process's fill a follower holds
@@ -588,6 +590,8 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                     if record.spool != seen.spool {
                         // Taken over: the new holder starts from byte 0.
                         self.flight.update(FlightState::restart);
+                        // (The restart dropped what was held in memory.)
+                        self.fills.release_followed(std::mem::take(held));
                         spool = UploadId::parse(&record.spool);
                         listed_first = None;
                     }
@@ -890,7 +894,9 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             size,
             at_ms: self.host.now_unix_ms(),
         };
-        changes::record(&*self.storage, &*self.host, &filled).await?;
+        if self.records_changes {
+            changes::record(&*self.storage, &*self.host, &filled).await?;
+        }
         Ok(())
     }
 }

@@ -90,6 +90,10 @@ pub(crate) struct Mirrors<F, H> {
     manifest_flights: Flights,
     /// Who fills which blob, for the core's own fills and the host's alike.
     fills: Arc<Fills>,
+    /// An eviction pass of this process has rebuilt the ledger from a full
+    /// listing: later passes may trust it and read only the changes (before
+    /// this process, changes may not have been recorded).
+    ledger_rebuilt: std::sync::atomic::AtomicBool,
 }
 
 type FlightKey = (RepositoryName, Digest);
@@ -119,6 +123,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             warned: WarnLimit::default(),
             manifest_flights: Flights::default(),
             fills: Arc::default(),
+            ledger_rebuilt: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

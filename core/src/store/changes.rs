@@ -56,21 +56,22 @@ pub(crate) async fn record<S: Storage, H: Host>(
 }
 
 impl<S: Storage, H: Host> Store<S, H> {
-    /// Write `change` for the next eviction pass.
+    /// Write `change` for the next eviction pass, if passes read changes
+    /// ([`crate::RegistryConfig::records_changes`]).
     pub(crate) async fn record_change(&self, change: &Change) -> Result<()> {
+        if !self.config.records_changes {
+            return Ok(());
+        }
         Ok(record(&*self.storage, &*self.host, change).await?)
     }
 
-    /// Record that a hosted repository keeps `digest`, then link it there.
-    pub(crate) async fn link_kept_blob(
-        &self,
-        name: &crate::model::reference::RepositoryName,
-        digest: &Digest,
-    ) -> Result<()> {
+    /// Record that a hosted repository keeps `digest`: call before the
+    /// blob is written or linked, so that no eviction pass that reads the
+    /// record afterwards deletes it.
+    pub(crate) async fn keep_blob(&self, digest: &Digest) -> Result<()> {
         self.record_change(&Change::Kept {
             digest: digest.to_string(),
         })
-        .await?;
-        self.link_blob(name, digest).await
+        .await
     }
 }

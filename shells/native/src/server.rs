@@ -58,6 +58,8 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     registry_config.delete_enabled = config.registry.delete_enabled;
     registry_config.max_manifest_size = config.registry.max_manifest_size;
     registry_config.fill_lease_ms = config.mirror.fill_lease_secs.max(1) * 1000;
+    // With a size bound, eviction passes run: tell them what changed.
+    registry_config.records_changes = config.mirror.max_size.is_some();
     let upstreams = config.mirror.upstreams.iter().map(|u| u.to_core());
     let registry = Registry::builder(storage, SystemHost)
         .config(registry_config)

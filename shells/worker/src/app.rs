@@ -134,6 +134,8 @@ fn app(env: &Env) -> Result<Rc<App>, String> {
     // Mirrors are read-only; nothing hosted is pushed at the edge.
     registry_config.delete_enabled = false;
     registry_config.fill_lease_ms = config.fill_lease_ms;
+    // With a size bound, the Cron Trigger evicts: tell it what changed.
+    registry_config.records_changes = config.max_size.is_some();
     let registry = Registry::builder(storage.clone(), WorkerHost)
         .config(registry_config)
         .mirror(WorkerFetch, config.core_upstreams())
@@ -269,7 +271,9 @@ async fn lead(
     lease: Rc<FillLease<R2Storage, WorkerHost>>,
     ctx: &Context,
 ) -> Missed {
-    let up = match app.registry.fetch_blob(&miss).await {
+    // Renewing from here on: an upstream slow to answer must not look like
+    // a dead filler to the other isolates.
+    let up = match lease.hold(app.registry.fetch_blob(&miss)).await {
         Ok(up) => up,
         Err(e) => {
             lease.settle(Err(e.message.clone())).await;
@@ -286,15 +290,16 @@ async fn lead(
         let body = Body::Stream(JsBody::new(body));
         return Missed::Answer(to_web(app.registry.blob_miss_response(&miss, size, body)));
     };
-    let sink = Sink::start(
-        &app.storage.bucket,
-        &miss.key(),
-        miss.digest(),
-        size,
-        app.storage.single_put_max,
-        app.storage.part_size,
-    )
-    .await;
+    let sink = lease
+        .hold(Sink::start(
+            &app.storage.bucket,
+            &miss.key(),
+            miss.digest(),
+            size,
+            app.storage.single_put_max,
+            app.storage.part_size,
+        ))
+        .await;
     let sink = match sink {
         Ok(s) => s,
         Err(e) => {

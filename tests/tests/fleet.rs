@@ -377,7 +377,8 @@ fn tag_pulls_over_three_instances_check_the_upstream_once_per_ttl() {
 }
 
 /// Eviction by the uses of every instance: the instance that evicts (the
-/// only one with `max_size`) did not serve the blob the last pull used,
+/// only one whose passes run during the test) did not serve the blob the
+/// last pull used,
 /// another one did, and that blob stays; the least recently used goes,
 /// and the cache ends under `max_size`.
 #[test]
@@ -389,11 +390,15 @@ fn eviction_keeps_the_blob_another_instance_served_last() {
         .map(|n| f.add_blob(kura_tests::image::XorShift::new(1300 + n).bytes(SIZE)))
         .collect();
     let cfg = tempfile::tempdir().unwrap();
+    // All three bound the cache (so all record their fills and uses); only
+    // the first passes during the test (the others once, at startup, on an
+    // empty cache, then not for an hour).
     let evicting = "  max_size: 16MiB\n  evict_interval_secs: 1\n  eviction_grace_secs: 0\n";
+    let idle = "  max_size: 16MiB\n  evict_interval_secs: 3600\n  eviction_grace_secs: 0\n";
     let ks = [
         shared.start(&f.url, cfg.path(), evicting),
-        shared.start(&f.url, cfg.path(), ""),
-        shared.start(&f.url, cfg.path(), ""),
+        shared.start(&f.url, cfg.path(), idle),
+        shared.start(&f.url, cfg.path(), idle),
     ];
     let get = |k: &Kura, d: &str| {
         let url = format!("{}/v2/up.local/team/lru/blobs/{d}", k.url);

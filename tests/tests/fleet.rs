@@ -378,9 +378,8 @@ fn tag_pulls_over_three_instances_check_the_upstream_once_per_ttl() {
 
 /// Eviction by the uses of every instance: the instance that evicts (the
 /// only one whose passes run during the test) did not serve the blob the
-/// last pull used,
-/// another one did, and that blob stays; the least recently used goes,
-/// and the cache ends under `max_size`.
+/// last pull used, another one did, and that blob stays; the least
+/// recently used goes, and the cache ends under `max_size`.
 #[test]
 fn eviction_keeps_the_blob_another_instance_served_last() {
     const SIZE: usize = 5 * MIB as usize;

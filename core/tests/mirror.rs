@@ -662,15 +662,49 @@ fn eviction_takes_older_use_records_into_its_ledger_once() {
     assert!(!report.full_listing, "{report:?}");
 }
 
-/// Storage that notes which prefixes are listed and counts reads.
-struct Counting {
-    inner: Arc<MemoryStorage>,
+type Gate = futures::future::Shared<futures::channel::oneshot::Receiver<()>>;
+
+/// `S`, noting which prefixes are listed and counting reads (heads and
+/// gets), and gets of upload-area objects (a fill's spool) apart; if
+/// gated, blob commits (writes under `blobs/`, renames) wait until the
+/// gate's `open` is dropped.
+struct Counting<S> {
+    inner: Arc<S>,
+    gate: Option<Gate>,
     listed: Mutex<Vec<String>>,
     reads: AtomicUsize,
+    spool_gets: AtomicUsize,
+}
+
+impl<S> Counting<S> {
+    fn new(inner: Arc<S>) -> Self {
+        Counting {
+            inner,
+            gate: None,
+            listed: Mutex::default(),
+            reads: AtomicUsize::new(0),
+            spool_gets: AtomicUsize::new(0),
+        }
+    }
+
+    fn gated(inner: Arc<S>, gate: Gate) -> Self {
+        Counting {
+            gate: Some(gate),
+            ..Counting::new(inner)
+        }
+    }
+
+    async fn commit_gate(&self, key: &str) {
+        if let Some(g) = &self.gate {
+            if key.starts_with("blobs/") {
+                let _ = g.clone().await;
+            }
+        }
+    }
 }
 
 #[async_trait]
-impl Storage for Counting {
+impl<S: Storage<Body = ByteStream>> Storage for Counting<S> {
     type Body = ByteStream;
     async fn head(
         &self,
@@ -685,13 +719,22 @@ impl Storage for Counting {
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        if key.starts_with("uploads/") {
+            self.spool_gets.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.get(key, range).await
     }
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        self.commit_gate(key).await;
         self.inner.put(key, data, mode).await
     }
     async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        self.commit_gate(key).await;
         self.inner.put_stream(key, data).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.commit_gate(to).await;
+        self.inner.rename(from, to).await
     }
     fn can_append(&self) -> bool {
         self.inner.can_append()
@@ -728,11 +771,7 @@ fn an_eviction_pass_reads_what_changed_not_the_whole_cache() {
     let layers: Vec<Vec<u8>> = (0..30).map(|i| data(1_000, 500 + i)).collect();
     let (_, digests) = push_image(&s.upstream, "many", "v1", &layers);
     let layers_d = &digests[1..];
-    let storage = Arc::new(Counting {
-        inner: Arc::new(MemoryStorage::new()),
-        listed: Mutex::default(),
-        reads: AtomicUsize::new(0),
-    });
+    let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
     let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
     config.not_found_ttl_ms = 0;
     let mirror = Registry::builder(storage.clone(), TestHost::at(1_000_000))
@@ -1965,61 +2004,6 @@ fn a_fill_committed_elsewhere_before_a_byte_was_seen_is_served_whole() {
     assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
 }
 
-/// Storage whose blob commits wait until `open` is dropped.
-struct GatedCommit {
-    inner: MemoryStorage,
-    gate: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
-}
-
-#[async_trait]
-impl Storage for GatedCommit {
-    type Body = ByteStream;
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<kura_core::storage::ObjectMeta>, StorageError> {
-        self.inner.head(key).await
-    }
-    async fn get(
-        &self,
-        key: &str,
-        range: Option<std::ops::Range<u64>>,
-    ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
-        self.inner.get(key, range).await
-    }
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
-        if key.starts_with("blobs/") {
-            let _ = self.gate.clone().await;
-        }
-        self.inner.put(key, data, mode).await
-    }
-    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
-        if key.starts_with("blobs/") {
-            let _ = self.gate.clone().await;
-        }
-        self.inner.put_stream(key, data).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        let _ = self.gate.clone().await;
-        self.inner.rename(from, to).await
-    }
-    fn can_append(&self) -> bool {
-        self.inner.can_append()
-    }
-    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
-        self.inner.append(key, offset, parts).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        self.inner.list(prefix).await
-    }
-    fn body_stream(body: ByteStream) -> ByteStream {
-        body
-    }
-}
-
 /// Once the holder's bytes all hashed to the digest, a client in another
 /// process gets the last one without waiting for the blob to be stored
 /// (joining S3 parts into the blob takes as long as uploading it again).
@@ -2034,10 +2018,7 @@ fn another_processes_client_gets_the_last_byte_once_verified_not_once_stored() {
         std::slice::from_ref(&layer),
     );
     let (open, gate) = gate();
-    let storage = Arc::new(GatedCommit {
-        inner: MemoryStorage::new(),
-        gate,
-    });
+    let storage = Arc::new(Counting::gated(Arc::new(MemoryStorage::new()), gate));
     let registry = |host: TestHost| {
         let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
         config.not_found_ttl_ms = 0;
@@ -2149,63 +2130,6 @@ fn a_reader_of_a_dead_holders_bytes_is_cut_off_at_the_takeover() {
     );
 }
 
-/// `S`, counting reads of upload-area objects (a fill's spool).
-struct SpoolReads<S> {
-    inner: Arc<S>,
-    gets: AtomicUsize,
-}
-
-#[async_trait]
-impl<S: Storage<Body = ByteStream>> Storage for SpoolReads<S> {
-    type Body = ByteStream;
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<kura_core::storage::ObjectMeta>, StorageError> {
-        self.inner.head(key).await
-    }
-    async fn get(
-        &self,
-        key: &str,
-        range: Option<std::ops::Range<u64>>,
-    ) -> Result<Option<(kura_core::storage::ObjectMeta, ByteStream)>, StorageError> {
-        if key.starts_with("uploads/") {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.get(key, range).await
-    }
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
-        self.inner.put(key, data, mode).await
-    }
-    async fn put_stream(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
-        self.inner.put_stream(key, data).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        self.inner.rename(from, to).await
-    }
-    fn can_append(&self) -> bool {
-        self.inner.can_append()
-    }
-    async fn append(&self, key: &str, offset: u64, parts: Vec<Bytes>) -> Result<(), StorageError> {
-        self.inner.append(key, offset, parts).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        self.inner.list(prefix).await
-    }
-    async fn list_meta(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<kura_core::storage::ListEntry>, StorageError> {
-        self.inner.list_meta(prefix).await
-    }
-    fn body_stream(body: ByteStream) -> ByteStream {
-        body
-    }
-}
-
 /// Clients of a process following another's fill are served from one copy
 /// in memory of what was spooled, not each with reads of their own from
 /// storage (which, on S3, made the holder's commit queue behind them).
@@ -2221,14 +2145,8 @@ fn a_followers_clients_share_one_read_of_the_spool() {
         std::slice::from_ref(&layer),
     );
     let (open, gate) = gate();
-    let shared = Arc::new(GatedCommit {
-        inner: MemoryStorage::new(),
-        gate,
-    });
-    let counted = Arc::new(SpoolReads {
-        inner: shared.clone(),
-        gets: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Counting::gated(Arc::new(MemoryStorage::new()), gate));
+    let counted = Arc::new(Counting::new(shared.clone()));
     let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
     config.not_found_ttl_ms = 0;
     let a = Registry::builder(shared.clone(), TestHost::at(1_000_000))
@@ -2270,7 +2188,7 @@ fn a_followers_clients_share_one_read_of_the_spool() {
         drop(open);
         assert!(holder.join().unwrap().bytes() == layer.as_slice());
     });
-    let reads = counted.gets.load(Ordering::SeqCst);
+    let reads = counted.spool_gets.load(Ordering::SeqCst);
     assert!(
         reads < CLIENTS,
         "{reads} reads of the spool for {CLIENTS} clients"

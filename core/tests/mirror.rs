@@ -670,7 +670,10 @@ type Gate = futures::future::Shared<futures::channel::oneshot::Receiver<()>>;
 /// gate's `open` is dropped.
 struct Counting<S> {
     inner: Arc<S>,
-    gate: Option<Gate>,
+    /// Writes of keys containing the `&str` wait for the gate.
+    gate: Option<(Gate, &'static str)>,
+    /// Writes waiting at the gate so far.
+    gated: AtomicUsize,
     listed: Mutex<Vec<String>>,
     reads: AtomicUsize,
     spool_gets: AtomicUsize,
@@ -681,6 +684,7 @@ impl<S> Counting<S> {
         Counting {
             inner,
             gate: None,
+            gated: AtomicUsize::new(0),
             listed: Mutex::default(),
             reads: AtomicUsize::new(0),
             spool_gets: AtomicUsize::new(0),
@@ -688,15 +692,20 @@ impl<S> Counting<S> {
     }
 
     fn gated(inner: Arc<S>, gate: Gate) -> Self {
+        Self::gated_on(inner, gate, "blobs/")
+    }
+
+    fn gated_on(inner: Arc<S>, gate: Gate, keys: &'static str) -> Self {
         Counting {
-            gate: Some(gate),
+            gate: Some((gate, keys)),
             ..Counting::new(inner)
         }
     }
 
     async fn commit_gate(&self, key: &str) {
-        if let Some(g) = &self.gate {
-            if key.starts_with("blobs/") {
+        if let Some((g, keys)) = &self.gate {
+            if key.contains(keys) {
+                self.gated.fetch_add(1, Ordering::SeqCst);
                 let _ = g.clone().await;
             }
         }
@@ -1903,6 +1912,66 @@ fn two_processes_on_one_storage_check_a_tag_once_per_ttl() {
         (StatusCode::OK, "hit")
     );
     assert_eq!(heads(), 2);
+}
+
+/// A process that found a tag's check due, but takes the check's lease
+/// only after another process checked and released it, serves that check
+/// instead of asking the upstream again.
+#[test]
+fn a_tag_check_finished_elsewhere_while_taking_the_lease_is_not_repeated() {
+    let s = setup(60_000);
+    let (digest, _) = push_image(&s.upstream, "fleet/late", "v1", &[data(1000, 87)]);
+    let storage = Arc::new(MemoryStorage::new());
+    let (open, gate) = gate();
+    let held = Arc::new(Counting::gated_on(
+        storage.clone(),
+        gate,
+        "/_cache/tag-checks/",
+    ));
+    let a = mirror_on(&s, storage.clone(), 1_000_000);
+    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
+    config.tag_ttl_ms = 60_000;
+    config.not_found_ttl_ms = 0;
+    let b = Registry::builder(held.clone(), TestHost::at(1_000_000).seeded(8))
+        .mirror(LocalFetch(s.fetch.clone()), vec![config])
+        .build()
+        .unwrap();
+    let uri = "/v2/up.local/fleet/late/manifests/v1";
+    assert_eq!(call(&a, Method::GET, uri).header("x-kura-cache"), "miss");
+    assert_eq!(call(&b, Method::GET, uri).header("x-kura-cache"), "hit");
+    at(&a, 1_061_000);
+    at(&b, 1_061_000);
+    let heads = || s.fetch.seen(&Method::HEAD, "/manifests/v1");
+    let (a, b) = (&a, &b);
+    std::thread::scope(|scope| {
+        // B finds the check due and goes for the lease: held at the gate.
+        let late = scope.spawn(move || call(b, Method::GET, uri));
+        for _ in 0..1000 {
+            if held.gated.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(
+            held.gated.load(Ordering::SeqCst),
+            1,
+            "B never went for the lease"
+        );
+        // Meanwhile A checks, records the check and releases its lease.
+        assert_eq!(
+            call(a, Method::GET, uri).header("x-kura-cache"),
+            "revalidated"
+        );
+        assert_eq!(heads(), 1);
+        drop(open);
+        let r = late.join().unwrap();
+        assert_eq!(
+            (r.status, r.header("x-kura-cache")),
+            (StatusCode::OK, "hit")
+        );
+        assert_eq!(r.header("docker-content-digest"), digest.to_string());
+    });
+    assert_eq!(heads(), 1, "B asked the upstream again");
 }
 
 /// Eviction on one process goes by uses seen on every process sharing the

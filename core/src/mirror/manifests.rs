@@ -285,6 +285,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         let host = &self.store.host;
         let key = layout::tag_check(&t.local, tag);
         let start = host.now_unix_ms();
+        let since = cached.as_ref().map_or(0, |c| c.checked_ms);
         match take(&**storage, &key, Stamp::encode(&self.store.process, start)).await {
             Taken::Held => {
                 // Released however the check ends, even if its request is
@@ -294,6 +295,12 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     host: host.clone(),
                     key,
                 };
+                // Another process may have checked (and released its lease)
+                // since this request read the record.
+                if let Some(c) = self.fresher_tag_check(t, tag, since).await? {
+                    lease.release().await;
+                    return self.answer_checked_tag(t, tag, &c).await;
+                }
                 let answer = self.revalidate_tag(t, tag, cached).await;
                 lease.release().await;
                 return answer;
@@ -305,7 +312,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 // This process's own requests share one check already: a
                 // lease of ours is left by a leader whose client hung up.
                 let own = stamp.holder == self.store.process.as_str();
-                let since = cached.as_ref().map_or(0, |c| c.checked_ms);
                 let mut pause = 10;
                 loop {
                     let now = host.now_unix_ms();
@@ -319,25 +325,51 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     }
                     host.sleep(pause).await;
                     pause = (pause * 3 / 2).min(200);
-                    if let Some(c) = self.stored_tag_cache(&t.local, tag).await? {
-                        if c.checked_ms > since {
-                            self.remember_tag(&t.local, tag, &c);
-                            let reference = Reference::Tag(tag.clone());
-                            let resp = self
-                                .store
-                                .manifest_response(&t.local, &c.digest, &reference);
-                            return Ok(mark(resp.await?, "hit"));
-                        }
+                    if let Some(c) = self.fresher_tag_check(t, tag, since).await? {
+                        return self.answer_checked_tag(t, tag, &c).await;
                     }
-                    // Released with no fresher record: the upstream failed
-                    // it (or dropped the tag). Ask for ourselves.
                     if storage.head(&key).await?.is_none() {
+                        // Released: its record may have landed since the
+                        // read above. If not, the upstream failed the check
+                        // (or dropped the tag): ask for ourselves.
+                        if let Some(c) = self.fresher_tag_check(t, tag, since).await? {
+                            return self.answer_checked_tag(t, tag, &c).await;
+                        }
                         break;
                     }
                 }
             }
         }
         self.revalidate_tag(t, tag, cached).await
+    }
+
+    /// The stored record of `tag`'s last check, if it is newer than
+    /// `since_ms` (another process checked it meanwhile).
+    async fn fresher_tag_check(
+        &self,
+        t: &MirrorTarget<F, H>,
+        tag: &Tag,
+        since_ms: u64,
+    ) -> Result<Option<TagCache>> {
+        Ok(self
+            .stored_tag_cache(&t.local, tag)
+            .await?
+            .filter(|c| c.checked_ms > since_ms))
+    }
+
+    /// Serve `tag` as another process's check `c` found it.
+    async fn answer_checked_tag(
+        &self,
+        t: &MirrorTarget<F, H>,
+        tag: &Tag,
+        c: &TagCache,
+    ) -> Result<Response<S::Body>> {
+        self.remember_tag(&t.local, tag, c);
+        let reference = Reference::Tag(tag.clone());
+        let resp = self
+            .store
+            .manifest_response(&t.local, &c.digest, &reference);
+        Ok(mark(resp.await?, "hit"))
     }
 
     pub(super) fn remember_tag(&self, local: &RepositoryName, tag: &Tag, c: &TagCache) {

@@ -18,13 +18,14 @@ use crate::store::Result;
 
 /// When mirrored blobs were last used (host clock, ms).
 ///
-/// Every use updates memory; storage gets the time at most once per blob per
+/// Every use updates memory; when eviction passes run
+/// (`RegistryConfig::records_changes`), storage gets the time at most once
+/// per blob per
 /// [`RegistryConfig::access_record_interval_ms`](crate::RegistryConfig), as
-/// a `Change::Used` for the next eviction pass, so recency survives a
-/// restart and a later process (or another process on the same storage)
-/// sees it. A pull of a manifest
-/// counts as a use of everything it references, at most once per manifest
-/// per interval (it is parsed to find them).
+/// a `Change::Used` for the next pass, so recency survives a restart and a
+/// later process (or another process on the same storage) sees it. A pull
+/// of a manifest counts as a use of everything it references, at most once
+/// per manifest per interval (it is parsed to find them).
 #[derive(Default)]
 pub(crate) struct Recency {
     pub(super) blobs: Mutex<HashMap<Digest, BlobUse>>,

@@ -433,6 +433,15 @@ fn isolate(s: &Setup, storage: Arc<MemoryStorage>, seed: u64, lease_ms: u64) -> 
         .unwrap()
 }
 
+/// An upstream and two isolates of the mirror on one storage.
+fn two_isolates(lease_ms: u64) -> (Setup, Arc<MemoryStorage>, Isolate, Isolate) {
+    let s = setup();
+    let storage = Arc::new(MemoryStorage::new());
+    let a = isolate(&s, storage.clone(), 1, lease_ms);
+    let b = isolate(&s, storage.clone(), 2, lease_ms);
+    (s, storage, a, b)
+}
+
 fn miss_on(r: &Isolate, d: &Digest) -> kura_core::BlobMiss<LocalFetch, TestHost> {
     match block_on(r.handle_edge(request(Method::GET, &format!("/v2/alpine/blobs/{d}"), None))) {
         Edge::BlobMiss(m) => m,
@@ -464,10 +473,7 @@ fn metric(r: &Isolate, name: &str) -> u64 {
 /// stored blob. One upstream GET between them; the lease is gone after.
 #[test]
 fn two_isolates_on_one_storage_fill_a_blob_once() {
-    let s = setup();
-    let storage = Arc::new(MemoryStorage::new());
-    let a = isolate(&s, storage.clone(), 1, 20_000);
-    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let (s, storage, a, b) = two_isolates(20_000);
     let data: &'static [u8] = b"one fill for two isolates";
     let d = push_blob(&s.upstream, data);
     let (ma, mb) = (miss_on(&a, &d), miss_on(&b, &d));
@@ -507,10 +513,7 @@ fn two_isolates_on_one_storage_fill_a_blob_once() {
 /// one of them takes the fill over.
 #[test]
 fn a_dead_isolates_fill_is_taken_over_after_its_lease_lifetime() {
-    let s = setup();
-    let storage = Arc::new(MemoryStorage::new());
-    let a = isolate(&s, storage.clone(), 1, 20_000);
-    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let (s, storage, a, b) = two_isolates(20_000);
     let d = push_blob(&s.upstream, b"orphaned fill");
     let FillClaim::Lead(lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
         panic!("lead");
@@ -528,7 +531,17 @@ fn a_dead_isolates_fill_is_taken_over_after_its_lease_lifetime() {
         assert!(block_on(async { futures::poll!(follow.as_mut()) }).is_pending());
     }
     b.host().clock.store(1_000_000 + 20_000, Ordering::SeqCst);
-    block_on(follow).expect("taken over: look again");
+    // Bounded, so that a follower that never takes over fails the test
+    // instead of hanging it.
+    let (ring, deadline) = futures::channel::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        let _ = ring.send(());
+    });
+    match block_on(futures::future::select(follow, deadline)) {
+        futures::future::Either::Left((r, _)) => r.expect("taken over: look again"),
+        futures::future::Either::Right(_) => panic!("not taken over at the lease's lifetime"),
+    }
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
     let FillClaim::Lead(lease) = block_on(b.claim_fill(&mb)) else {
         panic!("the survivor leads now");
@@ -544,10 +557,7 @@ fn a_dead_isolates_fill_is_taken_over_after_its_lease_lifetime() {
 /// blob, and the upstream is asked once.
 #[test]
 fn a_long_fill_inside_hold_keeps_its_lease() {
-    let s = setup();
-    let storage = Arc::new(MemoryStorage::new());
-    let a = isolate(&s, storage.clone(), 1, 2_000);
-    let b = isolate(&s, storage.clone(), 2, 2_000);
+    let (s, storage, a, b) = two_isolates(2_000);
     let d = push_blob(&s.upstream, b"a slow upstream");
     let (ma, mb) = (miss_on(&a, &d), miss_on(&b, &d));
     let FillClaim::Lead(lease) = block_on(a.claim_fill(&ma)) else {
@@ -590,10 +600,7 @@ fn a_long_fill_inside_hold_keeps_its_lease() {
 /// they look again, and the fill elsewhere goes on.
 #[test]
 fn a_waiter_that_goes_away_does_not_fail_the_others_of_its_isolate() {
-    let s = setup();
-    let storage = Arc::new(MemoryStorage::new());
-    let a = isolate(&s, storage.clone(), 1, 20_000);
-    let b = isolate(&s, storage.clone(), 2, 20_000);
+    let (s, _, a, b) = two_isolates(20_000);
     let d = push_blob(&s.upstream, b"waited for elsewhere");
     let FillClaim::Lead(_lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
         panic!("lead");
@@ -614,10 +621,7 @@ fn a_waiter_that_goes_away_does_not_fail_the_others_of_its_isolate() {
 /// waiting as long as the stalled request lives.
 #[test]
 fn a_stalled_fill_stops_renewing_and_is_taken_over() {
-    let s = setup();
-    let storage = Arc::new(MemoryStorage::new());
-    let a = isolate(&s, storage.clone(), 1, 2_000);
-    let b = isolate(&s, storage.clone(), 2, 2_000);
+    let (s, _, a, b) = two_isolates(2_000);
     let d = push_blob(&s.upstream, b"a stalled upstream");
     let FillClaim::Lead(lease) = block_on(a.claim_fill(&miss_on(&a, &d))) else {
         panic!("lead");

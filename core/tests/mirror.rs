@@ -505,12 +505,12 @@ fn mirror_on(
     mirror_with(s, storage, now_ms, |_| {})
 }
 
-/// [`mirror_on`] with its own host.
-fn mirror_on_host(
+/// [`mirror_on`] with its own host, on any storage.
+fn mirror_on_host<St: Storage<Body = ByteStream>>(
     s: &Setup,
-    storage: Arc<MemoryStorage>,
+    storage: Arc<St>,
     host: TestHost,
-) -> Registry<Arc<MemoryStorage>, TestHost, LocalFetch> {
+) -> Registry<Arc<St>, TestHost, LocalFetch> {
     let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
     config.tag_ttl_ms = 60_000;
     config.not_found_ttl_ms = 0;
@@ -781,13 +781,7 @@ fn an_eviction_pass_reads_what_changed_not_the_whole_cache() {
     let (_, digests) = push_image(&s.upstream, "many", "v1", &layers);
     let layers_d = &digests[1..];
     let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
-    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
-    config.not_found_ttl_ms = 0;
-    let mirror = Registry::builder(storage.clone(), TestHost::at(1_000_000))
-        .config(evicting())
-        .mirror(LocalFetch(s.fetch.clone()), vec![config])
-        .build()
-        .unwrap();
+    let mirror = mirror_on_host(&s, storage.clone(), TestHost::at(1_000_000));
     let url = |d: &Digest| format!("/v2/up.local/many/blobs/{d}");
     for (i, d) in layers_d.iter().enumerate() {
         at(&mirror, 1_000_000 + i as u64 * 1_000);
@@ -1929,13 +1923,7 @@ fn a_tag_check_finished_elsewhere_while_taking_the_lease_is_not_repeated() {
         "/_cache/tag-checks/",
     ));
     let a = mirror_on(&s, storage.clone(), 1_000_000);
-    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
-    config.tag_ttl_ms = 60_000;
-    config.not_found_ttl_ms = 0;
-    let b = Registry::builder(held.clone(), TestHost::at(1_000_000).seeded(8))
-        .mirror(LocalFetch(s.fetch.clone()), vec![config])
-        .build()
-        .unwrap();
+    let b = mirror_on_host(&s, held.clone(), TestHost::at(1_000_000).seeded(8));
     let uri = "/v2/up.local/fleet/late/manifests/v1";
     assert_eq!(call(&a, Method::GET, uri).header("x-kura-cache"), "miss");
     assert_eq!(call(&b, Method::GET, uri).header("x-kura-cache"), "hit");
@@ -2088,14 +2076,7 @@ fn another_processes_client_gets_the_last_byte_once_verified_not_once_stored() {
     );
     let (open, gate) = gate();
     let storage = Arc::new(Counting::gated(Arc::new(MemoryStorage::new()), gate));
-    let registry = |host: TestHost| {
-        let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
-        config.not_found_ttl_ms = 0;
-        Registry::builder(storage.clone(), host)
-            .mirror(LocalFetch(s.fetch.clone()), vec![config])
-            .build()
-            .unwrap()
-    };
+    let registry = |host: TestHost| mirror_on_host(&s, storage.clone(), host);
     let a = registry(TestHost::at(1_000_000));
     let b = registry(TestHost::at(1_000_000).seeded(6));
     let uri = format!("/v2/up.local/fleet/gate/blobs/{}", d[1]);
@@ -2216,16 +2197,8 @@ fn a_followers_clients_share_one_read_of_the_spool() {
     let (open, gate) = gate();
     let shared = Arc::new(Counting::gated(Arc::new(MemoryStorage::new()), gate));
     let counted = Arc::new(Counting::new(shared.clone()));
-    let mut config = UpstreamConfig::new("up.local", "http://upstream.invalid");
-    config.not_found_ttl_ms = 0;
-    let a = Registry::builder(shared.clone(), TestHost::at(1_000_000))
-        .mirror(LocalFetch(s.fetch.clone()), vec![config.clone()])
-        .build()
-        .unwrap();
-    let b = Registry::builder(counted.clone(), TestHost::at(1_000_000).seeded(7))
-        .mirror(LocalFetch(s.fetch.clone()), vec![config])
-        .build()
-        .unwrap();
+    let a = mirror_on_host(&s, shared.clone(), TestHost::at(1_000_000));
+    let b = mirror_on_host(&s, counted.clone(), TestHost::at(1_000_000).seeded(7));
     let uri = format!("/v2/up.local/fleet/share/blobs/{}", d[1]);
     let lease = fill_lease_key("up.local/fleet/share", &d[1]);
     let (a, b, uri) = (&a, &b, uri.as_str());

@@ -212,12 +212,12 @@ impl<S: Storage, H: Host> FillLease<S, H> {
 
 impl<S: Storage, H: Host> Drop for FillLease<S, H> {
     fn drop(&mut self) {
-        if self.settled.swap(true, Ordering::SeqCst) {
-            return;
-        }
         if self.waits_elsewhere {
             // The waiting request went away; the fill elsewhere goes on.
-            self.fills.settle(&self.key, &self.flight, Ok(()));
+            self.look_again();
+            return;
+        }
+        if self.settled.swap(true, Ordering::SeqCst) {
             return;
         }
         // The request that held it went away (its client left before the

@@ -117,8 +117,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             }
         }
         report.cached_bytes = ledger.total();
-        let mut total = report.cached_bytes;
-        if total > max_size {
+        if report.cached_bytes > max_size {
             let in_flight = self.mirrors.fills.digests();
             let mut candidates: Vec<(u64, u64, String)> = ledger
                 .blobs
@@ -126,9 +125,10 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 .map(|(d, (size, used))| (*used, *size, d.clone()))
                 .collect();
             candidates.sort();
+            let mut over = report.cached_bytes - max_size;
             let mut victims = Vec::new();
             for (used, size, digest) in candidates {
-                if total <= max_size {
+                if over == 0 {
                     break;
                 }
                 let Ok(d) = Digest::parse(&digest) else {
@@ -139,9 +139,8 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     continue;
                 }
                 victims.push((d, used));
-                total -= size;
+                over = over.saturating_sub(size);
             }
-            total = ledger.total();
             for (d, used) in victims {
                 // Changes written since this pass looked, read right before
                 // each delete: a victim used or kept (pushed to a hosted
@@ -153,23 +152,19 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 }
                 let key = d.to_string();
                 let Some(&(size, now_used)) = ledger.blobs.get(&key) else {
-                    total = ledger.total();
                     continue;
                 };
                 if now_used != used {
-                    total = ledger.total();
                     continue;
                 }
                 ledger.blobs.remove(&key);
                 // Gone already (deleted behind kura's back, or a change
                 // folded twice after a crash): nothing to free.
                 if storage.head(&layout::blob(&d)).await?.is_none() {
-                    total -= size;
                     continue;
                 }
                 storage.delete(&layout::blob(&d)).await?;
                 self.mirrors.recency.lock_blobs().remove(&d);
-                total -= size;
                 report.evicted_blobs += 1;
                 report.evicted_bytes += size;
             }
@@ -191,7 +186,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         self.store
             .metrics
             .cache_size_bytes
-            .store(total, std::sync::atomic::Ordering::Relaxed);
+            .store(ledger.total(), Ordering::Relaxed);
         Ok(report)
     }
 

@@ -426,14 +426,15 @@ const FOLLOWED_IN_MEMORY: u64 = 64 * 1024 * 1024;
 /// The same, for all fills a process follows at once.
 const FOLLOWED_IN_MEMORY_TOTAL: u64 = 256 * 1024 * 1024;
 
-/// Bytes `range` of a spool, read from its `parts` (in offset order); `None`
-/// if a part is gone (the blob was committed meanwhile) or unreadable.
+/// Bytes `range` of a spool, read from its `parts` (in offset order), as
+/// `(offset, bytes)` pieces, one per part; `None` if a part is gone (the
+/// blob was committed meanwhile) or unreadable.
 async fn read_parts<S: Storage>(
     storage: &S,
     parts: &[Spooled],
     range: std::ops::Range<u64>,
-) -> Option<(u64, Bytes)> {
-    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+) -> Option<Vec<(u64, Bytes)>> {
+    let mut pieces = Vec::new();
     for p in parts {
         let (from, to) = (range.start.max(p.offset), range.end.min(p.offset + p.len));
         if from >= to {
@@ -449,9 +450,10 @@ async fn read_parts<S: Storage>(
         if bytes.len() as u64 != to - from {
             return None;
         }
-        out.extend_from_slice(&bytes);
+        pieces.push((from, bytes));
     }
-    (out.len() as u64 == range.end - range.start).then(|| (range.start, out.freeze()))
+    let read: u64 = pieces.iter().map(|(_, b)| b.len() as u64).sum();
+    (read == range.end - range.start).then_some(pieces)
 }
 
 /// How following another process's fill ended.
@@ -655,16 +657,17 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
                         let mut dropped = 0;
                         if serve {
                             self.flight.update(|s| {
-                                if let Some(b) = newest {
-                                    s.tail.push(b);
+                                if let Some(pieces) = newest {
+                                    s.tail.extend(pieces);
                                     // Oldest out, down to the budget.
                                     let keep_from = contiguous.saturating_sub(FOLLOWED_IN_MEMORY);
-                                    let before: u64 =
-                                        s.tail.iter().map(|(_, b)| b.len() as u64).sum();
-                                    s.tail.retain(|(off, b)| off + b.len() as u64 > keep_from);
-                                    let after: u64 =
-                                        s.tail.iter().map(|(_, b)| b.len() as u64).sum();
-                                    dropped = before - after;
+                                    s.tail.retain(|(off, b)| {
+                                        let keep = off + b.len() as u64 > keep_from;
+                                        if !keep {
+                                            dropped += b.len() as u64;
+                                        }
+                                        keep
+                                    });
                                 }
                                 s.started = seen.started;
                                 s.size = seen.size;

@@ -107,10 +107,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         let size = bytes.len() as u64;
         // A manifest's bytes are never evicted, even if a client once
         // fetched them as a layer through the mirror.
-        self.record_change(&super::changes::Change::Kept {
-            digest: digest.to_string(),
-        })
-        .await?;
+        self.keep_blob(digest).await?;
         self.storage
             .put(&layout::blob(digest), bytes, PutMode::Overwrite)
             .await?;

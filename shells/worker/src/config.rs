@@ -107,14 +107,20 @@ impl Config {
                 })?,
             None => BTreeMap::new(),
         };
-        let size = |name: &str, default: u64| -> Result<u64, String> {
+        // A whole number (`unit` says of what, for the error), `default`
+        // when unset.
+        let number = |name: &str, default: u64, unit: &str| -> Result<u64, String> {
             match get(name).filter(|v| !v.trim().is_empty()) {
                 None => Ok(default),
                 Some(v) => v
                     .trim()
                     .parse()
-                    .map_err(|_| format!("{name}: {v:?} is not a number of bytes")),
+                    .map_err(|_| format!("{name}: {v:?} is not a number of {unit}")),
             }
+        };
+        let size = |name: &str, default: u64| number(name, default, "bytes");
+        let ms = |name: &str, default_ms: u64| {
+            number(name, default_ms / 1000, "seconds").map(|s| s.saturating_mul(1000))
         };
         let max_size = match get("MAX_SIZE").filter(|v| !v.trim().is_empty()) {
             None => None,
@@ -122,16 +128,6 @@ impl Config {
                 kura_core::config::parse_byte_size(&v)
                     .ok_or_else(|| format!("MAX_SIZE: {v:?} is not a size (50GiB, 500MB, 123)"))?,
             ),
-        };
-        let secs = |name: &str, default_ms: u64| -> Result<u64, String> {
-            match get(name).filter(|v| !v.trim().is_empty()) {
-                None => Ok(default_ms),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .map(|s| s.saturating_mul(1000))
-                    .map_err(|_| format!("{name}: {v:?} is not a number of seconds")),
-            }
         };
         let config = Config {
             upstreams,
@@ -141,11 +137,11 @@ impl Config {
             single_put_max: size("R2_SINGLE_PUT_MAX_BYTES", 4 * GIB)?,
             part_size: size("R2_PART_BYTES", 256 * MIB)?,
             max_size,
-            eviction_grace_ms: secs(
+            eviction_grace_ms: ms(
                 "EVICTION_GRACE_SECS",
                 kura_core::config::DEFAULT_EVICTION_GRACE_MS,
             )?,
-            fill_lease_ms: secs("FILL_LEASE_SECS", kura_core::config::DEFAULT_FILL_LEASE_MS)?,
+            fill_lease_ms: ms("FILL_LEASE_SECS", kura_core::config::DEFAULT_FILL_LEASE_MS)?,
         };
         config.check()?;
         Ok(config)
@@ -324,6 +320,30 @@ mod tests {
             let e = config(&vars).unwrap_err();
             assert!(e.contains(needle), "{e}");
             assert!(!e.contains("hunter2"), "secret leaked: {e}");
+        }
+    }
+
+    #[test]
+    fn eviction_and_lease_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_size, None);
+        assert_eq!(c.eviction_grace_ms, 600_000);
+        assert_eq!(c.fill_lease_ms, 20_000);
+        let c = config(&[
+            ("MAX_SIZE", "50GiB"),
+            ("EVICTION_GRACE_SECS", "0"),
+            ("FILL_LEASE_SECS", "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_size, Some(50 << 30));
+        assert_eq!((c.eviction_grace_ms, c.fill_lease_ms), (0, 5_000));
+        for (name, bad) in [
+            ("MAX_SIZE", "lots"),
+            ("EVICTION_GRACE_SECS", "ten"),
+            ("FILL_LEASE_SECS", "0"),
+        ] {
+            let e = config(&[(name, bad)]).unwrap_err();
+            assert!(e.contains(name), "{name}={bad}: {e}");
         }
     }
 }

@@ -7,84 +7,73 @@
 //! ```
 //!
 //! The core decides everything registry-shaped (routes, digests, manifests,
-//! uploads, the layout of keys); this file only moves bytes: files in and
-//! out of the directory, HTTP bodies in and out of hyper.
+//! uploads, the layout of keys); this file only moves bytes.
 
-use std::io;
+use std::io::{self, ErrorKind::AlreadyExists, ErrorKind::NotFound};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyDataStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use kura_core::storage::{ObjectMeta, PutMode, Storage, StorageError};
-use kura_core::{body, Body, BoxFuture, ByteStream, Host, Registry, RegistryConfig};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use kura_core::{body, BoxFuture, ByteStream, Host, Registry, RegistryConfig};
+use tokio::{fs, io::AsyncReadExt, io::AsyncSeekExt, io::AsyncWriteExt};
 
-/// Objects are files under `root`, named by their key; writes go to a
-/// temporary file first and are renamed into place, so readers see a whole
-/// object or none.
-struct Dir {
-    root: PathBuf,
-    temp: AtomicU64,
+/// Objects are files under this directory, named by their key (the core's
+/// keys are validated relative paths). Writes are staged in `.tmp` and
+/// renamed into place, so a reader sees a whole object or none.
+struct Dir(PathBuf);
+
+/// `Ok(None)` for a file that is not there.
+fn absent<T>(r: io::Result<T>) -> Result<Option<T>, StorageError> {
+    match r {
+        Err(e) if e.kind() == NotFound => Ok(None),
+        r => Ok(Some(r?)),
+    }
 }
 
 impl Dir {
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key) // the core's keys are validated relative paths
-    }
-
-    /// Stage `data` in a temporary file, then move it into place: a failed
-    /// stream leaves nothing, a reader never sees half an object.
     async fn write(
         &self,
         key: &str,
         mut data: ByteStream,
         mode: PutMode,
     ) -> Result<u64, StorageError> {
-        let tmp = self.root.join(".tmp");
-        tokio::fs::create_dir_all(&tmp)
-            .await
-            .map_err(StorageError::backend)?;
-        let staged = tmp.join(self.temp.fetch_add(1, Ordering::Relaxed).to_string());
-        let mut file = tokio::fs::File::create(&staged)
-            .await
-            .map_err(StorageError::backend)?;
-        let mut len = 0;
-        while let Some(chunk) = data.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&staged).await;
-                    return Err(StorageError::Input(e));
-                }
-            };
-            file.write_all(&chunk)
-                .await
-                .map_err(StorageError::backend)?;
-            len += chunk.len() as u64;
-        }
-        file.sync_all().await.map_err(StorageError::backend)?;
-        let dest = self.path(key);
-        let parent = dest.parent().expect("keys have a parent");
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(StorageError::backend)?;
-        let placed = match mode {
-            PutMode::Overwrite => tokio::fs::rename(&staged, &dest).await,
-            // A hard link fails if the name exists: create-if-absent, atomically.
-            PutMode::Create => tokio::fs::hard_link(&staged, &dest).await,
+        let staged = self.0.join(".tmp").join(format!(
+            "{:x}",
+            getrandom::u64().map_err(StorageError::backend)?
+        ));
+        let written = async {
+            let (mut file, mut len) = (fs::File::create(&staged).await?, 0);
+            while let Some(chunk) = data.next().await {
+                let chunk = chunk.map_err(StorageError::Input)?; // the client's body broke
+                file.write_all(&chunk).await?;
+                len += chunk.len() as u64;
+            }
+            file.sync_all().await?;
+            let dest = self.0.join(key);
+            fs::create_dir_all(dest.parent().expect("keys have a parent")).await?;
+            match mode {
+                PutMode::Overwrite => fs::rename(&staged, &dest).await,
+                // A hard link fails if the name exists: create-if-absent, atomically.
+                PutMode::Create => fs::hard_link(&staged, &dest).await,
+            }
+            .map(|()| len)
+            .map_err(|e| match e.kind() {
+                AlreadyExists => StorageError::AlreadyExists,
+                _ => e.into(),
+            })
         };
-        let _ = tokio::fs::remove_file(&staged).await;
-        match placed {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists),
-            other => other.map(|()| len).map_err(StorageError::backend),
-        }
+        let written = written.await;
+        let _ = fs::remove_file(&staged).await; // whatever happened
+        written
     }
 }
 
@@ -93,12 +82,10 @@ impl Storage for Dir {
     type Body = ByteStream;
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::backend(e)),
-        }
+        let meta = absent(fs::metadata(self.0.join(key)).await)?;
+        Ok(meta
+            .filter(|m| m.is_file())
+            .map(|m| ObjectMeta { size: m.len() }))
     }
 
     async fn get(
@@ -109,13 +96,9 @@ impl Storage for Dir {
         let Some(meta) = self.head(key).await? else {
             return Ok(None);
         };
-        let mut file = tokio::fs::File::open(self.path(key))
-            .await
-            .map_err(StorageError::backend)?;
+        let mut file = fs::File::open(self.0.join(key)).await?;
         let range = range.unwrap_or(0..meta.size);
-        file.seek(io::SeekFrom::Start(range.start))
-            .await
-            .map_err(StorageError::backend)?;
+        file.seek(io::SeekFrom::Start(range.start)).await?;
         let reader = tokio_util::io::ReaderStream::new(file.take(range.end - range.start));
         Ok(Some((meta, Box::pin(reader))))
     }
@@ -129,29 +112,26 @@ impl Storage for Dir {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        match tokio::fs::remove_file(self.path(key)).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::backend(e)),
-            _ => Ok(()),
-        }
+        absent(fs::remove_file(self.0.join(key)).await).map(drop)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let (mut keys, mut dirs) = (Vec::new(), vec![self.root.clone()]);
+        let (mut keys, mut dirs) = (Vec::new(), vec![self.0.clone()]);
         while let Some(dir) = dirs.pop() {
-            let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            let Some(mut entries) = absent(fs::read_dir(&dir).await)? else {
                 continue;
             };
-            while let Some(e) = entries.next_entry().await.map_err(StorageError::backend)? {
+            while let Some(e) = entries.next_entry().await? {
                 let key = e
                     .path()
-                    .strip_prefix(&self.root)
+                    .strip_prefix(&self.0)
                     .expect("under root")
                     .to_string_lossy()
                     .into_owned();
-                match e.file_type().await.map_err(StorageError::backend)? {
-                    t if t.is_dir() && key != ".tmp" => dirs.push(e.path()),
-                    t if t.is_file() && key.starts_with(prefix) => keys.push(key),
-                    _ => {}
+                if e.file_type().await?.is_dir() {
+                    (key != ".tmp").then(|| dirs.push(e.path()));
+                } else if key.starts_with(prefix) {
+                    keys.push(key);
                 }
             }
         }
@@ -184,49 +164,31 @@ impl Host for Os {
     }
 }
 
-type Answer = hyper::Response<UnsyncBoxBody<Bytes, io::Error>>;
-
-/// hyper's request in, the core's answer out.
+/// hyper's request in, the core's answer out: bodies as byte streams.
 async fn serve(
     registry: Arc<Registry<Dir, Os>>,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<Answer, io::Error> {
-    let (parts, incoming) = req.into_parts();
-    let stream: ByteStream = Box::pin(incoming.into_data_stream().map_err(io::Error::other));
-    let (parts, answer) = registry
-        .handle(http::Request::from_parts(parts, stream))
-        .await
-        .into_parts();
-    let body = match answer {
-        Body::Empty => Empty::new().map_err(|e| match e {}).boxed_unsync(),
-        Body::Full(bytes) => Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
-        Body::Stream(s) | Body::Relay(s) => {
-            BodyExt::boxed_unsync(StreamBody::new(s.map_ok(Frame::data)))
-        }
-    };
-    Ok(hyper::Response::from_parts(parts, body))
+    req: hyper::Request<Incoming>,
+) -> io::Result<hyper::Response<impl hyper::body::Body<Data = Bytes, Error = io::Error>>> {
+    let req =
+        req.map(|b| -> ByteStream { Box::pin(BodyDataStream::new(b).map_err(io::Error::other)) });
+    let answer = registry.handle(req).await;
+    Ok(answer.map(|b| StreamBody::new(b.into_stream(Dir::body_stream).map_ok(Frame::data))))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (Some(addr), Some(dir)) = (args.next(), args.next()) else {
+    let (Some(addr), Some(dir)) = (std::env::args().nth(1), std::env::args().nth(2)) else {
         anyhow::bail!("usage: embed ADDRESS DATA_DIR");
     };
-    let storage = Dir {
-        root: PathBuf::from(dir),
-        temp: AtomicU64::new(0),
-    };
-    let registry = Arc::new(Registry::new(storage, Os, RegistryConfig::default()));
+    std::fs::create_dir_all(PathBuf::from(&dir).join(".tmp"))?;
+    let config = RegistryConfig::default();
+    let registry = Arc::new(Registry::new(Dir(dir.into()), Os, config));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("registry on http://{}", listener.local_addr()?);
     loop {
         let (tcp, _) = listener.accept().await?;
         let registry = registry.clone();
         let service = hyper::service::service_fn(move |req| serve(registry.clone(), req));
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
-        );
+        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
     }
 }

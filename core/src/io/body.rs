@@ -52,6 +52,19 @@ impl<B> Body<B> {
             Body::Relay(s) => Body::Relay(s),
         }
     }
+
+    /// The body as one byte stream, the backend's body converted with `f`
+    /// (typically [`crate::Storage::body_stream`]): for a host whose HTTP
+    /// layer takes any stream of bytes. The length is in the response's
+    /// `Content-Length` already.
+    pub fn into_stream(self, f: impl FnOnce(B) -> ByteStream) -> ByteStream {
+        match self {
+            Body::Empty => empty(),
+            Body::Full(b) => once(b),
+            Body::Stream(s) => f(s),
+            Body::Relay(s) => s,
+        }
+    }
 }
 
 impl<B> std::fmt::Debug for Body<B> {

@@ -6,25 +6,25 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::StreamExt;
 
-use super::{FlightKey, APPEND_CHUNK, SPOOL_CHUNK};
+use super::spool::{Spool, SpoolTarget};
+use super::FlightKey;
 use crate::error::UpstreamError;
 use crate::io::body::{self, ByteStream};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
-use crate::io::storage::{PutMode, Storage};
+use crate::io::storage::Storage;
 use crate::metrics::{self, Metrics};
 use crate::mirror::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::mirror::upstream::Upstream;
-use crate::model::digest::{self, Digest, Hasher};
+use crate::model::digest::Digest;
 use crate::model::reference::RepositoryName;
-use crate::model::upload::{UploadId, UploadState};
-use crate::store::changes::{self, Change};
+use crate::model::upload::UploadId;
 use crate::store::layout;
-use crate::store::{error_stream, join_objects, Result};
+use crate::store::{error_stream, Result};
 use crate::wire::{self};
 
 /// Who fills which blob: one fill per repository (as stored) and digest,
@@ -711,195 +711,40 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             .map_err(FlightError::Upstream)?;
         let size = wire::header(resp.headers(), "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let broken = |m: String| {
-            FlightError::Broken(format!(
-                "upstream {} blob {}: {m}",
-                self.upstream.config.name, self.digest
-            ))
+        let target = SpoolTarget {
+            storage: self.storage.clone(),
+            host: self.host.clone(),
+            local: self.local.clone(),
+            digest: self.digest.clone(),
+            id: self.spool.clone(),
+            flight: self.flight.clone(),
+            metrics: self.metrics.clone(),
+            records_changes: self.records_changes,
+            source: format!("upstream {}", self.upstream.config.name),
         };
-        let store =
-            |e: crate::io::storage::StorageError| FlightError::Broken(format!("storage: {e}"));
-        // A state object marks the spool as a live session for the janitor.
-        let mut state = UploadState::new(&self.local, self.host.now_unix_ms());
-        state.fill = true;
-        self.storage
-            .put(
-                &layout::upload_state(&self.spool),
-                state.encode(),
-                PutMode::Overwrite,
-            )
-            .await
-            .map_err(store)?;
-        self.flight.update(|s| {
-            s.started = true;
-            s.size = size;
-        });
+        let mut spool = Spool::begin(target, size).await?;
         if let Some(lease) = lease {
             // Followers elsewhere answer their clients from here on.
             lease.renew(&self.flight).await;
         }
-
-        let unit = if self.storage.can_append() {
-            APPEND_CHUNK
-        } else {
-            SPOOL_CHUNK
-        };
         let mut body = F::body_stream(resp.into_body());
-        let mut hasher = Hasher::new(self.digest.algorithm());
-        let mut received = 0u64;
-        let mut unspooled = 0usize;
-        let mut chunks = 0usize;
-        loop {
-            let item = body.next().await;
-            let last = item.is_none();
-            if let Some(item) = item {
-                let chunk =
-                    item.map_err(|e| broken(format!("body failed after {received} bytes: {e}")))?;
-                if chunk.is_empty() {
-                    continue;
-                }
-                hasher.update(&chunk);
-                metrics::add(&self.metrics.bytes_from_upstream, chunk.len() as u64);
-                let offset = received;
-                received += chunk.len() as u64;
-                unspooled += chunk.len();
-                if size.is_some_and(|s| received > s) {
-                    return Err(broken(format!(
-                        "more than the announced {} bytes",
-                        size.unwrap_or(0)
-                    )));
-                }
-                self.flight.update(|s| {
-                    s.received = received;
-                    s.tail.push((offset, chunk));
-                });
-                // For followers that judge a fill by its progress
-                // (`Registry::follow_fill`), this one is as alive as any.
-                self.flight.moved(self.host.now_unix_ms());
-            }
-            if unspooled >= unit || (last && unspooled > 0) {
-                self.spool_tail(chunks).await.map_err(store)?;
-                chunks += 1;
-                unspooled = 0;
-            }
-            if last {
-                break;
-            }
+        while let Some(item) = body.next().await {
+            let chunk = item.map_err(|e| {
+                FlightError::Broken(format!(
+                    "upstream {} blob {}: body failed after {} bytes: {e}",
+                    self.upstream.config.name,
+                    self.digest,
+                    spool.received()
+                ))
+            })?;
+            spool.write(chunk).await?;
         }
-        if let Some(s) = size {
-            if received != s {
-                return Err(broken(format!("truncated: {received} of {s} bytes")));
-            }
-        }
-        let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(broken(format!("content has digest {actual}")));
-        }
-        // Followers (here and in other processes) may have the last byte
-        // now; joining parts into the blob can take a while on S3.
-        self.flight.update(|s| s.hashed = true);
+        spool.verify().await?;
+        // Joining parts into the blob can take a while on S3: followers
+        // elsewhere may serve the last byte meanwhile.
         if let Some(lease) = lease {
             lease.renew(&self.flight).await;
         }
-        self.commit(received).await.map_err(store)?;
-        Ok(())
-    }
-
-    /// Write the unspooled tail: appended to the one spool object where the
-    /// backend can, else as one chunk object.
-    pub(super) async fn spool_tail(
-        &self,
-        index: usize,
-    ) -> Result<(), crate::io::storage::StorageError> {
-        let (offset, parts) = {
-            let s = self.flight.lock();
-            let offset = s.tail.first().map(|(o, _)| *o).unwrap_or(s.received);
-            let parts: Vec<Bytes> = s.tail.iter().map(|(_, b)| b.clone()).collect();
-            (offset, parts)
-        };
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if self.storage.can_append() {
-            let key = layout::upload_data(&self.spool);
-            self.storage.append(&key, offset, parts).await?;
-            self.flight.update(|s| {
-                match s.spooled.first_mut() {
-                    Some(sp) => sp.len += len,
-                    None => s.spooled.push(Spooled { offset, len, key }),
-                }
-                s.tail.clear();
-            });
-            return Ok(());
-        }
-        let mut data = BytesMut::with_capacity(len as usize);
-        for p in &parts {
-            data.extend_from_slice(p);
-        }
-        let key = layout::upload_chunk(&self.spool, offset, &format!("{index:08x}"));
-        self.storage
-            .put(&key, data.freeze(), PutMode::Overwrite)
-            .await?;
-        self.flight.update(|s| {
-            s.spooled.push(Spooled { offset, len, key });
-            s.tail.clear();
-        });
-        Ok(())
-    }
-
-    /// Move the verified spool into place and link it.
-    pub(super) async fn commit(&self, size: u64) -> Result<(), crate::io::storage::StorageError> {
-        let blob = layout::blob(&self.digest);
-        let keys: Vec<String> = self
-            .flight
-            .lock()
-            .spooled
-            .iter()
-            .map(|s| s.key.clone())
-            .collect();
-        match keys.as_slice() {
-            [] => {
-                self.storage
-                    .put(&blob, Bytes::new(), PutMode::Overwrite)
-                    .await?
-            }
-            [only] => {
-                // One chunk, or the appended spool. Clients may be reading
-                // it; renaming keeps open files readable on disk, and S3
-                // copies before deleting.
-                self.storage.rename(only, &blob).await?;
-            }
-            many => {
-                let joined = join_objects(self.storage.clone(), many.to_vec());
-                self.storage
-                    .put_stream(
-                        &blob,
-                        digest::verify(joined, self.digest.clone(), Some(size)),
-                    )
-                    .await?;
-            }
-        }
-        self.storage
-            .put(
-                &layout::layer_link(&self.local, &self.digest),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await?;
-        self.storage
-            .put(
-                &layout::catalog_entry(&self.local),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await?;
-        // The fill is the blob's first use.
-        let filled = Change::Filled {
-            digest: self.digest.to_string(),
-            size,
-            at_ms: self.host.now_unix_ms(),
-        };
-        if self.records_changes {
-            changes::record(&*self.storage, &*self.host, &filled).await?;
-        }
-        Ok(())
+        spool.commit().await
     }
 }

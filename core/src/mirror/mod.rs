@@ -27,6 +27,7 @@ mod manifests;
 mod missing;
 mod recency;
 mod referrers;
+mod spool;
 mod tags;
 pub(crate) mod upstream;
 

@@ -89,6 +89,16 @@ impl StorageError {
     }
 }
 
+/// A backend's own I/O failure (its file system's, its socket's) is a
+/// [`StorageError::Backend`], so a backend can use `?` on it. A failed
+/// *input* stream is not: a backend maps that to [`StorageError::Input`]
+/// before `?`.
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        StorageError::backend(e)
+    }
+}
+
 /// An object store, as much of one as a registry needs.
 ///
 /// Contract (checked by the conformance suite, feature `conformance`):

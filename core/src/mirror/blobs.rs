@@ -13,15 +13,14 @@ use crate::io::body::Body;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
-use crate::metrics::{self};
 use crate::model::digest::Digest;
-use crate::model::upload::UploadId;
 use crate::store::layout;
 use crate::store::Result;
 use crate::wire::response::{blob_response, satisfiable_range, Response};
 use crate::wire::{self};
 
-use super::fill::{follow, BlobFlight, Claim, Fill, FlightError};
+use super::edge::{BlobMiss, FillClaim, FillFollower};
+use super::fill::{follow, BlobFlight, Fill, FlightError};
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     pub(super) async fn mirror_blob(
@@ -78,7 +77,11 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
             return Ok(mark(resp, "miss"));
         }
-        let flight = self.blob_flight(t, digest);
+        let Some(flight) = self.blob_flight(t, digest).await else {
+            // Stored meanwhile (by a fill that ended since this request
+            // found the blob missing): serve it as a hit would be served.
+            return Box::pin(self.mirror_blob(t, digest, range, head)).await;
+        };
         let size = flight.started().await.map_err(|e| match e {
             FlightError::Upstream(e) => self.upstream_failure(t, e, ErrorCode::BlobUnknown),
             FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
@@ -119,18 +122,25 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             .is_filling(&(t.local.clone(), digest.clone()))
     }
 
-    /// Join the fill of `digest`, or start it.
-    pub(super) fn blob_flight(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> Arc<BlobFlight> {
-        let key = (t.local.clone(), digest.clone());
-        let flight = match self.mirrors.fills.claim(key, self.store.host.now_unix_ms()) {
-            Claim::Follow(f) => {
-                metrics::inc(&self.store.metrics.singleflight_joins);
-                return f;
-            }
-            Claim::Lead(f) => f,
+    /// Join the fill of `digest`, or start it: what `claim_fill` decides,
+    /// carried out by the core's own fill task. `None` if the blob was
+    /// stored since the request found it missing: look again.
+    async fn blob_flight(
+        &self,
+        t: &MirrorTarget<F, H>,
+        digest: &Digest,
+    ) -> Option<Arc<BlobFlight>> {
+        let miss = BlobMiss {
+            target: t.clone(),
+            digest: digest.clone(),
+            head: false,
+            range: None,
         };
-        let mut raw = [0u8; 16];
-        self.store.host.fill_random(&mut raw);
+        let claim = self.claim_fill(&miss).await;
+        let flight = match &claim {
+            FillClaim::Lead(lease) => lease.flight.clone(),
+            FillClaim::Follow(f) => f.flight.clone(),
+        };
         let fill = Fill {
             storage: self.store.storage.clone(),
             upstream: t.upstream.clone(),
@@ -138,14 +148,23 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             remote: t.remote.clone(),
             local: t.local.clone(),
             digest: digest.clone(),
-            spool: UploadId::from_random(raw),
             flight: flight.clone(),
             fills: self.mirrors.fills.clone(),
             metrics: self.store.metrics.clone(),
-            lease_ms: self.store.config.fill_lease_ms,
             records_changes: self.store.config.records_changes,
         };
-        self.store.host.spawn(Box::pin(fill.run()));
-        flight
+        match claim {
+            FillClaim::Lead(lease) => self.store.host.spawn(Box::pin(fill.lead(lease))),
+            FillClaim::Follow(FillFollower {
+                elsewhere: Some(e), ..
+            }) => self.store.host.spawn(Box::pin(fill.follow(e))),
+            // Settled before it started: nothing to follow, the blob is
+            // stored.
+            FillClaim::Follow(_) if flight.outcome().is_some() && !flight.lock().started => {
+                return None
+            }
+            FillClaim::Follow(_) => {}
+        }
+        Some(flight)
     }
 }

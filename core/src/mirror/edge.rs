@@ -118,17 +118,23 @@ pub enum FillClaim<S: Storage, H: Host> {
 
 /// The right, and the duty, to fill one blob.
 pub struct FillLease<S: Storage, H: Host> {
-    fills: Arc<Fills>,
-    key: (RepositoryName, Digest),
-    flight: Arc<BlobFlight>,
+    pub(crate) fills: Arc<Fills>,
+    pub(crate) key: (RepositoryName, Digest),
+    pub(crate) flight: Arc<BlobFlight>,
     host: Arc<H>,
     metrics: Arc<Metrics>,
     settled: AtomicBool,
+    /// This process's name for the fill: in the lease in storage, and the
+    /// upload session a spooling fill writes to.
+    pub(crate) spool: UploadId,
+    /// A spooling fill's session exists: renewals keep it fresh for the
+    /// janitor too.
+    pub(crate) spooling: AtomicBool,
     /// The lease in storage, when the storage takes create-only puts.
-    stored: Option<Arc<StoredLease<S, H>>>,
+    pub(crate) stored: Option<Arc<StoredLease<S, H>>>,
     /// Held only to wait for another process's fill (`Elsewhere`): whatever
     /// ends the wait, requests here look again.
-    waits_elsewhere: bool,
+    pub(crate) waits_elsewhere: bool,
 }
 
 impl<S: Storage, H: Host> FillLease<S, H> {
@@ -162,6 +168,9 @@ impl<S: Storage, H: Host> FillLease<S, H> {
                     // the blob is verified either way; stop renewing.
                     std::future::pending::<()>().await;
                 }
+                if self.spooling.load(Ordering::Relaxed) {
+                    stored.touch_spool().await;
+                }
             }
         };
         futures::pin_mut!(fill, renewing);
@@ -177,6 +186,12 @@ impl<S: Storage, H: Host> FillLease<S, H> {
     /// requests find the blob, or start a fresh fill. Only the first call
     /// counts.
     pub async fn settle(&self, outcome: Result<(), String>) {
+        self.settle_flight(outcome.map_err(FlightError::Broken))
+            .await
+    }
+
+    /// [`Self::settle`], keeping an upstream's answer as it was.
+    pub(crate) async fn settle_flight(&self, outcome: Result<(), FlightError>) {
         if self.settled.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -186,7 +201,16 @@ impl<S: Storage, H: Host> FillLease<S, H> {
         self.settle_here(outcome);
     }
 
-    fn settle_here(&self, outcome: Result<(), String>) {
+    /// Write the fill's progress into the lease in storage now (not at the
+    /// next renewal): followers elsewhere see the upstream's answer, or the
+    /// last byte hashed, without waiting.
+    pub(crate) async fn renew_now(&self) {
+        if let Some(stored) = &self.stored {
+            stored.renew(&self.flight).await;
+        }
+    }
+
+    fn settle_here(&self, outcome: Result<(), FlightError>) {
         if let Err(e) = &outcome {
             metrics::inc(&self.metrics.fills_failed);
             self.host.warn(&format!(
@@ -194,11 +218,7 @@ impl<S: Storage, H: Host> FillLease<S, H> {
                 self.key.1, self.key.0
             ));
         }
-        self.fills.settle(
-            &self.key,
-            &self.flight,
-            outcome.map_err(FlightError::Broken),
-        );
+        self.fills.settle(&self.key, &self.flight, outcome);
     }
 
     /// Settled as "look again" (not a failure): the blob is stored, or the
@@ -227,7 +247,9 @@ impl<S: Storage, H: Host> Drop for FillLease<S, H> {
             self.host
                 .spawn(Box::pin(async move { stored.release().await }));
         }
-        self.settle_here(Err("the filling request went away".into()));
+        self.settle_here(Err(FlightError::Broken(
+            "the filling request went away".into(),
+        )));
     }
 }
 
@@ -235,19 +257,32 @@ impl<S: Storage, H: Host> Drop for FillLease<S, H> {
 pub struct FillFollower<S: Storage, H: Host> {
     fills: Arc<Fills>,
     key: (RepositoryName, Digest),
-    flight: Arc<BlobFlight>,
+    pub(crate) flight: Arc<BlobFlight>,
     /// The fill is another process's: this request leads the wait here
     /// (its in-memory fill, which requests of this process follow) and
     /// watches the lease in storage.
-    elsewhere: Option<Elsewhere<S, H>>,
+    pub(crate) elsewhere: Option<Elsewhere<S, H>>,
 }
 
-struct Elsewhere<S: Storage, H: Host> {
-    here: FillLease<S, H>,
-    lease: Arc<StoredLease<S, H>>,
+pub(crate) struct Elsewhere<S: Storage, H: Host> {
+    /// This process's side of the fill: settled when the watch ends, or
+    /// made the lead when this process takes the fill over.
+    pub(crate) here: FillLease<S, H>,
+    pub(crate) lease: Arc<StoredLease<S, H>>,
     /// The lease as last read, and when (this process's clock).
-    seen: LeaseRecord,
+    pub(crate) seen: LeaseRecord,
     seen_at: u64,
+}
+
+impl<S: Storage, H: Host> Elsewhere<S, H> {
+    /// This process holds the lease in storage now (taken over, or taken
+    /// after its holder gave up): the wait becomes the fill.
+    pub(crate) fn into_lead(self) -> FillLease<S, H> {
+        let mut here = self.here;
+        here.waits_elsewhere = false;
+        here.stored = Some(self.lease);
+        here
+    }
 }
 
 /// How long a fill may move no bytes before its followers take it as
@@ -385,6 +420,12 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 });
             }
         };
+        // The holder's name in the lease, and its spool if the core moves
+        // the bytes (a host that stores them itself has no spool to follow,
+        // only the lease to watch).
+        let mut raw = [0u8; 16];
+        self.store.host.fill_random(&mut raw);
+        let spool = UploadId::from_random(raw);
         let mut here = FillLease {
             fills: fills.clone(),
             key,
@@ -392,19 +433,17 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             host: self.store.host.clone(),
             metrics: self.store.metrics.clone(),
             settled: AtomicBool::new(false),
+            spool: spool.clone(),
+            spooling: AtomicBool::new(false),
             stored: None,
             waits_elsewhere: false,
         };
-        // The holder's name in the lease: the host moves the bytes, so
-        // there is no spool to follow, only the lease to watch.
-        let mut raw = [0u8; 16];
-        self.store.host.fill_random(&mut raw);
         let stored = Arc::new(StoredLease::new(
             self.store.storage.clone(),
             self.store.host.clone(),
             &miss.target.local,
             &miss.digest,
-            UploadId::from_random(raw),
+            spool,
             self.store.config.fill_lease_ms,
         ));
         match stored.claim(&here.flight).await {

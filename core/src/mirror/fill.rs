@@ -18,6 +18,7 @@ use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::{self, Metrics};
+use crate::mirror::edge::{Elsewhere, FillLease};
 use crate::mirror::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::mirror::upstream::Upstream;
 use crate::model::digest::Digest;
@@ -399,7 +400,11 @@ pub(super) fn follow<S: Storage>(
     Box::pin(parts.flatten())
 }
 
-/// The task that fills one blob from upstream.
+/// The core's own run of a fill, for hosts that leave moving the bytes to
+/// it (`Registry::handle`): it carries out what `claim_fill` decided, as a
+/// task of the host's. The lead reads the upstream's body into a
+/// [`Spool`]; the first request of a process that finds another process
+/// filling follows that fill's spool (and takes the fill over if it dies).
 pub(super) struct Fill<S, F, H> {
     pub(super) storage: Arc<S>,
     pub(super) upstream: Arc<Upstream<F, H>>,
@@ -407,12 +412,9 @@ pub(super) struct Fill<S, F, H> {
     pub(super) remote: RepositoryName,
     pub(super) local: RepositoryName,
     pub(super) digest: Digest,
-    pub(super) spool: UploadId,
     pub(super) flight: Arc<BlobFlight>,
     pub(super) fills: Arc<Fills>,
     pub(super) metrics: Arc<Metrics>,
-    /// How long the fill's storage lease lasts unrenewed.
-    pub(super) lease_ms: u64,
     /// Record the fill for eviction passes (`RegistryConfig::records_changes`).
     pub(super) records_changes: bool,
 }
@@ -466,68 +468,46 @@ enum Watched {
 }
 
 impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
-    pub(super) async fn run(self) {
-        let lease = Arc::new(StoredLease::new(
-            self.storage.clone(),
-            self.host.clone(),
-            &self.local,
-            &self.digest,
-            self.spool.clone(),
-            self.lease_ms,
-        ));
-        let (outcome, held) = self.lead_or_follow(&lease).await;
-        if outcome.is_err() {
-            metrics::inc(&self.metrics.fills_failed);
-        }
+    /// Fill under `lease`, then settle it.
+    pub(super) async fn lead(self, lease: FillLease<S, H>) {
+        let outcome = lease.hold(self.fill(&lease)).await;
         // Tidy up before anyone hears how the fill ended: a client that saw
         // it fail finds nothing of it left. (Clients still reading spooled
         // chunks wait for the outcome, then read the stored blob.)
-        if let Ok(keys) = self.storage.list(&layout::upload_dir(&self.spool)).await {
+        if let Ok(keys) = self.storage.list(&layout::upload_dir(&lease.spool)).await {
             for k in keys {
                 let _ = self.storage.delete(&k).await;
             }
         }
-        if held {
-            lease.release().await;
-        }
-        let key = (self.local.clone(), self.digest.clone());
-        self.fills.settle(&key, &self.flight, outcome);
+        lease.settle_flight(outcome).await;
     }
 
-    /// Fill under the storage lease, or follow the process that holds it.
-    /// Returns how it ended and whether this process held the lease.
-    async fn lead_or_follow(
-        &self,
-        lease: &Arc<StoredLease<S, H>>,
-    ) -> (Result<(), FlightError>, bool) {
+    /// Follow another process's fill: its spool feeds this process's
+    /// clients. If its holder dies, or gives up before its first byte,
+    /// this process fills instead.
+    pub(super) async fn follow(self, mut e: Elsewhere<S, H>) {
         // A holder that gives up before its first byte (the upstream said
         // no) releases the lease: ask again, and hear the upstream's answer
         // first hand.
         for _ in 0..3 {
-            match lease.claim(&self.flight).await {
-                Claimed::Uncoordinated => return (self.fill(None).await, false),
-                Claimed::Held => {
-                    // The blob may have been committed (and its lease
-                    // released) since this request found it missing.
-                    if let Some(size) = self.stored_here().await {
-                        self.flight.update(|s| s.stored(size));
-                        return (Ok(()), true);
+            match self.watch(&e.lease, e.seen.clone()).await {
+                Watched::Over(outcome) => return e.here.settle_flight(outcome).await,
+                Watched::TakenOver => return self.lead(e.into_lead()).await,
+                Watched::Released => match e.lease.claim(&self.flight).await {
+                    Claimed::Held => return self.lead(e.into_lead()).await,
+                    Claimed::Uncoordinated => {
+                        let mut lead = e.into_lead();
+                        lead.stored = None;
+                        return self.lead(lead).await;
                     }
-                    return (self.hold(lease).await, true);
-                }
-                Claimed::Elsewhere(record) => match self.watch(lease, record).await {
-                    Watched::Over(outcome) => return (outcome, false),
-                    Watched::TakenOver => return (self.hold(lease).await, true),
-                    Watched::Released => continue,
+                    Claimed::Elsewhere(record) => e.seen = record,
                 },
             }
         }
-        (
-            Err(FlightError::Broken(
-                "the fill was given up by one process after another".into(),
-            )),
-            false,
-        )
+        let gave_up = "the fill was given up by one process after another";
+        e.here
+            .settle_flight(Err(FlightError::Broken(gave_up.into())))
+            .await;
     }
 
     /// The blob's size if it is stored and linked into this repository
@@ -542,13 +522,6 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             .await
             .ok()??;
         Some(meta.size)
-    }
-
-    /// Fill while holding the lease, renewing it meanwhile.
-    async fn hold(&self, lease: &Arc<StoredLease<S, H>>) -> Result<(), FlightError> {
-        self.host
-            .spawn(Box::pin(lease.clone().keep(self.flight.clone())));
-        self.fill(Some(lease)).await
     }
 
     /// Follow another process's fill: its spooled parts become this
@@ -571,7 +544,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         first: LeaseRecord,
         held: &mut u64,
     ) -> Watched {
-        metrics::inc(&self.metrics.fills_followed_elsewhere);
+        // (Counted in `fills_followed_elsewhere` by the claim.)
         let mut seen = first;
         let mut seen_at = self.host.now_unix_ms();
         let mut pause = 10;
@@ -698,12 +671,10 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         }
     }
 
-    /// Fill from the upstream, telling `lease` (if held) when the upstream
-    /// answered.
-    pub(super) async fn fill(
-        &self,
-        lease: Option<&Arc<StoredLease<S, H>>>,
-    ) -> Result<(), FlightError> {
+    /// Fill from the upstream into this process's spool, telling followers
+    /// elsewhere (through `lease`) when the upstream answered and when
+    /// every byte hashed right.
+    async fn fill(&self, lease: &FillLease<S, H>) -> Result<(), FlightError> {
         let resp = self
             .upstream
             .blob(&self.remote, &self.digest.to_string(), None)
@@ -716,17 +687,17 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             host: self.host.clone(),
             local: self.local.clone(),
             digest: self.digest.clone(),
-            id: self.spool.clone(),
+            id: lease.spool.clone(),
             flight: self.flight.clone(),
             metrics: self.metrics.clone(),
             records_changes: self.records_changes,
             source: format!("upstream {}", self.upstream.config.name),
         };
         let mut spool = Spool::begin(target, size).await?;
-        if let Some(lease) = lease {
-            // Followers elsewhere answer their clients from here on.
-            lease.renew(&self.flight).await;
-        }
+        lease
+            .spooling
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        lease.renew_now().await;
         let mut body = F::body_stream(resp.into_body());
         while let Some(item) = body.next().await {
             let chunk = item.map_err(|e| {
@@ -742,9 +713,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         spool.verify().await?;
         // Joining parts into the blob can take a while on S3: followers
         // elsewhere may serve the last byte meanwhile.
-        if let Some(lease) = lease {
-            lease.renew(&self.flight).await;
-        }
+        lease.renew_now().await;
         spool.commit().await
     }
 }

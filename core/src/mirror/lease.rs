@@ -228,25 +228,17 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
         true
     }
 
-    /// Renew every quarter lifetime until `flight` has an outcome or the
-    /// lease is lost. The spool's state is touched too, so no process's
-    /// janitor takes a live spool for a dead one.
-    pub(crate) async fn keep(self: Arc<Self>, flight: Arc<BlobFlight>) {
-        let every = (self.lifetime_ms / 4).max(1);
-        loop {
-            self.host.sleep(every).await;
-            if flight.outcome().is_some() || !self.renew(&flight).await {
-                return;
-            }
-            let state = layout::upload_state(&self.spool);
-            if let Ok(Some(raw)) = self.storage.read(&state).await {
-                if let Some(mut s) = crate::model::upload::UploadState::decode(&raw) {
-                    s.updated_ms = self.host.now_unix_ms();
-                    let _ = self
-                        .storage
-                        .put(&state, s.encode(), PutMode::Overwrite)
-                        .await;
-                }
+    /// Mark this process's spool as live, so that no process's janitor
+    /// takes it for a dead one's.
+    pub(crate) async fn touch_spool(&self) {
+        let state = layout::upload_state(&self.spool);
+        if let Ok(Some(raw)) = self.storage.read(&state).await {
+            if let Some(mut s) = crate::model::upload::UploadState::decode(&raw) {
+                s.updated_ms = self.host.now_unix_ms();
+                let _ = self
+                    .storage
+                    .put(&state, s.encode(), PutMode::Overwrite)
+                    .await;
             }
         }
     }

@@ -109,6 +109,16 @@ pub(crate) struct MirrorTarget<F, H> {
     pub(crate) local: RepositoryName,
 }
 
+impl<F, H> Clone for MirrorTarget<F, H> {
+    fn clone(&self) -> Self {
+        MirrorTarget {
+            upstream: self.upstream.clone(),
+            remote: self.remote.clone(),
+            local: self.local.clone(),
+        }
+    }
+}
+
 impl<F: Fetch, H: Host> Mirrors<F, H> {
     pub(crate) fn none() -> Self {
         Self::serving(Vec::new(), None)

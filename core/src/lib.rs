@@ -39,7 +39,7 @@ pub use error::{ErrorCode, ErrorSource, RegistryError, UpstreamError};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
 pub use metrics::Metrics;
-pub use mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, FillLease};
+pub use mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, FillLease, Followed};
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};
 pub use registry::{error_response, Registry, RegistryBuilder, Response};

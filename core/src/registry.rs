@@ -17,7 +17,7 @@ use crate::io::fetch::{Fetch, NoFetch};
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
-use crate::mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower};
+use crate::mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, Followed};
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
 use crate::wire::response::json_response;
@@ -334,17 +334,23 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// Take part in the single flight for a miss the host will fill: the
     /// first request for a (repository, digest) gets the [`FillLease`](crate::FillLease) and
     /// fills; the others get a [`FillFollower`] for
-    /// [`Registry::follow_fill`]. The core's own fills share the same
-    /// bookkeeping, so a blob is never filled twice at once in a process.
+    /// [`Registry::follow_fill`]. The core's own fills (behind
+    /// [`Registry::handle`]) take the same claim, so a blob is never filled
+    /// twice at once, in a process or among processes sharing the storage.
     pub async fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<S, H> {
         self.mirror().claim_fill(miss).await
     }
 
-    /// Wait for the fill another request leads. `Ok`: look again (the blob
-    /// is stored now, or its filler went away and this request may lead a
-    /// fresh fill); `Err`: the fill failed, answer with it. Waits with
-    /// [`Host::sleep`], never by being woken from another request.
-    pub async fn follow_fill(&self, follower: FillFollower<S, H>) -> Result<(), RegistryError> {
+    /// Wait for the fill another request leads, here or in another process.
+    /// [`Followed::LookAgain`]: the blob is stored now, or its filler went
+    /// away and a fresh claim may lead. [`Followed::Lead`]: the filler in
+    /// another process died and this request holds its lease now: fill.
+    /// `Err`: the fill failed, answer with it. Waits with [`Host::sleep`],
+    /// never by being woken from another request.
+    pub async fn follow_fill(
+        &self,
+        follower: FillFollower<S, H>,
+    ) -> Result<Followed<S, H>, RegistryError> {
         self.mirror().follow_fill(follower).await
     }
 

@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use kura_core::storage::{MemoryStorage, PutMode, Storage};
 use kura_core::UpstreamConfig;
 use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
-use kura_core::{Edge, FillClaim};
+use kura_core::{Edge, FillClaim, Followed};
 use kura_core::{Fetch, FetchError, Host};
 
 type Upstream = Registry<MemoryStorage, TestHost>;
@@ -400,10 +400,10 @@ fn an_abandoned_or_stalled_fill_does_not_strand_its_followers() {
         .host()
         .clock
         .store(now + 61_000 + 20_000, Ordering::SeqCst);
-    assert!(block_on(s.mirror.follow_fill(f)).is_ok());
+    let followed = block_on(s.mirror.follow_fill(f));
     assert!(
-        matches!(block_on(s.mirror.claim_fill(&m)), FillClaim::Lead(_)),
-        "the follower may lead now"
+        matches!(followed, Ok(Followed::Lead(_))),
+        "the follower took the lease over and fills now: {followed:?}"
     );
     drop(stalled);
 }
@@ -538,13 +538,13 @@ fn a_dead_isolates_fill_is_taken_over_after_its_lease_lifetime() {
         std::thread::sleep(std::time::Duration::from_secs(10));
         let _ = ring.send(());
     });
-    match block_on(futures::future::select(follow, deadline)) {
-        futures::future::Either::Left((r, _)) => r.expect("taken over: look again"),
+    let followed = match block_on(futures::future::select(follow, deadline)) {
+        futures::future::Either::Left((r, _)) => r.expect("taken over, not failed"),
         futures::future::Either::Right(_) => panic!("not taken over at the lease's lifetime"),
-    }
+    };
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
-    let FillClaim::Lead(lease) = block_on(b.claim_fill(&mb)) else {
-        panic!("the survivor leads now");
+    let Followed::Lead(lease) = followed else {
+        panic!("the survivor leads now, with the lease it took: {followed:?}");
     };
     let r = block_on(lease.hold(fill(&b, &mb)));
     block_on(lease.settle(r));
@@ -651,6 +651,10 @@ fn a_stalled_fill_stops_renewing_and_is_taken_over() {
         }
     });
     let followed = done.expect("the follower still waits on a stalled fill");
-    followed.expect("taken over: look again");
+    let followed = followed.expect("taken over, not failed");
+    assert!(
+        matches!(followed, Followed::Lead(_)),
+        "the follower fills now: {followed:?}"
+    );
     assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
 }

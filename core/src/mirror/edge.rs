@@ -1,29 +1,40 @@
-//! Blob misses for hosts that move the bytes themselves.
+//! Blob misses as decisions, for every host.
 //!
-//! The core's own blob fill (`fill`) reads every byte of an upstream blob:
-//! it hashes, spools and relays them. A host that can split a stream
-//! without touching its bytes (a Worker hands the upstream's
-//! `ReadableStream` to the client and to an R2 put that checks the sha256)
-//! should not run it. For such hosts, the `Registry` facade offers, in
-//! order: `handle_edge` (a miss comes back as a [`BlobMiss`], nothing
-//! fetched yet), `claim_fill` (the core's single flight decides whether this
-//! request fills or follows), `fetch_blob` (the upstream's response, body
-//! untouched), `blob_miss_response` (the client's headers around the host's
-//! body), `commit_blob` (link and catalog once storage holds the verified
-//! blob) and, for followers, `follow_fill`.
+//! A read of a mirrored blob that storage does not hold goes, on every
+//! host, through one claim: [`crate::Registry::claim_fill`] decides whether
+//! this request fills the blob ([`FillClaim::Lead`], with a [`FillLease`]
+//! to hold while filling and settle at the end) or follows the request
+//! that does ([`FillClaim::Follow`]), in this process (an in-memory map,
+//! `fill::Fills`) or in another sharing the storage (a lease object,
+//! `lease`). Who carries the decision out depends on the host:
 //!
-//! The core still decides everything (routing, whether it is a miss, which
-//! upstream request, what a verified blob is linked as); the host moves
-//! bytes. "Verified before visible" becomes the host's storage contract: the
-//! object at [`BlobMiss::key`] must only appear if its bytes hash to
-//! [`BlobMiss::digest`] (R2's `sha256` put option, or a digest checked
-//! before a multipart upload completes).
+//! - Hosts that call `handle` (native, wasm-js, embedders) leave it to the
+//!   core's fill task (`fill::Fill`): the lead reads the upstream's body
+//!   into a `spool::Spool` (hashed, spooled, committed once verified), and
+//!   every client follows it from offset K as bytes land, here or from
+//!   another process's spool.
+//! - A host that can split a stream without touching its bytes (a Worker
+//!   hands the upstream's `ReadableStream` to the client and to an R2 put
+//!   that checks the sha256) carries it out itself, in order:
+//!   `handle_edge` (a miss comes back as a [`BlobMiss`], nothing fetched
+//!   yet), `claim_fill`, `fetch_blob` (the upstream's response, body
+//!   untouched), `blob_miss_response` (the client's headers around the
+//!   host's body), `commit_blob` (link and catalog once storage holds the
+//!   verified blob) inside [`FillLease::hold`], then [`FillLease::settle`];
+//!   followers wait with `follow_fill` and look again.
+//!
+//! The core still decides everything (routing, whether it is a miss, who
+//! fills, which upstream request, what a verified blob is linked as); the
+//! host moves bytes. "Verified before visible" becomes the host's storage
+//! contract: the object at [`BlobMiss::key`] must only appear if its bytes
+//! hash to [`BlobMiss::digest`] (R2's `sha256` put option, or a digest
+//! checked before a multipart upload completes).
 //!
 //! Hosts whose concurrent requests must not wake each other (a Worker: each
 //! request has its own I/O context, and a request resumed from another's
 //! context does its I/O there) say so with `Host::wakes_across_requests`:
 //! manifest followers then poll on `Host::sleep`, and blob misses go
-//! through this module, whose `follow_fill` always polls.
+//! through the host-driven path, whose `follow_fill` always polls.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,6 +59,7 @@ use crate::wire::{self, Route};
 
 use super::fill::{BlobFlight, Claim, Fills, FlightError};
 use super::lease::{Claimed, LeaseRecord, StoredLease};
+use super::watch::{FollowEnd, Watcher};
 use crate::model::upload::UploadId;
 use crate::store::changes::Change;
 
@@ -127,9 +139,6 @@ pub struct FillLease<S: Storage, H: Host> {
     /// This process's name for the fill: in the lease in storage, and the
     /// upload session a spooling fill writes to.
     pub(crate) spool: UploadId,
-    /// A spooling fill's session exists: renewals keep it fresh for the
-    /// janitor too.
-    pub(crate) spooling: AtomicBool,
     /// The lease in storage, when the storage takes create-only puts.
     pub(crate) stored: Option<Arc<StoredLease<S, H>>>,
     /// Held only to wait for another process's fill (`Elsewhere`): whatever
@@ -168,7 +177,7 @@ impl<S: Storage, H: Host> FillLease<S, H> {
                     // the blob is verified either way; stop renewing.
                     std::future::pending::<()>().await;
                 }
-                if self.spooling.load(Ordering::Relaxed) {
+                if stored.spooling.load(Ordering::Relaxed) {
                     stored.touch_spool().await;
                 }
             }
@@ -199,6 +208,15 @@ impl<S: Storage, H: Host> FillLease<S, H> {
             stored.release().await;
         }
         self.settle_here(outcome);
+    }
+
+    /// The fill's bytes go to this process's spool (the core moves them):
+    /// followers elsewhere may read it, and renewals keep its session
+    /// fresh for the janitor.
+    pub(crate) fn spooling(&self) {
+        if let Some(stored) = &self.stored {
+            stored.spooling.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Write the fill's progress into the lease in storage now (not at the
@@ -253,6 +271,26 @@ impl<S: Storage, H: Host> Drop for FillLease<S, H> {
     }
 }
 
+/// How a wait with [`crate::Registry::follow_fill`] ended.
+pub enum Followed<S: Storage, H: Host> {
+    /// The fill is over (or was abandoned): look again, from
+    /// [`crate::Registry::handle_edge`]. The blob is stored, or a new
+    /// claim starts a fresh fill.
+    LookAgain,
+    /// The process that filled went away: this request took its lease and
+    /// fills now, as after [`FillClaim::Lead`].
+    Lead(FillLease<S, H>),
+}
+
+impl<S: Storage, H: Host> std::fmt::Debug for Followed<S, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Followed::LookAgain => f.write_str("LookAgain"),
+            Followed::Lead(_) => f.write_str("Lead(..)"),
+        }
+    }
+}
+
 /// A wait for another request's fill.
 pub struct FillFollower<S: Storage, H: Host> {
     fills: Arc<Fills>,
@@ -271,7 +309,7 @@ pub(crate) struct Elsewhere<S: Storage, H: Host> {
     pub(crate) lease: Arc<StoredLease<S, H>>,
     /// The lease as last read, and when (this process's clock).
     pub(crate) seen: LeaseRecord,
-    seen_at: u64,
+    pub(crate) seen_at: u64,
 }
 
 impl<S: Storage, H: Host> Elsewhere<S, H> {
@@ -434,7 +472,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             metrics: self.store.metrics.clone(),
             settled: AtomicBool::new(false),
             spool: spool.clone(),
-            spooling: AtomicBool::new(false),
             stored: None,
             waits_elsewhere: false,
         };
@@ -484,15 +521,17 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
 
     /// Wait for the fill with the host's timer, polling: a request must not
     /// be woken from another request's context (a Worker forbids it).
-    pub(crate) async fn follow_fill(&self, f: FillFollower<S, H>) -> Result<(), RegistryError> {
+    pub(crate) async fn follow_fill(
+        &self,
+        f: FillFollower<S, H>,
+    ) -> Result<Followed<S, H>, RegistryError> {
         if let Some(elsewhere) = f.elsewhere {
-            self.watch_elsewhere(elsewhere).await;
-            return Ok(());
+            return Ok(self.follow_elsewhere(elsewhere, f.flight).await);
         }
         let mut pause = 20;
         loop {
             match f.flight.outcome() {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(())) => return Ok(Followed::LookAgain),
                 Some(Err(e)) => {
                     return Err(RegistryError::new(
                         ErrorCode::Unavailable,
@@ -508,59 +547,37 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                     &f.flight,
                     Err(FlightError::Broken("the filling request went away".into())),
                 );
-                return Ok(());
+                return Ok(Followed::LookAgain);
             }
             self.store.host.sleep(pause).await;
             pause = (pause * 3 / 2).min(1000);
         }
     }
 
-    /// Wait, polling storage, until another process's fill is over: its
-    /// blob is stored, or its lease is gone (it failed: the caller looks
-    /// again and may fill itself), or its lease has not changed for its
-    /// lifetime on this process's clock (its holder died: the lease is
-    /// deleted and the caller looks again, to take it). Requests of this
-    /// process waiting on `e.here` then look again too.
-    async fn watch_elsewhere(&self, e: Elsewhere<S, H>) {
-        let storage = &self.store.storage;
-        let host = &self.store.host;
-        let blob = layout::blob(&e.here.key.1);
-        let (mut seen, mut seen_at) = (e.seen, e.seen_at);
-        let mut pause = 50;
-        loop {
-            host.sleep(pause).await;
-            pause = (pause * 3 / 2).min(1000);
-            if let Ok(Some(_)) = storage.head(&blob).await {
-                break;
+    /// Wait, polling storage, until another process's fill is over (the
+    /// requests of this process waiting with this one then look again) or
+    /// this process is to fill instead (its holder died, or gave up).
+    async fn follow_elsewhere(
+        &self,
+        e: Elsewhere<S, H>,
+        flight: Arc<BlobFlight>,
+    ) -> Followed<S, H> {
+        let watcher = Watcher {
+            storage: self.store.storage.clone(),
+            host: self.store.host.clone(),
+            local: e.here.key.0.clone(),
+            digest: e.here.key.1.clone(),
+            flight,
+            fills: self.mirrors.fills.clone(),
+            metrics: self.store.metrics.clone(),
+        };
+        match watcher.follow(e).await {
+            FollowEnd::Over { here, .. } => {
+                here.look_again();
+                Followed::LookAgain
             }
-            let now = host.now_unix_ms();
-            match e.lease.read().await {
-                // Over. Stored in between the two reads, or failed.
-                Ok(None) => break,
-                Ok(Some(record)) if record != seen => {
-                    seen = record;
-                    seen_at = now;
-                    e.here.progress();
-                }
-                _ if now.saturating_sub(seen_at) >= e.lease.lifetime_ms => {
-                    metrics::inc(&self.store.metrics.fills_taken_over);
-                    self.store.host.warn(&format!(
-                        "the fill of {} for {} stopped renewing its lease; taking it over",
-                        e.here.key.1, e.here.key.0
-                    ));
-                    // Unless another watcher took it over meanwhile: its
-                    // fresh lease is not ours to delete.
-                    if let Ok(Some(again)) = e.lease.read().await {
-                        if again == seen {
-                            let _ = storage.delete(&e.lease.key).await;
-                        }
-                    }
-                    break;
-                }
-                _ => {}
-            }
+            FollowEnd::Lead(lease) => Followed::Lead(lease),
         }
-        e.here.look_again();
     }
 }
 

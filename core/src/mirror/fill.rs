@@ -17,13 +17,12 @@ use crate::io::body::{self, ByteStream};
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::mirror::edge::{Elsewhere, FillLease};
-use crate::mirror::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::mirror::upstream::Upstream;
+use crate::mirror::watch::{FollowEnd, Watcher};
 use crate::model::digest::Digest;
 use crate::model::reference::RepositoryName;
-use crate::model::upload::UploadId;
 use crate::store::layout;
 use crate::store::{error_stream, Result};
 use crate::wire::{self};
@@ -39,7 +38,7 @@ use crate::wire::{self};
 pub(crate) struct Fills {
     flights: Mutex<HashMap<FlightKey, Arc<BlobFlight>>>,
     /// Bytes of other processes' fills held in memory for clients here,
-    /// across every followed fill (at most `FOLLOWED_IN_MEMORY_TOTAL`).
+    /// across every followed fill (at most `watch::FOLLOWED_IN_MEMORY_TOTAL`).
     followed_in_memory: std::sync::atomic::AtomicU64,
 }
 
@@ -70,16 +69,16 @@ impl Fills {
 
     /// Count `n` more bytes of followed fills in memory, if the budget
     /// allows.
-    fn hold_followed(&self, n: u64) -> bool {
+    pub(super) fn hold_followed(&self, n: u64) -> bool {
         use std::sync::atomic::Ordering;
         self.followed_in_memory
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                (held + n <= FOLLOWED_IN_MEMORY_TOTAL).then_some(held + n)
+                (held + n <= super::watch::FOLLOWED_IN_MEMORY_TOTAL).then_some(held + n)
             })
             .is_ok()
     }
 
-    fn release_followed(&self, n: u64) {
+    pub(super) fn release_followed(&self, n: u64) {
         use std::sync::atomic::Ordering;
         let _ = self
             .followed_in_memory
@@ -191,14 +190,14 @@ pub(super) enum Step {
 impl FlightState {
     /// The blob is stored whole (committed by another process, perhaps
     /// before this one saw a byte of it): readers read it from storage.
-    fn stored(&mut self, size: u64) {
+    pub(super) fn stored(&mut self, size: u64) {
         self.started = true;
         self.size = Some(size);
         self.received = size;
     }
 
     /// Forget a fill's progress: another holder starts again from byte 0.
-    fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.generation += 1;
         self.verified = false;
         self.received = 0;
@@ -419,54 +418,6 @@ pub(super) struct Fill<S, F, H> {
     pub(super) records_changes: bool,
 }
 
-/// How many of the newest bytes of another process's fill a follower holds
-/// in memory for its clients (older ones they read from the spool): with
-/// them, N clients of a follower cost one read of each spooled byte instead
-/// of N, and the holder's commit does not queue behind those reads.
-const FOLLOWED_IN_MEMORY: u64 = 64 * 1024 * 1024;
-
-/// The same, for all fills a process follows at once.
-const FOLLOWED_IN_MEMORY_TOTAL: u64 = 256 * 1024 * 1024;
-
-/// Bytes `range` of a spool, read from its `parts` (in offset order), as
-/// `(offset, bytes)` pieces, one per part; `None` if a part is gone (the
-/// blob was committed meanwhile) or unreadable.
-async fn read_parts<S: Storage>(
-    storage: &S,
-    parts: &[Spooled],
-    range: std::ops::Range<u64>,
-) -> Option<Vec<(u64, Bytes)>> {
-    let mut pieces = Vec::new();
-    for p in parts {
-        let (from, to) = (range.start.max(p.offset), range.end.min(p.offset + p.len));
-        if from >= to {
-            continue;
-        }
-        let (_, body) = storage
-            .get(&p.key, Some(from - p.offset..to - p.offset))
-            .await
-            .ok()??;
-        let bytes = body::collect_limited(S::body_stream(body), (to - from) as usize)
-            .await
-            .ok()?;
-        if bytes.len() as u64 != to - from {
-            return None;
-        }
-        pieces.push((from, bytes));
-    }
-    let read: u64 = pieces.iter().map(|(_, b)| b.len() as u64).sum();
-    (read == range.end - range.start).then_some(pieces)
-}
-
-/// How following another process's fill ended.
-enum Watched {
-    Over(Result<(), FlightError>),
-    /// Its holder stopped renewing the lease; this process holds it now.
-    TakenOver,
-    /// Its holder gave up before a byte arrived.
-    Released,
-}
-
 impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// Fill under `lease`, then settle it.
     pub(super) async fn lead(self, lease: FillLease<S, H>) {
@@ -485,189 +436,19 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// Follow another process's fill: its spool feeds this process's
     /// clients. If its holder dies, or gives up before its first byte,
     /// this process fills instead.
-    pub(super) async fn follow(self, mut e: Elsewhere<S, H>) {
-        // A holder that gives up before its first byte (the upstream said
-        // no) releases the lease: ask again, and hear the upstream's answer
-        // first hand.
-        for _ in 0..3 {
-            match self.watch(&e.lease, e.seen.clone()).await {
-                Watched::Over(outcome) => return e.here.settle_flight(outcome).await,
-                Watched::TakenOver => return self.lead(e.into_lead()).await,
-                Watched::Released => match e.lease.claim(&self.flight).await {
-                    Claimed::Held => return self.lead(e.into_lead()).await,
-                    Claimed::Uncoordinated => {
-                        let mut lead = e.into_lead();
-                        lead.stored = None;
-                        return self.lead(lead).await;
-                    }
-                    Claimed::Elsewhere(record) => e.seen = record,
-                },
-            }
-        }
-        let gave_up = "the fill was given up by one process after another";
-        e.here
-            .settle_flight(Err(FlightError::Broken(gave_up.into())))
-            .await;
-    }
-
-    /// The blob's size if it is stored and linked into this repository
-    /// (committed by a fill for it). Stored for another repository only,
-    /// it is not this fill's to serve: the upstream has not said yes here.
-    async fn stored_here(&self) -> Option<u64> {
-        let link = layout::layer_link(&self.local, &self.digest);
-        self.storage.head(&link).await.ok()??;
-        let meta = self
-            .storage
-            .head(&layout::blob(&self.digest))
-            .await
-            .ok()??;
-        Some(meta.size)
-    }
-
-    /// Follow another process's fill: its spooled parts become this
-    /// flight's, so this process's clients read them as they land.
-    async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord) -> Watched {
-        let mut held = 0;
-        let watched = self.watch_spool(lease, first, &mut held).await;
-        // Clients here read the stored blob from now on (or this process
-        // fills afresh, into a tail of its own).
-        self.flight.update(|s| s.tail.clear());
-        self.fills.release_followed(held);
-        watched
-    }
-
-    /// [`Self::watch`], counting in `held` the followed bytes it keeps in
-    /// memory.
-    async fn watch_spool(
-        &self,
-        lease: &StoredLease<S, H>,
-        first: LeaseRecord,
-        held: &mut u64,
-    ) -> Watched {
-        // (Counted in `fills_followed_elsewhere` by the claim.)
-        let mut seen = first;
-        let mut seen_at = self.host.now_unix_ms();
-        let mut pause = 10;
-        let mut spool = UploadId::parse(&seen.spool);
-        // A lease may be a dead process's (killed, then this one started):
-        // its spool is not served until the lease or the spool is seen to
-        // change, so clients never start on bytes nobody will finish.
-        let mut alive = false;
-        let mut listed_first: Option<u64> = None;
-        loop {
-            if let Some(size) = self.stored_here().await {
-                self.flight.update(|s| s.stored(size));
-                return Watched::Over(Ok(()));
-            }
-            let now = self.host.now_unix_ms();
-            match lease.read().await {
-                Ok(Some(record)) => {
-                    if record.spool != seen.spool {
-                        // Taken over: the new holder starts from byte 0.
-                        self.flight.update(FlightState::restart);
-                        // (The restart dropped what was held in memory.)
-                        self.fills.release_followed(std::mem::take(held));
-                        spool = UploadId::parse(&record.spool);
-                        listed_first = None;
-                    }
-                    if record != seen {
-                        seen = record;
-                        seen_at = now;
-                        alive = true;
-                    } else if (now.saturating_sub(seen_at) > lease.lifetime_ms
-                        || now.saturating_sub(seen.renewed_ms) > 3 * lease.lifetime_ms)
-                        // Another process may take it first: then follow that one.
-                        && lease.take_over(&self.flight).await
-                    {
-                        metrics::inc(&self.metrics.fills_taken_over);
-                        self.flight.update(FlightState::restart);
-                        return Watched::TakenOver;
-                    }
-                }
-                Ok(None) => {
-                    // Released: committed (look again) or given up.
-                    if let Some(size) = self.stored_here().await {
-                        self.flight.update(|s| s.stored(size));
-                        return Watched::Over(Ok(()));
-                    }
-                    if self.flight.lock().received == 0 {
-                        return Watched::Released;
-                    }
-                    return Watched::Over(Err(FlightError::Broken(
-                        "the process filling the blob gave up".into(),
-                    )));
-                }
-                Err(_) => {}
-            }
-            let moved = match &spool {
-                Some(id) => match spooled_parts(&*self.storage, id).await {
-                    Ok((parts, contiguous)) => {
-                        match listed_first {
-                            None => listed_first = Some(contiguous),
-                            Some(first) if contiguous > first => {
-                                alive = true;
-                                seen_at = now;
-                            }
-                            Some(_) => {}
-                        }
-                        // Bytes the holder said all hashed right are safe
-                        // to serve whether or not it still lives.
-                        let whole = seen.verified && seen.size == Some(contiguous);
-                        let serve = alive || whole;
-                        let had = self.flight.lock().received;
-                        let moved = serve && contiguous > had;
-                        let from = had.max(contiguous.saturating_sub(FOLLOWED_IN_MEMORY));
-                        let newest = if moved && self.fills.hold_followed(contiguous - from) {
-                            let read = read_parts(&*self.storage, &parts, from..contiguous).await;
-                            match read {
-                                Some(_) => *held += contiguous - from,
-                                None => self.fills.release_followed(contiguous - from),
-                            }
-                            read
-                        } else {
-                            None
-                        };
-                        let mut dropped = 0;
-                        if serve {
-                            self.flight.update(|s| {
-                                if let Some(pieces) = newest {
-                                    s.tail.extend(pieces);
-                                    // Oldest out, down to the budget.
-                                    let keep_from = contiguous.saturating_sub(FOLLOWED_IN_MEMORY);
-                                    s.tail.retain(|(off, b)| {
-                                        let keep = off + b.len() as u64 > keep_from;
-                                        if !keep {
-                                            dropped += b.len() as u64;
-                                        }
-                                        keep
-                                    });
-                                }
-                                s.started = seen.started;
-                                s.size = seen.size;
-                                s.received = contiguous;
-                                s.spooled = parts;
-                                // The holder's bytes all hashed right and all
-                                // are listed: they may be read to the end. (An
-                                // unknown size waits for the commit.)
-                                s.verified = seen.verified
-                                    && seen.size.is_some_and(|size| contiguous == size);
-                            });
-                        }
-                        *held -= dropped.min(*held);
-                        self.fills.release_followed(dropped);
-                        moved
-                    }
-                    Err(_) => false,
-                },
-                None => false,
-            };
-            if moved {
-                self.flight.moved(now);
-                pause = 10;
-            } else {
-                pause = (pause * 3 / 2).min(250);
-            }
-            self.host.sleep(pause).await;
+    pub(super) async fn follow(self, e: Elsewhere<S, H>) {
+        let watcher = Watcher {
+            storage: self.storage.clone(),
+            host: self.host.clone(),
+            local: self.local.clone(),
+            digest: self.digest.clone(),
+            flight: self.flight.clone(),
+            fills: self.fills.clone(),
+            metrics: self.metrics.clone(),
+        };
+        match watcher.follow(e).await {
+            FollowEnd::Over { outcome, here } => here.settle_flight(outcome).await,
+            FollowEnd::Lead(lease) => self.lead(lease).await,
         }
     }
 
@@ -694,9 +475,9 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
             source: format!("upstream {}", self.upstream.config.name),
         };
         let mut spool = Spool::begin(target, size).await?;
-        lease
-            .spooling
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Followers elsewhere answer their clients, from the spool, from
+        // here on.
+        lease.spooling();
         lease.renew_now().await;
         let mut body = F::body_stream(resp.into_body());
         while let Some(item) = body.next().await {

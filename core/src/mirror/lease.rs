@@ -43,8 +43,18 @@ pub(crate) struct LeaseRecord {
     /// be under way).
     #[serde(default)]
     pub(crate) verified: bool,
+    /// The holder writes its bytes to the spool (the core moves them). A
+    /// holder that stores them itself (a Worker) does not: its followers
+    /// have no spool to read, and do not list one. (Records of versions
+    /// that did not say came from spooling holders.)
+    #[serde(default = "spools_unless_said")]
+    pub(crate) spools: bool,
     /// The holder's clock at the last renewal. Only its changing matters.
     pub(crate) renewed_ms: u64,
+}
+
+fn spools_unless_said() -> bool {
+    true
 }
 
 impl LeaseRecord {
@@ -151,6 +161,8 @@ pub(crate) struct StoredLease<S, H> {
     pub(crate) spool: UploadId,
     /// How long a lease may stay unchanged before it is taken over.
     pub(crate) lifetime_ms: u64,
+    /// This process's fill writes to its spool (see [`LeaseRecord::spools`]).
+    pub(crate) spooling: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Storage, H: Host> StoredLease<S, H> {
@@ -168,6 +180,7 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
             key: layout::fill_lease(local, digest),
             spool,
             lifetime_ms,
+            spooling: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -178,6 +191,7 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
             started: s.started,
             size: s.size,
             verified: s.hashed,
+            spools: self.spooling.load(std::sync::atomic::Ordering::Relaxed),
             renewed_ms: self.host.now_unix_ms(),
         }
     }
@@ -196,6 +210,7 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
                         started: false,
                         size: None,
                         verified: false,
+                        spools: false,
                         renewed_ms: 0,
                     },
                 ))

@@ -30,6 +30,7 @@ mod referrers;
 mod spool;
 mod tags;
 pub(crate) mod upstream;
+mod watch;
 
 pub use evict::EvictionReport;
 use fill::Fills;

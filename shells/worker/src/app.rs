@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use http::StatusCode;
 use kura_core::{error_response, Response};
-use kura_core::{BlobMiss, Edge, FillClaim, FillLease};
+use kura_core::{BlobMiss, Edge, FillClaim, FillLease, Followed};
 use kura_core::{Body, ErrorCode, Registry, RegistryConfig, RegistryError};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{event, Context, Env};
@@ -259,7 +259,10 @@ async fn blob_miss(
         FillClaim::Lead(lease) => lead(app, miss, Rc::new(lease), ctx).await,
         // Waits on its own timer: no wakeups across requests.
         FillClaim::Follow(f) => match app.registry.follow_fill(f).await {
-            Ok(()) => Missed::Again,
+            Ok(Followed::LookAgain) => Missed::Again,
+            // The isolate that filled went away; this request took its
+            // lease over.
+            Ok(Followed::Lead(lease)) => lead(app, miss, Rc::new(lease), ctx).await,
             Err(e) => Missed::Answer(to_web(error_response(&e))),
         },
     }

@@ -17,7 +17,8 @@ use crate::io::fetch::{Fetch, NoFetch};
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
-use crate::mirror::edge::{BlobMiss, Edge, FillClaim, FillFollower, Followed};
+use crate::mirror::claim::{FillClaim, FillFollower, Followed};
+use crate::mirror::edge::{BlobMiss, Edge};
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
 use crate::wire::response::json_response;
@@ -338,7 +339,9 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// [`Registry::handle`]) take the same claim, so a blob is never filled
     /// twice at once, in a process or among processes sharing the storage.
     pub async fn claim_fill(&self, miss: &BlobMiss<F, H>) -> FillClaim<S, H> {
-        self.mirror().claim_fill(miss).await
+        self.mirror()
+            .claim_fill(&miss.target.local, &miss.digest)
+            .await
     }
 
     /// Wait for the fill another request leads, here or in another process.

@@ -19,7 +19,7 @@ use crate::store::Result;
 use crate::wire::response::{blob_response, satisfiable_range, Response};
 use crate::wire::{self};
 
-use super::edge::{BlobMiss, FillClaim, FillFollower};
+use super::claim::{FillClaim, FillFollower};
 use super::fill::{follow, BlobFlight, Fill, FlightError};
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
@@ -130,13 +130,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         t: &MirrorTarget<F, H>,
         digest: &Digest,
     ) -> Option<Arc<BlobFlight>> {
-        let miss = BlobMiss {
-            target: t.clone(),
-            digest: digest.clone(),
-            head: false,
-            range: None,
-        };
-        let claim = self.claim_fill(&miss).await;
+        let claim = self.claim_fill(&t.local, digest).await;
         let flight = match &claim {
             FillClaim::Lead(lease) => lease.flight.clone(),
             FillClaim::Follow(f) => f.flight.clone(),

@@ -18,7 +18,7 @@ use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
 use crate::metrics::Metrics;
-use crate::mirror::edge::{Elsewhere, FillLease};
+use crate::mirror::claim::{Elsewhere, FillLease};
 use crate::mirror::upstream::Upstream;
 use crate::mirror::watch::{FollowEnd, Watcher};
 use crate::model::digest::Digest;

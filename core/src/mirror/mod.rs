@@ -19,6 +19,7 @@
 //!   blob.
 
 mod blobs;
+pub(crate) mod claim;
 pub(crate) mod edge;
 mod evict;
 mod fill;
@@ -108,16 +109,6 @@ pub(crate) struct MirrorTarget<F, H> {
     pub(crate) remote: RepositoryName,
     /// The name kura stores it under (`docker.io/library/alpine`).
     pub(crate) local: RepositoryName,
-}
-
-impl<F, H> Clone for MirrorTarget<F, H> {
-    fn clone(&self) -> Self {
-        MirrorTarget {
-            upstream: self.upstream.clone(),
-            remote: self.remote.clone(),
-            local: self.local.clone(),
-        }
-    }
 }
 
 impl<F: Fetch, H: Host> Mirrors<F, H> {

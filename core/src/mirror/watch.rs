@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::edge::{Elsewhere, FillLease};
+use super::claim::{Elsewhere, FillLease};
 use super::fill::{BlobFlight, Fills, FlightError, FlightState, Spooled};
 use super::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::io::body;

@@ -2270,3 +2270,71 @@ fn without_eviction_nothing_is_recorded_and_passes_list_everything() {
         assert!(r.full_listing, "{r:?}");
     }
 }
+
+/// A holder that stores the bytes itself (a Worker writing straight to R2)
+/// says in its lease that it keeps no spool: a follower in another process
+/// then watches only the lease and the blob, and never lists the upload
+/// area (an R2 list is a costly operation). A holder that spools is read
+/// from its spool.
+#[test]
+fn a_follower_lists_the_holders_spool_only_if_the_holder_spools() {
+    for spools in [false, true] {
+        let s = setup(60_000);
+        let repo = format!("fleet/spools{spools}");
+        let layer = data(200_000, 85);
+        let (_, d) = push_image(&s.upstream, &repo, "v1", std::slice::from_ref(&layer));
+        let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
+        let now = 8_000_000;
+        let spool = "0123456789abcdef0123456789abcdee";
+        let lease = fill_lease_key(&format!("up.local/{repo}"), &d[1]);
+        let record = format!(
+            r#"{{"spool":"{spool}","started":true,"size":{},"spools":{spools},"renewed_ms":{now}}}"#,
+            layer.len()
+        );
+        block_on(storage.put(&lease, record.into(), PutMode::Create)).unwrap();
+        let b = mirror_on_host(&s, storage.clone(), TestHost::at(now).seeded(7));
+        let uri = format!("/v2/up.local/{repo}/blobs/{}", d[1]);
+        let before = storage.reads.load(Ordering::SeqCst);
+        let r = block_on(async {
+            let mut g = Box::pin(get_async(&b, &uri));
+            // The watcher (a task of the host's, on a thread) looks several
+            // times: the blob's link, the lease, (if it spools) the spool.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while storage.reads.load(Ordering::SeqCst) < before + 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the watcher never looked"
+                );
+                assert!(futures::poll!(g.as_mut()).is_pending());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            // The holder commits and lets go.
+            let name = kura_core::RepositoryName::parse(&format!("up.local/{repo}")).unwrap();
+            let blob = Bytes::from(layer.clone());
+            storage
+                .put(&blob_key(&d[1]), blob, PutMode::Overwrite)
+                .await
+                .unwrap();
+            let link = layer_link_key(&name, &d[1]);
+            storage
+                .put(&link, Bytes::new(), PutMode::Overwrite)
+                .await
+                .unwrap();
+            storage.delete(&lease).await.unwrap();
+            g.await
+        });
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.bytes() == layer.as_slice(), "not the whole blob");
+        assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+        let listed_spool = storage
+            .listed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains(spool));
+        assert_eq!(
+            listed_spool, spools,
+            "the spool listed: {listed_spool}, the holder spools: {spools}"
+        );
+    }
+}

@@ -152,9 +152,11 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             FillClaim::Follow(FillFollower {
                 elsewhere: Some(e), ..
             }) => self.store.host.spawn(Box::pin(fill.follow(e))),
-            // Settled before it started: nothing to follow, the blob is
-            // stored.
-            FillClaim::Follow(_) if flight.outcome().is_some() && !flight.lock().started => {
+            // Settled as stored before it started (committed since the
+            // request found the blob missing): nothing to follow.
+            FillClaim::Follow(_)
+                if matches!(flight.outcome(), Some(Ok(()))) && !flight.lock().started =>
+            {
                 return None
             }
             FillClaim::Follow(_) => {}

@@ -1736,6 +1736,29 @@ fn left_by_a_dead_holder(
     block_on(storage.put(&chunk, Bytes::from(vec![0u8; 4096]), PutMode::Create)).unwrap();
 }
 
+/// What another process's fill of `d` for `repo` does at its end: store
+/// and link the blob, then delete its `lease`.
+async fn committed_elsewhere<S: Storage>(
+    storage: &S,
+    repo: &str,
+    d: &Digest,
+    blob: &[u8],
+    lease: &str,
+) {
+    let name = kura_core::RepositoryName::parse(repo).unwrap();
+    let bytes = Bytes::copy_from_slice(blob);
+    let link = layer_link_key(&name, d);
+    storage
+        .put(&blob_key(d), bytes, PutMode::Overwrite)
+        .await
+        .unwrap();
+    storage
+        .put(&link, Bytes::new(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    storage.delete(lease).await.unwrap();
+}
+
 fn fill_lease_key(repo: &str, d: &Digest) -> String {
     format!("repositories/{repo}/_fills/sha256/{}", d.hex())
 }
@@ -2036,24 +2059,7 @@ fn a_fill_committed_elsewhere_before_a_byte_was_seen_is_served_whole() {
         let mut g = Box::pin(get_async(&b, &uri));
         assert!(futures::poll!(g.as_mut()).is_pending());
         // The other process commits and lets go.
-        let name = kura_core::RepositoryName::parse("up.local/fleet/three").unwrap();
-        storage
-            .put(
-                &blob_key(&d[1]),
-                Bytes::from(layer.clone()),
-                PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
-        storage
-            .put(
-                &layer_link_key(&name, &d[1]),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
-        storage.delete(&lease).await.unwrap();
+        committed_elsewhere(&*storage, "up.local/fleet/three", &d[1], &layer, &lease).await;
         g.await
     });
     assert_eq!(r.status, StatusCode::OK);
@@ -2309,18 +2315,8 @@ fn a_follower_lists_the_holders_spool_only_if_the_holder_spools() {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             // The holder commits and lets go.
-            let name = kura_core::RepositoryName::parse(&format!("up.local/{repo}")).unwrap();
-            let blob = Bytes::from(layer.clone());
-            storage
-                .put(&blob_key(&d[1]), blob, PutMode::Overwrite)
-                .await
-                .unwrap();
-            let link = layer_link_key(&name, &d[1]);
-            storage
-                .put(&link, Bytes::new(), PutMode::Overwrite)
-                .await
-                .unwrap();
-            storage.delete(&lease).await.unwrap();
+            let local = format!("up.local/{repo}");
+            committed_elsewhere(&*storage, &local, &d[1], &layer, &lease).await;
             g.await
         });
         assert_eq!(r.status, StatusCode::OK);

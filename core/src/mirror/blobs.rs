@@ -20,7 +20,8 @@ use crate::wire::response::{blob_response, satisfiable_range, Response};
 use crate::wire::{self};
 
 use super::claim::{FillClaim, FillFollower};
-use super::fill::{follow, BlobFlight, Fill, FlightError};
+use super::fill::Fill;
+use super::flight::{follow, BlobFlight, FlightError};
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     pub(super) async fn mirror_blob(

@@ -5,7 +5,7 @@
 //! ([`FillClaim::Lead`], with a [`FillLease`] to hold while filling and to
 //! settle at the end) or follows the request that does
 //! ([`FillClaim::Follow`]): first in this process (an in-memory map,
-//! `fill::Fills`), then among the processes sharing the storage (a lease
+//! `flight::Fills`), then among the processes sharing the storage (a lease
 //! object, `lease`). A follower of another process's fill watches it
 //! (`watch`) and leads instead if that process dies. Who carries a
 //! decision out depends on the host: the core's fill task (`fill::Fill`,
@@ -25,9 +25,9 @@ use crate::model::reference::RepositoryName;
 use crate::model::upload::UploadId;
 use crate::store::layout;
 
-use super::fill::{BlobFlight, Claim, Fills, FlightError};
+use super::flight::{BlobFlight, Claim, Fills, FlightError};
 use super::lease::{Claimed, LeaseRecord, StoredLease};
-use super::watch::{FollowEnd, Watcher};
+use super::watch::{Watched, Watcher};
 
 /// What [`crate::Registry::claim_fill`] decided: one request per
 /// (repository, digest) fills, the others follow it. Processes sharing the
@@ -227,14 +227,37 @@ pub(crate) struct Elsewhere<S: Storage, H: Host> {
     pub(crate) seen_at: u64,
 }
 
+/// How a wait for another process's fill ended.
+pub(crate) enum FollowEnd<S: Storage, H: Host> {
+    /// The fill is over (the blob stored, or failed): `here` is settled
+    /// with the outcome by the caller.
+    Over {
+        outcome: Result<(), FlightError>,
+        here: FillLease<S, H>,
+    },
+    /// This process is to fill now.
+    Lead(FillLease<S, H>),
+}
+
 impl<S: Storage, H: Host> Elsewhere<S, H> {
-    /// This process holds the lease in storage now (taken over, or taken
-    /// after its holder gave up): the wait becomes the fill.
-    pub(crate) fn into_lead(self) -> FillLease<S, H> {
-        let mut here = self.here;
-        here.waits_elsewhere = false;
-        here.stored = Some(self.lease);
-        here
+    /// Follow the fill with `watcher` until it is over, or the wait becomes
+    /// this process's fill (its holder died, or gave up).
+    pub(crate) async fn follow(self, watcher: &Watcher<S, H>) -> FollowEnd<S, H> {
+        let watched = watcher
+            .follow(&self.lease, self.seen.clone(), self.seen_at)
+            .await;
+        match watched {
+            Watched::Over(outcome) => FollowEnd::Over {
+                outcome,
+                here: self.here,
+            },
+            Watched::Lead { coordinated } => {
+                let mut here = self.here;
+                here.waits_elsewhere = false;
+                here.stored = coordinated.then_some(self.lease);
+                FollowEnd::Lead(here)
+            }
+        }
     }
 }
 
@@ -376,7 +399,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             fills: self.mirrors.fills.clone(),
             metrics: self.store.metrics.clone(),
         };
-        match watcher.follow(e).await {
+        match e.follow(&watcher).await {
             FollowEnd::Over { here, .. } => {
                 here.look_again();
                 Followed::LookAgain

@@ -26,7 +26,7 @@ use crate::model::reference::RepositoryName;
 use crate::model::upload::UploadId;
 use crate::store::layout;
 
-use super::fill::{BlobFlight, Spooled};
+use super::flight::{BlobFlight, Spooled};
 
 /// What a lease object says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

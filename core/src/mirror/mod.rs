@@ -23,6 +23,7 @@ pub(crate) mod claim;
 pub(crate) mod edge;
 mod evict;
 mod fill;
+mod flight;
 mod lease;
 mod manifests;
 mod missing;
@@ -34,7 +35,7 @@ pub(crate) mod upstream;
 mod watch;
 
 pub use evict::EvictionReport;
-use fill::Fills;
+use flight::Fills;
 use manifests::Flights;
 use missing::MissingKey;
 use recency::Recency;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::fill::{BlobFlight, Spooled};
+use super::flight::{BlobFlight, Spooled};
 use super::{APPEND_CHUNK, SPOOL_CHUNK};
 use crate::io::host::Host;
 use crate::io::storage::{PutMode, Storage, StorageError};
@@ -23,7 +23,7 @@ use crate::model::upload::{UploadId, UploadState};
 use crate::store::changes::{self, Change};
 use crate::store::{join_objects, layout};
 
-use super::fill::FlightError;
+use super::flight::FlightError;
 
 /// Where a spool writes, and who hears of it.
 pub(crate) struct SpoolTarget<S, H> {

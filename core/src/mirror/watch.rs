@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::claim::{Elsewhere, FillLease};
-use super::fill::{BlobFlight, Fills, FlightError, FlightState, Spooled};
+use super::flight::{BlobFlight, Fills, FlightError, FlightState, Spooled};
 use super::lease::{spooled_parts, Claimed, LeaseRecord, StoredLease};
 use crate::io::body;
 use crate::io::host::Host;
@@ -37,26 +36,21 @@ pub(crate) struct Watcher<S, H> {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// How a wait for another process's fill ended.
-pub(crate) enum FollowEnd<S: Storage, H: Host> {
-    /// The fill is over (the blob stored, or failed): `here` is settled
-    /// with the outcome by the caller.
-    Over {
-        outcome: Result<(), FlightError>,
-        here: FillLease<S, H>,
-    },
-    /// This process holds the lease now: it fills.
-    Lead(FillLease<S, H>),
+/// How following another process's fill ended.
+pub(crate) enum Watched {
+    /// The fill is over: the blob is stored (`Ok`), or it failed.
+    Over(Result<(), FlightError>),
+    /// This process is to fill now: it holds the lease in storage
+    /// (`coordinated`), or the storage stopped taking create-only puts.
+    Lead { coordinated: bool },
 }
 
 /// How many of the newest bytes of another process's fill a follower holds
 /// in memory for its clients (older ones they read from the spool): with
 /// them, N clients of a follower cost one read of each spooled byte instead
-/// of N, and the holder's commit does not queue behind those reads.
+/// of N, and the holder's commit does not queue behind those reads. (The
+/// budget across all the fills a process follows is `flight::Fills`'.)
 const FOLLOWED_IN_MEMORY: u64 = 64 * 1024 * 1024;
-
-/// The same, for all fills a process follows at once.
-pub(super) const FOLLOWED_IN_MEMORY_TOTAL: u64 = 256 * 1024 * 1024;
 
 /// Bytes `range` of a spool, read from its `parts` (in offset order), as
 /// `(offset, bytes)` pieces, one per part; `None` if a part is gone (the
@@ -88,8 +82,8 @@ async fn read_parts<S: Storage>(
     (read == range.end - range.start).then_some(pieces)
 }
 
-/// How following another process's fill ended.
-enum Watched {
+/// How one watch of another process's lease ended.
+enum Seen {
     Over(Result<(), FlightError>),
     /// Its holder stopped renewing the lease; this process holds it now.
     TakenOver,
@@ -98,40 +92,34 @@ enum Watched {
 }
 
 impl<S: Storage, H: Host> Watcher<S, H> {
-    /// Follow the fill `e` waits for until it is over, or this process is
-    /// to fill instead.
-    pub(crate) async fn follow(&self, mut e: Elsewhere<S, H>) -> FollowEnd<S, H> {
+    /// Follow the fill whose `lease` was read as `seen` at `seen_at` (this
+    /// process's clock) until it is over, or this process is to fill
+    /// instead.
+    pub(crate) async fn follow(
+        &self,
+        lease: &StoredLease<S, H>,
+        mut seen: LeaseRecord,
+        mut seen_at: u64,
+    ) -> Watched {
         // A holder that gives up before its first byte (the upstream said
         // no) releases the lease: ask again, and hear the upstream's answer
         // first hand.
         for _ in 0..3 {
-            match self.watch(&e.lease, e.seen.clone(), e.seen_at).await {
-                Watched::Over(outcome) => {
-                    return FollowEnd::Over {
-                        outcome,
-                        here: e.here,
-                    }
-                }
-                Watched::TakenOver => return FollowEnd::Lead(e.into_lead()),
-                Watched::Released => match e.lease.claim(&self.flight).await {
-                    Claimed::Held => return FollowEnd::Lead(e.into_lead()),
-                    Claimed::Uncoordinated => {
-                        let mut lead = e.into_lead();
-                        lead.stored = None;
-                        return FollowEnd::Lead(lead);
-                    }
+            match self.watch(lease, seen.clone(), seen_at).await {
+                Seen::Over(outcome) => return Watched::Over(outcome),
+                Seen::TakenOver => return Watched::Lead { coordinated: true },
+                Seen::Released => match lease.claim(&self.flight).await {
+                    Claimed::Held => return Watched::Lead { coordinated: true },
+                    Claimed::Uncoordinated => return Watched::Lead { coordinated: false },
                     Claimed::Elsewhere(record) => {
-                        e.seen = record;
-                        e.seen_at = self.host.now_unix_ms();
+                        seen = record;
+                        seen_at = self.host.now_unix_ms();
                     }
                 },
             }
         }
         let gave_up = "the fill was given up by one process after another";
-        FollowEnd::Over {
-            outcome: Err(FlightError::Broken(gave_up.into())),
-            here: e.here,
-        }
+        Watched::Over(Err(FlightError::Broken(gave_up.into())))
     }
 
     /// The blob's size if it is stored and linked into this repository
@@ -151,7 +139,7 @@ impl<S: Storage, H: Host> Watcher<S, H> {
     /// Follow another process's fill: its spooled parts become this
     /// flight's, so this process's clients read them as they land. `first`
     /// is the lease as read at `seen_at` (this process's clock).
-    async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord, seen_at: u64) -> Watched {
+    async fn watch(&self, lease: &StoredLease<S, H>, first: LeaseRecord, seen_at: u64) -> Seen {
         let mut held = 0;
         let watched = self.watch_spool(lease, first, seen_at, &mut held).await;
         // Clients here read the stored blob from now on (or this process
@@ -169,7 +157,7 @@ impl<S: Storage, H: Host> Watcher<S, H> {
         first: LeaseRecord,
         seen_at: u64,
         held: &mut u64,
-    ) -> Watched {
+    ) -> Seen {
         // (Counted in `fills_followed_elsewhere` by the claim.)
         let mut seen = first;
         let mut seen_at = seen_at;
@@ -183,7 +171,7 @@ impl<S: Storage, H: Host> Watcher<S, H> {
         loop {
             if let Some(size) = self.stored_here().await {
                 self.flight.update(|s| s.stored(size));
-                return Watched::Over(Ok(()));
+                return Seen::Over(Ok(()));
             }
             let now = self.host.now_unix_ms();
             match lease.read().await {
@@ -214,19 +202,19 @@ impl<S: Storage, H: Host> Watcher<S, H> {
                             self.digest, self.local
                         ));
                         self.flight.update(FlightState::restart);
-                        return Watched::TakenOver;
+                        return Seen::TakenOver;
                     }
                 }
                 Ok(None) => {
                     // Released: committed (look again) or given up.
                     if let Some(size) = self.stored_here().await {
                         self.flight.update(|s| s.stored(size));
-                        return Watched::Over(Ok(()));
+                        return Seen::Over(Ok(()));
                     }
                     if self.flight.lock().received == 0 {
-                        return Watched::Released;
+                        return Seen::Released;
                     }
-                    return Watched::Over(Err(FlightError::Broken(
+                    return Seen::Over(Err(FlightError::Broken(
                         "the process filling the blob gave up".into(),
                     )));
                 }

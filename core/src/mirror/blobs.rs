@@ -78,15 +78,17 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             let resp = blob_response(StatusCode::OK, Body::Empty, digest, len, None);
             return Ok(mark(resp, "miss"));
         }
-        let Some(flight) = self.blob_flight(t, digest).await else {
-            // Stored meanwhile (by a fill that ended since this request
-            // found the blob missing): serve it as a hit would be served.
-            return Box::pin(self.mirror_blob(t, digest, range, head)).await;
-        };
-        let size = flight.started().await.map_err(|e| match e {
+        let flight = self.blob_flight(t, digest).await;
+        let started = flight.started().await.map_err(|e| match e {
             FlightError::Upstream(e) => self.upstream_failure(t, e, ErrorCode::BlobUnknown),
             FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
         })?;
+        let Some(size) = started else {
+            // Over without a byte: stored meanwhile (by a fill that ended
+            // since this request found the blob missing). Serve it as a hit
+            // would be served.
+            return Box::pin(self.mirror_blob(t, digest, range, head)).await;
+        };
         let (status, start, end, content_range) = match (range, size) {
             (Some(r), Some(size)) if !head => {
                 let rg = satisfiable_range(r, size)?;
@@ -124,13 +126,8 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     }
 
     /// Join the fill of `digest`, or start it: what `claim_fill` decides,
-    /// carried out by the core's own fill task. `None` if the blob was
-    /// stored since the request found it missing: look again.
-    async fn blob_flight(
-        &self,
-        t: &MirrorTarget<F, H>,
-        digest: &Digest,
-    ) -> Option<Arc<BlobFlight>> {
+    /// carried out by the core's own fill task.
+    async fn blob_flight(&self, t: &MirrorTarget<F, H>, digest: &Digest) -> Arc<BlobFlight> {
         let claim = self.claim_fill(&t.local, digest).await;
         let flight = match &claim {
             FillClaim::Lead(lease) => lease.flight.clone(),
@@ -153,15 +150,8 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             FillClaim::Follow(FillFollower {
                 elsewhere: Some(e), ..
             }) => self.store.host.spawn(Box::pin(fill.follow(e))),
-            // Settled as stored before it started (committed since the
-            // request found the blob missing): nothing to follow.
-            FillClaim::Follow(_)
-                if matches!(flight.outcome(), Some(Ok(()))) && !flight.lock().started =>
-            {
-                return None
-            }
             FillClaim::Follow(_) => {}
         }
-        Some(flight)
+        flight
     }
 }

@@ -78,23 +78,32 @@ impl<S: Storage, H: Host> FillLease<S, H> {
         };
         let renewing = async {
             let every = (stored.lifetime_ms / 4).max(1);
+            let mut lost = false;
             loop {
                 self.host.sleep(every).await;
-                // A fill that moves no bytes (its upstream stalled) stops
-                // renewing, so that other processes take it over instead of
-                // waiting on it as long as its client stays.
-                let idle = self
-                    .host
-                    .now_unix_ms()
-                    .saturating_sub(self.flight.moved_ms());
-                if idle > STALLED_FILL_MS || !stored.renew(&self.flight).await {
-                    // Taken over (this fill was slow to be seen): go on,
-                    // the blob is verified either way; stop renewing.
-                    std::future::pending::<()>().await;
-                }
+                // This process is alive as long as the fill runs: its
+                // spool must outlive every janitor, whatever the lease.
                 if stored.spooling.load(Ordering::Relaxed) {
                     stored.touch_spool().await;
                 }
+                // A fill that moves no bytes (its upstream stalled) does
+                // not renew, so that other processes take it over instead of
+                // waiting on it as long as its client stays. Once every
+                // byte hashed, the commit (joining parts on S3 can take
+                // minutes) counts as progress.
+                let idle = if self.flight.lock().hashed {
+                    0
+                } else {
+                    self.host
+                        .now_unix_ms()
+                        .saturating_sub(self.flight.moved_ms())
+                };
+                if lost || idle > STALLED_FILL_MS {
+                    continue;
+                }
+                // Taken over (this fill was slow to be seen): go on, the
+                // blob is verified either way, but renew no more.
+                lost = !stored.renew(&self.flight).await;
             }
         };
         futures::pin_mut!(fill, renewing);
@@ -311,10 +320,16 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             spool,
             self.store.config.fill_lease_ms,
         ));
+        // Held from before the put: if this request goes away while the put
+        // is under way, the drop releases whatever of it landed (a release
+        // deletes only a lease naming this process).
+        here.stored = Some(stored.clone());
         match stored.claim(&here.flight).await {
-            Claimed::Uncoordinated => FillClaim::Lead(here),
+            Claimed::Uncoordinated => {
+                here.stored = None;
+                FillClaim::Lead(here)
+            }
             Claimed::Held => {
-                here.stored = Some(stored);
                 // Committed (and its lease released) elsewhere since this
                 // request found it missing: look again.
                 if let Ok(Some(_)) = self.store.storage.head(&layout::blob(digest)).await {
@@ -329,6 +344,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 FillClaim::Lead(here)
             }
             Claimed::Elsewhere(seen) => {
+                here.stored = None;
                 metrics::inc(&self.store.metrics.fills_followed_elsewhere);
                 here.progress();
                 here.waits_elsewhere = true;

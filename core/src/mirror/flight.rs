@@ -233,15 +233,20 @@ impl BlobFlight {
     }
 
     /// Wait for the upstream's answer: the blob size if it said, or why not.
-    pub(super) async fn started(&self) -> Result<Option<u64>, FlightError> {
+    /// `Ok(None)`: the fill ended well without a byte (the blob was
+    /// stored meanwhile, or the wait for another process's fill is over):
+    /// look again.
+    pub(super) async fn started(&self) -> Result<Option<Option<u64>>, FlightError> {
         loop {
             let rx = {
                 let mut s = self.lock();
                 if s.started {
-                    return Ok(s.size);
+                    return Ok(Some(s.size));
                 }
-                if let Some(Err(e)) = &s.outcome {
-                    return Err(e.clone());
+                match &s.outcome {
+                    Some(Err(e)) => return Err(e.clone()),
+                    Some(Ok(())) => return Ok(None),
+                    None => {}
                 }
                 let (tx, rx) = oneshot::channel();
                 s.wakers.push(tx);

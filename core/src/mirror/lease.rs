@@ -268,9 +268,15 @@ impl<S: Storage, H: Host> StoredLease<S, H> {
         }
     }
 
-    /// Delete a lease nobody renews and take it. `false` if another process
-    /// took it first.
-    pub(crate) async fn take_over(&self, flight: &BlobFlight) -> bool {
+    /// Delete a lease nobody renews (still as it was `seen`) and take it.
+    /// `false` if another process took it first.
+    pub(crate) async fn take_over(&self, flight: &BlobFlight, seen: &LeaseRecord) -> bool {
+        // Unless another watcher took it over meanwhile: its fresh lease is
+        // not ours to delete.
+        match self.read().await {
+            Ok(Some(now)) if now != *seen => return false,
+            _ => {}
+        }
         let _ = self.storage.delete(&self.key).await;
         matches!(self.claim(flight).await, Claimed::Held)
     }

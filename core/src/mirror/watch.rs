@@ -109,7 +109,16 @@ impl<S: Storage, H: Host> Watcher<S, H> {
                 Seen::Over(outcome) => return Watched::Over(outcome),
                 Seen::TakenOver => return Watched::Lead { coordinated: true },
                 Seen::Released => match lease.claim(&self.flight).await {
-                    Claimed::Held => return Watched::Lead { coordinated: true },
+                    Claimed::Held => {
+                        // Committed (and released) between the two looks:
+                        // nothing to fill.
+                        if let Some(size) = self.stored_here().await {
+                            self.flight.update(|s| s.stored(size));
+                            lease.release().await;
+                            return Watched::Over(Ok(()));
+                        }
+                        return Watched::Lead { coordinated: true };
+                    }
                     Claimed::Uncoordinated => return Watched::Lead { coordinated: false },
                     Claimed::Elsewhere(record) => {
                         seen = record;
@@ -194,7 +203,7 @@ impl<S: Storage, H: Host> Watcher<S, H> {
                     } else if (now.saturating_sub(seen_at) >= lease.lifetime_ms
                         || now.saturating_sub(seen.renewed_ms) > 3 * lease.lifetime_ms)
                         // Another process may take it first: then follow that one.
-                        && lease.take_over(&self.flight).await
+                        && lease.take_over(&self.flight, &seen).await
                     {
                         metrics::inc(&self.metrics.fills_taken_over);
                         self.host.warn(&format!(

@@ -21,7 +21,7 @@ use crate::wire::{self};
 
 use super::claim::{FillClaim, FillFollower};
 use super::fill::Fill;
-use super::flight::{follow, BlobFlight, FlightError};
+use super::flight::{follow, BlobFlight, FlightError, Start};
 
 impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     pub(super) async fn mirror_blob(
@@ -83,7 +83,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             FlightError::Upstream(e) => self.upstream_failure(t, e, ErrorCode::BlobUnknown),
             FlightError::Broken(msg) => RegistryError::new(ErrorCode::Unavailable, msg),
         })?;
-        let Some(size) = started else {
+        let Start::Bytes { size } = started else {
             // Over without a byte: stored meanwhile (by a fill that ended
             // since this request found the blob missing). Serve it as a hit
             // would be served.
@@ -136,13 +136,7 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         let fill = Fill {
             storage: self.store.storage.clone(),
             upstream: t.upstream.clone(),
-            host: self.store.host.clone(),
             remote: t.remote.clone(),
-            local: t.local.clone(),
-            digest: digest.clone(),
-            flight: flight.clone(),
-            fills: self.mirrors.fills.clone(),
-            metrics: self.store.metrics.clone(),
             records_changes: self.store.config.records_changes,
         };
         match claim {

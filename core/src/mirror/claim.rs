@@ -48,8 +48,8 @@ pub struct FillLease<S: Storage, H: Host> {
     pub(crate) fills: Arc<Fills>,
     pub(crate) key: (RepositoryName, Digest),
     pub(crate) flight: Arc<BlobFlight>,
-    host: Arc<H>,
-    metrics: Arc<Metrics>,
+    pub(crate) host: Arc<H>,
+    pub(crate) metrics: Arc<Metrics>,
     settled: AtomicBool,
     /// This process's name for the fill: in the lease in storage, and the
     /// upload session a spooling fill writes to.
@@ -249,9 +249,19 @@ pub(crate) enum FollowEnd<S: Storage, H: Host> {
 }
 
 impl<S: Storage, H: Host> Elsewhere<S, H> {
-    /// Follow the fill with `watcher` until it is over, or the wait becomes
-    /// this process's fill (its holder died, or gave up).
-    pub(crate) async fn follow(self, watcher: &Watcher<S, H>) -> FollowEnd<S, H> {
+    /// Follow the fill until it is over, or the wait becomes this
+    /// process's fill (its holder died, or gave up).
+    pub(crate) async fn follow(self) -> FollowEnd<S, H> {
+        let here = &self.here;
+        let watcher = Watcher {
+            storage: self.lease.storage.clone(),
+            host: here.host.clone(),
+            local: here.key.0.clone(),
+            digest: here.key.1.clone(),
+            flight: here.flight.clone(),
+            fills: here.fills.clone(),
+            metrics: here.metrics.clone(),
+        };
         let watched = watcher
             .follow(&self.lease, self.seen.clone(), self.seen_at)
             .await;
@@ -364,13 +374,22 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
     }
 
     /// Wait for the fill with the host's timer, polling: a request must not
-    /// be woken from another request's context (a Worker forbids it).
+    /// be woken from another request's context (a Worker forbids it). For
+    /// another process's fill, poll storage until it is over (the requests
+    /// of this process waiting with this one then look again) or this
+    /// process is to fill instead (its holder died, or gave up).
     pub(crate) async fn follow_fill(
         &self,
         f: FillFollower<S, H>,
     ) -> Result<Followed<S, H>, RegistryError> {
         if let Some(elsewhere) = f.elsewhere {
-            return Ok(self.follow_elsewhere(elsewhere, f.flight).await);
+            return Ok(match elsewhere.follow().await {
+                FollowEnd::Over { here, .. } => {
+                    here.look_again();
+                    Followed::LookAgain
+                }
+                FollowEnd::Lead(lease) => Followed::Lead(lease),
+            });
         }
         let mut pause = 20;
         loop {
@@ -395,32 +414,6 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             }
             self.store.host.sleep(pause).await;
             pause = (pause * 3 / 2).min(1000);
-        }
-    }
-
-    /// Wait, polling storage, until another process's fill is over (the
-    /// requests of this process waiting with this one then look again) or
-    /// this process is to fill instead (its holder died, or gave up).
-    async fn follow_elsewhere(
-        &self,
-        e: Elsewhere<S, H>,
-        flight: Arc<BlobFlight>,
-    ) -> Followed<S, H> {
-        let watcher = Watcher {
-            storage: self.store.storage.clone(),
-            host: self.store.host.clone(),
-            local: e.here.key.0.clone(),
-            digest: e.here.key.1.clone(),
-            flight,
-            fills: self.mirrors.fills.clone(),
-            metrics: self.store.metrics.clone(),
-        };
-        match e.follow(&watcher).await {
-            FollowEnd::Over { here, .. } => {
-                here.look_again();
-                Followed::LookAgain
-            }
-            FollowEnd::Lead(lease) => Followed::Lead(lease),
         }
     }
 }

@@ -7,15 +7,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::claim::{Elsewhere, FillLease, FollowEnd};
-use super::flight::{BlobFlight, Fills, FlightError};
+use super::flight::FlightError;
 use super::spool::{Spool, SpoolTarget};
 use super::upstream::Upstream;
-use super::watch::Watcher;
 use crate::io::fetch::Fetch;
 use crate::io::host::Host;
 use crate::io::storage::Storage;
-use crate::metrics::Metrics;
-use crate::model::digest::Digest;
 use crate::model::reference::RepositoryName;
 use crate::store::layout;
 use crate::wire::{self};
@@ -25,16 +22,12 @@ use crate::wire::{self};
 /// task of the host's. The lead reads the upstream's body into a
 /// [`Spool`]; the first request of a process that finds another process
 /// filling follows that fill's spool (and takes the fill over if it dies).
+/// Which blob, for which repository, is the lease's.
 pub(super) struct Fill<S, F, H> {
     pub(super) storage: Arc<S>,
     pub(super) upstream: Arc<Upstream<F, H>>,
-    pub(super) host: Arc<H>,
+    /// The repository as the upstream names it.
     pub(super) remote: RepositoryName,
-    pub(super) local: RepositoryName,
-    pub(super) digest: Digest,
-    pub(super) flight: Arc<BlobFlight>,
-    pub(super) fills: Arc<Fills>,
-    pub(super) metrics: Arc<Metrics>,
     /// Record the fill for eviction passes (`RegistryConfig::records_changes`).
     pub(super) records_changes: bool,
 }
@@ -58,16 +51,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// clients. If its holder dies, or gives up before its first byte,
     /// this process fills instead.
     pub(super) async fn follow(self, e: Elsewhere<S, H>) {
-        let watcher = Watcher {
-            storage: self.storage.clone(),
-            host: self.host.clone(),
-            local: self.local.clone(),
-            digest: self.digest.clone(),
-            flight: self.flight.clone(),
-            fills: self.fills.clone(),
-            metrics: self.metrics.clone(),
-        };
-        match e.follow(&watcher).await {
+        match e.follow().await {
             FollowEnd::Over { outcome, here } => here.settle_flight(outcome).await,
             FollowEnd::Lead(lease) => self.lead(lease).await,
         }
@@ -77,21 +61,22 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
     /// elsewhere (through `lease`) when the upstream answered and when
     /// every byte hashed right.
     async fn fill(&self, lease: &FillLease<S, H>) -> Result<(), FlightError> {
+        let (local, digest) = &lease.key;
         let resp = self
             .upstream
-            .blob(&self.remote, &self.digest.to_string(), None)
+            .blob(&self.remote, &digest.to_string(), None)
             .await
             .map_err(FlightError::Upstream)?;
         let size = wire::header(resp.headers(), "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         let target = SpoolTarget {
             storage: self.storage.clone(),
-            host: self.host.clone(),
-            local: self.local.clone(),
-            digest: self.digest.clone(),
+            host: lease.host.clone(),
+            local: local.clone(),
+            digest: digest.clone(),
             id: lease.spool.clone(),
-            flight: self.flight.clone(),
-            metrics: self.metrics.clone(),
+            flight: lease.flight.clone(),
+            metrics: lease.metrics.clone(),
             records_changes: self.records_changes,
             source: format!("upstream {}", self.upstream.config.name),
         };
@@ -102,14 +87,7 @@ impl<S: Storage, F: Fetch, H: Host> Fill<S, F, H> {
         lease.renew_now().await;
         let mut body = F::body_stream(resp.into_body());
         while let Some(item) = body.next().await {
-            let chunk = item.map_err(|e| {
-                FlightError::Broken(format!(
-                    "upstream {} blob {}: body failed after {} bytes: {e}",
-                    self.upstream.config.name,
-                    self.digest,
-                    spool.received()
-                ))
-            })?;
+            let chunk = item.map_err(|e| spool.body_failed(&e))?;
             spool.write(chunk).await?;
         }
         spool.verify().await?;

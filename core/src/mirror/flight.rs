@@ -174,6 +174,15 @@ pub(crate) struct BlobFlight {
     moved_ms: std::sync::atomic::AtomicU64,
 }
 
+/// How a fill began, for a client waiting on it.
+pub(super) enum Start {
+    /// The upstream answered: bytes follow (`size` if it said).
+    Bytes { size: Option<u64> },
+    /// The fill ended well without a byte: the blob was stored meanwhile,
+    /// or the wait for another process's fill is over. Look again.
+    Over,
+}
+
 pub(super) enum Step {
     Done,
     Fail(String),
@@ -233,19 +242,16 @@ impl BlobFlight {
     }
 
     /// Wait for the upstream's answer: the blob size if it said, or why not.
-    /// `Ok(None)`: the fill ended well without a byte (the blob was
-    /// stored meanwhile, or the wait for another process's fill is over):
-    /// look again.
-    pub(super) async fn started(&self) -> Result<Option<Option<u64>>, FlightError> {
+    pub(super) async fn started(&self) -> Result<Start, FlightError> {
         loop {
             let rx = {
                 let mut s = self.lock();
                 if s.started {
-                    return Ok(Some(s.size));
+                    return Ok(Start::Bytes { size: s.size });
                 }
                 match &s.outcome {
                     Some(Err(e)) => return Err(e.clone()),
-                    Some(Ok(())) => return Ok(None),
+                    Some(Ok(())) => return Ok(Start::Over),
                     None => {}
                 }
                 let (tx, rx) = oneshot::channel();

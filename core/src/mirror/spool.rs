@@ -100,9 +100,9 @@ impl<S: Storage, H: Host> Spool<S, H> {
         FlightError::Broken(format!("{} blob {}: {m}", self.to.source, self.to.digest))
     }
 
-    /// Bytes received so far.
-    pub(crate) fn received(&self) -> u64 {
-        self.received
+    /// The fill's source failed after the bytes received so far.
+    pub(crate) fn body_failed(&self, e: &dyn std::fmt::Display) -> FlightError {
+        self.broken(format!("body failed after {} bytes: {e}", self.received))
     }
 
     /// Take the next chunk of the blob.

@@ -2334,3 +2334,65 @@ fn a_follower_lists_the_holders_spool_only_if_the_holder_spools() {
         );
     }
 }
+
+/// A request that finds its claim's blob committed by another process
+/// (between its miss and its lease) serves the stored blob, and so does a
+/// request of this process that joined that claim meanwhile: it must not
+/// wait for a first byte that no fill will send.
+#[test]
+fn a_request_joining_a_claim_that_finds_the_blob_stored_serves_it() {
+    let s = setup(60_000);
+    let layer = data(300_000, 86);
+    let repo = "up.local/fleet/joined";
+    let (_, d) = push_image(
+        &s.upstream,
+        "fleet/joined",
+        "v1",
+        std::slice::from_ref(&layer),
+    );
+    let (open, gate) = gate();
+    // The lease put waits at the gate: the window in which the other
+    // process commits, and the second request joins.
+    let storage = Arc::new(Counting::gated_on(
+        Arc::new(MemoryStorage::new()),
+        gate,
+        "/_fills/",
+    ));
+    let reg = mirror_on_host(&s, storage.clone(), TestHost::at(9_000_000));
+    let uri = format!("/v2/{repo}/blobs/{}", d[1]);
+    let lease = fill_lease_key(repo, &d[1]);
+    let (a, b) = block_on(async {
+        let mut a = Box::pin(get_async(&reg, &uri));
+        assert!(futures::poll!(a.as_mut()).is_pending());
+        assert_eq!(
+            storage.gated.load(Ordering::SeqCst),
+            1,
+            "A waits on its lease put"
+        );
+        let mut b = Box::pin(get_async(&reg, &uri));
+        assert!(futures::poll!(b.as_mut()).is_pending());
+        let joins = reg.metrics().render();
+        assert!(
+            joins.contains("kura_singleflight_joins_total 1"),
+            "B joined A's claim"
+        );
+        committed_elsewhere(&*storage, repo, &d[1], &layer, &lease).await;
+        drop(open);
+        let both = futures::future::join(a, b);
+        futures::pin_mut!(both);
+        // Polled again and again (the claim's wakeups are not what is
+        // tested), for ten seconds at most.
+        for _ in 0..10_000 {
+            if let std::task::Poll::Ready(r) = futures::poll!(both.as_mut()) {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("a request never answered");
+    });
+    for r in [a, b] {
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.bytes() == layer.as_slice(), "not the whole blob");
+    }
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+}

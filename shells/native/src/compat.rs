@@ -15,7 +15,7 @@
 //!   (`storage.maintenance.uploadpurging.age`), not 24h;
 //! - `storage.filesystem` without `rootdirectory` is `/var/lib/registry`.
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 /// What a registry:2 file means in kura's configuration format.
 #[derive(Debug)]
@@ -499,12 +499,12 @@ proxy:
     }
 
     fn translated(yaml: &str) -> Translated {
-        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        let doc: Value = serde_yaml_ng::from_str(yaml).unwrap();
         translate(&doc).unwrap().expect("recognised")
     }
 
     fn refused(yaml: &str) -> String {
-        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        let doc: Value = serde_yaml_ng::from_str(yaml).unwrap();
         match translate(&doc) {
             Err(e) => e.to_string(),
             Ok(t) => panic!("{yaml:?} accepted: {t:?}"),
@@ -683,7 +683,7 @@ proxy:
 
     #[test]
     fn kura_files_are_not_translated() {
-        let doc: Value = serde_yaml::from_str("listen: 127.0.0.1:5000\n").unwrap();
+        let doc: Value = serde_yaml_ng::from_str("listen: 127.0.0.1:5000\n").unwrap();
         assert!(translate(&doc).unwrap().is_none());
     }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::providers::{Env, Serialized};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -340,9 +340,9 @@ pub struct Origins {
 impl Origins {
     /// Record every leaf of `v` (a mapping of configuration keys) under
     /// `origin`; later records win, as later providers do in [`Config::load`].
-    fn record(&mut self, v: &serde_yaml::Value, origin: Origin) {
+    fn record(&mut self, v: &serde_yaml_ng::Value, origin: Origin) {
         fn walk(
-            v: &serde_yaml::Value,
+            v: &serde_yaml_ng::Value,
             path: &str,
             origin: Origin,
             set: &mut std::collections::BTreeMap<String, Origin>,
@@ -351,8 +351,8 @@ impl Origins {
                 Some(m) if !m.is_empty() || path.is_empty() => {
                     for (k, child) in m {
                         let key = match k {
-                            serde_yaml::Value::String(s) => s.clone(),
-                            other => serde_yaml::to_string(other)
+                            serde_yaml_ng::Value::String(s) => s.clone(),
+                            other => serde_yaml_ng::to_string(other)
                                 .unwrap_or_default()
                                 .trim_end()
                                 .to_owned(),
@@ -416,7 +416,7 @@ impl Config {
             }
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+            let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{} is not valid YAML", file.display()))?;
             match crate::compat::translate(&doc)
                 .with_context(|| format!("{} (registry:2 format)", file.display()))?
@@ -428,12 +428,12 @@ impl Config {
                     for path in &t.defaults {
                         origins.set.insert(path.clone(), Origin::Registry2Default);
                     }
-                    fig = fig.merge(Serialized::defaults(t.config));
+                    fig = fig.merge(FileValues::new(file, t.config));
                 }
                 None => {
                     origins.file = Some((file.to_owned(), false));
                     origins.record(&doc, Origin::File);
-                    fig = fig.merge(Yaml::file(file));
+                    fig = fig.merge(FileValues::new(file, doc));
                 }
             }
         }
@@ -482,7 +482,7 @@ impl Config {
     /// naming where each value came from (for `kura config check`).
     pub fn to_yaml_with_origins(&self) -> String {
         let mut out = self.to_yaml();
-        let shown = serde_yaml::to_value(self.masked()).unwrap_or_default();
+        let shown = serde_yaml_ng::to_value(self.masked()).unwrap_or_default();
         let mut leaves = Vec::new();
         leaf_paths(&shown, "", &mut leaves);
         let width = leaves.iter().map(String::len).max().unwrap_or(0);
@@ -507,7 +507,8 @@ impl Config {
 
     /// The configuration as YAML, secrets masked.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.masked()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        serde_yaml_ng::to_string(&self.masked())
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     fn masked(&self) -> Config {
@@ -527,16 +528,49 @@ impl Config {
 }
 
 /// The keys a figment provider sets, as YAML.
-fn provided(p: &impl figment::Provider) -> anyhow::Result<serde_yaml::Value> {
+/// A configuration file's values for figment, parsed here with
+/// serde_yaml_ng (figment's own YAML provider is built on the unmaintained
+/// serde_yaml); errors name the file.
+struct FileValues {
+    path: PathBuf,
+    values: serde_yaml_ng::Value,
+}
+
+impl FileValues {
+    fn new(path: &Path, values: serde_yaml_ng::Value) -> FileValues {
+        FileValues {
+            path: path.to_owned(),
+            values,
+        }
+    }
+}
+
+impl figment::Provider for FileValues {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("YAML file").source(figment::Source::File(self.path.clone()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        // An empty file sets nothing.
+        if self.values.is_null() {
+            return Ok(Default::default());
+        }
+        Serialized::defaults(&self.values).data()
+    }
+}
+
+fn provided(p: &impl figment::Provider) -> anyhow::Result<serde_yaml_ng::Value> {
     let data = p
         .data()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let dict = data.into_values().next().unwrap_or_default();
-    Ok(serde_yaml::to_value(dict)?)
+    Ok(serde_yaml_ng::to_value(dict)?)
 }
 
 /// The dotted paths of `v`'s values: mapping entries, a list as one value.
-fn leaf_paths(v: &serde_yaml::Value, path: &str, out: &mut Vec<String>) {
+fn leaf_paths(v: &serde_yaml_ng::Value, path: &str, out: &mut Vec<String>) {
     match v.as_mapping() {
         Some(m) if !m.is_empty() => {
             for (k, child) in m {
@@ -612,6 +646,20 @@ mod tests {
         let c = Config::load(Some(&f), &o).unwrap();
         assert_eq!(c.listen.port(), 7000, "flags beat the file");
         assert_eq!(c.data_dir, PathBuf::from("/srv/kura"));
+    }
+
+    #[test]
+    fn an_empty_file_sets_nothing_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "");
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        let f = write(dir.path(), "mirror:\n  max_size: lots\n");
+        let err = Config::load(Some(&f), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mirror.max_size"), "{err}");
+        assert!(err.contains(&f.display().to_string()), "{err}");
     }
 
     #[test]
@@ -750,8 +798,8 @@ mod tests {
         );
         let c = Config::load(Some(&f), &Overrides::default()).unwrap();
         let out = c.to_yaml_with_origins();
-        let reparsed: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
-        let plain: serde_yaml::Value = serde_yaml::from_str(&c.to_yaml()).unwrap();
+        let reparsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
+        let plain: serde_yaml_ng::Value = serde_yaml_ng::from_str(&c.to_yaml()).unwrap();
         assert_eq!(reparsed, plain, "{out}");
         assert!(!out.contains("hidden"), "{out}");
         let origin = |path: &str| -> String {

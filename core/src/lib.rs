@@ -38,7 +38,7 @@ pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, ErrorSource, RegistryError, UpstreamError};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Sample, SampleKind};
 pub use mirror::claim::{FillClaim, FillFollower, FillLease, Followed};
 pub use mirror::edge::{BlobMiss, Edge};
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Requests answered 404 from a recent upstream 404, without asking
     /// again (`kura_upstream_not_found_cached_total`).
     pub(crate) not_found_cached: AtomicU64,
+    /// Blob fills from upstream running now (`kura_fills_in_flight`).
+    pub(crate) fills_in_flight: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -76,145 +78,212 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// Every counter in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP kura_http_requests_total Requests answered, by route and status."
-        );
-        let _ = writeln!(out, "# TYPE kura_http_requests_total counter");
+    /// Every counter and gauge now, with its stable name and help: what
+    /// [`Metrics::render`] prints, for hosts that encode metrics with a
+    /// library of their own (the native binary uses prometheus-client).
+    pub fn samples(&self) -> Vec<Sample> {
+        let mut out = Vec::new();
         for ((route, status), n) in self
             .requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "kura_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+            out.push(Sample {
+                name: "kura_http_requests",
+                help: "Requests answered, by route and status.",
+                kind: SampleKind::Counter,
+                labels: vec![
+                    ("route", (*route).to_owned()),
+                    ("status", status.to_string()),
+                ],
+                value: *n,
+            });
         }
-        let counters: [(&str, &str, &str, &AtomicU64); 16] = [
+        let counters: [(&'static str, Option<&'static str>, &'static str, &AtomicU64); 16] = [
             (
-                "kura_cache_hits_total",
-                "kind=\"manifest\"",
+                "kura_cache_hits",
+                Some("manifest"),
                 "Mirrored content served from the cache.",
                 &self.manifest_hits,
             ),
             (
-                "kura_cache_hits_total",
-                "kind=\"blob\"",
-                "",
+                "kura_cache_hits",
+                Some("blob"),
+                "Mirrored content served from the cache.",
                 &self.blob_hits,
             ),
             (
-                "kura_cache_misses_total",
-                "kind=\"manifest\"",
+                "kura_cache_misses",
+                Some("manifest"),
                 "Mirrored content fetched from upstream.",
                 &self.manifest_misses,
             ),
             (
-                "kura_cache_misses_total",
-                "kind=\"blob\"",
-                "",
+                "kura_cache_misses",
+                Some("blob"),
+                "Mirrored content fetched from upstream.",
                 &self.blob_misses,
             ),
             (
-                "kura_cache_revalidations_total",
-                "",
+                "kura_cache_revalidations",
+                None,
                 "Tags confirmed unchanged by a HEAD upstream.",
                 &self.manifest_revalidations,
             ),
             (
-                "kura_cache_stale_total",
-                "",
+                "kura_cache_stale",
+                None,
                 "Cached tags served because the upstream failed.",
                 &self.stale_served,
             ),
             (
-                "kura_singleflight_joins_total",
-                "",
+                "kura_singleflight_joins",
+                None,
                 "Requests that joined an upstream fetch already in flight.",
                 &self.singleflight_joins,
             ),
             (
-                "kura_fills_followed_elsewhere_total",
-                "",
+                "kura_fills_followed_elsewhere",
+                None,
                 "Blob fills followed from another process sharing the storage.",
                 &self.fills_followed_elsewhere,
             ),
             (
-                "kura_fills_taken_over_total",
-                "",
+                "kura_fills_taken_over",
+                None,
                 "Blob fills taken over from a process that stopped renewing its lease.",
                 &self.fills_taken_over,
             ),
             (
-                "kura_upstream_errors_total",
-                "",
+                "kura_upstream_errors",
+                None,
                 "Upstream requests that failed.",
                 &self.upstream_errors,
             ),
             (
-                "kura_cache_bytes_served_total",
-                "",
+                "kura_cache_bytes_served",
+                None,
                 "Blob bytes served from the cache.",
                 &self.bytes_from_cache,
             ),
             (
-                "kura_upstream_bytes_total",
-                "",
+                "kura_upstream_bytes",
+                None,
                 "Blob bytes fetched from upstreams.",
                 &self.bytes_from_upstream,
             ),
             (
-                "kura_fills_failed_total",
-                "",
+                "kura_fills_failed",
+                None,
                 "Blob fills abandoned (upstream failed or lied).",
                 &self.fills_failed,
             ),
             (
-                "kura_cache_evictions_total",
-                "",
+                "kura_cache_evictions",
+                None,
                 "Blobs evicted to keep the cache under its size.",
                 &self.evictions,
             ),
             (
-                "kura_upstream_credentials_withheld_total",
-                "",
+                "kura_upstream_credentials_withheld",
+                None,
                 "Token requests sent without the upstream's credentials because the realm is foreign.",
                 &self.credentials_withheld,
             ),
             (
-                "kura_upstream_not_found_cached_total",
-                "",
+                "kura_upstream_not_found_cached",
+                None,
                 "Requests answered 404 from a recent upstream 404, without asking again.",
                 &self.not_found_cached,
             ),
         ];
-        let mut described = std::collections::HashSet::new();
-        for (name, labels, help, c) in counters {
-            if described.insert(name) {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-            }
-            let v = c.load(Ordering::Relaxed);
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
+        for (name, kind_label, help, c) in counters {
+            out.push(Sample {
+                name,
+                help,
+                kind: SampleKind::Counter,
+                labels: kind_label
+                    .map(|k| vec![("kind", k.to_owned())])
+                    .unwrap_or_default(),
+                value: c.load(Ordering::Relaxed),
+            });
         }
-        let _ = writeln!(out, "# HELP kura_cache_size_bytes Bytes of mirrored blobs in storage (as of the last eviction pass).");
-        let _ = writeln!(out, "# TYPE kura_cache_size_bytes gauge");
-        let _ = writeln!(
-            out,
-            "kura_cache_size_bytes {}",
-            self.cache_size_bytes.load(Ordering::Relaxed)
-        );
+        out.push(Sample {
+            name: "kura_cache_size_bytes",
+            help: "Bytes of mirrored blobs in storage (as of the last eviction pass).",
+            kind: SampleKind::Gauge,
+            labels: Vec::new(),
+            value: self.cache_size_bytes.load(Ordering::Relaxed),
+        });
+        out.push(Sample {
+            name: "kura_fills_in_flight",
+            help: "Blob fills from upstream running in this process now.",
+            kind: SampleKind::Gauge,
+            labels: Vec::new(),
+            value: self.fills_in_flight.load(Ordering::Relaxed),
+        });
         out
     }
+
+    /// Every sample in the Prometheus text exposition format (version
+    /// 0.0.4); counters get the `_total` suffix.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut described = std::collections::HashSet::new();
+        for s in self.samples() {
+            let name = match s.kind {
+                SampleKind::Counter => format!("{}_total", s.name),
+                SampleKind::Gauge => s.name.to_owned(),
+            };
+            if described.insert(s.name) {
+                let kind = match s.kind {
+                    SampleKind::Counter => "counter",
+                    SampleKind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# HELP {name} {}", s.help);
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+            }
+            if s.labels.is_empty() {
+                let _ = writeln!(out, "{name} {}", s.value);
+            } else {
+                let labels: Vec<String> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+                    })
+                    .collect();
+                let _ = writeln!(out, "{name}{{{}}} {}", labels.join(","), s.value);
+            }
+        }
+        out
+    }
+}
+
+/// One value of [`Metrics::samples`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The metric's stable name, without the `_total` a counter's
+    /// exposition adds (`kura_cache_hits`).
+    pub name: &'static str,
+    /// One sentence on what it counts, the same for every label set.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: SampleKind,
+    /// Label names and values (`kind="blob"`).
+    pub labels: Vec<(&'static str, String)>,
+    /// The count or level now.
+    pub value: u64,
+}
+
+/// Whether a [`Sample`] only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    /// Only grows, from 0 when the process started.
+    Counter,
+    /// A level now (bytes cached, fills running).
+    Gauge,
 }
 
 #[cfg(test)]
@@ -238,5 +307,6 @@ mod tests {
         assert!(text.contains("kura_cache_hits_total{kind=\"blob\"} 1"));
         assert!(text.contains("kura_cache_bytes_served_total 42"));
         assert_eq!(text.matches("# TYPE kura_cache_hits_total").count(), 1);
+        assert!(text.contains("# TYPE kura_fills_in_flight gauge"));
     }
 }

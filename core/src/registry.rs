@@ -37,12 +37,13 @@ pub struct Registry<S, H, F = NoFetch> {
 impl<S: Storage, H: Host> Registry<S, H, NoFetch> {
     /// A registry of hosted repositories only.
     pub fn new(storage: S, host: H, config: RegistryConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
         Self::build(
             storage,
             Arc::new(host),
             config,
-            Mirrors::none(),
-            Arc::default(),
+            Mirrors::none(metrics.clone()),
+            metrics,
         )
     }
 

@@ -101,6 +101,8 @@ struct State {
     requests: Vec<Request>,
     /// Query strings and Authorization headers of `/token` requests.
     token_requests: Vec<(String, Option<String>)>,
+    /// Sent with every manifest and blob (Docker Hub's `ratelimit-*`).
+    content_headers: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -148,6 +150,11 @@ impl Faulty {
     fn update(&self, f: impl FnOnce(&mut State)) {
         f(&mut self.shared.lock());
         self.shared.changed.notify_all();
+    }
+
+    /// Send `name: value` with every manifest and blob from now on.
+    pub fn add_content_header(&self, name: &str, value: &str) {
+        self.update(|s| s.content_headers.push((name.to_owned(), value.to_owned())));
     }
 
     /// Serve `data` as a blob (for every repository); returns its digest.
@@ -727,11 +734,12 @@ fn respond(
             reference,
         } => {
             let len = data.len() as u64;
-            let headers = vec![
+            let mut headers = vec![
                 ("Content-Type".to_owned(), media_type),
                 ("Docker-Content-Digest".to_owned(), digest),
                 ("Accept-Ranges".to_owned(), "none".to_owned()),
             ];
+            headers.extend(shared.lock().content_headers.iter().cloned());
             write_head(conn, 200, &headers, len)?;
             if head_only {
                 return Ok(true);

@@ -154,3 +154,23 @@ fn auth_without_anonymous_pull() {
         img.manifest
     );
 }
+
+#[test]
+fn operator_pages_follow_the_pull_rules() {
+    let client = kura_tests::http_client();
+    let get = |reg: &Reg, path: &str, creds: Option<(&str, &str)>| {
+        let mut rb = client.get(reg.url(path));
+        if let Some((u, p)) = creds {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        rb.send().expect("request").status().as_u16()
+    };
+    let closed = auth_reg(false);
+    let open = auth_reg(true);
+    for path in ["/", "/_kura/status", "/metrics"] {
+        assert_eq!(get(&closed, path, None), 401, "{path} without credentials");
+        assert_eq!(get(&closed, path, Some(("user", "nope"))), 401, "{path}");
+        assert_eq!(get(&closed, path, Some(("user", "pass"))), 200, "{path}");
+        assert_eq!(get(&open, path, None), 200, "{path} with anonymous pulls");
+    }
+}

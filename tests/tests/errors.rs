@@ -22,7 +22,7 @@ fn errors_methods_and_unknown_paths() {
     let reg = Reg::start();
     let d = reg.push_blob("err/m", b"abc");
     for (method, path, status) in [
-        ("GET", "/".to_owned(), 404),
+        ("GET", "/nothing-here".to_owned(), 404),
         ("GET", "/v3/".to_owned(), 404),
         ("GET", "/v2x".to_owned(), 404),
         ("GET", "/v2/err/m/unknown/x".to_owned(), 404),

@@ -15,6 +15,7 @@ use super::FlightKey;
 use crate::error::UpstreamError;
 use crate::io::body::{self, ByteStream};
 use crate::io::storage::Storage;
+use crate::metrics::Metrics;
 use crate::model::digest::Digest;
 use crate::store::{error_stream, Result};
 
@@ -28,6 +29,8 @@ use crate::store::{error_stream, Result};
 #[derive(Default)]
 pub(crate) struct Fills {
     flights: Mutex<HashMap<FlightKey, Arc<BlobFlight>>>,
+    /// Where the number of fills is shown (`kura_fills_in_flight`).
+    metrics: Arc<Metrics>,
     /// Bytes of other processes' fills held in memory for clients here,
     /// across every followed fill (at most `FOLLOWED_IN_MEMORY_TOTAL`).
     followed_in_memory: std::sync::atomic::AtomicU64,
@@ -47,6 +50,13 @@ pub(crate) enum Claim {
 }
 
 impl Fills {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Fills {
+        Fills {
+            metrics,
+            ..Fills::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<BlobFlight>>> {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -60,6 +70,7 @@ impl Fills {
         let flight = Arc::new(BlobFlight::default());
         flight.moved(now_ms);
         flights.insert(key, flight.clone());
+        self.show_count(&flights);
         Claim::Lead(flight)
     }
 
@@ -99,7 +110,14 @@ impl Fills {
         let mut flights = self.lock();
         if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             flights.remove(key);
+            self.show_count(&flights);
         }
+    }
+
+    fn show_count(&self, flights: &HashMap<FlightKey, Arc<BlobFlight>>) {
+        self.metrics
+            .fills_in_flight
+            .store(flights.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Release `flight` and tell its followers how it ended.

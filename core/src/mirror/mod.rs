@@ -113,12 +113,16 @@ pub(crate) struct MirrorTarget<F, H> {
 }
 
 impl<F: Fetch, H: Host> Mirrors<F, H> {
-    pub(crate) fn none() -> Self {
-        Self::serving(Vec::new(), None)
+    pub(crate) fn none(metrics: Arc<Metrics>) -> Self {
+        Self::serving(Vec::new(), None, metrics)
     }
 
     /// `upstreams` (`default` indexes one), with nothing known about them yet.
-    fn serving(upstreams: Vec<Arc<Upstream<F, H>>>, default: Option<usize>) -> Self {
+    fn serving(
+        upstreams: Vec<Arc<Upstream<F, H>>>,
+        default: Option<usize>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Mirrors {
             upstreams,
             default,
@@ -126,7 +130,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
             missing: Mutex::default(),
             warned: WarnLimit::default(),
             manifest_flights: Flights::default(),
-            fills: Arc::default(),
+            fills: Arc::new(Fills::new(metrics)),
             ledger_rebuilt: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -174,7 +178,7 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
                     })?,
             ),
         };
-        Ok(Self::serving(upstreams, default))
+        Ok(Self::serving(upstreams, default, metrics))
     }
 
     fn lock_missing(&self) -> std::sync::MutexGuard<'_, HashMap<MissingKey, u64>> {

@@ -2,7 +2,8 @@
 //! and extra CA roots.
 
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -11,37 +12,45 @@ use kura_core::ByteStream;
 use kura_core::{Fetch, FetchError};
 
 use crate::config::MirrorConfig;
+use crate::metrics::ServerMetrics;
 
 pub struct HttpFetch {
     client: reqwest::Client,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl HttpFetch {
-    pub fn new(config: &MirrorConfig) -> anyhow::Result<Self> {
-        let mut b = reqwest::Client::builder()
-            // The core follows redirects itself, dropping credentials when
-            // the host changes (blob CDNs).
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-            .read_timeout(Duration::from_secs(config.read_timeout_secs))
-            .user_agent(concat!("kura/", env!("CARGO_PKG_VERSION")))
-            .no_proxy();
-        for proxy in proxies(config)? {
-            b = b.proxy(proxy);
-        }
-        for file in &config.ca_files {
-            let pem = std::fs::read(file)
-                .with_context(|| format!("reading CA file {}", file.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("parsing CA file {}", file.display()))?
-            {
-                b = b.add_root_certificate(cert);
-            }
-        }
+    pub fn new(config: &MirrorConfig, metrics: Arc<ServerMetrics>) -> anyhow::Result<Self> {
         Ok(HttpFetch {
-            client: b.build().context("building the upstream HTTP client")?,
+            client: upstream_client(config)?,
+            metrics,
         })
     }
+}
+
+/// The HTTP client for upstreams: `config`'s timeouts, proxy and CA files.
+pub fn upstream_client(config: &MirrorConfig) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        // The core follows redirects itself, dropping credentials when
+        // the host changes (blob CDNs).
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+        .read_timeout(Duration::from_secs(config.read_timeout_secs))
+        .user_agent(concat!("kura/", env!("CARGO_PKG_VERSION")))
+        .no_proxy();
+    for proxy in proxies(config)? {
+        b = b.proxy(proxy);
+    }
+    for file in &config.ca_files {
+        let pem =
+            std::fs::read(file).with_context(|| format!("reading CA file {}", file.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("parsing CA file {}", file.display()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().context("building the upstream HTTP client")
 }
 
 /// The configured proxy, else the conventional environment variables
@@ -100,6 +109,12 @@ impl Fetch for HttpFetch {
         req: http::Request<()>,
     ) -> Result<http::Response<ByteStream>, FetchError> {
         let (parts, ()) = req.into_parts();
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let started = Instant::now();
         let resp = self
             .client
             .request(parts.method, parts.uri.to_string())
@@ -107,6 +122,8 @@ impl Fetch for HttpFetch {
             .send()
             .await
             .map_err(|e| {
+                self.metrics
+                    .upstream_failed(&host, &error_chain(&e), started);
                 if e.is_timeout() {
                     FetchError::Timeout
                 } else if e.is_connect() {
@@ -115,15 +132,40 @@ impl Fetch for HttpFetch {
                     FetchError::other(e)
                 }
             })?;
+        self.metrics
+            .upstream_answered(&host, resp.status(), resp.headers(), started);
         let mut out = http::Response::builder().status(resp.status());
         if let Some(h) = out.headers_mut() {
             *h = resp.headers().clone();
         }
-        let body: ByteStream = Box::pin(resp.bytes_stream().map_err(io::Error::other));
+        let bytes = self.metrics.upstream_bytes(&host);
+        let body: ByteStream = Box::pin(
+            resp.bytes_stream()
+                .inspect_ok(move |chunk| {
+                    bytes.inc_by(chunk.len() as u64);
+                })
+                .map_err(io::Error::other),
+        );
         out.body(body).map_err(FetchError::other)
     }
 
     fn body_stream(body: ByteStream) -> ByteStream {
         body
     }
+}
+
+/// An error and its causes in one line (reqwest's own words stop at
+/// "error sending request").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let words = c.to_string();
+        if !out.contains(&words) {
+            out.push_str(": ");
+            out.push_str(&words);
+        }
+        cause = c.source();
+    }
+    out
 }

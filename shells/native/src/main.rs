@@ -5,8 +5,10 @@ mod compat;
 mod config;
 mod fetch;
 mod host;
+mod metrics;
 mod prefetch;
 mod server;
+mod status;
 mod storage;
 mod tls;
 

@@ -17,6 +17,7 @@ use crate::auth::{Authenticator, Decision, Htpasswd};
 use crate::config::Config;
 use crate::fetch::HttpFetch;
 use crate::host::SystemHost;
+use crate::metrics::ServerMetrics;
 use crate::storage::ObjectStorage;
 
 pub type KuraRegistry = Registry<ObjectStorage, SystemHost, HttpFetch>;
@@ -24,6 +25,9 @@ pub type KuraRegistry = Registry<ObjectStorage, SystemHost, HttpFetch>;
 pub struct App {
     pub registry: KuraRegistry,
     pub auth: Option<Authenticator>,
+    pub metrics: Arc<ServerMetrics>,
+    /// The configuration it runs with (the status page shows parts).
+    pub config: Config,
 }
 
 pub fn build_storage(config: &Config) -> anyhow::Result<ObjectStorage> {
@@ -61,9 +65,13 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     // With a size bound, eviction passes run: tell them what changed.
     registry_config.records_changes = config.mirror.max_size.is_some();
     let upstreams = config.mirror.upstreams.iter().map(|u| u.to_core());
+    let metrics = Arc::new(ServerMetrics::new());
     let registry = Registry::builder(storage, SystemHost)
         .config(registry_config)
-        .mirror(HttpFetch::new(&config.mirror)?, upstreams.collect())
+        .mirror(
+            HttpFetch::new(&config.mirror, metrics.clone())?,
+            upstreams.collect(),
+        )
         .default_upstream(config.mirror.default.clone())
         .build()
         .map_err(|e| anyhow::anyhow!("mirror configuration: {e}"))?;
@@ -75,7 +83,12 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
             a.realm.clone(),
         )),
     };
-    Ok(Arc::new(App { registry, auth }))
+    Ok(Arc::new(App {
+        registry,
+        auth,
+        metrics,
+        config: config.clone(),
+    }))
 }
 
 /// Serve `router` on every connection `listener` accepts until `shutdown`
@@ -124,17 +137,44 @@ pub async fn serve<L>(
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
+        .route("/", axum::routing::get(crate::status::page))
+        .route("/_kura/status", axum::routing::get(crate::status::json))
         .fallback(handle)
         .with_state(app)
 }
 
-/// Prometheus metrics (unauthenticated, like most exporters: counters only,
-/// no content).
-async fn metrics(State(app): State<Arc<App>>) -> Response<AxumBody> {
-    let mut resp = Response::new(AxumBody::from(app.registry.metrics().render()));
+/// Whether a request for the operator's pages (`/metrics`, the status
+/// page) may see them: whoever may pull may (anyone, with anonymous pulls
+/// on). Otherwise the 401 challenge to answer.
+pub fn operator_access(app: &App, headers: &http::HeaderMap) -> Option<Response<AxumBody>> {
+    let auth = app.auth.as_ref()?;
+    if auth.decide(headers, wire::Access::Pull, false) == Decision::Allow {
+        return None;
+    }
+    Some(challenge(auth))
+}
+
+fn challenge(auth: &Authenticator) -> Response<AxumBody> {
+    let err = RegistryError::new(ErrorCode::Unauthorized, "authentication required");
+    let mut resp = kura_core::error_response::<ByteStream>(&err);
+    let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    to_axum(resp)
+}
+
+/// Prometheus metrics: the binary's histograms and upstream counters and
+/// the core's counters (names in docs/metrics.md).
+async fn metrics(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Response<AxumBody> {
+    if let Some(denied) = operator_access(&app, &headers) {
+        return denied;
+    }
+    let text = app.metrics.render(app.registry.metrics().samples());
+    let mut resp = Response::new(AxumBody::from(text));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     resp
 }
@@ -143,7 +183,19 @@ async fn handle(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response
     let started = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let route = wire::route(&method, uri.path()).ok().flatten();
     let resp = dispatch(&app, req).await;
+    app.metrics.request(
+        route.as_ref().map_or("other", Route::kind),
+        &method,
+        started,
+    );
+    if let (Some(Route::Manifest(name, _)), true) = (
+        &route,
+        method == http::Method::GET && resp.status() == StatusCode::OK,
+    ) {
+        app.metrics.pulled(&pulled_name(name.as_str(), uri.query()));
+    }
     tracing::info!(
         target: "kura::access",
         %method,
@@ -163,13 +215,7 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
         let access = wire::required_access(req.method(), route.as_ref());
         let is_base = matches!(route, Some(Route::Base));
         if auth.decide(req.headers(), access, is_base) == Decision::Challenge {
-            let err = RegistryError::new(ErrorCode::Unauthorized, "authentication required");
-            let mut resp = kura_core::error_response::<ByteStream>(&err);
-            let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
-            if let Ok(v) = HeaderValue::from_str(&challenge) {
-                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-            }
-            return to_axum(resp);
+            return challenge(auth);
         }
     }
     let (parts, body) = req.into_parts();
@@ -182,6 +228,19 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
         tracing::error!("internal error answered with 500");
     }
     to_axum(resp)
+}
+
+/// The repository a pull named, with containerd's `?ns=` registry in front.
+fn pulled_name(name: &str, query: Option<&str>) -> String {
+    let ns = query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("ns="))
+            .filter(|ns| !ns.is_empty())
+    });
+    match ns {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
 }
 
 fn to_axum(resp: Response<Body<ByteStream>>) -> Response<AxumBody> {

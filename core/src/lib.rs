@@ -41,6 +41,7 @@ pub use io::host::Host;
 pub use metrics::{Metrics, Sample, SampleKind};
 pub use mirror::claim::{FillClaim, FillFollower, FillLease, Followed};
 pub use mirror::edge::{BlobMiss, Edge};
+pub use mirror::upstream::UpstreamAuth;
 pub use mirror::{EvictionReport, CACHE_HEADER, OCI_NAMESPACE_HEADER};
 pub use reference::{Reference, RepositoryName, Tag};
 pub use registry::{error_response, Registry, RegistryBuilder, Response};

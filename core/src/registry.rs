@@ -19,6 +19,7 @@ use crate::io::storage::Storage;
 use crate::metrics::Metrics;
 use crate::mirror::claim::{FillClaim, FillFollower, Followed};
 use crate::mirror::edge::{BlobMiss, Edge};
+use crate::mirror::upstream::UpstreamAuth;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::store::{Result, Store};
 use crate::wire::response::json_response;
@@ -302,6 +303,16 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// alone). Writes and deletes one probe object.
     pub async fn shares_fills(&self) -> Result<bool> {
         self.store.create_only_puts_work().await
+    }
+
+    /// Send `GET /v2/` to the upstream named `name` as the mirror would,
+    /// answering its challenge with the configured credentials, and say
+    /// how it let the request in (the check behind `kura doctor`).
+    pub async fn probe_upstream(
+        &self,
+        name: &str,
+    ) -> std::result::Result<UpstreamAuth, UpstreamError> {
+        self.mirrors.probe(name).await
     }
 
     /// Delete upload sessions not touched for `max_age_ms`. A session with

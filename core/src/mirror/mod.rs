@@ -189,6 +189,16 @@ impl<F: Fetch, H: Host> Mirrors<F, H> {
         self.upstreams.iter().find(|u| u.config.name == name)
     }
 
+    /// See [`Registry::probe_upstream`](crate::Registry::probe_upstream).
+    pub(crate) async fn probe(&self, name: &str) -> Result<upstream::UpstreamAuth, UpstreamError> {
+        match self.by_name(name) {
+            Some(u) => u.probe().await,
+            None => Err(UpstreamError::Invalid(format!(
+                "no upstream named {name:?} is configured"
+            ))),
+        }
+    }
+
     /// Whether `local`, a repository name as stored, holds mirrored content:
     /// [`Mirrors::target`] stores every mirrored repository as
     /// `<upstream>/<name upstream>`, so that and only that shape is a

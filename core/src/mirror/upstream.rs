@@ -372,11 +372,13 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         Err(FetchError::other("too many redirects"))
     }
 
+    /// Ask the challenge's realm for a token for `default_scope` (none if
+    /// empty); `Ok(true)` when the upstream's credentials went with it.
     async fn obtain_token(
         &self,
         params: &HashMap<String, String>,
         default_scope: &str,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<bool, UpstreamError> {
         let realm = params
             .get("realm")
             .ok_or_else(|| UpstreamError::Invalid("Bearer challenge without realm".into()))?;
@@ -392,16 +394,22 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         if let Some(s) = params.get("service") {
             query.push(format!("service={}", crate::wire::percent_encode(s)));
         }
-        query.push(format!(
-            "scope={}",
-            crate::wire::percent_encode(default_scope)
-        ));
+        if !default_scope.is_empty() {
+            query.push(format!(
+                "scope={}",
+                crate::wire::percent_encode(default_scope)
+            ));
+        }
         let sep = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{sep}{}", query.join("&"));
         let mut b = Request::builder().method(Method::GET).uri(&url);
+        let mut credentials_sent = false;
         if let Some(basic) = self.basic() {
             match realm_trust(&self.base, &realm_uri, &self.config.token_realms) {
-                RealmTrust::Trusted => b = b.header(AUTHORIZATION, basic),
+                RealmTrust::Trusted => {
+                    b = b.header(AUTHORIZATION, basic);
+                    credentials_sent = true;
+                }
                 RealmTrust::Foreign(why) => {
                     // Ask for an anonymous token instead: public content
                     // still pulls, and the password stays home.
@@ -441,8 +449,74 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         let expires = self.host.now_unix_ms() + token.1.saturating_sub(10).max(1) * 1000;
         self.lock_tokens()
             .insert(default_scope.to_owned(), (token.0, expires));
-        Ok(())
+        Ok(credentials_sent)
     }
+
+    /// `GET /v2/` as the mirror would send it, answering the upstream's
+    /// challenge with the configured credentials: what `kura doctor`
+    /// checks. No retries: a check reports the first failure.
+    pub(crate) async fn probe(&self) -> Result<UpstreamAuth, UpstreamError> {
+        let url = format!("{}/v2/", self.base.to_string().trim_end_matches('/'));
+        let mut auth = UpstreamAuth::None;
+        loop {
+            let resp = self
+                .send_following_redirects(&url, &Method::GET, "", None)
+                .await
+                .map_err(|e| UpstreamError::unavailable_from("no response", e))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(auth);
+            }
+            if status == StatusCode::UNAUTHORIZED && auth == UpstreamAuth::None {
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(Challenge::parse);
+                drop(resp);
+                match challenge {
+                    Some(Challenge::Bearer(params)) => {
+                        let credentials = self.obtain_token(&params, "").await?;
+                        auth = UpstreamAuth::Token { credentials };
+                        continue;
+                    }
+                    Some(Challenge::Basic) if self.config.username.is_some() => {
+                        self.lock_tokens()
+                            .insert(String::new(), (String::new(), u64::MAX));
+                        auth = UpstreamAuth::Basic;
+                        continue;
+                    }
+                    _ => return Err(UpstreamError::Denied(401)),
+                }
+            }
+            return Err(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    UpstreamError::Denied(status.as_u16())
+                }
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    UpstreamError::unavailable(format!("upstream answered {s}"))
+                }
+                s => UpstreamError::Status(s.as_u16()),
+            });
+        }
+    }
+}
+
+/// How an upstream let [`Registry::probe_upstream`](crate::Registry::probe_upstream)
+/// in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// `/v2/` answered without a challenge.
+    None,
+    /// With the configured basic credentials.
+    Basic,
+    /// With a token from the challenge's realm; `credentials` says whether
+    /// the configured credentials went to the realm (they do not when
+    /// none are configured, or the realm is foreign to the upstream).
+    Token {
+        /// The configured credentials were sent to the realm.
+        credentials: bool,
+    },
 }
 
 /// Whether a token realm may receive an upstream's credentials.

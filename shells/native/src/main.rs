@@ -1,8 +1,11 @@
 //! `kura`: an OCI / Docker registry.
 
 mod auth;
+mod banner;
+mod client;
 mod compat;
 mod config;
+mod doctor;
 mod fetch;
 mod host;
 mod metrics;
@@ -42,6 +45,23 @@ enum Command {
     /// Warm a running kura's cache: pull images through it, all platforms
     /// or one, showing progress per layer.
     Prefetch(PrefetchArgs),
+    /// Check what breaks mirrors in the field: the configuration, storage,
+    /// each upstream (through the proxy, with its credentials), TLS files,
+    /// the clock. Exits 1 if any check fails.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// The configuration to check (as `kura serve --config` takes it);
+    /// without it, the built-in defaults and KURA_* variables.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Also check that a running kura answers here (e.g. https://mirror:5000).
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    tls: client::ClientTls,
 }
 
 #[derive(Args)]
@@ -57,6 +77,8 @@ struct PrefetchArgs {
     platform: Option<String>,
     /// Images such as docker.io/library/alpine:3.20 or ghcr.io/owner/app:v1.
     images: Vec<String>,
+    #[command(flatten)]
+    tls: client::ClientTls,
 }
 
 #[derive(Args)]
@@ -117,7 +139,26 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(prefetch::run(&args.server, images, args.platform))
+                .block_on(prefetch::run(
+                    &args.server,
+                    images,
+                    args.platform,
+                    &args.tls,
+                ))
+        }
+        Command::Doctor(args) => {
+            let healthy = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(doctor::run(
+                    args.config.as_deref(),
+                    args.server.as_deref(),
+                    &args.tls,
+                ))?;
+            if !healthy {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Serve(args) => {
             let mut config = Config::load(
@@ -235,17 +276,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = tcp.local_addr()?;
-    let storage = match &config.storage.s3 {
-        Some(s3) => format!("s3://{}", s3.bucket),
-        None => config.data_dir.display().to_string(),
-    };
+    for line in banner::lines(&config, addr, tls_config.is_some()) {
+        tracing::info!("{line}");
+    }
     match tls_config {
         None => {
-            tracing::info!(%addr, %storage, "kura listening (http)");
             server::serve(tcp, router, shutdown_signal()).await;
         }
         Some(server_config) => {
-            tracing::info!(%addr, %storage, "kura listening (https)");
             let listener = tls::TlsListener::new(tcp, server_config)?;
             server::serve(listener, router, shutdown_signal()).await;
         }

@@ -9,6 +9,8 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kura_core::manifest::{self, Descriptor, ALL_MEDIA_TYPES};
 
+use crate::client::{explain, ClientTls};
+
 /// An image reference split for the `/v2/` API: `ghcr.io/owner/app:v1` →
 /// (`ghcr.io/owner/app`, `v1`). Names without a registry go to the
 /// server's default upstream, as Docker's `registry-mirrors` does.
@@ -42,9 +44,9 @@ pub async fn run(
     server: &str,
     images: Vec<String>,
     platform: Option<String>,
+    tls: &ClientTls,
 ) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().build()?;
+    let client = tls.builder()?.build()?;
     let server = server.trim_end_matches('/').to_owned();
     let bars = MultiProgress::new();
     let started = Instant::now();
@@ -142,7 +144,8 @@ async fn get_manifest(
         .get(format!("{server}/v2/{name}/manifests/{reference}"))
         .header("accept", ALL_MEDIA_TYPES.join(", "))
         .send()
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!(explain(server, &e)))?;
     if !resp.status().is_success() {
         bail!(
             "manifest {name}:{reference}: {} {}",
@@ -171,7 +174,8 @@ async fn fetch_blob(
     let resp = client
         .get(format!("{server}/v2/{name}/blobs/{digest}"))
         .send()
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!(explain(server, &e)))?;
     if !resp.status().is_success() {
         bail!("blob {digest}: {}", resp.status());
     }

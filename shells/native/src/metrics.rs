@@ -30,7 +30,9 @@ const MAX_TRACKED_REPOSITORIES: usize = 1000;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
-    method: String,
+    /// One of the methods the API uses, else `other`: a client inventing
+    /// methods must not grow the series without bound.
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,7 +158,16 @@ impl ServerMetrics {
         self.request_seconds
             .get_or_create(&RouteLabels {
                 route,
-                method: method.as_str().to_owned(),
+                method: match method.as_str() {
+                    "GET" => "GET",
+                    "HEAD" => "HEAD",
+                    "PUT" => "PUT",
+                    "POST" => "POST",
+                    "PATCH" => "PATCH",
+                    "DELETE" => "DELETE",
+                    "OPTIONS" => "OPTIONS",
+                    _ => "other",
+                },
             })
             .observe(started.elapsed().as_secs_f64());
     }
@@ -353,6 +364,7 @@ mod tests {
         let m = ServerMetrics::new();
         let started = Instant::now();
         m.request("blob", &http::Method::GET, started);
+        m.request("blob", &http::Method::from_bytes(b"BREW").unwrap(), started);
         let mut headers = http::HeaderMap::new();
         headers.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
         m.upstream_answered("registry.test", http::StatusCode::OK, &headers, started);
@@ -362,6 +374,7 @@ mod tests {
         let text = m.render(core.samples());
         for line in [
             "kura_http_request_duration_seconds_count{route=\"blob\",method=\"GET\"} 1",
+            "kura_http_request_duration_seconds_count{route=\"blob\",method=\"other\"} 1",
             "kura_upstream_requests_total{upstream=\"registry.test\",status=\"200\"} 1",
             "kura_upstream_requests_total{upstream=\"down.test\",status=\"error\"} 1",
             "kura_upstream_response_bytes_total{upstream=\"registry.test\"} 42",

@@ -173,3 +173,21 @@ fn shutdown_finishes_in_flight_upload() {
         data
     );
 }
+
+#[test]
+fn sighup_without_tls_files_is_logged_not_fatal() {
+    let reg = Reg::start();
+    reg.get("/v2/").expect(200);
+    signal(reg.kura.pid(), "HUP").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reg.kura.log_text().contains("SIGHUP: no TLS files to reload") {
+        assert!(
+            Instant::now() < deadline,
+            "no word of the SIGHUP; log:\n{}",
+            reg.kura.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(proc_state(reg.kura.pid()).map(|s| s != 'Z'), Some(true));
+    reg.get("/v2/").expect(200);
+}

@@ -269,9 +269,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 tls.cert.as_ref().expect("validated"),
                 tls.key.as_ref().expect("validated"),
             );
-            Some(tls::server_config_from_files(cert, key)?)
+            Some(tls::server_config_reloading(cert, key)?)
         }
     };
+    // SIGHUP reloads TLS files (see tls.rs); with none to reload it must
+    // not end the process, which is its default.
+    if !matches!(&config.tls, Some(t) if !t.self_signed) {
+        ignore_hangup();
+    }
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -290,6 +295,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Log SIGHUP instead of dying of it (`systemctl reload` sends it).
+fn ignore_hangup() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no TLS files to reload");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
+    }
 }
 
 /// SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish.

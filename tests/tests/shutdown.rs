@@ -180,7 +180,11 @@ fn sighup_without_tls_files_is_logged_not_fatal() {
     reg.get("/v2/").expect(200);
     signal(reg.kura.pid(), "HUP").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !reg.kura.log_text().contains("SIGHUP: no TLS files to reload") {
+    while !reg
+        .kura
+        .log_text()
+        .contains("SIGHUP: no TLS files to reload")
+    {
         assert!(
             Instant::now() < deadline,
             "no word of the SIGHUP; log:\n{}",

@@ -13,9 +13,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages: the real peers the end-to-end tests run against, and
 # the load generators and nginx ceiling of `cargo xtask bench`; haproxy
 # serializes requests to s3s-fs for the scale-out tests (see tests/tests/fleet.rs);
-# chromium renders the status page (tests/tests/status.rs).
+# chromium renders the status page (tests/tests/status.rs); dpkg-dev and
+# systemd (systemd-analyze) build and check the Debian package (xtask/src/deb.rs).
 debs=(skopeo podman containerd docker-registry apache2-utils openssl uidmap fuse-overlayfs tinyproxy
-  curl wrk nginx-light haproxy chromium)
+  curl wrk nginx-light haproxy chromium dpkg-dev systemd)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,11 +10,19 @@
 //!   wrangler's local runtime (`shells/worker/dev.mjs`, devtools off) with a
 //!   local R2, mirroring URL; `worker-test`
 //!   runs the Worker's tests alone.
+//! - `cargo xtask deb [--out DIR]` — the Debian package (binary, hardened
+//!   systemd unit, /etc/kura/config.yaml as a conffile) in target/debian/
+//!   (see `deb.rs`, docs/debian-package.md).
+//! - `cargo xtask image [--out DIR] [--tag TAG]` — a container image of kura
+//!   as an OCI image layout (default `target/image`), built without a Docker
+//!   daemon (see `image.rs`, docs/container.md).
 //! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
 //!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
 
 mod bench;
+mod deb;
 mod edge;
+mod image;
 mod worker;
 
 use std::path::PathBuf;
@@ -46,9 +54,11 @@ fn main() -> anyhow::Result<()> {
         Some("wasm-js-test") => edge::wasm_js_test(),
         Some("core-wasm-test") => edge::core_wasm_test(),
         Some("bench") => bench::bench(&root(), &rest),
+        Some("image") => image::main(&rest),
+        Some("deb") => deb::deb_command(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]>"
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]|deb [--out DIR]|image [--out DIR] [--tag TAG]>"
             );
             std::process::exit(2);
         }
@@ -120,6 +130,9 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     edge::wasm_js_test()?;
     // The Cloudflare Worker in wrangler's local runtime with its local R2.
     worker::worker_test()?;
+    // The container image, pushed with skopeo and run under containerd.
+    image::image_test()?;
+    deb::deb_test()?;
     // The benchmark harness at small sizes: it must run end to end and
     // produce its table (no timing is asserted).
     bench::bench(&root(), &["--quick"])

@@ -319,12 +319,15 @@ fn a_host_driven_fill_has_one_leader_and_followers_learn_its_outcome() {
     s.mirror.host().isolated.store(true, Ordering::SeqCst);
     let d = push_blob(&s.upstream, b"lease me");
     let m = miss(&s, &d);
+    assert_eq!(fills_in_flight(&s), 0);
     let FillClaim::Lead(lease) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("the first claim must lead");
     };
     let FillClaim::Follow(f) = block_on(s.mirror.claim_fill(&m)) else {
         panic!("a second claim must follow");
     };
+    // One fill, however many wait for it (the operator's gauge).
+    assert_eq!(fills_in_flight(&s), 1);
     // The follower waits until the leader settles.
     let (followed, ()) = block_on(async {
         let mut follow = Box::pin(s.mirror.follow_fill(f));
@@ -335,11 +338,23 @@ fn a_host_driven_fill_has_one_leader_and_followers_learn_its_outcome() {
     let e = followed.expect_err("the leader's failure is the follower's");
     assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(e.message.contains("upstream broke"), "{}", e.message);
+    assert_eq!(fills_in_flight(&s), 0);
     // Settled: the next request leads a fresh fill.
     assert!(matches!(
         block_on(s.mirror.claim_fill(&m)),
         FillClaim::Lead(_)
     ));
+}
+
+/// `kura_fills_in_flight` as the registry's metrics show it now.
+fn fills_in_flight(s: &Setup) -> u64 {
+    s.mirror
+        .metrics()
+        .samples()
+        .into_iter()
+        .find(|x| x.name == "kura_fills_in_flight")
+        .expect("the gauge is always there")
+        .value
 }
 
 /// Waits (real time, bounded) until no fill lease is left in `storage`: a

@@ -107,39 +107,9 @@ fn check_clock(r: &mut Report) {
         r.line(
             Verdict::Ok,
             "clock",
-            format!("{} UTC", httpdate(SystemTime::now())),
+            httpdate::fmt_http_date(SystemTime::now()),
         );
     }
-}
-
-fn httpdate(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86400;
-    let (y, m, d) = civil_from_days(days as i64);
-    let rem = secs % 86400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn check_tls(r: &mut Report, config: &Config) {
@@ -165,18 +135,18 @@ fn check_tls(r: &mut Report, config: &Config) {
     match not_after(cert) {
         Ok(end) => {
             let left = end.duration_since(SystemTime::now());
-            let when = httpdate(end);
+            let when = httpdate::fmt_http_date(end);
             match left {
                 Err(_) => r.line(
                     Verdict::Fail,
                     "tls",
-                    format!("{} expired on {when} UTC", cert.display()),
+                    format!("{} expired on {when}", cert.display()),
                 ),
                 Ok(left) if left < EXPIRY_WARNING => r.line(
                     Verdict::Warn,
                     "tls",
                     format!(
-                        "{} expires in {} days ({when} UTC): renew it",
+                        "{} expires in {} days ({when}): renew it",
                         cert.display(),
                         left.as_secs() / 86400
                     ),
@@ -185,7 +155,7 @@ fn check_tls(r: &mut Report, config: &Config) {
                     Verdict::Ok,
                     "tls",
                     format!(
-                        "{} and its key load; it expires in {} days ({when} UTC)",
+                        "{} and its key load; it expires in {} days ({when})",
                         cert.display(),
                         left.as_secs() / 86400
                     ),
@@ -311,11 +281,7 @@ fn check_local_rename(data_dir: &Path) -> anyhow::Result<()> {
 
 /// The proxy upstream traffic uses, in words.
 fn proxy_words(config: &Config) -> String {
-    let env = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-    };
+    let env = crate::fetch::first_env;
     let no_proxy = config
         .mirror
         .no_proxy
@@ -419,45 +385,13 @@ async fn check_upstreams(r: &mut Report, config: &Config, dates: &mut Vec<(Strin
                     .headers()
                     .get(http::header::DATE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(httpdate_parse)
+                    .and_then(|v| httpdate::parse_http_date(v).ok())
                 {
                     dates.push((u.name.clone(), date));
                 }
             }
         }
     }
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form every
-/// registry sends.
-fn httpdate_parse(v: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: u32 = day.parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as u32
-        + 1;
-    let year: i64 = year.parse().ok()?;
-    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
-    let days = days_from_civil(year, month, day);
-    let secs = u64::try_from(days).ok()? * 86400 + h * 3600 + mi * 60 + s;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn check_skew(r: &mut Report, dates: &[(String, SystemTime)]) {
@@ -513,21 +447,5 @@ async fn check_server(r: &mut Report, server: &str, tls: &ClientTls) {
             format!("{server}/v2/ answered {}", resp.status()),
         ),
         Err(e) => r.line(Verdict::Fail, "server", explain(server, &e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        let t = httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
-        assert_eq!(httpdate(t), "1994-11-06 08:49:37");
-        assert_eq!(httpdate_parse("yesterday"), None);
-        let now = SystemTime::now();
-        let back = httpdate(now);
-        assert!(back.starts_with("20"), "{back}");
     }
 }

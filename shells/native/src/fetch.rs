@@ -53,15 +53,19 @@ pub fn upstream_client(config: &MirrorConfig) -> anyhow::Result<reqwest::Client>
     b.build().context("building the upstream HTTP client")
 }
 
+/// The first of the environment variables `names` that is set and not
+/// empty (proxy variables come in upper and lower case).
+pub fn first_env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
 /// The configured proxy, else the conventional environment variables
 /// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, any case), so a
 /// corporate proxy needs no kura-specific setting.
 fn proxies(config: &MirrorConfig) -> anyhow::Result<Vec<reqwest::Proxy>> {
-    let env = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-    };
+    let env = first_env;
     let no_proxy = config
         .no_proxy
         .clone()

@@ -35,7 +35,9 @@ impl Report {
                 "FAIL"
             }
         };
-        println!("{tag}  {what}: {}", detail.as_ref());
+        // A closed pipe (`kura doctor | head`) is not worth a panic.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{tag}  {what}: {}", detail.as_ref());
     }
 }
 

@@ -31,6 +31,7 @@ pub mod wire;
 
 pub use io::{body, storage};
 pub use model::{digest, manifest, reference};
+pub use store::fsck;
 
 pub use body::{Body, BoxFuture, ByteStream};
 pub use config::{RegistryConfig, UpstreamConfig};

@@ -21,7 +21,8 @@ use crate::mirror::claim::{FillClaim, FillFollower, Followed};
 use crate::mirror::edge::{BlobMiss, Edge};
 use crate::mirror::upstream::UpstreamAuth;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
-use crate::store::{Result, Store};
+use crate::model::digest::Digest;
+use crate::store::{fsck, Result, Store};
 use crate::wire::response::json_response;
 pub use crate::wire::response::{error_response, Response};
 use crate::wire::{self, Route};
@@ -313,6 +314,42 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         name: &str,
     ) -> std::result::Result<UpstreamAuth, UpstreamError> {
         self.mirrors.probe(name).await
+    }
+
+    /// List the store for a check (see [`crate::fsck`]): then verify each
+    /// of [`fsck::Inventory::blobs`] with [`fsck::verify_blob`], as many at
+    /// once as the host likes, and hand the verdicts to
+    /// [`Registry::fsck_check`].
+    pub async fn fsck_inventory(&self) -> Result<fsck::Inventory> {
+        self.store.fsck_inventory().await
+    }
+
+    /// Check links, tags, manifests, referrers, fill leases and upload
+    /// sessions against the blobs' `verdicts`. Repositories of configured
+    /// upstreams are judged as a mirror's (their layers may be evicted).
+    pub async fn fsck_check(
+        &self,
+        inventory: fsck::Inventory,
+        verdicts: &std::collections::HashMap<Digest, fsck::BlobCheck>,
+    ) -> Result<fsck::FsckReport> {
+        self.store
+            .fsck_check(inventory, verdicts, |n| self.mirrors.is_mirrored_local(n))
+            .await
+    }
+
+    /// Remove what `report` found that is provably garbage or corrupt:
+    /// corrupt blobs, a mirror's tags and manifest revisions whose bytes
+    /// are gone, referrers entries of missing manifests, abandoned fill
+    /// leases, and upload sessions idle past `options.stale_upload_ms`.
+    /// Each is checked again right before it goes. Marks what went.
+    pub async fn fsck_repair(
+        &self,
+        report: &mut fsck::FsckReport,
+        options: &fsck::FsckOptions,
+    ) -> Result<()> {
+        self.store
+            .fsck_repair(report, options, |n| self.mirrors.is_mirrored_local(n))
+            .await
     }
 
     /// Delete upload sessions not touched for `max_age_ms`. A session with

@@ -631,3 +631,149 @@ fn stale_uploads_are_purged() {
         StatusCode::NO_CONTENT
     );
 }
+
+/// `kura fsck`'s three steps over this registry, with every blob verified.
+fn fsck(reg: &Reg) -> kura_core::fsck::FsckReport {
+    use kura_core::fsck;
+    block_on(async {
+        let inventory = reg.fsck_inventory().await.unwrap();
+        let mut verdicts = std::collections::HashMap::new();
+        for (d, _) in inventory.blobs() {
+            verdicts.insert(d.clone(), fsck::verify_blob(reg.storage(), d).await);
+        }
+        reg.fsck_check(inventory, &verdicts).await.unwrap()
+    })
+}
+
+fn problems(report: &kura_core::fsck::FsckReport) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| !f.repaired)
+        .map(|f| format!("{} {}", f.severity, f.problem))
+        .collect()
+}
+
+#[test]
+fn fsck_finds_corrupt_and_dangling_content_and_repairs_only_what_it_can_prove() {
+    use kura_core::fsck::{FsckOptions, Severity};
+    use kura_core::storage::PutMode;
+    let reg = registry();
+    let config = b"{}".to_vec();
+    let cd = push_blob(&reg, "team/app", &config);
+    let layer = data(3000, 7);
+    let ld = push_blob(&reg, "team/app", &layer);
+    let m = image_manifest(&cd, config.len(), &[(ld.clone(), layer.len())]);
+    let md = Digest::sha256(&m);
+    let r = call(
+        &reg,
+        Method::PUT,
+        "/v2/team/app/manifests/v1",
+        &[("content-type", OCI_MANIFEST)],
+        m,
+    );
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    let clean = fsck(&reg);
+    assert_eq!(problems(&clean), Vec::<String>::new());
+    assert_eq!((clean.blobs, clean.manifests, clean.tags), (3, 1, 1));
+
+    // A flipped byte in the layer, a tag pointing at nothing, a blob no
+    // repository links, and an upload abandoned half way.
+    let mut bad = layer.clone();
+    bad[1234] ^= 1;
+    let store = reg.storage();
+    let blob_key = |d: &Digest| format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+    block_on(store.put(&blob_key(&ld), bad.into(), PutMode::Overwrite)).unwrap();
+    let ghost = Digest::sha256(b"never pushed");
+    block_on(store.put(
+        "repositories/team/app/_manifests/tags/ghost",
+        ghost.to_string().into(),
+        PutMode::Overwrite,
+    ))
+    .unwrap();
+    let orphan = b"orphan".to_vec();
+    let od = Digest::sha256(&orphan);
+    block_on(store.put(&blob_key(&od), orphan.into(), PutMode::Overwrite)).unwrap();
+    let upload = start(&reg, "team/app");
+    call(&reg, Method::PATCH, &upload, &[], vec![9u8; 100]);
+
+    let report = fsck(&reg);
+    let found = problems(&report);
+    assert_eq!(report.remaining(Severity::Damage), 2, "{found:#?}");
+    assert!(
+        found.contains(&format!(
+            "DAMAGE blob {ld} is corrupt: its bytes hash to {}",
+            Digest::sha256(&{
+                let mut b = layer.clone();
+                b[1234] ^= 1;
+                b
+            })
+        )),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&format!(
+            "DAMAGE team/app:ghost points at {ghost}, which is not stored"
+        )),
+        "{found:#?}"
+    );
+    assert!(found.contains(&format!("note blob {od} (6 bytes) is in no repository")));
+    assert_eq!(report.remaining(Severity::Leftover), 1, "{found:#?}");
+
+    // Repair removes the corrupt blob; the upload is younger than the
+    // stale limit and stays, and so does the hosted tag (it names what
+    // was lost).
+    let mut report = report;
+    let options = FsckOptions {
+        stale_upload_ms: 60_000,
+    };
+    block_on(reg.fsck_repair(&mut report, &options)).unwrap();
+    assert_eq!(report.repaired(), 1, "{:#?}", problems(&report));
+    assert!(block_on(store.head(&blob_key(&ld))).unwrap().is_none());
+    assert_eq!(
+        call(
+            &reg,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{ld}"),
+            &[],
+            ""
+        )
+        .code(),
+        "BLOB_UNKNOWN"
+    );
+
+    // Past the stale limit the upload goes too. The layer is now missing
+    // where the manifest needs it: damage a repair cannot undo, named.
+    reg.host().clock.store(1_000 + 120_000, Ordering::SeqCst);
+    let mut report = fsck(&reg);
+    block_on(reg.fsck_repair(&mut report, &options)).unwrap();
+    let left = problems(&report);
+    assert_eq!(report.repaired(), 1, "{left:#?}");
+    assert_eq!(
+        call(&reg, Method::GET, &upload, &[], "").code(),
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+    assert!(
+        left.contains(&format!(
+            "DAMAGE team/app@{md} needs blob {ld}, whose bytes are missing"
+        )),
+        "{left:#?}"
+    );
+    assert!(
+        left.contains(&format!(
+            "DAMAGE team/app links blob {ld}, whose bytes are missing"
+        )),
+        "{left:#?}"
+    );
+
+    // A client pushes the layer again: only the ghost tag is left.
+    push_blob(&reg, "team/app", &layer);
+    let report = fsck(&reg);
+    assert_eq!(
+        report.remaining(Severity::Damage),
+        1,
+        "{:#?}",
+        problems(&report)
+    );
+}

@@ -19,6 +19,7 @@ use crate::model::reference::{Reference, RepositoryName};
 use crate::model::upload::UploadId;
 
 pub(crate) mod changes;
+pub mod fsck;
 pub(crate) mod layout;
 pub(crate) mod memo;
 mod repo;

@@ -7,6 +7,7 @@ mod compat;
 mod config;
 mod doctor;
 mod fetch;
+mod fsck;
 mod host;
 mod metrics;
 mod prefetch;
@@ -49,6 +50,37 @@ enum Command {
     /// each upstream (through the proxy, with its credentials), TLS files,
     /// the clock. Exits 1 if any check fails.
     Doctor(DoctorArgs),
+    /// Verify the store: every blob's digest, every tag, link, manifest
+    /// reference and referrer; report interrupted uploads and fills. Exit
+    /// status 0 clean, 1 damage repaired, 4 damage left, 8 could not check.
+    Fsck(FsckArgs),
+}
+
+#[derive(Args)]
+struct FsckArgs {
+    /// The configuration whose storage to check (as `kura serve --config`
+    /// takes it); without it, the built-in defaults and KURA_* variables.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Check this data directory (local disk) instead of the configured one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Remove what is provably garbage or corrupt: corrupt blobs, the
+    /// mirror's tags and manifests whose bytes are gone, referrers of
+    /// missing manifests, abandoned fill leases, uploads idle longer than
+    /// registry.upload_max_idle_secs, files of interrupted writes.
+    #[arg(long)]
+    repair: bool,
+    /// Blobs verified at once.
+    #[arg(long, default_value_t = default_jobs())]
+    jobs: usize,
+    /// List every finding, not only the first of each kind.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 #[derive(Args)]
@@ -160,6 +192,36 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Fsck(args) => {
+            let status = (|| {
+                let config = Config::load(
+                    args.config.as_deref(),
+                    &Overrides {
+                        listen: None,
+                        data_dir: args.data_dir.clone(),
+                    },
+                )?;
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(fsck::run(
+                        &config,
+                        &fsck::FsckArgs {
+                            repair: args.repair,
+                            jobs: args.jobs,
+                            verbose: args.verbose,
+                        },
+                    ))
+            })();
+            match status {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("kura fsck: {e:#}");
+                    std::process::exit(fsck::FAILED);
+                }
+            }
+        }
         Command::Serve(args) => {
             let mut config = Config::load(
                 args.config.as_deref(),
@@ -216,10 +278,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // writing: a staging file still written to has a fresh mtime.
         match storage::sweep_staging_files(root, Duration::from_secs(60)) {
             Ok((0, _)) => {}
-            Ok((n, bytes)) => tracing::info!(
+            Ok((n, bytes)) => tracing::warn!(
                 files = n,
                 bytes,
-                "removed files of writes interrupted by a crash"
+                "removed files of writes interrupted by an unclean shutdown; \
+                 `kura fsck` checks the rest of the store"
             ),
             Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
         }
@@ -241,7 +304,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     match app.registry.purge_interrupted_fills().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(spools = n, "removed cache fills interrupted by a crash"),
+        Ok(n) => tracing::warn!(
+            spools = n,
+            "removed cache fills interrupted by an unclean shutdown; \
+             `kura fsck` checks the rest of the store"
+        ),
         Err(e) => tracing::warn!(error = %e, "removing interrupted cache fills failed"),
     }
     server::spawn_upload_janitor(

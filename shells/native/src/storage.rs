@@ -125,6 +125,13 @@ fn mapped_stream(file: std::fs::File, range: Range<u64>) -> ByteStream {
 /// page size Linux uses (4, 16 and 64 KiB).
 const MAP_ALIGN: u64 = 64 * 1024;
 
+/// Whether a file name is one of object_store's staging files (`<name>#<n>`),
+/// which a write renames into place when done.
+pub fn is_staging_file(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Remove what interrupted writes left on local disk: object_store stages
 /// every write in `<name>#<n>` beside its target and renames it when done,
 /// so a crash leaves the staging file behind (invisible to listings, but
@@ -136,10 +143,6 @@ pub fn sweep_staging_files(
     root: &std::path::Path,
     older_than: std::time::Duration,
 ) -> io::Result<(usize, u64)> {
-    fn is_staging(name: &str) -> bool {
-        name.rsplit_once('#')
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    }
     fn walk(
         dir: &std::path::Path,
         older_than: std::time::Duration,
@@ -166,7 +169,7 @@ pub fn sweep_staging_files(
                 .ok()
                 .and_then(|m| m.elapsed().ok())
                 .unwrap_or_default();
-            if ft.is_file() && is_staging(&name.to_string_lossy()) && age >= older_than {
+            if ft.is_file() && is_staging_file(&name.to_string_lossy()) && age >= older_than {
                 std::fs::remove_file(&path)?;
                 found.0 += 1;
                 found.1 += meta.len();

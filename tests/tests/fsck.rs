@@ -123,7 +123,12 @@ fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
 
     let data_arg = data.display().to_string();
     let cfg_arg = cfg.display().to_string();
-    let base = ["--config", cfg_arg.as_str(), "--data-dir", data_arg.as_str()];
+    let base = [
+        "--config",
+        cfg_arg.as_str(),
+        "--data-dir",
+        data_arg.as_str(),
+    ];
     let (code, out) = fsck(&base);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nclean\n"), "{out}");

@@ -53,40 +53,17 @@ fn api_for(base: &str, port: u16) -> Api {
     }
 }
 
-/// Push an image the way distribution takes it (POST, then PUT with the
-/// bytes: it has no single-request upload).
-fn push_to_distribution(up: &Distribution, repo: &str, tag: &str, seed: &str) -> Image {
-    let img = Image::new(seed);
-    let client = http_client();
-    for blob in std::iter::once(&img.config).chain(&img.layers) {
-        let started = client
-            .post(format!("{}/v2/{repo}/blobs/uploads/", up.url))
-            .send()
-            .unwrap();
-        assert_eq!(started.status(), 202);
-        let location = started.headers()["location"].to_str().unwrap().to_owned();
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let done = client
-            .put(format!("{location}{sep}digest={}", sha256(blob)))
-            .body(blob.clone())
-            .send()
-            .unwrap();
-        assert_eq!(done.status(), 201);
-    }
-    let put = client
-        .put(format!("{}/v2/{repo}/manifests/{tag}", up.url))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(img.manifest.clone())
-        .send()
-        .unwrap();
-    assert_eq!(put.status(), 201);
-    img
-}
-
 #[test]
 fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
     let up = Distribution::start().unwrap();
-    let upstream_image = push_to_distribution(&up, "team/app", "v1", "fsck-upstream");
+    let upstream_image = Image::new("fsck-upstream");
+    up.push_image(
+        "team/app",
+        "v1",
+        &upstream_image.config,
+        &upstream_image.layers,
+    )
+    .unwrap();
 
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("kura.yaml");

@@ -389,7 +389,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn build_kura(root: &Path, quick: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_kura(root: &Path, quick: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["build", "--quiet", "-p", "kura", "--bin", "kura"]);
     if !quick {

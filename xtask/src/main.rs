@@ -18,8 +18,12 @@
 //!   daemon (see `image.rs`, docs/container.md).
 //! - `cargo xtask bench [--quick]` — kura beside registry:2 and an nginx
 //!   ceiling; writes docs/benchmarks.md (see `bench.rs`).
+//! - `cargo xtask chaos [--rounds N] [--seed S]` — the crash campaign: kura
+//!   SIGKILLed under concurrent pulls, pushes and evictions, `kura fsck`
+//!   after every kill (see `chaos.rs`, docs/reliability.md).
 
 mod bench;
+mod chaos;
 mod deb;
 mod edge;
 mod image;
@@ -54,11 +58,12 @@ fn main() -> anyhow::Result<()> {
         Some("wasm-js-test") => edge::wasm_js_test(),
         Some("core-wasm-test") => edge::core_wasm_test(),
         Some("bench") => bench::bench(&root(), &rest),
+        Some("chaos") => chaos::chaos(&root(), &rest),
         Some("image") => image::main(&rest),
         Some("deb") => deb::deb_command(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]|deb [--out DIR]|image [--out DIR] [--tag TAG]>"
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]|deb [--out DIR]|image [--out DIR] [--tag TAG]|chaos [--rounds N] [--seed S]>"
             );
             std::process::exit(2);
         }
@@ -133,6 +138,8 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     // The container image, pushed with skopeo and run under containerd.
     image::image_test()?;
     deb::deb_test()?;
+    // The crash campaign, short: five SIGKILLs under load, fsck after each.
+    chaos::chaos(&root(), &["--rounds", "5"])?;
     // The benchmark harness at small sizes: it must run end to end and
     // produce its table (no timing is asserted).
     bench::bench(&root(), &["--quick"])

@@ -290,6 +290,20 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
         self.mirror().evict(max_size, grace_ms).await
     }
 
+    /// Delete the eviction lease whoever holds it, and say whether there
+    /// was one. Only for a process that knows it is alone on its storage,
+    /// at startup: there a held lease is a pass its own predecessor was
+    /// killed in, and waiting out the lease (half an hour, for processes
+    /// sharing a store) would let the cache outgrow its bound meanwhile.
+    pub async fn release_evictor_lease(&self) -> Result<bool> {
+        let key = crate::store::layout::EVICTOR_LEASE;
+        let held = self.store.storage.head(key).await?.is_some();
+        if held {
+            self.store.storage.delete(key).await?;
+        }
+        Ok(held)
+    }
+
     /// Delete the spools of cache fills whose filler stopped renewing them
     /// two fill-lease lifetimes ago (see [`RegistryConfig::fill_lease_ms`]):
     /// leftovers of a crash, in this process or another sharing the

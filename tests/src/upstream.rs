@@ -227,9 +227,8 @@ impl Distribution {
     }
 
     /// SIGKILL (the upstream goes away).
-    /// Push an image of `config` and `layers` as `repo:tag` the way
-    /// distribution takes it (POST, then PUT with the bytes: it has no
-    /// single-request upload). Returns the manifest's digest.
+    /// Push an image of `config` and `layers` as `repo:tag` (see
+    /// [`push_image_at`]). Returns the manifest's digest.
     pub fn push_image(
         &self,
         repo: &str,
@@ -237,37 +236,7 @@ impl Distribution {
         config: &[u8],
         layers: &[Vec<u8>],
     ) -> anyhow::Result<String> {
-        let client = crate::http_client();
-        for blob in std::iter::once(config).chain(layers.iter().map(Vec::as_slice)) {
-            let started = client
-                .post(format!("{}/v2/{repo}/blobs/uploads/", self.url))
-                .send()?;
-            ensure!(
-                started.status() == 202,
-                "upload start: {}",
-                started.status()
-            );
-            let location = started
-                .headers()
-                .get("location")
-                .context("no Location")?
-                .to_str()?
-                .to_owned();
-            let sep = if location.contains('?') { '&' } else { '?' };
-            let done = client
-                .put(format!("{location}{sep}digest={}", crate::sha256(blob)))
-                .body(blob.to_vec())
-                .send()?;
-            ensure!(done.status() == 201, "upload: {}", done.status());
-        }
-        let manifest = crate::api::image_manifest(config, layers);
-        let put = client
-            .put(format!("{}/v2/{repo}/manifests/{tag}", self.url))
-            .header("content-type", crate::image::OCI_MANIFEST)
-            .body(manifest.clone())
-            .send()?;
-        ensure!(put.status() == 201, "manifest: {}", put.status());
-        Ok(crate::sha256(&manifest))
+        push_image_at(&self.url, repo, tag, config, layers)
     }
 
     pub fn kill(&mut self) {
@@ -517,4 +486,47 @@ impl Drop for TinyProxy {
             let _ = c.wait();
         }
     }
+}
+
+/// Push an image of `config` and `layers` as `repo:tag` to the registry at
+/// `url` the way distribution takes it (POST, then PUT with the bytes: it
+/// has no single-request upload). Returns the manifest's digest.
+pub fn push_image_at(
+    url: &str,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layers: &[Vec<u8>],
+) -> anyhow::Result<String> {
+    let client = crate::http_client();
+    for blob in std::iter::once(config).chain(layers.iter().map(Vec::as_slice)) {
+        let started = client
+            .post(format!("{url}/v2/{repo}/blobs/uploads/"))
+            .send()?;
+        ensure!(
+            started.status() == 202,
+            "upload start: {}",
+            started.status()
+        );
+        let location = started
+            .headers()
+            .get("location")
+            .context("no Location")?
+            .to_str()?
+            .to_owned();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let done = client
+            .put(format!("{location}{sep}digest={}", crate::sha256(blob)))
+            .body(blob.to_vec())
+            .send()?;
+        ensure!(done.status() == 201, "upload: {}", done.status());
+    }
+    let manifest = crate::api::image_manifest(config, layers);
+    let put = client
+        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", crate::image::OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()?;
+    ensure!(put.status() == 201, "manifest: {}", put.status());
+    Ok(crate::sha256(&manifest))
 }

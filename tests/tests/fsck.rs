@@ -173,8 +173,15 @@ fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
         .status()
         .unwrap();
     assert!(st.success());
+    // And an eviction pass it was killed in: alone on its storage, kura
+    // releases the pass's lease instead of waiting it out.
+    let lease = data.join("leases/evictor");
+    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+    std::fs::write(&lease, "0123456789abcdef0123456789abcdef 1").unwrap();
     kura.restart().unwrap();
     assert!(!leftover.exists());
+    assert!(!lease.exists());
+    assert!(kura.log_text().contains("released the eviction lease"));
     let log = kura.log_text();
     assert!(
         log.contains("unclean shutdown") && log.contains("kura fsck"),

@@ -181,7 +181,8 @@ pub fn chaos(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         "wrong answers:\n{}",
         failures.join("\n")
     );
-    let evictions = kura.evictions_logged();
+    let evictions = kura.logged("evicted least recently used blobs");
+    let killed_evicting = kura.logged("released the eviction lease");
 
     println!();
     println!("| crash campaign | |");
@@ -193,6 +194,7 @@ pub fn chaos(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         println!("| kills with {what} in flight | {n} |");
     }
     println!("| eviction passes that deleted blobs (logged) | {evictions} |");
+    println!("| kills during an eviction pass (its lease found at restart) | {killed_evicting} |");
     for (what, n) in state.stats.counts() {
         println!("| {what} | {n} |");
     }
@@ -566,7 +568,7 @@ fn fsck(kura: &Path, config: &Path) -> anyhow::Result<FsckRun> {
 }
 
 /// The kura under test, restarted on the same storage after each kill.
-struct Server {
+pub(crate) struct Server {
     bin: PathBuf,
     config: PathBuf,
     port: u16,
@@ -575,7 +577,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &Path, config: &Path, port: u16, work: &Path) -> anyhow::Result<Server> {
+    pub(crate) fn start(
+        bin: &Path,
+        config: &Path,
+        port: u16,
+        work: &Path,
+    ) -> anyhow::Result<Server> {
         let mut s = Server {
             bin: bin.to_owned(),
             config: config.to_owned(),
@@ -585,6 +592,10 @@ impl Server {
         };
         s.restart()?;
         Ok(s)
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn kill(&mut self) {
@@ -625,12 +636,12 @@ impl Server {
         Ok(())
     }
 
-    /// Eviction passes that deleted blobs, from the log.
-    fn evictions_logged(&self) -> usize {
+    /// Log lines containing `what`.
+    fn logged(&self, what: &str) -> usize {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("evicted least recently used blobs"))
+            .filter(|l| l.contains(what))
             .count()
     }
 }

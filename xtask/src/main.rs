@@ -21,12 +21,20 @@
 //! - `cargo xtask chaos [--rounds N] [--seed S]` — the crash campaign: kura
 //!   SIGKILLed under concurrent pulls, pushes and evictions, `kura fsck`
 //!   after every kill (see `chaos.rs`, docs/reliability.md).
+//! - `cargo xtask soak [--minutes M] [--quick] [--svg PATH]` — mixed load
+//!   (wrk, skopeo pulls and pushes, mirror misses) with zero errors allowed;
+//!   memory and descriptors sampled and plotted (see `soak.rs`).
+//! - `cargo xtask fuzz [--minutes M] [--seconds S] [--target NAME]` — the
+//!   libFuzzer targets in fuzz/ on nightly, each in turn; a table of
+//!   executions and crashes (see `fuzz.rs`).
 
 mod bench;
 mod chaos;
 mod deb;
 mod edge;
+mod fuzz;
 mod image;
+mod soak;
 mod worker;
 
 use std::path::PathBuf;
@@ -59,11 +67,13 @@ fn main() -> anyhow::Result<()> {
         Some("core-wasm-test") => edge::core_wasm_test(),
         Some("bench") => bench::bench(&root(), &rest),
         Some("chaos") => chaos::chaos(&root(), &rest),
+        Some("soak") => soak::soak(&root(), &rest),
+        Some("fuzz") => fuzz::fuzz(&root(), &rest),
         Some("image") => image::main(&rest),
         Some("deb") => deb::deb_command(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]|deb [--out DIR]|image [--out DIR] [--tag TAG]|chaos [--rounds N] [--seed S]>"
+                "usage: cargo xtask <test [--no-setup] [-- cargo test args]|wasm|wasm-js [--dev]|worker-test|edge-dev --upstream URL [--port P]|wasm-js-test|core-wasm-test|bench [--quick] [--only PHASE] [--perf]|deb [--out DIR]|image [--out DIR] [--tag TAG]|chaos [--rounds N] [--seed S]|soak [--minutes M] [--quick] [--svg PATH]|fuzz [--minutes M] [--seconds S] [--target NAME]>"
             );
             std::process::exit(2);
         }
@@ -138,6 +148,9 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     // The container image, pushed with skopeo and run under containerd.
     image::image_test()?;
     deb::deb_test()?;
+    // The fuzz targets, built once and run a few seconds each: they build,
+    // and the seeds and a first round of mutations pass.
+    fuzz::campaign(&root(), fuzz::CI_SECONDS, None)?;
     // The crash campaign, short: five SIGKILLs under load, fsck after each.
     chaos::chaos(&root(), &["--rounds", "5"])?;
     // The benchmark harness at small sizes: it must run end to end and

@@ -311,6 +311,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         Err(e) => tracing::warn!(error = %e, "removing interrupted cache fills failed"),
     }
+    if !config.storage.shared {
+        // Alone on this storage: a held eviction lease is a crash's.
+        match app.registry.release_evictor_lease().await {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
+                "released the eviction lease of a pass interrupted by an unclean shutdown; \
+                 `kura fsck` checks the rest of the store"
+            ),
+            Err(e) => tracing::warn!(error = %e, "releasing a stale eviction lease failed"),
+        }
+    }
     server::spawn_upload_janitor(
         app.clone(),
         Duration::from_secs(config.registry.upload_max_idle_secs),

@@ -153,6 +153,8 @@ fn test(args: &[&str]) -> anyhow::Result<()> {
     fuzz::campaign(&root(), fuzz::CI_SECONDS, None)?;
     // The crash campaign, short: five SIGKILLs under load, fsck after each.
     chaos::chaos(&root(), &["--rounds", "5"])?;
+    // The soak, short: half a minute of mixed load, zero errors.
+    soak::soak(&root(), &["--quick", "--minutes", "0.5"])?;
     // The benchmark harness at small sizes: it must run end to end and
     // produce its table (no timing is asserted).
     bench::bench(&root(), &["--quick"])

@@ -43,8 +43,11 @@ pub fn chaos(root: &Path, args: &[&str]) -> anyhow::Result<()> {
             other => bail!("chaos: unknown argument {other}"),
         }
     }
-    let kura_bin = crate::bench::build_kura(root, true)?;
+    let built = crate::bench::build_kura(root, true)?;
     let work = tempfile::tempdir()?;
+    // A copy: every restart runs the same binary, whatever is rebuilt meanwhile.
+    let kura_bin = work.path().join("kura");
+    std::fs::copy(&built, &kura_bin)?;
     eprintln!(
         "chaos: {rounds} rounds, seed {seed}, work dir {}",
         work.path().display()

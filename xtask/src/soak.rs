@@ -38,9 +38,11 @@ pub fn soak(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let duration = Duration::from_secs_f64(minutes * 60.0);
-    let bin = crate::bench::build_kura(root, quick)?;
+    let built = crate::bench::build_kura(root, quick)?;
     let work = tempfile::tempdir()?;
     let w = work.path();
+    let bin = w.join("kura");
+    std::fs::copy(&built, &bin)?;
 
     let up = Distribution::start()?;
     let sk = Skopeo::new()?;

@@ -677,6 +677,9 @@ struct Counting<S> {
     listed: Mutex<Vec<String>>,
     reads: AtomicUsize,
     spool_gets: AtomicUsize,
+    /// The next read of this key finds it deleted: an eviction pass
+    /// between a request's look and its read.
+    vanish_on_get: Mutex<Option<String>>,
 }
 
 impl<S> Counting<S> {
@@ -688,6 +691,7 @@ impl<S> Counting<S> {
             listed: Mutex::default(),
             reads: AtomicUsize::new(0),
             spool_gets: AtomicUsize::new(0),
+            vanish_on_get: Mutex::default(),
         }
     }
 
@@ -730,6 +734,17 @@ impl<S: Storage<Body = ByteStream>> Storage for Counting<S> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if key.starts_with("uploads/") {
             self.spool_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        let vanish = {
+            let mut v = self.vanish_on_get.lock().unwrap();
+            if v.as_deref() == Some(key) {
+                v.take()
+            } else {
+                None
+            }
+        };
+        if let Some(key) = vanish {
+            self.inner.delete(&key).await?;
         }
         self.inner.get(key, range).await
     }
@@ -2395,4 +2410,34 @@ fn a_request_joining_a_claim_that_finds_the_blob_stored_serves_it() {
         assert!(r.bytes() == layer.as_slice(), "not the whole blob");
     }
     assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 0);
+}
+
+/// A blob evicted between a request's look (it is stored) and its read is
+/// a miss, filled again from the upstream, not a 404 for a blob the
+/// upstream has. (The crash campaign's eviction passes found the 404.)
+#[test]
+fn a_blob_evicted_between_look_and_read_is_filled_again() {
+    let s = setup(60_000);
+    let layer = data(100_000, 77);
+    let (_, digests) = push_image(&s.upstream, "team/app", "v1", std::slice::from_ref(&layer));
+    let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
+    let reg = mirror_on_host(&s, storage.clone(), TestHost::at(1_000));
+    let url = format!("/v2/up.local/team/app/blobs/{}", digests[1]);
+    let r = call(&reg, Method::GET, &url);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-kura-cache"), "miss");
+    *storage.vanish_on_get.lock().unwrap() = Some(blob_key(&digests[1]));
+    let r = call(&reg, Method::GET, &url);
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(r.bytes())
+    );
+    assert!(r.bytes() == layer.as_slice());
+    assert!(
+        storage.vanish_on_get.lock().unwrap().is_none(),
+        "the read happened"
+    );
+    assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 2, "filled again");
 }

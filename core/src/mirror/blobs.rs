@@ -61,9 +61,24 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 }
                 self.store.link_blob(&t.local, digest).await?;
             }
-            let resp = self.store.get_blob(&t.local, digest, range, head).await?;
-            self.record_use(digest).await;
-            return Ok(mark(resp, "hit"));
+            match self.store.get_blob(&t.local, digest, range, head).await {
+                Ok(resp) => {
+                    self.record_use(digest).await;
+                    return Ok(mark(resp, "hit"));
+                }
+                // Evicted between the look and the read: a miss after all,
+                // which the upstream fills again. (Found by the crash
+                // campaign: a 404 for a blob the upstream has.)
+                Err(e)
+                    if e.code == ErrorCode::BlobUnknown
+                        && self
+                            .store
+                            .storage
+                            .head(&layout::blob(digest))
+                            .await?
+                            .is_none() => {}
+                Err(e) => return Err(e),
+            }
         }
 
         if head && !self.filling(t, digest) {

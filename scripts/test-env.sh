@@ -61,4 +61,14 @@ else
   command -v wasm-pack >/dev/null || cargo install wasm-pack --version 0.15.1 --locked
   command -v worker-build >/dev/null || cargo install worker-build --version 0.8.7 --locked
 fi
+# The fuzz targets (fuzz/, `cargo xtask fuzz`) build on nightly with
+# cargo-fuzz.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  log "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz (a minute or two, once per machine)"
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
 log "ready"

@@ -20,6 +20,9 @@
 
 pub mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hosted;
 mod io;
 mod metrics;

@@ -207,22 +207,44 @@ impl Hasher {
         }
     }
 
-    /// Restore a state written by [`Hasher::save`]. `None` for anything else.
+    /// Restore a state written by [`Hasher::save`]. `None` for anything else,
+    /// including a state claiming more than [`MAX_RESTORED_LEN`] bytes hashed.
     pub fn restore(saved: &str) -> Option<Self> {
         let (alg, state) = saved.split_once(':')?;
         let raw = hex::decode(state).ok()?;
+        // The serialized state is sha2's: the chaining words, then the count
+        // of whole blocks hashed (little-endian u64 for sha256, u128 for
+        // sha512), then the partial block. sha2 takes any count, and its
+        // bit length (`8 * 64 * blocks`) then overflows in `finish`: a
+        // panic with overflow checks, a wrong digest without.
+        let blocks = |at: usize, len: usize| -> Option<u128> {
+            let mut le = [0u8; 16];
+            le[..len].copy_from_slice(raw.get(at..at + len)?);
+            Some(u128::from_le_bytes(le))
+        };
         match alg {
             "sha256" => {
+                within_restore_limit(blocks(32, 8)?, 64)?;
                 let arr = raw.as_slice().try_into().ok()?;
                 Sha256::deserialize(arr).ok().map(Hasher::Sha256)
             }
             "sha512" => {
+                within_restore_limit(blocks(64, 16)?, 128)?;
                 let arr = raw.as_slice().try_into().ok()?;
                 Sha512::deserialize(arr).ok().map(Hasher::Sha512)
             }
             _ => None,
         }
     }
+}
+
+/// The most bytes a restored [`Hasher`] state may have hashed: 64 PiB, far
+/// beyond any upload, and far enough below sha256's 2^64-bit length counter
+/// that hashing more after the restore cannot reach it.
+pub const MAX_RESTORED_LEN: u64 = 1 << 56;
+
+fn within_restore_limit(blocks: u128, block_size: u128) -> Option<()> {
+    (blocks.checked_mul(block_size)? <= u128::from(MAX_RESTORED_LEN)).then_some(())
 }
 
 /// The error a [`verify`]ing stream ends with when the bytes do not match.
@@ -399,6 +421,43 @@ mod tests {
         assert!(Hasher::restore("sha256:zz").is_none());
         assert!(Hasher::restore("sha256:00").is_none());
         assert!(Hasher::restore("md5:00").is_none());
+    }
+
+    #[test]
+    fn restore_refuses_states_whose_length_would_overflow() {
+        // Found by the `upload_state` fuzz target: a saved state with a huge
+        // block count restored, then `finish` overflowed sha2's bit length.
+        for (alg, count_at, count_len, block) in [
+            (Algorithm::Sha256, 32, 8, 64u128),
+            (Algorithm::Sha512, 64, 16, 128),
+        ] {
+            let mut h = Hasher::new(alg);
+            h.update(&vec![7u8; 3 * block as usize + 5]);
+            let saved = h.save();
+            let (name, state) = saved.split_once(':').unwrap();
+            let mut raw = hex::decode(state).unwrap();
+            // The count sits where `restore` reads it: three whole blocks.
+            let count = &mut raw[count_at..count_at + count_len];
+            assert_eq!(count[0], 3, "{alg:?}");
+            let with_count = |raw: &mut Vec<u8>, n: u128| {
+                raw[count_at..count_at + count_len].copy_from_slice(&n.to_le_bytes()[..count_len]);
+                format!("{name}:{}", hex::encode(&raw))
+            };
+            let limit = u128::from(MAX_RESTORED_LEN) / block;
+            let mut at_limit = Hasher::restore(&with_count(&mut raw, limit)).expect("at the limit");
+            at_limit.update(&[1; 1000]);
+            let _ = at_limit.finish();
+            assert!(Hasher::restore(&with_count(&mut raw, limit + 1)).is_none());
+            let max = if count_len == 8 {
+                u128::from(u64::MAX)
+            } else {
+                u128::MAX
+            };
+            assert!(
+                Hasher::restore(&with_count(&mut raw, max)).is_none(),
+                "{alg:?}"
+            );
+        }
     }
 
     fn chunks(parts: &[&'static [u8]]) -> ByteStream {

@@ -276,8 +276,11 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits exactly: `u8::from_str_radix` would also take
+            // a sign (`%+A`).
+            let digit = |j: usize| b.get(j).and_then(|&c| char::from(c).to_digit(16));
+            let (hi, lo) = (digit(i + 1)?, digit(i + 2)?);
+            out.push((hi * 16 + lo) as u8);
             i += 3;
         } else {
             out.push(b[i]);
@@ -559,5 +562,14 @@ mod tests {
         assert_eq!(query_param(&uri, "x").unwrap().unwrap(), "");
         assert!(query_param(&uri, "y").is_none());
         assert_eq!(percent_encode("a+b/c"), "a%2Bb%2Fc");
+    }
+
+    #[test]
+    fn percent_escapes_are_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Fb%3a").as_deref(), Some("a/b:"));
+        // Found by the `route` fuzz target: `%+D` decoded to byte 0x0d.
+        for bad in ["%+D", "%+0", "%-1", "% 1", "%1", "%", "%zz", "%1g", "x%+Dy"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
     }
 }

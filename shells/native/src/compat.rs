@@ -97,11 +97,15 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn keys(v: &Value) -> Vec<String> {
+/// A mapping's entries with string keys, in file order. A key is read
+/// through a YAML tag (`! key` is the string "key", as Go's yaml reads it);
+/// the value comes with its key, since looking a tagged key up again by its
+/// string would not find it.
+fn entries(v: &Value) -> Vec<(String, &Value)> {
     v.as_mapping()
         .map(|m| {
-            m.keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
                 .collect()
         })
         .unwrap_or_default()
@@ -151,8 +155,7 @@ impl Translation {
     }
 
     fn http(&mut self, v: &Value) {
-        for key in keys(v) {
-            let val = get(v, &key).expect("key listed");
+        for (key, val) in entries(v) {
             match key.as_str() {
                 "addr" => {
                     if let Some(addr) = text(val) {
@@ -166,8 +169,8 @@ impl Translation {
                     }
                 }
                 "tls" => {
-                    for tkey in keys(val) {
-                        let tv = get(val, &tkey).and_then(text);
+                    for (tkey, tv) in entries(val) {
+                        let tv = text(tv);
                         match (tkey.as_str(), tv) {
                             ("certificate", Some(c)) => self.set(&["tls", "cert"], Value::from(c)),
                             ("key", Some(k)) => self.set(&["tls", "key"], Value::from(k)),
@@ -181,14 +184,13 @@ impl Translation {
     }
 
     fn storage(&mut self, v: &Value) -> anyhow::Result<()> {
-        for key in keys(v) {
-            let val = get(v, &key).expect("key listed");
+        for (key, val) in entries(v) {
             match key.as_str() {
                 "filesystem" => {
                     self.drivers.push(key.clone());
                     let mut root = None;
-                    for fkey in keys(val) {
-                        match (fkey.as_str(), get(val, &fkey).and_then(text)) {
+                    for (fkey, fval) in entries(val) {
+                        match (fkey.as_str(), text(fval)) {
                             ("rootdirectory", Some(dir)) => root = Some(dir),
                             (other, _) => self.ignore(&format!("storage.filesystem.{other}")),
                         }
@@ -203,8 +205,7 @@ impl Translation {
                     self.s3(val)?
                 }
                 "delete" => {
-                    for dkey in keys(val) {
-                        let dval = get(val, &dkey).expect("key listed");
+                    for (dkey, dval) in entries(val) {
                         match dkey.as_str() {
                             // registry:2 deletes only for a YAML `true`;
                             // anything else (`"true"` too) leaves them off.
@@ -241,14 +242,12 @@ impl Translation {
     }
 
     fn maintenance(&mut self, v: &Value) -> anyhow::Result<()> {
-        for key in keys(v) {
-            let val = get(v, &key).expect("key listed");
+        for (key, val) in entries(v) {
             if key != "uploadpurging" {
                 self.ignore(&format!("storage.maintenance.{key}"));
                 continue;
             }
-            for pkey in keys(val) {
-                let pval = get(val, &pkey).expect("key listed");
+            for (pkey, pval) in entries(val) {
                 match pkey.as_str() {
                     "age" => {
                         let age = text(pval).unwrap_or_default();
@@ -274,8 +273,7 @@ impl Translation {
     }
 
     fn s3(&mut self, v: &Value) -> anyhow::Result<()> {
-        for key in keys(v) {
-            let val = get(v, &key).expect("key listed");
+        for (key, val) in entries(v) {
             let s = text(val);
             let target = match key.as_str() {
                 "bucket" => "bucket",
@@ -323,8 +321,8 @@ impl Translation {
         let mut up = Mapping::new();
         up.insert("name".into(), Value::from(name.clone()));
         up.insert("url".into(), Value::from(url));
-        for key in keys(v) {
-            let val = get(v, &key).and_then(text);
+        for (key, val) in entries(v) {
+            let val = text(val);
             match (key.as_str(), val) {
                 ("remoteurl", _) => {}
                 ("username", Some(u)) => {
@@ -358,8 +356,7 @@ impl Translation {
     }
 
     fn auth(&mut self, v: &Value) {
-        for key in keys(v) {
-            let val = get(v, &key).expect("key listed");
+        for (key, val) in entries(v) {
             match key.as_str() {
                 "htpasswd" => {
                     if let Some(path) = get(val, "path").and_then(text) {
@@ -377,8 +374,8 @@ impl Translation {
     }
 
     fn log(&mut self, v: &Value) {
-        for key in keys(v) {
-            let val = get(v, &key).and_then(text);
+        for (key, val) in entries(v) {
+            let val = text(val);
             match (key.as_str(), val) {
                 ("level", Some(l)) => {
                     let level = if l == "warning" { "warn".to_owned() } else { l };
@@ -679,6 +676,26 @@ proxy:
             t.warnings
         );
         assert!(refused(&format!("{fs}    uploadpurging:\n      age: soon\n")).contains("age"));
+    }
+
+    #[test]
+    fn tagged_keys_are_read_as_their_string() {
+        // Found by the `registry2_config` fuzz target: a key with a YAML tag
+        // was listed by its string, then not found by it (a panic).
+        let t = translated(
+            "version: 0.1\nstorage:\n  filesystem:\n  ! maintenance:\n    uploadpurging:\n      age: 2h\n  ! delete:\n    ! enabled: true\n",
+        );
+        assert_eq!(
+            at(&t.config, "registry.upload_max_idle_secs"),
+            Some(Value::from(2 * 3600u64))
+        );
+        assert_eq!(
+            at(&t.config, "registry.delete_enabled"),
+            Some(Value::from(true))
+        );
+        // The fuzzer's input: an unknown storage key, refused as one.
+        let e = refused("version: 0.1\nstorage:\n  filesystem:\n  ! urging:\n      age: 500ms\n");
+        assert!(e.contains("storage.urging"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,15 @@ pub const DEFAULT_MAX_STALE_SECS: u64 = 7 * 24 * 3600;
 /// a freshly pushed tag shows up soon.
 pub const DEFAULT_NOT_FOUND_TTL_SECS: u64 = 15;
 
+/// How long a blob body from an upstream may go without delivering
+/// [`BODY_IDLE_MIN_BYTES`] before the fill gives up on it, in seconds.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_SECS: u64 = 30;
+
+/// What a blob body must deliver in every [`UpstreamConfig::body_idle_timeout_ms`]
+/// to count as moving: a connection dripping a byte a second is as stuck
+/// as a silent one, and both hold every client of the fill.
+pub const BODY_IDLE_MIN_BYTES: u64 = 1024;
+
 /// How long a blob fill's storage lease lasts unrenewed, in ms
 /// ([`RegistryConfig::fill_lease_ms`]).
 pub const DEFAULT_FILL_LEASE_MS: u64 = 20_000;
@@ -109,6 +118,11 @@ pub fn default_not_found_ttl_secs() -> u64 {
     DEFAULT_NOT_FOUND_TTL_SECS
 }
 
+/// [`DEFAULT_BODY_IDLE_TIMEOUT_SECS`], for `#[serde(default = ...)]`.
+pub fn default_body_idle_timeout_secs() -> u64 {
+    DEFAULT_BODY_IDLE_TIMEOUT_SECS
+}
+
 /// Longest wait for an upstream when a stale answer could be given
 /// instead (a tag past its TTL, still within `max_stale_ms`).
 pub const STALE_DEADLINE_MS: u64 = 3_000;
@@ -194,6 +208,11 @@ pub struct UpstreamConfig {
     /// How long an upstream 404 for a manifest or blob is remembered (and
     /// answered without asking again); 0 turns it off.
     pub not_found_ttl_ms: u64,
+    /// A blob fill gives up on the upstream's body when it delivers less
+    /// than [`BODY_IDLE_MIN_BYTES`] in this long (stalled, or dripping);
+    /// its clients' connections are cut and nothing is cached. 0 turns it
+    /// off.
+    pub body_idle_timeout_ms: u64,
 }
 
 impl UpstreamConfig {
@@ -209,6 +228,7 @@ impl UpstreamConfig {
             max_stale_ms: DEFAULT_MAX_STALE_SECS * 1000,
             token_realms: Vec::new(),
             not_found_ttl_ms: DEFAULT_NOT_FOUND_TTL_SECS * 1000,
+            body_idle_timeout_ms: DEFAULT_BODY_IDLE_TIMEOUT_SECS * 1000,
         }
     }
 

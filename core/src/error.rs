@@ -200,8 +200,29 @@ impl From<ReferenceError> for RegistryError {
 
 impl From<StorageError> for RegistryError {
     fn from(e: StorageError) -> Self {
+        if storage_is_full(&e) {
+            // Not a fault of kura's: the operator must free space (or the
+            // cache evict), and the client may retry then.
+            return RegistryError::new(ErrorCode::Unavailable, "storage is full")
+                .with_status(StatusCode::INSUFFICIENT_STORAGE);
+        }
         RegistryError::new(ErrorCode::Internal, format!("storage: {e}"))
     }
+}
+
+/// Whether the backend failed for want of space: its error is an
+/// `io::Error` of kind `StorageFull` (ENOSPC) or `QuotaExceeded` (EDQUOT),
+/// as a backend on a file system passes it on.
+fn storage_is_full(e: &StorageError) -> bool {
+    let StorageError::Backend(source) = e else {
+        return false;
+    };
+    source.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    })
 }
 
 /// `e` and every error behind it, `: `-separated: what an operator's log
@@ -432,5 +453,23 @@ mod tests {
         assert_eq!(RegistryError::from_upload(e).code, ErrorCode::DigestInvalid);
         let e = StorageError::backend("full");
         assert_eq!(RegistryError::from_upload(e).code, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_full_store_is_507_not_500() {
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = RegistryError::from_upload(StorageError::backend(full));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(
+            e.body_json().contains("storage is full"),
+            "{}",
+            e.body_json()
+        );
+        let other = StorageError::backend(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            RegistryError::from(other).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -9,7 +9,19 @@
 //! - [`Fault::Status`]: an error status (500, 429 with `Retry-After`, ...);
 //! - [`Fault::Stall`]: send some bytes, then wait until the fault is cleared
 //!   and send the rest;
-//! - [`Fault::Redirect`]: a `307` to another URL (a blob CDN).
+//! - [`Fault::Redirect`]: a `307` to another URL (a blob CDN), or to
+//!   itself (a redirect loop);
+//! - [`Fault::Reset`]: send some bytes, then reset the connection (RST);
+//! - [`Fault::Drip`]: send some bytes, then one byte at a time, slowly;
+//! - [`Fault::Oversize`]: a manifest body of any size, generated as it is
+//!   sent (nothing that big is held), the bytes sent counted;
+//! - [`Fault::GetServes`]: a `GET` answers with another manifest than a
+//!   `HEAD` does (a tag that moved between the two).
+//!
+//! With [`Faulty::serve_ranges`], blob `GET`s with `Range: bytes=N-` are
+//! answered `206` (otherwise the `Range` is ignored: a `200` with every
+//! byte, as registries without range support do). The token endpoint can
+//! be made to fail ([`Faulty::token_answer`]).
 //!
 //! A token mode behaves like Docker Hub with auth.docker.io: `/v2/` requests
 //! without a token it issued get `401` with a `WWW-Authenticate: Bearer`
@@ -43,6 +55,35 @@ pub enum Fault {
     Stall { after: u64 },
     /// `307 Temporary Redirect` to this URL (a blob CDN).
     Redirect { location: String },
+    /// Announce the full length, send `at` bytes, then reset the
+    /// connection (`SO_LINGER` 0: an RST, not a FIN).
+    Reset { at: u64 },
+    /// Send `after` bytes, then one byte every `every_ms` until every byte
+    /// is sent, the client goes away, or the fault is cleared (the rest
+    /// then follows at once).
+    Drip { after: u64, every_ms: u64 },
+    /// Serve a manifest body of `len` bytes (a JSON object padded with
+    /// spaces, made as it is sent), with a `Content-Length` if
+    /// `content_length`, else ended by closing the connection.
+    Oversize { len: u64, content_length: bool },
+    /// A `GET` serves the repository's manifest `reference` instead (a
+    /// `HEAD` is answered as usual), announcing `announce` as its
+    /// `Docker-Content-Digest` if given (a lie), else its real digest.
+    GetServes {
+        reference: String,
+        announce: Option<String>,
+    },
+}
+
+/// How the token endpoint answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenAnswer {
+    /// A token, as a token server does.
+    Token,
+    /// This status with an error body.
+    Status(u16),
+    /// `200` with this body (garbage, or JSON without a token).
+    Body(Vec<u8>),
 }
 
 /// One request the fixture received.
@@ -52,6 +93,8 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub authorization: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
     /// The status answered.
     pub status: u16,
     pub at: Instant,
@@ -103,6 +146,12 @@ struct State {
     token_requests: Vec<(String, Option<String>)>,
     /// Sent with every manifest and blob (Docker Hub's `ratelimit-*`).
     content_headers: Vec<(String, String)>,
+    /// Answer `Range: bytes=N-` on blobs with `206`.
+    ranges: bool,
+    /// How `/token` answers (a token if `None`).
+    token_answer: Option<TokenAnswer>,
+    /// Body bytes written for each reference, over every response.
+    sent: HashMap<String, u64>,
 }
 
 struct Shared {
@@ -298,6 +347,23 @@ impl Faulty {
         Ok(realm)
     }
 
+    /// Answer blob `GET`s with `Range: bytes=N-` (or `N-M`) with `206`
+    /// and the bytes asked for, or (`false`, the default) ignore the range.
+    pub fn serve_ranges(&self, on: bool) {
+        self.update(|s| s.ranges = on);
+    }
+
+    /// How the token endpoint answers from now on.
+    pub fn token_answer(&self, answer: TokenAnswer) {
+        self.update(|s| s.token_answer = Some(answer));
+    }
+
+    /// Body bytes written so far for `reference` (a digest or a tag), over
+    /// every response, as far as the client took them.
+    pub fn bytes_sent(&self, reference: &str) -> u64 {
+        self.shared.lock().sent.get(reference).copied().unwrap_or(0)
+    }
+
     /// Every request so far (the `/token` endpoint included).
     pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().requests.clone()
@@ -463,6 +529,8 @@ enum Plan {
         data: Arc<Vec<u8>>,
         fault: Option<Fault>,
         reference: String,
+        /// Inclusive byte range to answer with `206`.
+        range: Option<(u64, u64)>,
     },
 }
 
@@ -531,6 +599,17 @@ fn plan(req: &Parsed, state: &mut State, port: u16) -> Plan {
                     error_body("UNAUTHORIZED", "token endpoint wants basic credentials"),
                 );
             }
+        }
+        match state.token_answer.clone() {
+            None | Some(TokenAnswer::Token) => {}
+            Some(TokenAnswer::Status(code)) => {
+                return simple(
+                    code,
+                    vec![json_ct()],
+                    error_body("FAULT", "injected token failure"),
+                )
+            }
+            Some(TokenAnswer::Body(body)) => return simple(200, vec![json_ct()], body),
         }
         let token = format!("tok-{}", state.issued.len() + 1);
         state.issued.insert(token.clone());
@@ -648,18 +727,60 @@ fn plan(req: &Parsed, state: &mut State, port: u16) -> Plan {
     if let Some(Fault::Redirect { location }) = fault {
         return simple(307, vec![("Location".into(), location)], Vec::new());
     }
+    if let Some(Fault::GetServes {
+        reference: other,
+        announce,
+    }) = &fault
+    {
+        if req.method == "GET" {
+            let Some((mt, b)) = state.manifests.get(&(repo.clone(), other.clone())) else {
+                return simple(
+                    404,
+                    vec![json_ct()],
+                    error_body("MANIFEST_UNKNOWN", "unknown"),
+                );
+            };
+            return Plan::Content {
+                media_type: mt.clone(),
+                digest: announce.clone().unwrap_or_else(|| sha256(b)),
+                data: b.clone(),
+                fault: None,
+                reference,
+                range: None,
+            };
+        }
+    }
+    // `bytes=N-` or `bytes=N-M`, for blobs, when ranges are served.
+    let range = req
+        .headers
+        .get("range")
+        .filter(|_| state.ranges && !is_manifest)
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| {
+            let len = data.len() as u64;
+            let start = a.parse::<u64>().ok()?;
+            let end = if b.is_empty() {
+                len.checked_sub(1)?
+            } else {
+                b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+            };
+            (start <= end).then_some((start, end))
+        });
     Plan::Content {
         media_type,
         digest: sha256(&data),
         data,
         fault,
         reference,
+        range,
     }
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        206 => "Partial Content",
         307 => "Temporary Redirect",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -702,13 +823,15 @@ fn respond(
         let p = plan(req, &mut s, port);
         let status = match &p {
             Plan::Simple { status, .. } => *status,
-            Plan::Content { .. } => 200,
+            Plan::Content { range: None, .. } => 200,
+            Plan::Content { range: Some(_), .. } => 206,
         };
         s.requests.push(Request {
             method: req.method.clone(),
             path: req.path.clone(),
             query: req.query.clone(),
             authorization: req.headers.get("authorization").cloned(),
+            range: req.headers.get("range").cloned(),
             status,
             at: Instant::now(),
         });
@@ -732,14 +855,55 @@ fn respond(
             data,
             fault,
             reference,
+            range,
         } => {
             let len = data.len() as u64;
             let mut headers = vec![
                 ("Content-Type".to_owned(), media_type),
                 ("Docker-Content-Digest".to_owned(), digest),
-                ("Accept-Ranges".to_owned(), "none".to_owned()),
             ];
+            let ranges = shared.lock().ranges;
+            headers.push((
+                "Accept-Ranges".to_owned(),
+                if ranges { "bytes" } else { "none" }.to_owned(),
+            ));
             headers.extend(shared.lock().content_headers.iter().cloned());
+            if let Some((start, end)) = range {
+                headers.push((
+                    "Content-Range".to_owned(),
+                    format!("bytes {start}-{end}/{len}"),
+                ));
+                write_head(conn, 206, &headers, end + 1 - start)?;
+                if head_only {
+                    return Ok(true);
+                }
+                // A reset holds for ranges too: `at` bytes of the range.
+                if let Some(Fault::Reset { at }) = fault {
+                    let to = (start + at).min(end + 1) as usize;
+                    send(conn, &data, start as usize, to, None)?;
+                    count_sent(shared, &reference, to as u64 - start);
+                    return reset(conn);
+                }
+                let sent = send(conn, &data, start as usize, end as usize + 1, None);
+                count_sent(shared, &reference, end + 1 - start);
+                sent?;
+                return Ok(true);
+            }
+            if let Some(Fault::Oversize {
+                len: big,
+                content_length,
+            }) = fault
+            {
+                return send_oversize(
+                    conn,
+                    shared,
+                    &reference,
+                    &headers,
+                    big,
+                    content_length,
+                    head_only,
+                );
+            }
             write_head(conn, 200, &headers, len)?;
             if head_only {
                 return Ok(true);
@@ -747,6 +911,7 @@ fn respond(
             match fault {
                 None => {
                     send(conn, &data, 0, data.len(), None)?;
+                    count_sent(shared, &reference, len);
                     Ok(true)
                 }
                 Some(Fault::WrongBytes) => {
@@ -758,6 +923,40 @@ fn respond(
                     send(conn, &data, 0, at, None)?;
                     conn.flush()?;
                     Ok(false)
+                }
+                Some(Fault::Reset { at }) => {
+                    let at = (at as usize).min(data.len());
+                    send(conn, &data, 0, at, None)?;
+                    count_sent(shared, &reference, at as u64);
+                    reset(conn)
+                }
+                Some(Fault::Drip { after, every_ms }) => {
+                    let after = (after as usize).min(data.len());
+                    send(conn, &data, 0, after, None)?;
+                    conn.flush()?;
+                    count_sent(shared, &reference, after as u64);
+                    let mut pos = after;
+                    while pos < data.len() {
+                        if shared.shutdown.load(Ordering::SeqCst) {
+                            return Ok(false);
+                        }
+                        let still = shared
+                            .lock()
+                            .faults
+                            .get(&reference)
+                            .is_some_and(|r| matches!(r.fault, Fault::Drip { .. }));
+                        if !still {
+                            send(conn, &data, pos, data.len(), None)?;
+                            count_sent(shared, &reference, (data.len() - pos) as u64);
+                            return Ok(true);
+                        }
+                        std::thread::sleep(Duration::from_millis(every_ms));
+                        conn.write_all(&data[pos..pos + 1])?;
+                        conn.flush()?;
+                        count_sent(shared, &reference, 1);
+                        pos += 1;
+                    }
+                    Ok(true)
                 }
                 Some(Fault::Stall { after }) => {
                     let after = (after as usize).min(data.len());
@@ -786,12 +985,81 @@ fn respond(
                     send(conn, &data, after, data.len(), None)?;
                     Ok(true)
                 }
-                Some(Fault::Status { .. } | Fault::Redirect { .. }) => {
-                    unreachable!("answered in plan")
+                Some(
+                    Fault::Status { .. }
+                    | Fault::Redirect { .. }
+                    | Fault::Oversize { .. }
+                    | Fault::GetServes { .. },
+                ) => {
+                    unreachable!("answered above")
                 }
             }
         }
     }
+}
+
+/// Reset the connection: give the bytes sent a moment to leave, then
+/// close with a zero linger time, which sends an RST instead of a FIN.
+fn reset(conn: &mut TcpStream) -> std::io::Result<bool> {
+    conn.flush()?;
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = socket2::SockRef::from(&*conn).set_linger(Some(Duration::ZERO));
+    Ok(false)
+}
+
+fn count_sent(shared: &Shared, reference: &str, n: u64) {
+    *shared.lock().sent.entry(reference.to_owned()).or_default() += n;
+}
+
+/// A manifest body of `len` bytes, `{"schemaVersion":2,` and spaces, then
+/// `}`: sent a piece at a time, counted as it goes, never held whole.
+fn send_oversize(
+    conn: &mut TcpStream,
+    shared: &Shared,
+    reference: &str,
+    headers: &[(String, String)],
+    len: u64,
+    content_length: bool,
+    head_only: bool,
+) -> std::io::Result<bool> {
+    let mut head =
+        "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\n".to_owned();
+    if content_length {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    } else {
+        head.push_str("Connection: close\r\n");
+    }
+    // Every header of the small manifest under the tag, its digest too (a
+    // lie no client gets to check before the size).
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    if head_only {
+        return Ok(content_length);
+    }
+    const OPEN: &[u8] = b"{\"schemaVersion\":2,";
+    let piece = vec![b' '; 64 * 1024];
+    let mut pos = 0u64;
+    while pos < len {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let n = (len - pos).min(piece.len() as u64) as usize;
+        let mut chunk = piece[..n].to_vec();
+        if pos == 0 {
+            let k = OPEN.len().min(n);
+            chunk[..k].copy_from_slice(&OPEN[..k]);
+        }
+        if pos + n as u64 == len {
+            chunk[n - 1] = b'}';
+        }
+        conn.write_all(&chunk)?;
+        count_sent(shared, reference, n as u64);
+        pos += n as u64;
+    }
+    Ok(content_length)
 }
 
 /// Write `data[from..to]` in 256 KiB pieces, flipping the byte at `flip`.

@@ -258,6 +258,7 @@ pub fn have(cmd: &str) -> bool {
 }
 
 pub mod api;
+pub mod blobstore;
 pub mod faulty;
 pub mod image;
 pub mod peers;

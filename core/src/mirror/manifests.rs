@@ -87,6 +87,14 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
             // with: fetch the manifest as for a GET.
             return Ok(None);
         };
+        // A HEAD must not promise what a GET would refuse.
+        let max = self.store.config.max_manifest_size;
+        if len.trim().parse::<u64>().is_ok_and(|n| n > max as u64) {
+            return Err(self.bad_gateway(
+                t,
+                format!("manifest larger than {max} bytes (Content-Length {len})"),
+            ));
+        }
         let mut resp = crate::wire::response::response(StatusCode::OK, Body::Empty);
         let out = resp.headers_mut();
         set(out, CONTENT_TYPE, media_type);
@@ -516,21 +524,29 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
         let content_type = wire::header(resp.headers(), "content-type").map(str::to_owned);
         let announced =
             wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER).map(|d| d.trim().to_owned());
-        let bytes = body::collect_limited(
-            F::body_stream(resp.into_body()),
-            self.store.config.max_manifest_size,
-        )
-        .await
-        .map_err(|e| match e {
-            CollectError::TooLarge => self.bad_gateway(
+        let max = self.store.config.max_manifest_size;
+        // Refused before a byte is read when the upstream says how big it
+        // is; else the read stops at the limit. Either way the connection
+        // is dropped, not drained.
+        if let Some(len) = wire::header(resp.headers(), "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n > max as u64)
+        {
+            return Err(self.bad_gateway(
                 t,
-                format!(
-                    "manifest larger than {} bytes",
-                    self.store.config.max_manifest_size
-                ),
-            ),
-            CollectError::Io(e) => self.bad_gateway(t, format!("reading the manifest failed: {e}")),
-        })?;
+                format!("manifest larger than {max} bytes (Content-Length {len})"),
+            ));
+        }
+        let bytes = body::collect_limited(F::body_stream(resp.into_body()), max)
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge => {
+                    self.bad_gateway(t, format!("manifest larger than {max} bytes"))
+                }
+                CollectError::Io(e) => {
+                    self.bad_gateway(t, format!("reading the manifest failed: {e}"))
+                }
+            })?;
         let lying = |what: String| self.bad_gateway(t, what);
         let digest = match expected {
             Some(d) => {

@@ -96,7 +96,17 @@ impl<S: Storage, H: Host> Spool<S, H> {
         })
     }
 
-    fn broken(&self, m: String) -> FlightError {
+    /// Bytes taken so far: where a resumed request starts.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The blob's announced size, if the upstream said.
+    pub(crate) fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    pub(crate) fn broken(&self, m: String) -> FlightError {
         FlightError::Broken(format!("{} blob {}: {m}", self.to.source, self.to.digest))
     }
 

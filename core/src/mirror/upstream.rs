@@ -212,17 +212,24 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                     self.lock_health().down_until = 0;
                     r
                 }
+                // The upstream answered, with redirects that lead nowhere:
+                // asking again would only go round again, and the upstream
+                // is not down.
+                Err(SendError::Redirects(why)) => {
+                    self.lock_health().down_until = 0;
+                    return Err(UpstreamError::Invalid(why));
+                }
                 // A timeout already took the whole read timeout: trying
                 // again would only multiply the wait.
-                Err(FetchError::Timeout) => {
+                Err(SendError::Fetch(FetchError::Timeout)) => {
                     self.mark_down();
                     return Err(UpstreamError::unavailable("timed out"));
                 }
-                Err(_) if attempt < MAX_ATTEMPTS => {
+                Err(SendError::Fetch(_)) if attempt < MAX_ATTEMPTS => {
                     self.backoff(attempt, None).await;
                     continue;
                 }
-                Err(e) => {
+                Err(SendError::Fetch(e)) => {
                     self.mark_down();
                     return Err(UpstreamError::unavailable_from("no response", e));
                 }
@@ -334,11 +341,12 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
         method: &Method,
         scope: &str,
         range: Option<&str>,
-    ) -> Result<Response<F::Body>, FetchError> {
+    ) -> Result<Response<F::Body>, SendError> {
         let origin: Uri = url
             .parse()
             .map_err(|e| FetchError::other(format!("bad url {url}: {e}")))?;
         let mut current = origin.clone();
+        let mut visited = Vec::new();
         for _ in 0..=MAX_REDIRECTS {
             let mut b = Request::builder()
                 .method(method.clone())
@@ -366,10 +374,21 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| FetchError::other("redirect without Location"))?;
-            current = resolve(&current, location)?;
+                .ok_or_else(|| SendError::Redirects("redirect without Location".into()))?;
+            let next =
+                resolve(&current, location).map_err(|e| SendError::Redirects(e.to_string()))?;
+            visited.push(current);
+            if visited.contains(&next) {
+                return Err(SendError::Redirects(format!(
+                    "redirect loop: {} redirects back to {next}",
+                    visited.last().map(Uri::to_string).unwrap_or_default()
+                )));
+            }
+            current = next;
         }
-        Err(FetchError::other("too many redirects"))
+        Err(SendError::Redirects(format!(
+            "more than {MAX_REDIRECTS} redirects, the last to {current}"
+        )))
     }
 
     /// Ask the challenge's realm for a token for `default_scope` (none if
@@ -462,7 +481,10 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
             let resp = self
                 .send_following_redirects(&url, &Method::GET, "", None)
                 .await
-                .map_err(|e| UpstreamError::unavailable_from("no response", e))?;
+                .map_err(|e| match e {
+                    SendError::Fetch(e) => UpstreamError::unavailable_from("no response", e),
+                    SendError::Redirects(why) => UpstreamError::Invalid(why),
+                })?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(auth);
@@ -499,6 +521,22 @@ impl<F: Fetch, H: Host> Upstream<F, H> {
                 s => UpstreamError::Status(s.as_u16()),
             });
         }
+    }
+}
+
+/// Why a request (with the redirects it was sent) got no usable answer.
+enum SendError {
+    /// No response.
+    Fetch(FetchError),
+    /// Redirects that lead nowhere: a loop, too many, or one without a
+    /// usable `Location`. The upstream answered; asking again would go
+    /// round again.
+    Redirects(String),
+}
+
+impl From<FetchError> for SendError {
+    fn from(e: FetchError) -> Self {
+        SendError::Fetch(e)
     }
 }
 
@@ -568,14 +606,24 @@ pub(crate) fn realm_trust(upstream: &Uri, realm: &Uri, extra: &[String]) -> Real
     });
     let listed = extra.iter().any(|entry| {
         let entry = entry.trim().to_ascii_lowercase();
-        match entry.rsplit_once(':') {
-            // `host:port`, but not a bare IPv6 address.
-            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
-                h.trim_start_matches('[').trim_end_matches(']') == realm_host
-                    && p.parse::<u16>() == Ok(realm_port)
+        // `[v6]` or `[v6]:port`; `host` or `host:port`; a bare IPv6
+        // address (more than one colon, no brackets) has no port.
+        let (h, port) = if let Some(rest) = entry.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((h, "")) => (h, None),
+                Some((h, p)) => match p.strip_prefix(':') {
+                    Some(p) => (h, Some(p)),
+                    None => return false,
+                },
+                None => return false,
             }
-            _ => entry.trim_start_matches('[').trim_end_matches(']') == realm_host,
-        }
+        } else {
+            match entry.split_once(':') {
+                Some((h, p)) if !p.contains(':') => (h, Some(p)),
+                _ => (entry.as_str(), None),
+            }
+        };
+        h == realm_host && port.is_none_or(|p| p.parse::<u16>() == Ok(realm_port))
     });
     if listed {
         return RealmTrust::Trusted;
@@ -742,6 +790,32 @@ mod base64_lite {
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by the `challenge` fuzz target: a listed bracketed host with
+    /// one colon (`[00000u:2]`) was split as `host:port` and never matched.
+    #[test]
+    fn listed_bracketed_hosts_are_hosts() {
+        let up: Uri = "https://registry.example".parse().unwrap();
+        for (realm, listed, trusted) in [
+            ("https://[00000u:2]/token", "[00000u:2]", true),
+            ("https://[::1]:8443/token", "[::1]:8443", true),
+            ("https://[::1]:8443/token", "[::1]", true),
+            ("https://[::1]:8443/token", "[::1]:9999", false),
+            ("https://auth.other:8443/token", "auth.other:8443", true),
+            ("https://auth.other/token", "auth.other", true),
+            ("https://auth.other/token", "auth.other:8443", false),
+        ] {
+            let realm: Uri = realm.parse().unwrap();
+            assert_eq!(
+                matches!(
+                    realm_trust(&up, &realm, &[listed.to_owned()]),
+                    RealmTrust::Trusted
+                ),
+                trusted,
+                "{realm} listed as {listed}"
+            );
+        }
+    }
     // On wasm32, `#[test]` is wasm-bindgen-test's (run in Node by
     // wasm-bindgen-test-runner); natively it is the built-in one.
     #[cfg(target_arch = "wasm32")]
@@ -948,6 +1022,7 @@ mod tests {
             max_stale_ms: 0,
             token_realms: Vec::new(),
             not_found_ttl_ms: 0,
+            body_idle_timeout_ms: 0,
         };
         assert_eq!(hub.upstream_name("alpine"), "library/alpine");
         assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");

@@ -22,6 +22,7 @@ pub struct Config {
     pub registry: RegistrySection,
     pub mirror: MirrorConfig,
     pub log: LogConfig,
+    pub server: ServerSection,
     /// Keys of a registry:2 file that were ignored.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -41,6 +42,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             mirror: MirrorConfig::default(),
             log: LogConfig::default(),
+            server: ServerSection::default(),
             warnings: Vec::new(),
             origins: Origins::default(),
         }
@@ -140,6 +142,33 @@ impl Default for RegistrySection {
     }
 }
 
+/// Client connections: what one client, or many, may hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Connections served at once; at the limit kura stops accepting (new
+    /// connections wait in the kernel's queue) until one closes. Capped by
+    /// the open-file limit.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (and, on a new
+    /// connection, its first bytes) before the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may go without a byte moving either way while
+    /// kura waits on the client (a stalled body, a client that stopped
+    /// reading) before it is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            max_connections: 10_000,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
 /// Pull-through mirroring of upstream registries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -220,6 +249,7 @@ impl Default for MirrorConfig {
             max_stale_secs: kura_core::config::default_max_stale_secs(),
             token_realms: Vec::new(),
             not_found_ttl_secs: kura_core::config::default_not_found_ttl_secs(),
+            body_idle_timeout_secs: kura_core::config::default_body_idle_timeout_secs(),
         };
         MirrorConfig {
             upstreams: kura_core::config::PUBLIC_REGISTRIES
@@ -265,6 +295,10 @@ pub struct UpstreamSection {
     /// answered without asking again (0: off).
     #[serde(default = "kura_core::config::default_not_found_ttl_secs")]
     pub not_found_ttl_secs: u64,
+    /// Seconds a blob body from this upstream may deliver less than 1 KiB
+    /// before its fill is given up (a stalled or dripping upstream; 0: off).
+    #[serde(default = "kura_core::config::default_body_idle_timeout_secs")]
+    pub body_idle_timeout_secs: u64,
 }
 
 impl UpstreamSection {
@@ -276,6 +310,7 @@ impl UpstreamSection {
         u.max_stale_ms = self.max_stale_secs.saturating_mul(1000);
         u.token_realms = self.token_realms.clone();
         u.not_found_ttl_ms = self.not_found_ttl_secs.saturating_mul(1000);
+        u.body_idle_timeout_ms = self.body_idle_timeout_secs.saturating_mul(1000);
         u
     }
 }
@@ -455,6 +490,10 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.server;
+        if s.max_connections == 0 || s.header_read_timeout_secs == 0 || s.idle_timeout_secs == 0 {
+            bail!("server: max_connections, header_read_timeout_secs and idle_timeout_secs must be above 0");
+        }
         if let Some(tls) = &self.tls {
             match (&tls.cert, &tls.key, tls.self_signed) {
                 (Some(_), Some(_), false) | (None, None, true) => {}

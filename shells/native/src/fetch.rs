@@ -148,7 +148,10 @@ impl Fetch for HttpFetch {
                 .inspect_ok(move |chunk| {
                     bytes.inc_by(chunk.len() as u64);
                 })
-                .map_err(io::Error::other),
+                // reqwest's own words stop at "error decoding response
+                // body"; the log line of a failed fill needs the cause
+                // (a reset connection, a body cut short).
+                .map_err(|e| io::Error::other(error_chain(&e))),
         );
         out.body(body).map_err(FetchError::other)
     }

@@ -367,11 +367,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     match tls_config {
         None => {
-            server::serve(tcp, router, shutdown_signal()).await;
+            server::serve(tcp, router, &config.server, shutdown_signal()).await;
         }
         Some(server_config) => {
             let listener = tls::TlsListener::new(tcp, server_config)?;
-            server::serve(listener, router, shutdown_signal()).await;
+            server::serve(listener, router, &config.server, shutdown_signal()).await;
         }
     }
     tracing::info!("shut down cleanly");

@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::body::Body as AxumBody;
 use axum::extract::State;
 use axum::Router;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
 use kura_core::wire::{self, Route};
 use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryError};
@@ -98,9 +98,17 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
 /// prior knowledge or ALPN), plus HTTP/1 half-close: a client that shuts
 /// down its sending side after the request (`nc -N`, scripted health
 /// checks) still gets the response.
+///
+/// Hostile or broken clients are bounded by `limits`: at most
+/// `max_connections` at once (at the limit the loop stops accepting and
+/// new connections wait in the kernel's listen queue), a connection that
+/// has not sent its first bytes, or an HTTP/1 request's headers, within
+/// `header_read_timeout_secs` is closed, and so is one on which nothing
+/// moved for `idle_timeout_secs` while kura waited on the client.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
+    limits: &crate::config::ServerSection,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     L: axum::serve::Listener,
@@ -110,28 +118,280 @@ pub async fn serve<L>(
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
 
+    let header_timeout = Duration::from_secs(limits.header_read_timeout_secs);
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+    let max_connections = connection_limit(limits.max_connections, raise_open_file_limit());
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().half_close(true).timer(TokioTimer::new());
+    builder
+        .http1()
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut last_full_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            (io, _) = listener.accept() => {
-                let service = TowerToHyperService::new(router.clone());
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    // A client going away mid-request is not an error here.
-                    let _ = conn.await;
-                });
-            }
-            () = &mut shutdown => break,
+        if slots.available_permits() == 0
+            && last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            last_full_warning = Some(Instant::now());
+            tracing::warn!(
+                max_connections,
+                "connection limit reached: new connections wait until one closes \
+                 (server.max_connections)"
+            );
         }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let io = Guarded::new(io, header_timeout, idle_timeout);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A client going away mid-request is not an error here.
+            let _ = conn.await;
+            drop(slot);
+        });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// File descriptors kept for everything but client connections: storage
+/// files, upstream connections, the listener, logs.
+const RESERVED_FDS: u64 = 256;
+
+/// The connection limit in force: the configured one, lowered to what the
+/// open-file limit `nofile` leaves after [`RESERVED_FDS`] (past it accept
+/// fails with EMFILE, and so would opening a blob).
+fn connection_limit(configured: usize, nofile: Option<u64>) -> usize {
+    let Some(nofile) = nofile else {
+        return configured;
+    };
+    let fits = nofile.saturating_sub(RESERVED_FDS).max(1);
+    if (configured as u64) <= fits {
+        return configured;
+    }
+    tracing::warn!(
+        configured,
+        open_file_limit = nofile,
+        max_connections = fits,
+        "server.max_connections lowered to fit the open-file limit"
+    );
+    fits as usize
+}
+
+/// Raise the soft open-file limit (RLIMIT_NOFILE) to the hard one: every
+/// connection is a file descriptor, and the usual soft default (1024) is
+/// far below what a registry serving a fleet needs. Returns the soft limit
+/// in force, `None` where there is none to read.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    // rlim_t is not u64 on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    let (soft, hard) = (lim.rlim_cur as u64, lim.rlim_max as u64);
+    if soft >= hard {
+        return Some(soft);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct it is given, nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = hard,
+            "raised the open-file limit to its hard limit"
+        );
+        Some(hard)
+    } else {
+        // An unlimited hard limit cannot be the soft one (Linux caps it
+        // at fs.nr_open, macOS at OPEN_MAX): keep what there is.
+        let e = io::Error::last_os_error();
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+        Some(soft)
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+/// A client connection with deadlines on the client's side of it.
+///
+/// - Until its first [`PREFACE`] bytes arrived, the connection must get
+///   them within the header timeout of being accepted. hyper's own header
+///   timeout starts only after it has told HTTP/1 from HTTP/2 by those
+///   bytes, so without this a client that connects and sends nothing (or
+///   half of HTTP/2's preface) would hold its connection forever.
+/// - After that, whenever kura waits to read from or write to the client,
+///   some byte must have moved, either way, within the idle timeout: a
+///   stalled request body or a client that stopped reading its response
+///   loses the connection. Waits on anything else (storage, an upstream)
+///   do not poll the connection and never count.
+struct Guarded<I> {
+    io: I,
+    /// Preface bytes still to come.
+    preface_left: usize,
+    accepted: tokio::time::Instant,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    last_progress: tokio::time::Instant,
+    /// Armed at a deadline that may have moved on since; checked, and
+    /// re-armed, when it fires.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// HTTP/2's connection preface is 24 bytes; hyper reads that many (or up
+/// to the first byte that differs) to pick the protocol.
+const PREFACE: usize = 24;
+
+impl<I> Guarded<I> {
+    fn new(io: I, header_timeout: Duration, idle_timeout: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Guarded {
+            io,
+            preface_left: PREFACE,
+            accepted: now,
+            header_timeout,
+            idle_timeout,
+            last_progress: now,
+            timer: Box::pin(tokio::time::sleep_until(now + header_timeout)),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        if self.preface_left > 0 {
+            self.accepted + self.header_timeout
+        } else {
+            self.last_progress + self.idle_timeout
+        }
+    }
+
+    /// After the client's side was found pending: an error once the
+    /// deadline passed (the waker is registered with the timer otherwise).
+    fn check_deadline(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Error> {
+        use std::task::Poll;
+        loop {
+            let deadline = self.deadline();
+            if self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if std::future::Future::poll(self.timer.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            if deadline <= tokio::time::Instant::now() {
+                let what = if self.preface_left > 0 {
+                    "no request within the header timeout"
+                } else {
+                    "no progress within the idle timeout"
+                };
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
+            }
+            // Fired at a deadline that moved: arm the new one.
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    self.preface_left = self.preface_left.saturating_sub(n);
+                    self.last_progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.check_deadline(cx).map(Err),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.after_write(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.after_write(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<I> Guarded<I> {
+    fn after_write(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<io::Result<usize>>,
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.check_deadline(cx).map(Err),
+            other => other,
+        }
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -219,15 +479,56 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
         }
     }
     let (parts, body) = req.into_parts();
-    let stream: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
+    let sent_body = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let body = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let stream: ByteStream = Box::pin(futures::stream::unfold(body.clone(), |b| async move {
+        let next = b.lock().await.next().await;
+        next.map(|chunk| (chunk.map_err(io::Error::other), b))
+    }));
     let resp = app
         .registry
         .handle(Request::from_parts(parts, stream))
         .await;
-    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!("internal error answered with 500");
+    match resp.status() {
+        StatusCode::INTERNAL_SERVER_ERROR => tracing::error!("internal error answered with 500"),
+        StatusCode::INSUFFICIENT_STORAGE => {
+            tracing::warn!("storage is full: a write was refused with 507")
+        }
+        _ => {}
+    }
+    if sent_body && !resp.status().is_success() {
+        tokio::spawn(drain(body));
     }
     to_axum(resp)
+}
+
+/// Most of a refused request's body read and dropped after the answer.
+const DRAIN_MAX: usize = 128 * 1024 * 1024;
+/// Longest a refused request's body is read after the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Read and drop what is left of the body of a request answered before
+/// it was read (a push refused at once: a full disk, a bad digest), while
+/// the answer goes out. A connection closed with unread bytes is reset by
+/// the kernel, and a client still sending its body would see the reset
+/// instead of the error. Bounded: past [`DRAIN_MAX`] bytes or
+/// [`DRAIN_TIME`] the connection is closed anyway.
+async fn drain(body: Arc<tokio::sync::Mutex<axum::body::BodyDataStream>>) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async move {
+        let mut body = body.lock().await;
+        let mut read = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The repository a pull named, with containerd's `?ns=` registry in front.
@@ -284,8 +585,10 @@ pub fn spawn_upload_janitor(
     local_root: Option<std::path::PathBuf>,
 ) {
     tokio::spawn(async move {
+        // Often enough that a session goes within half its limit again
+        // after turning stale; at least a second, at most an hour apart.
         let mut tick = tokio::time::interval(
-            Duration::from_secs(3600).min(max_idle.max(Duration::from_secs(60))),
+            (max_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         );
         loop {
             tick.tick().await;

@@ -196,8 +196,31 @@ fn map_err(e: object_store::Error) -> StorageError {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             StorageError::AlreadyExists
         }
-        other => StorageError::backend(other),
+        other => match full_kind(&other) {
+            // The core answers a full store by the io::Error's kind, which
+            // object_store keeps a few sources down: bring it to the top.
+            Some(kind) => StorageError::backend(io::Error::new(kind, other)),
+            None => StorageError::backend(other),
+        },
     }
+}
+
+/// The kind of the "no space" error (ENOSPC, or EDQUOT: a quota) in
+/// `e`'s chain of sources, if there is one.
+fn full_kind(e: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) {
+                return Some(io.kind());
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 #[async_trait]
@@ -336,7 +359,10 @@ impl Storage for ObjectStorage {
         let file = fs.path_to_filesystem(&path(key)?).map_err(map_err)?;
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             use std::io::{Seek, Write};
-            let io = |e: io::Error| StorageError::backend(format!("{}: {e}", file.display()));
+            // The kind kept: a full disk is told apart by it.
+            let io = |e: io::Error| {
+                StorageError::backend(io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+            };
             if offset == 0 {
                 if let Some(dir) = file.parent() {
                     std::fs::create_dir_all(dir).map_err(io)?;

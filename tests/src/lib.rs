@@ -261,6 +261,7 @@ pub mod api;
 pub mod blobstore;
 pub mod faulty;
 pub mod image;
+pub mod mirror;
 pub mod peers;
 pub mod s3;
 pub mod stream;

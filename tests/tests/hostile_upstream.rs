@@ -15,7 +15,6 @@
 //! Needs skopeo (Debian). Run with
 //! `cargo test -p kura-tests --test hostile_upstream`.
 
-use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,58 +23,21 @@ use kura_tests::api::{send, Resp};
 use kura_tests::blobstore;
 use kura_tests::faulty::{Fault, Faulty, TokenAnswer};
 use kura_tests::image::{XorShift, OCI_MANIFEST};
+use kura_tests::mirror::{mirror_yaml, start_mirror, upstream, Mirror, ACCEPT_ALL};
 use kura_tests::peers::Skopeo;
 use kura_tests::stream::{eventually, stream_hash, Streamed};
-use kura_tests::{http_client, init_crypto, sha256, Kura, KuraOptions};
+use kura_tests::{http_client, init_crypto, sha256, Kura};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
-const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
-
-// ----- kura with a mirror configuration ------------------------------------
-
-/// A kura and the directory holding its config file.
-struct Mirror {
-    kura: Kura,
-    _cfg: tempfile::TempDir,
-}
-
-impl Deref for Mirror {
-    type Target = Kura;
-    fn deref(&self) -> &Kura {
-        &self.kura
-    }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        // Whatever an upstream did, kura must not have panicked over it.
-        let log = self.kura.log_text();
-        if !std::thread::panicking() {
-            assert!(!log.contains("panicked"), "kura panicked; log:\n{log}");
-        }
-    }
-}
-
 /// kura mirroring `upstreams`, each `(name, url, extra YAML lines indented
 /// by six spaces)`.
 fn mirror(upstreams: &[(&str, &str, &str)]) -> Mirror {
-    let mut yaml = "mirror:\n  upstreams:\n".to_owned();
-    for (name, url, fields) in upstreams {
-        yaml.push_str(&format!("    - name: {name}\n      url: {url}\n{fields}"));
-    }
-    let cfg = tempfile::tempdir().expect("tempdir");
-    let path = cfg.path().join("kura.yml");
-    std::fs::write(&path, &yaml).expect("writing kura.yml");
-    let kura = Kura::start_with(KuraOptions {
-        config: Some(path),
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("starting kura with\n{yaml}\n{e:#}"));
-    Mirror { kura, _cfg: cfg }
+    let entries: Vec<String> = upstreams
+        .iter()
+        .map(|(name, url, fields)| upstream(name, url, fields))
+        .collect();
+    start_mirror(&mirror_yaml(&entries, ""), &[])
 }
 
 // ----- checks ------------------------------------------------------------------

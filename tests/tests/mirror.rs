@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -22,77 +21,15 @@ use kura_tests::image::{
     oci_blobs, oci_ref, ImageSpec, OciLayout, RandomReader, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR,
     OCI_MANIFEST,
 };
+use kura_tests::mirror::{mirror_yaml, start_mirror, upstream, Mirror, ACCEPT_ALL};
 use kura_tests::peers::Skopeo;
 use kura_tests::stream::{eventually, stream_hash, Streamed};
 use kura_tests::upstream::{Access, Distribution, DistributionOptions, TestCa, TinyProxy};
-use kura_tests::{http_client, sha256, Kura, KuraOptions};
+use kura_tests::{http_client, sha256, Kura};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
 const MIB: u64 = 1024 * 1024;
-const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
-
-// ----- kura with a mirror configuration ------------------------------------
-
-/// A kura and the directory holding its config file.
-struct Mirror {
-    kura: Kura,
-    _cfg: tempfile::TempDir,
-}
-
-impl Deref for Mirror {
-    type Target = Kura;
-    fn deref(&self) -> &Kura {
-        &self.kura
-    }
-}
-
-impl DerefMut for Mirror {
-    fn deref_mut(&mut self) -> &mut Kura {
-        &mut self.kura
-    }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        // Whatever a test did, kura must not have panicked doing it.
-        let log = self.kura.log_text();
-        if !std::thread::panicking() {
-            assert!(!log.contains("panicked"), "kura panicked; log:\n{log}");
-        }
-    }
-}
-
-/// One `mirror.upstreams` entry: `fields` are extra YAML lines (indented by
-/// six spaces) such as `      tag_ttl_secs: 0\n`.
-fn upstream(name: &str, url: &str, fields: &str) -> String {
-    format!("    - name: {name}\n      url: {url}\n{fields}")
-}
-
-/// A config with these upstreams; `top` holds extra `mirror:` keys
-/// (indented by two spaces) such as `  default: up.local\n`.
-fn mirror_yaml(upstreams: &[String], top: &str) -> String {
-    format!("mirror:\n{top}  upstreams:\n{}", upstreams.concat())
-}
-
-fn start_mirror(yaml: &str, env: &[(&str, &str)]) -> Mirror {
-    let cfg = tempfile::tempdir().expect("tempdir");
-    let path = cfg.path().join("kura.yml");
-    std::fs::write(&path, yaml).expect("writing kura.yml");
-    let kura = Kura::start_with(KuraOptions {
-        config: Some(path),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("starting kura with\n{yaml}\n{e:#}"));
-    Mirror { kura, _cfg: cfg }
-}
 
 /// kura mirroring one upstream named `up.local`.
 fn simple_mirror(url: &str, fields: &str) -> Mirror {

@@ -95,12 +95,14 @@ impl Authenticator {
         else {
             return false;
         };
-        let Some(encoded) = value
-            .strip_prefix("Basic ")
-            .or_else(|| value.strip_prefix("basic "))
-        else {
+        // Scheme names are case-insensitive (RFC 9110 §11.1): `BASIC`
+        // is Basic too.
+        let Some((scheme, encoded)) = value.trim_start().split_once(' ') else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return false;
+        }
         let key: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
         {
             let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,13 +143,46 @@ mod tests {
     use super::*;
 
     fn header(user: &str, pass: &str) -> HeaderMap {
+        header_with_scheme("Basic", user, pass)
+    }
+
+    fn header_with_scheme(scheme: &str, user: &str, pass: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         h.insert(
             http::header::AUTHORIZATION,
-            format!("Basic {v}").parse().unwrap(),
+            format!("{scheme} {v}").parse().unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn scheme_names_are_case_insensitive() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let pw = Htpasswd::parse(&format!("alice:{hash}\n")).unwrap();
+        let a = Authenticator::new(pw, false, "kura".into());
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            assert_eq!(
+                a.decide(
+                    &header_with_scheme(scheme, "alice", "secret"),
+                    Access::Push,
+                    false
+                ),
+                Decision::Allow,
+                "{scheme}"
+            );
+        }
+        for scheme in ["Bearer", "Basicx", "Digest"] {
+            assert_eq!(
+                a.decide(
+                    &header_with_scheme(scheme, "alice", "secret"),
+                    Access::Push,
+                    false
+                ),
+                Decision::Challenge,
+                "{scheme}"
+            );
+        }
     }
 
     #[test]

@@ -777,3 +777,45 @@ fn fsck_finds_corrupt_and_dangling_content_and_repairs_only_what_it_can_prove() 
         problems(&report)
     );
 }
+
+/// CVE-2026-41888 (distribution): a tag DELETE went through with deletes
+/// disabled. Here a tag DELETE and a manifest DELETE by digest are both
+/// refused, and the tag still resolves.
+#[test]
+fn cve_2026_41888_tag_delete_honours_delete_enabled_false() {
+    let mut config = RegistryConfig::default();
+    config.delete_enabled = false;
+    let reg = Registry::new(MemoryStorage::new(), TestHost::at(1_000), config);
+    let cfg = b"{}".to_vec();
+    let cd = push_blob(&reg, "x", &cfg);
+    let m = image_manifest(&cd, cfg.len(), &[]);
+    let md = Digest::sha256(&m);
+    let r = call(
+        &reg,
+        Method::PUT,
+        "/v2/x/manifests/v1",
+        &[("content-type", OCI_MANIFEST)],
+        m,
+    );
+    assert_eq!(r.status, StatusCode::CREATED);
+    for reference in ["v1".to_owned(), md.to_string()] {
+        let r = call(
+            &reg,
+            Method::DELETE,
+            &format!("/v2/x/manifests/{reference}"),
+            &[],
+            "",
+        );
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{reference}");
+        assert_eq!(r.code(), "UNSUPPORTED");
+    }
+    let r = call(
+        &reg,
+        Method::GET,
+        "/v2/x/manifests/v1",
+        &[("accept", OCI_MANIFEST)],
+        "",
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("docker-content-digest"), md.to_string());
+}

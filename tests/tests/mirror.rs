@@ -1284,8 +1284,10 @@ fn upstream_token_auth_fetches_one_token() {
     );
 }
 
+/// Named after CVE-2026-33540 (distribution sent an upstream's
+/// credentials to whatever token realm it named), so the class stays fixed.
 #[test]
-fn upstream_credentials_never_go_to_a_foreign_token_realm() {
+fn cve_2026_33540_upstream_credentials_never_go_to_a_foreign_token_realm() {
     let f = Faulty::start().unwrap();
     let img = f.add_image("team/realm", "v1", &[64 * 1024], 804);
     // The challenge names a realm on another host (another loopback

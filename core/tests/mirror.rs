@@ -2441,3 +2441,78 @@ fn a_blob_evicted_between_look_and_read_is_filled_again() {
     );
     assert_eq!(s.fetch.blob_gets.load(Ordering::SeqCst), 2, "filled again");
 }
+
+/// `kura fsck` on a mirror: a mirrored manifest whose bytes are gone is
+/// damage (manifests are never evicted), and repair removes the tag and
+/// revision, so the next pull asks the upstream; a missing layer is only a
+/// note. A tag healed between check and repair is left alone.
+#[test]
+fn fsck_repairs_a_mirrors_dangling_tag_and_the_next_pull_refetches() {
+    use kura_core::fsck::{self, FsckOptions, Problem, Severity};
+    let s = setup(0);
+    let layer = data(5_000, 9);
+    let (md, digests) = push_image(&s.upstream, "team/app", "v1", std::slice::from_ref(&layer));
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/team/app/manifests/v1");
+    assert_eq!(r.status, StatusCode::OK);
+    let manifest_bytes = r.bytes().to_vec();
+    let r = call(
+        &s.mirror,
+        Method::GET,
+        &format!("/v2/up.local/team/app/blobs/{}", digests[1]),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let storage = s.mirror.storage();
+    block_on(storage.delete(&blob_key(&md))).unwrap();
+    block_on(storage.delete(&blob_key(&digests[1]))).unwrap();
+
+    let check = || {
+        block_on(async {
+            let inventory = s.mirror.fsck_inventory().await.unwrap();
+            let mut verdicts = std::collections::HashMap::new();
+            for (d, _) in inventory.blobs() {
+                verdicts.insert(d.clone(), fsck::verify_blob(storage, d).await);
+            }
+            s.mirror.fsck_check(inventory, &verdicts).await.unwrap()
+        })
+    };
+    let report = check();
+    let damage: Vec<&Problem> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Damage)
+        .map(|f| &f.problem)
+        .collect();
+    assert_eq!(damage.len(), 2, "{damage:#?}");
+    assert!(damage
+        .iter()
+        .any(|p| matches!(p, Problem::DanglingTag { digest: Some(d), .. } if *d == md)));
+    assert!(report.findings.iter().any(|f| f.severity == Severity::Note
+        && matches!(&f.problem, Problem::DanglingLayerLink { digest, .. } if *digest == digests[1])));
+
+    // Healed meanwhile (as a pull would): the repair leaves the tag.
+    block_on(storage.put(
+        &blob_key(&md),
+        manifest_bytes.clone().into(),
+        kura_core::storage::PutMode::Overwrite,
+    ))
+    .unwrap();
+    let mut healed = report.clone();
+    block_on(s.mirror.fsck_repair(&mut healed, &FsckOptions::default())).unwrap();
+    assert_eq!(healed.repaired(), 0);
+
+    // Gone again: repaired, and the next pull goes to the upstream.
+    block_on(storage.delete(&blob_key(&md))).unwrap();
+    let mut report = check();
+    block_on(s.mirror.fsck_repair(&mut report, &FsckOptions::default())).unwrap();
+    assert_eq!(report.repaired(), 2, "{:#?}", report.findings);
+    assert_eq!(check().remaining(Severity::Damage), 0);
+    let r = call(&s.mirror, Method::GET, "/v2/up.local/team/app/manifests/v1");
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(r.bytes())
+    );
+    assert_eq!(r.bytes(), manifest_bytes.as_slice());
+    assert_eq!(check().remaining(Severity::Damage), 0);
+}

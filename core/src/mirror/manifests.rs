@@ -452,11 +452,17 @@ impl<S: Storage, H: Host, F: Fetch> Mirror<'_, S, H, F> {
                 let upstream_digest = wire::header(resp.headers(), wire::CONTENT_DIGEST_HEADER)
                     .and_then(|d| Digest::parse(d.trim()).ok());
                 if upstream_digest.as_ref() == Some(&cached.digest) {
-                    self.write_tag_cache(&t.local, tag, &cached.digest).await?;
-                    return Ok(mark(
-                        self.store.get_manifest(&t.local, &reference).await?,
-                        "revalidated",
-                    ));
+                    match self.store.get_manifest(&t.local, &reference).await {
+                        Ok(resp) => {
+                            self.write_tag_cache(&t.local, tag, &cached.digest).await?;
+                            return Ok(mark(resp, "revalidated"));
+                        }
+                        // The stored tag or manifest went away behind this
+                        // process's back (`kura fsck --repair`, a lost
+                        // file): fetch it again below.
+                        Err(e) if e.code == ErrorCode::ManifestUnknown => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 match self.fetch_manifest(t, tag.as_str(), None, Some(tag)).await {
                     Ok(_) => Ok(mark(

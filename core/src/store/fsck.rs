@@ -735,11 +735,16 @@ impl<S: Storage, H: Host> Store<S, H> {
                 Problem::DanglingTag {
                     repository, tag, ..
                 } if is_mirrored(repository) => {
-                    self.storage.delete(&finding.key).await?;
-                    self.storage
-                        .delete(&layout::tag_cache(repository, tag))
-                        .await?;
-                    true
+                    // Read again: a pull may have stored the manifest and
+                    // moved the tag since the check.
+                    let still = self.tag_dangles(repository, &finding.key).await?;
+                    if still {
+                        self.storage.delete(&finding.key).await?;
+                        self.storage
+                            .delete(&layout::tag_cache(repository, tag))
+                            .await?;
+                    }
+                    still
                 }
                 Problem::DanglingRevision { repository, digest } if is_mirrored(repository) => {
                     let gone = self.storage.head(&layout::blob(digest)).await?.is_none();
@@ -787,6 +792,23 @@ impl<S: Storage, H: Host> Store<S, H> {
             finding.repaired = removed;
         }
         Ok(())
+    }
+
+    /// Whether the tag at `key` (still) names no stored manifest of
+    /// `repository`.
+    async fn tag_dangles(&self, repository: &RepositoryName, key: &str) -> Result<bool> {
+        let Some(raw) = self.storage.read(key).await? else {
+            return Ok(false);
+        };
+        let Some(digest) = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| Digest::parse(s.trim()).ok())
+        else {
+            return Ok(true);
+        };
+        let revision = layout::manifest_revision(repository, &digest);
+        Ok(self.storage.head(&revision).await?.is_none()
+            || self.storage.head(&layout::blob(&digest)).await?.is_none())
     }
 
     /// Delete upload session `id` if it has been idle for `max_age_ms` (a

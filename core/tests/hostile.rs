@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::TestHost;
+use common::{within, TestHost};
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
@@ -162,16 +162,6 @@ fn stored(s: &Setup) -> bool {
     let hex = s.digest.hex().to_owned();
     let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
     block_on(s.mirror.storage().head(&key)).unwrap().is_some()
-}
-
-/// Run `f` on its own thread; fail (not hang) if it takes over `secs`.
-fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("no answer within {secs} s"))
 }
 
 fn ranges(s: &Setup) -> Vec<Option<String>> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 mod common;
 
 use bytes::Bytes;
-use common::TestHost;
+use common::{within, TestHost};
 use futures::executor::block_on;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
@@ -1636,16 +1636,6 @@ fn upstream_faults_are_502s_that_name_no_internal_address() {
     let text = String::from_utf8_lossy(r.bytes()).to_string();
     assert!(!text.contains("10.9.8.7"), "{text}");
     assert!(!text.contains("upstream.invalid"), "{text}");
-}
-
-/// Run `f` on its own thread; fail (not hang) if it takes over `secs`.
-fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("no answer within {secs} s"))
 }
 
 #[test]

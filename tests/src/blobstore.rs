@@ -84,7 +84,8 @@ pub fn bad_blobs(data_dir: &Path) -> Vec<BadBlob> {
     scan(data_dir).bad
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir`, recursively (an unreadable directory is skipped).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {

@@ -156,26 +156,6 @@ fn status_field(pid: u32, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// What the image declares: linux/amd64, a non-root user, `kura serve`
 /// with the packaged config, the data volume and port.
 #[test]
@@ -317,7 +297,7 @@ fn runs_under_containerd() {
 
     // The cache is the container's /var/lib/kura, written by kura's user.
     let data = PathBuf::from(format!("/proc/{pid}/root/var/lib/kura"));
-    let files = files_under(&data);
+    let files = kura_tests::blobstore::files_under(&data);
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let hex = layer.strip_prefix("sha256:").unwrap();
     let stored = files

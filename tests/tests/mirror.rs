@@ -73,43 +73,16 @@ fn file_digest(path: &Path) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-/// Every blob file under `DATA/blobs/` (object_store staging files, whose
-/// names contain `#`, left out).
-fn stored_blobs(data: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    walk(&data.join("blobs"), &mut files);
-    files.retain(|p| !p.file_name().unwrap().to_string_lossy().contains('#'));
-    files
-}
-
-/// Panic if any stored blob's bytes do not match its name.
+/// Panic if any stored blob's bytes do not match its name; how many were
+/// checked.
 fn assert_blob_store_verifies(data: &Path) -> usize {
-    let files = stored_blobs(data);
-    for p in &files {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let actual = file_digest(p);
-        assert_eq!(
-            actual,
-            format!("sha256:{name}"),
-            "{} holds bytes that do not match its name",
-            p.display()
-        );
-    }
-    files.len()
+    let scan = kura_tests::blobstore::scan(data);
+    assert!(
+        scan.bad.is_empty(),
+        "blobs that do not match their names: {:?}",
+        scan.bad
+    );
+    scan.checked
 }
 
 /// `skopeo copy` keeping digests as they are: `--preserve-digests`, and for
@@ -1108,8 +1081,7 @@ fn sigkill_during_a_blob_fill_leaves_no_bad_blob() {
         "client stuck at {} bytes",
         progress.load(Ordering::SeqCst)
     );
-    let mut spool = Vec::new();
-    walk(&k.data_dir.join("uploads"), &mut spool);
+    let spool = kura_tests::blobstore::files_under(&k.data_dir.join("uploads"));
     k.kill();
     let r = client.join().unwrap();
     assert!(
@@ -1128,8 +1100,7 @@ fn sigkill_during_a_blob_fill_leaves_no_bad_blob() {
         !blob_path(&k.data_dir, &digest).exists(),
         "a half-filled blob is visible after the crash"
     );
-    let mut left = Vec::new();
-    walk(&k.data_dir.join("uploads"), &mut left);
+    let left = kura_tests::blobstore::files_under(&k.data_dir.join("uploads"));
     eprintln!(
         "{n} blobs in storage after the restart, all verified; {} files left in uploads/",
         left.len()

@@ -86,3 +86,15 @@ impl Host for TestHost {
         })
     }
 }
+
+/// Run `f` on its own thread; fail (not hang) if it takes over `secs`.
+/// (Not every test file uses it.)
+#[allow(dead_code)]
+pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("no answer within {secs} s"))
+}

@@ -24,7 +24,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{http_client, sha256, Kura, KuraOptions};
+use crate::{sha256, Kura, KuraOptions};
 
 pub use crate::image::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -342,6 +342,21 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client for the registry at `base` (`http://127.0.0.1:PORT`).
+    pub fn at(base: &str, port: u16) -> Api {
+        Api {
+            base: base.to_owned(),
+            port,
+            client: crate::http_client(),
+            auth: None,
+        }
+    }
+
+    /// A client for a running kura.
+    pub fn for_kura(k: &Kura) -> Api {
+        Api::at(&k.url, k.port)
+    }
+
     /// `path` on this registry (an absolute URL stays as it is).
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
@@ -647,12 +662,7 @@ impl Reg {
     /// long as the registry.
     pub fn with(opts: KuraOptions, dir: Option<tempfile::TempDir>) -> Reg {
         let kura = Kura::start_with(opts).expect("kura starts");
-        let api = Api {
-            base: kura.url.clone(),
-            port: kura.port,
-            client: http_client(),
-            auth: None,
-        };
+        let api = Api::for_kura(&kura);
         Reg {
             kura,
             api,

@@ -214,12 +214,7 @@ fn a_killed_instances_fill_is_taken_over() {
 }
 
 fn api(k: &Kura) -> Api {
-    Api {
-        base: k.url.clone(),
-        port: k.port,
-        client: http_client(),
-        auth: None,
-    }
+    Api::for_kura(k)
 }
 
 /// A chunked push whose requests go to three instances in turn completes:

@@ -14,7 +14,7 @@ use std::time::Duration;
 use kura_tests::api::{Api, Image};
 use kura_tests::s3::S3Server;
 use kura_tests::upstream::Distribution;
-use kura_tests::{http_client, kura_bin, sha256, Kura, KuraOptions};
+use kura_tests::{kura_bin, sha256, Kura, KuraOptions};
 
 /// `kura fsck` with `args`: its exit status and standard output.
 fn fsck(args: &[&str]) -> (i32, String) {
@@ -42,15 +42,6 @@ fn flip_a_bit(path: &Path) {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(path, bytes).unwrap();
-}
-
-fn api_for(base: &str, port: u16) -> Api {
-    Api {
-        base: base.to_owned(),
-        port,
-        client: http_client(),
-        auth: None,
-    }
 }
 
 #[test]
@@ -81,7 +72,7 @@ fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
     })
     .unwrap();
     let data = kura.data_dir.clone();
-    let api = api_for(&kura.url, kura.port);
+    let api = Api::for_kura(&kura);
     let hosted: Image = api.push_image("team/hosted", "v1", "fsck-hosted");
     // Pull the mirrored image through kura: manifest, config, layers.
     let pull = |api: &Api| {
@@ -207,7 +198,7 @@ fn fsck_checks_and_repairs_an_s3_store() {
         ..Default::default()
     })
     .unwrap();
-    let api = api_for(&kura.url, kura.port);
+    let api = Api::for_kura(&kura);
     let img = api.push_image("team/s3", "v1", "fsck-s3");
     kura.terminate().unwrap();
 

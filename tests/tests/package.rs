@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kura_tests::api::{Api, Image, Resp, OCI_MANIFEST};
-use kura_tests::{free_port, have, http_client, sha256, signal, workspace_root};
+use kura_tests::{free_port, have, sha256, signal, workspace_root};
 
 const BIN: &str = "/usr/bin/kura";
 const CONFIG: &str = "/etc/kura/config.yaml";
@@ -123,12 +123,7 @@ impl Serving {
         let child = cmd.spawn().expect("spawning /usr/bin/kura");
         let mut s = Serving {
             child,
-            api: Api {
-                base: format!("http://127.0.0.1:{port}"),
-                port,
-                client: http_client(),
-                auth: None,
-            },
+            api: Api::at(&format!("http://127.0.0.1:{port}"), port),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);

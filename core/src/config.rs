@@ -33,6 +33,10 @@ pub const DEFAULT_FILL_LEASE_MS: u64 = 20_000;
 /// in ms: a blob used within the last ten minutes may be being served.
 pub const DEFAULT_EVICTION_GRACE_MS: u64 = 10 * 60 * 1000;
 
+/// How long garbage collection leaves something unreferenced before it
+/// goes, by default: an hour (zot's `gcDelay` default too).
+pub const DEFAULT_GC_GRACE_MS: u64 = 3600 * 1000;
+
 /// A byte count as operators write one: a number of bytes, or a number with
 /// a decimal (`kB`, `MB`, `GB`, `TB`) or binary (`KiB`, `MiB`, `GiB`, `TiB`)
 /// unit, case and a space before the unit ignored. `None` if it is not one,
@@ -165,6 +169,12 @@ pub struct RegistryConfig {
     /// pass lists the whole cache. Every process sharing a storage should
     /// say the same.
     pub records_changes: bool,
+    /// Which tags of hosted repositories garbage collection keeps
+    /// ([`crate::Registry::collect_garbage`]); the first rule matching a
+    /// repository governs it. None: every tag is kept.
+    pub retention: Vec<crate::hosted::RetentionRule>,
+    /// Tags that never move once pushed.
+    pub immutable_tags: Vec<crate::hosted::ImmutableTags>,
 }
 
 impl Default for RegistryConfig {
@@ -177,6 +187,8 @@ impl Default for RegistryConfig {
             access_record_interval_ms: 5 * 60 * 1000,
             fill_lease_ms: DEFAULT_FILL_LEASE_MS,
             records_changes: false,
+            retention: Vec::new(),
+            immutable_tags: Vec::new(),
         }
     }
 }

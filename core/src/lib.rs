@@ -33,13 +33,14 @@ mod store;
 pub mod wire;
 
 pub use io::{body, storage};
-pub use model::{digest, manifest, reference};
+pub use model::{digest, manifest, pattern, reference};
 pub use store::fsck;
 
 pub use body::{Body, BoxFuture, ByteStream};
 pub use config::{RegistryConfig, UpstreamConfig};
 pub use digest::{Algorithm, Digest};
 pub use error::{ErrorCode, ErrorSource, RegistryError, UpstreamError};
+pub use hosted::{Garbage, GcOptions, GcReport, ImmutableTags, RetentionRule};
 pub use io::fetch::{Fetch, FetchError, NoFetch};
 pub use io::host::Host;
 pub use metrics::{Metrics, Sample, SampleKind};

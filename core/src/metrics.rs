@@ -58,6 +58,17 @@ pub struct Metrics {
     pub(crate) not_found_cached: AtomicU64,
     /// Blob fills from upstream running now (`kura_fills_in_flight`).
     pub(crate) fills_in_flight: AtomicU64,
+    /// Garbage collections run (`kura_gc_runs_total`).
+    pub(crate) gc_runs: AtomicU64,
+    /// Blobs garbage collection deleted (`kura_gc_deleted_total`).
+    pub(crate) gc_deleted_blobs: AtomicU64,
+    /// Untagged manifests garbage collection deleted.
+    pub(crate) gc_deleted_manifests: AtomicU64,
+    /// Tags retention rules removed.
+    pub(crate) gc_deleted_tags: AtomicU64,
+    /// Bytes of the blobs garbage collection deleted
+    /// (`kura_gc_deleted_bytes_total`).
+    pub(crate) gc_deleted_bytes: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -100,7 +111,7 @@ impl Metrics {
                 value: *n,
             });
         }
-        let counters: [(&'static str, Option<&'static str>, &'static str, &AtomicU64); 16] = [
+        let counters: [(&'static str, Option<&'static str>, &'static str, &AtomicU64); 21] = [
             (
                 "kura_cache_hits",
                 Some("manifest"),
@@ -196,6 +207,36 @@ impl Metrics {
                 None,
                 "Requests answered 404 from a recent upstream 404, without asking again.",
                 &self.not_found_cached,
+            ),
+            (
+                "kura_gc_runs",
+                None,
+                "Garbage collections run (dry runs included).",
+                &self.gc_runs,
+            ),
+            (
+                "kura_gc_deleted",
+                Some("blob"),
+                "Objects garbage collection deleted: blobs, untagged manifests, tags removed by retention rules.",
+                &self.gc_deleted_blobs,
+            ),
+            (
+                "kura_gc_deleted",
+                Some("manifest"),
+                "Objects garbage collection deleted: blobs, untagged manifests, tags removed by retention rules.",
+                &self.gc_deleted_manifests,
+            ),
+            (
+                "kura_gc_deleted",
+                Some("tag"),
+                "Objects garbage collection deleted: blobs, untagged manifests, tags removed by retention rules.",
+                &self.gc_deleted_tags,
+            ),
+            (
+                "kura_gc_deleted_bytes",
+                None,
+                "Bytes of the blobs garbage collection deleted.",
+                &self.gc_deleted_bytes,
             ),
         ];
         for (name, kind_label, help, c) in counters {

@@ -12,6 +12,7 @@ use crate::config::RegistryConfig;
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
 use crate::error::{ErrorCode, RegistryError};
+use crate::hosted::{GcOptions, GcReport};
 use crate::io::body::{Body, ByteStream};
 use crate::io::fetch::{Fetch, NoFetch};
 use crate::io::host::Host;
@@ -22,6 +23,7 @@ use crate::mirror::edge::{BlobMiss, Edge};
 use crate::mirror::upstream::UpstreamAuth;
 use crate::mirror::{EvictionReport, Mirror, Mirrors};
 use crate::model::digest::Digest;
+use crate::model::reference::Reference;
 use crate::store::{fsck, Result, Store};
 use crate::wire::response::json_response;
 pub use crate::wire::response::{error_response, Response};
@@ -219,7 +221,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                 self.store.tags(&name, &parts.uri).await
             }
             Route::Manifest(name, r) if is(&[Method::GET, Method::HEAD]) => {
-                self.store.get_manifest(&name, &r).await
+                let resp = self.store.get_manifest(&name, &r).await?;
+                if let Reference::Tag(t) = &r {
+                    self.store.note_tag_pull(&name, t).await?;
+                }
+                Ok(resp)
             }
             Route::Manifest(name, r) if is(&[Method::PUT]) => {
                 let ct = wire::header(&parts.headers, "content-type");
@@ -233,9 +239,14 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             Route::Blob(name, d) if is(&[Method::GET, Method::HEAD]) => {
                 let range =
                     wire::header(&parts.headers, "range").filter(|r| wire::single_byte_range(r));
-                self.store
+                let resp = self
+                    .store
                     .get_blob(&name, &d, range, m == Method::HEAD)
-                    .await
+                    .await?;
+                if m == Method::HEAD {
+                    self.store.note_blob_probe(&name, &d).await?;
+                }
+                Ok(resp)
             }
             Route::Blob(name, d) if is(&[Method::DELETE]) => {
                 self.store.delete_blob(&name, &d).await
@@ -288,6 +299,32 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
     /// last `grace_ms` (they may be being served).
     pub async fn evict(&self, max_size: u64, grace_ms: u64) -> Result<EvictionReport> {
         self.mirror().evict(max_size, grace_ms).await
+    }
+
+    /// Collect the garbage of hosted repositories while they serve: tags
+    /// retention rules do not keep, untagged manifests nothing live
+    /// references, links to blobs no live manifest names, blobs nothing
+    /// links, each once unreferenced for `opts.grace_ms`. Mirrored
+    /// repositories are left to [`Registry::evict`]. One collection at a
+    /// time among the processes sharing the storage (a skipped pass says
+    /// so); requests take no lock. See [`GcReport`] for what it tells.
+    pub async fn collect_garbage(&self, opts: &GcOptions) -> Result<GcReport> {
+        let mirrors = &self.mirrors;
+        self.store
+            .collect_garbage(opts, &|name| mirrors.is_mirrored_local(name))
+            .await
+    }
+
+    /// Delete the garbage collection lease whoever holds it, and say
+    /// whether there was one: as [`Registry::release_evictor_lease`], for
+    /// a process alone on its storage, at startup.
+    pub async fn release_gc_lease(&self) -> Result<bool> {
+        let key = crate::store::layout::GC_LEASE;
+        let held = self.store.storage.head(key).await?.is_some();
+        if held {
+            self.store.storage.delete(key).await?;
+        }
+        Ok(held)
     }
 
     /// Delete the eviction lease whoever holds it, and say whether there

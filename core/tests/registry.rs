@@ -6,16 +6,14 @@ use std::sync::atomic::Ordering;
 
 mod common;
 
-use bytes::Bytes;
+use common::api::*;
+
 use common::TestHost;
 use futures::executor::block_on;
-use futures::StreamExt;
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use kura_core::storage::{MemoryStorage, Storage};
-use kura_core::{body, Body, ByteStream, Digest, Registry, RegistryConfig};
+use kura_core::{Digest, Registry, RegistryConfig};
 use serde_json::json;
-
-type Reg = Registry<MemoryStorage, TestHost>;
 
 fn registry() -> Reg {
     Registry::new(
@@ -25,109 +23,9 @@ fn registry() -> Reg {
     )
 }
 
-struct Resp {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
-    }
-    fn code(&self) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).expect("error body is JSON");
-        v["errors"][0]["code"].as_str().unwrap().to_owned()
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn call(
-    reg: &Reg,
-    method: Method,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Resp {
-    block_on(async {
-        let mut b = Request::builder().method(method).uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let body: Bytes = body.into();
-        let stream: ByteStream = if body.is_empty() {
-            body::empty()
-        } else {
-            body::once(body)
-        };
-        let resp = reg.handle(b.body(stream).unwrap()).await;
-        let (parts, body) = resp.into_parts();
-        let body = match body {
-            Body::Empty => Bytes::new(),
-            Body::Full(b) => b,
-            Body::Stream(s) | Body::Relay(s) => {
-                let mut s = <MemoryStorage as Storage>::body_stream(s);
-                let mut out = Vec::new();
-                while let Some(c) = s.next().await {
-                    out.extend_from_slice(&c.unwrap());
-                }
-                out.into()
-            }
-        };
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    })
-}
-
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
-
-fn push_blob(reg: &Reg, repo: &str, bytes: &[u8]) -> Digest {
-    let d = Digest::sha256(bytes);
-    let r = call(
-        reg,
-        Method::POST,
-        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-        &[],
-        bytes.to_vec(),
-    );
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    d
-}
-
 fn blob_keys(reg: &Reg) -> Vec<String> {
     block_on(reg.storage().list("blobs/")).unwrap()
 }
-
-fn image_manifest(config: &Digest, config_len: usize, layers: &[(Digest, usize)]) -> Vec<u8> {
-    let layers: Vec<_> = layers
-        .iter()
-        .map(|(d, n)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": n}))
-        .collect();
-    serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": config_len},
-        "layers": layers,
-    }))
-    .unwrap()
-}
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 #[test]
 fn base_and_unknown_routes() {
@@ -633,18 +531,6 @@ fn stale_uploads_are_purged() {
 }
 
 /// `kura fsck`'s three steps over this registry, with every blob verified.
-fn fsck(reg: &Reg) -> kura_core::fsck::FsckReport {
-    use kura_core::fsck;
-    block_on(async {
-        let inventory = reg.fsck_inventory().await.unwrap();
-        let mut verdicts = std::collections::HashMap::new();
-        for (d, _) in inventory.blobs() {
-            verdicts.insert(d.clone(), fsck::verify_blob(reg.storage(), d).await);
-        }
-        reg.fsck_check(inventory, &verdicts).await.unwrap()
-    })
-}
-
 fn problems(report: &kura_core::fsck::FsckReport) -> Vec<String> {
     report
         .findings

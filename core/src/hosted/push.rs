@@ -76,6 +76,14 @@ impl<S: Storage, H: Host> Store<S, H> {
         let parsed = manifest::parse(&bytes, content_type)
             .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
 
+        self.check_immutable_tags(name, &tags, Some(&digest))
+            .await?;
+        // Marked before they are checked: a collection in this process
+        // spares them from here on.
+        self.touch_blob(&digest).await;
+        for d in parsed.required_blobs().chain(&parsed.manifests) {
+            self.touch_blob(&d.digest).await;
+        }
         for d in parsed.required_blobs() {
             self.check_blob_reference(name, d).await?;
         }
@@ -95,6 +103,7 @@ impl<S: Storage, H: Host> Store<S, H> {
 
         self.store_manifest(name, &digest, bytes, &parsed, &tags)
             .await?;
+        self.relink_collected(name, &parsed).await?;
 
         let mut resp = response(StatusCode::CREATED, Body::Empty);
         let h = resp.headers_mut();
@@ -151,6 +160,68 @@ impl<S: Storage, H: Host> Store<S, H> {
         Ok(())
     }
 
+    /// A collection in another process may have removed a link this push
+    /// checked, between the check and the manifest landing (this
+    /// process's collections wait for the push's marks): put back each
+    /// link whose blob is still there, and fail the push if a blob is gone.
+    async fn relink_collected(
+        &self,
+        name: &RepositoryName,
+        parsed: &manifest::Manifest,
+    ) -> Result<()> {
+        for d in parsed.required_blobs() {
+            if self
+                .storage
+                .head(&layout::layer_link(name, &d.digest))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            if self.storage.head(&layout::blob(&d.digest)).await?.is_none() {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!(
+                        "blob {} was garbage collected while this manifest was pushed; push it again",
+                        d.digest
+                    ),
+                ));
+            }
+            self.link_blob(name, &d.digest).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuse to move or remove an immutable tag: `target` is the manifest
+    /// a push points `tags` at (`None` for a DELETE).
+    pub(crate) async fn check_immutable_tags(
+        &self,
+        name: &RepositoryName,
+        tags: &[Tag],
+        target: Option<&Digest>,
+    ) -> Result<()> {
+        let rules = &self.config.immutable_tags;
+        if rules.is_empty() {
+            return Ok(());
+        }
+        for t in tags {
+            if !crate::hosted::retention::is_immutable(rules, name, t) {
+                continue;
+            }
+            let Some(raw) = self.storage.read(&layout::tag(name, t)).await? else {
+                continue;
+            };
+            let same = target.is_some_and(|d| raw.as_ref() == d.to_string().as_bytes());
+            if !same {
+                return Err(RegistryError::new(
+                    ErrorCode::Denied,
+                    format!("tag {t} of {name} is immutable"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn delete_manifest(
         &self,
         name: &RepositoryName,
@@ -163,6 +234,8 @@ impl<S: Storage, H: Host> Store<S, H> {
                 if self.storage.head(&key).await?.is_none() {
                     return Err(manifest_unknown(name, reference));
                 }
+                self.check_immutable_tags(name, std::slice::from_ref(t), None)
+                    .await?;
                 self.storage.delete(&key).await?;
             }
             Reference::Digest(d) => {
@@ -173,12 +246,21 @@ impl<S: Storage, H: Host> Store<S, H> {
                 }
                 // Tags first, so no tag is ever left pointing at a deleted
                 // revision; the blob itself stays for garbage collection.
+                let mut pointing = Vec::new();
                 for key in self.storage.list(&layout::tags_prefix(name)).await? {
                     if let Some(raw) = self.storage.read(&key).await? {
                         if raw.as_ref() == d.to_string().as_bytes() {
-                            self.storage.delete(&key).await?;
+                            pointing.push(key);
                         }
                     }
+                }
+                let tags: Vec<Tag> = pointing
+                    .iter()
+                    .filter_map(|k| layout::tag_of(name, k))
+                    .collect();
+                self.check_immutable_tags(name, &tags, None).await?;
+                for key in pointing {
+                    self.storage.delete(&key).await?;
                 }
                 if let Some(bytes) = self.storage.read(&layout::blob(d)).await? {
                     if let Ok(m) = manifest::parse(&bytes, None) {

@@ -3,5 +3,6 @@
 
 pub mod digest;
 pub mod manifest;
+pub mod pattern;
 pub mod reference;
 pub(crate) mod upload;

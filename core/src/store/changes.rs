@@ -68,7 +68,10 @@ impl<S: Storage, H: Host> Store<S, H> {
     /// Record that a hosted repository keeps `digest`: call before the
     /// blob is written or linked, so that no eviction pass that reads the
     /// record afterwards deletes it.
+    /// It also marks the digest for garbage collection in this process
+    /// (see `crate::hosted::gc`): the push about to write or link it wins.
     pub(crate) async fn keep_blob(&self, digest: &Digest) -> Result<()> {
+        self.touch_blob(digest).await;
         self.record_change(&Change::Kept {
             digest: digest.to_string(),
         })

@@ -83,6 +83,70 @@ pub(crate) fn access_digest(key: &str) -> Option<Digest> {
     Digest::parse(&format!("{alg}:{hex}")).ok()
 }
 
+/// What a key under `repositories/` is, for a walk over all of them
+/// (garbage collection lists them once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// [`layer_link`]
+    Layer(Digest),
+    /// [`manifest_revision`]
+    Revision(Digest),
+    /// [`tag`]
+    Tag(Tag),
+    /// [`referrer`]: the subject and the referring manifest.
+    Referrer(Digest, Digest),
+    /// [`tag_pull`]
+    Pull(Tag),
+    /// Anything else: the mirror's cache records, fill leases.
+    Other,
+}
+
+/// The repository a key under `repositories/` belongs to, and what it is.
+pub(crate) fn repository_entry(key: &str) -> Option<(RepositoryName, Entry)> {
+    let rest = key.strip_prefix("repositories/")?;
+    // Name components cannot start with `_`: the first `/_` ends the name.
+    let (name, tail) = rest.split_once("/_")?;
+    let name = RepositoryName::parse(name).ok()?;
+    let digest = |t: &str| {
+        let (alg, hex) = t.split_once('/')?;
+        Digest::parse(&format!("{alg}:{hex}")).ok()
+    };
+    let entry = if let Some(t) = tail.strip_prefix("layers/") {
+        digest(t).map(Entry::Layer)
+    } else if let Some(t) = tail.strip_prefix("manifests/revisions/") {
+        digest(t).map(Entry::Revision)
+    } else if let Some(t) = tail.strip_prefix("manifests/tags/") {
+        Tag::parse(t).ok().map(Entry::Tag)
+    } else if let Some(t) = tail.strip_prefix("pulls/") {
+        Tag::parse(t).ok().map(Entry::Pull)
+    } else if let Some(t) = tail.strip_prefix("referrers/") {
+        // <alg>/<hex>/<alg>-<hex>
+        let (subject, referrer) = t.rsplit_once('/')?;
+        let (alg, hex) = referrer.split_once('-')?;
+        Some(Entry::Referrer(
+            digest(subject)?,
+            Digest::parse(&format!("{alg}:{hex}")).ok()?,
+        ))
+    } else {
+        Some(Entry::Other)
+    };
+    Some((name, entry.unwrap_or(Entry::Other)))
+}
+
+/// When tag `tag` of hosted repository `name` was last pulled (ms,
+/// decimal), for retention rules that keep recently pulled tags. Written
+/// at most every few minutes per tag and process.
+pub(crate) fn tag_pull(name: &RepositoryName, tag: &Tag) -> String {
+    format!("repositories/{name}/_pulls/{tag}")
+}
+
+/// Held by the process running a garbage collection.
+pub(crate) const GC_LEASE: &str = "leases/gc";
+
+/// What garbage collection remembers between passes: when it first found
+/// each object unreferenced, for storage that keeps no write times (JSON).
+pub(crate) const GC_PENDING: &str = "gc/pending";
+
 /// A key under `repositories/` that code reads back, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RepositoryKey {
@@ -349,6 +413,33 @@ mod tests {
             "fan-out must match the digest"
         );
         assert_eq!(access_digest("access/sha256"), None);
+    }
+
+    #[test]
+    fn repository_entries_round_trip() {
+        let n = RepositoryName::parse("team/app").unwrap();
+        let d = Digest::sha256(b"x");
+        let s = Digest::sha256(b"subject");
+        let t = Tag::parse("v1.0").unwrap();
+        let cases = [
+            (layer_link(&n, &d), Entry::Layer(d.clone())),
+            (manifest_revision(&n, &d), Entry::Revision(d.clone())),
+            (tag(&n, &t), Entry::Tag(t.clone())),
+            (tag_pull(&n, &t), Entry::Pull(t.clone())),
+            (referrer(&n, &s, &d), Entry::Referrer(s.clone(), d.clone())),
+            (tag_cache(&n, &t), Entry::Other),
+            (fill_lease(&n, &d), Entry::Other),
+        ];
+        for (key, entry) in cases {
+            assert_eq!(repository_entry(&key), Some((n.clone(), entry)), "{key}");
+        }
+        assert_eq!(repository_entry("repositories/team/app"), None);
+        assert_eq!(repository_entry("blobs/sha256/ab/cd"), None);
+        assert_eq!(
+            repository_entry("repositories/team/app/_layers/sha256/zz"),
+            Some((n, Entry::Other)),
+            "a damaged key is no link"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::model::upload::UploadId;
 pub(crate) mod changes;
 pub mod fsck;
 pub(crate) mod layout;
+pub(crate) mod lease;
+pub(crate) mod marks;
 pub(crate) mod memo;
 mod repo;
 
@@ -42,6 +44,14 @@ pub(crate) struct Store<S, H> {
     /// This process among those sharing the storage: how leases it wrote
     /// are told from other processes' (random, from the host).
     pub(crate) process: UploadId,
+    /// Digests pushes are using and a collection is deleting (see
+    /// `crate::hosted::gc`).
+    pub(crate) gc_guard: Mutex<marks::Guard>,
+    /// The longest grace period a collection in this process has used:
+    /// marks in `gc_guard` younger than it are kept.
+    pub(crate) gc_longest_grace: std::sync::atomic::AtomicU64,
+    /// Tag pulls recorded for retention rules: key → when (ms).
+    pub(crate) pulls_noted: Mutex<HashMap<String, u64>>,
 }
 
 impl<S, H: crate::io::host::Host> Store<S, H> {
@@ -62,6 +72,9 @@ impl<S, H: crate::io::host::Host> Store<S, H> {
             cataloged: Mutex::default(),
             metrics,
             uploads_writing: Mutex::default(),
+            gc_guard: Mutex::default(),
+            gc_longest_grace: std::sync::atomic::AtomicU64::new(0),
+            pulls_noted: Mutex::default(),
         }
     }
 }

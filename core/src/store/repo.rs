@@ -60,7 +60,22 @@ impl<S: Storage, H: Host> Store<S, H> {
     ) -> Result<Response<S::Body>> {
         let digest = digest.clone();
         let CachedManifest { media_type, bytes } = match self.recent.manifest(name, &digest) {
-            Some(m) => m,
+            // Remembered, and still there: another process (a collection,
+            // `kura gc`, an instance on the same bucket) may have deleted
+            // it, and deleted content never comes back through a cache.
+            Some(m)
+                if self
+                    .storage
+                    .head(&layout::manifest_revision(name, &digest))
+                    .await?
+                    .is_some() =>
+            {
+                m
+            }
+            Some(_) => {
+                self.recent.forget(name, &digest);
+                return Err(manifest_unknown(name, reference));
+            }
             None => {
                 let seen = self.recent.epoch();
                 let media_type = self

@@ -1,4 +1,6 @@
-//! What the core tests share: a deterministic host.
+//! What the core tests share: a deterministic host, and requests.
+
+pub mod api;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -409,6 +409,22 @@ impl Storage for ObjectStorage {
         }
     }
 
+    /// S3 takes up to 1,000 keys per DeleteObjects request, which
+    /// object_store's `delete_stream` batches; local disk deletes one file
+    /// after another there too.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        let paths: Vec<Path> = keys.iter().map(|k| path(k)).collect::<Result<_, _>>()?;
+        let locations = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut results = self.store.delete_stream(locations);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let p = path(prefix.trim_end_matches('/'))?;
         let mut keys: Vec<String> = self
@@ -546,6 +562,7 @@ mod tests {
         c::put_stream_is_atomic(s).await;
         c::rename_moves_and_replaces(s).await;
         c::delete_is_idempotent(s).await;
+        c::delete_many_removes_exactly_the_keys(s).await;
         c::list_is_recursive_and_sorted(s).await;
         c::list_returns_every_page(s).await;
         c::append_refused_where_unsupported(s).await;

@@ -255,6 +255,15 @@ impl Storage for R2Storage {
         wait(self.bucket.delete(key.to_owned())).await.map(|_| ())
     }
 
+    /// R2 deletes up to 1,000 keys in one call.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for batch in keys.chunks(1000) {
+            let keys = batch.iter().map(|k| JsValue::from_str(k)).collect();
+            wait(self.bucket.delete_multiple(keys)).await?;
+        }
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         Ok(self
             .list_meta(prefix)

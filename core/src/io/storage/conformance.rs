@@ -61,6 +61,7 @@ const PUT_STREAM: &str = "put_stream writes any length";
 const PUT_STREAM_ATOMIC: &str = "put_stream is atomic";
 const RENAME: &str = "rename moves and replaces";
 const DELETE: &str = "delete removes and tolerates missing keys";
+const DELETE_MANY: &str = "delete_many removes exactly the keys given";
 const LIST: &str = "list is recursive and sorted";
 const LIST_PAGES: &str = "list returns more than a page of keys";
 const APPEND: &str = "append grows an object in place";
@@ -93,6 +94,7 @@ pub async fn check_all<S: Storage>(s: &S) -> Vec<Failure> {
         (PUT_STREAM_ATOMIC, put_stream_atomic_check(s).await),
         (RENAME, rename_check(s).await),
         (DELETE, delete_check(s).await),
+        (DELETE_MANY, delete_many_check(s).await),
         (LIST, list_check(s).await),
         (LIST_PAGES, list_pages_check(s).await),
     ];
@@ -162,6 +164,12 @@ pub async fn rename_moves_and_replaces<S: Storage>(s: &S) {
 /// `delete` removes an object, and succeeds for a missing key.
 pub async fn delete_is_idempotent<S: Storage>(s: &S) {
     holds(DELETE, delete_check(s).await)
+}
+
+/// `delete_many` removes the objects named (more than 1,000 of them, some
+/// missing) and nothing else.
+pub async fn delete_many_removes_exactly_the_keys<S: Storage>(s: &S) {
+    holds(DELETE_MANY, delete_many_check(s).await)
 }
 
 /// `list` and `list_meta` return every key under a prefix, at any depth,
@@ -619,6 +627,31 @@ async fn delete_check<S: Storage>(s: &S) -> Check {
         "object still there after delete"
     );
     s.delete(k).await.step("delete of a missing key")
+}
+
+async fn delete_many_check<S: Storage>(s: &S) -> Check {
+    // More than one S3 DeleteObjects request takes (1,000 keys).
+    let keys: Vec<String> = (0..1003)
+        .map(|i| format!("conformance/delete-many/gone/{i:04}"))
+        .collect();
+    for k in keys.iter().step_by(97) {
+        s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .step("put")?;
+    }
+    let kept = "conformance/delete-many/kept";
+    s.put(kept, Bytes::from_static(b"y"), PutMode::Overwrite)
+        .await
+        .step("put")?;
+    // Most of the keys were never written: missing keys are no error.
+    s.delete_many(&keys).await.step("delete_many")?;
+    let left = s.list("conformance/delete-many/").await.step("list")?;
+    ensure!(
+        left == [kept.to_owned()],
+        "after delete_many, {left:?} are left (expected only {kept})"
+    );
+    s.delete_many(&[]).await.step("delete_many of nothing")?;
+    s.delete(kept).await.step("delete")
 }
 
 async fn list_check<S: Storage>(s: &S) -> Check {

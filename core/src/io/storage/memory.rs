@@ -2,25 +2,49 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::{ObjectMeta, PutMode, Storage, StorageError};
+use super::{ListEntry, ObjectMeta, PutMode, Storage, StorageError};
 use crate::io::body::{self, ByteStream};
 
+/// The clock of [`MemoryStorage::with_clock`]: milliseconds since the epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// A [`Storage`] in a map in memory: gone with the process. Appends work.
+/// Listings know when an object was written only when the store was made
+/// [`with_clock`](MemoryStorage::with_clock).
 #[derive(Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<String, Bytes>>,
+    clock: Option<Clock>,
+    /// When each object was last written, by `clock`.
+    written: Mutex<BTreeMap<String, u64>>,
 }
 
 impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose listings carry write times read from `clock`
+    /// (a test's clock, so that it can age objects).
+    pub fn with_clock(clock: Clock) -> Self {
+        MemoryStorage {
+            clock: Some(clock),
+            ..Self::default()
+        }
+    }
+
+    fn stamp(&self, key: &str) {
+        if let Some(clock) = &self.clock {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            written.insert(key.to_owned(), clock());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
@@ -79,6 +103,8 @@ impl Storage for MemoryStorage {
             return Err(StorageError::AlreadyExists);
         }
         map.insert(key.to_owned(), data);
+        drop(map);
+        self.stamp(key);
         Ok(())
     }
 
@@ -89,6 +115,7 @@ impl Storage for MemoryStorage {
         }
         let n = buf.len() as u64;
         self.lock().insert(key.to_owned(), buf.freeze());
+        self.stamp(key);
         Ok(n)
     }
 
@@ -96,6 +123,8 @@ impl Storage for MemoryStorage {
         let mut map = self.lock();
         let data = map.remove(from).ok_or(StorageError::NotFound)?;
         map.insert(to.to_owned(), data);
+        drop(map);
+        self.stamp(to);
         Ok(())
     }
 
@@ -122,6 +151,8 @@ impl Storage for MemoryStorage {
             grown.extend_from_slice(p);
         }
         map.insert(key.to_owned(), grown.freeze());
+        drop(map);
+        self.stamp(key);
         Ok(())
     }
 
@@ -136,6 +167,20 @@ impl Storage for MemoryStorage {
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<ListEntry>, StorageError> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self
+            .lock()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ListEntry {
+                key: k.clone(),
+                size: v.len() as u64,
+                modified_ms: written.get(k).copied().unwrap_or(0),
+            })
             .collect())
     }
 

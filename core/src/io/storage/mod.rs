@@ -189,6 +189,17 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// Remove the object at `key`; a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// Remove every object at `keys` (missing ones are not errors), as
+    /// few requests as the backend allows: garbage collection deletes
+    /// thousands. The default deletes one at a time; object stores with a
+    /// batch delete (S3's DeleteObjects, R2's) override it.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
     /// Every key under `prefix`, at any depth, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
 
@@ -251,6 +262,9 @@ impl<S: Storage> Storage for std::sync::Arc<S> {
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         (**self).delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        (**self).delete_many(keys).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         (**self).list(prefix).await

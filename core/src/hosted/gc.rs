@@ -1,0 +1,782 @@
+//! Online garbage collection of hosted repositories, while they serve.
+//!
+//! A pass takes the GC lease (one collector at a time among the processes
+//! sharing the storage; requests take no lock), applies the retention
+//! rules (tags), then *plans*: from every tag of every hosted repository
+//! it marks the manifests reachable (an index's children, the referrers of
+//! a live subject) and the blobs they name. What is left is a candidate:
+//! an untagged, unreachable manifest; a repository's link to a blob no
+//! live manifest names; a blob no repository links. A candidate is
+//! deletable once it has been unreferenced for the grace period, measured
+//! from the last time it was written (pushed, uploaded, mounted, or
+//! touched by a push that asked whether it exists) or, on storage that
+//! keeps no write times, from when a pass first found it unreferenced.
+//!
+//! Then it plans again from a fresh listing, and deletes only what both
+//! plans found deletable: a push that referenced something in between
+//! wins. Within this process the race is closed completely: a push marks
+//! each digest it is about to use, and a collector's batch in deletion
+//! makes that push wait for it and then write the blob again. Between
+//! processes (`kura gc` beside `kura serve`, or several instances on one
+//! bucket) the grace period and the re-plan make it a window of one
+//! delete request, and a manifest push re-links anything it checked that
+//! vanished meanwhile.
+//!
+//! Mirrored repositories are not collected: their links keep their blobs,
+//! and the mirror's own size bound evicts them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::retention::{self, TagFacts};
+use crate::io::host::Host;
+use crate::io::storage::{PutMode, Storage};
+use crate::model::digest::Digest;
+use crate::model::manifest;
+use crate::model::reference::{RepositoryName, Tag};
+use crate::store::layout::{self, Entry};
+use crate::store::lease::{take, ReleaseOnDrop, Stamp, Taken};
+use crate::store::marks::Unclaim;
+use crate::store::{Result, Store};
+
+/// How long a collection may hold the GC lease before another process
+/// takes it as dead.
+const GC_LEASE_MS: u64 = 30 * 60 * 1000;
+
+/// Blobs deleted per storage request (S3's DeleteObjects takes 1,000).
+const DELETE_BATCH: usize = 1000;
+
+/// How a collection runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// How long something must have been unreferenced before it goes.
+    pub grace_ms: u64,
+    /// Only report what would go.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace_ms: crate::config::DEFAULT_GC_GRACE_MS,
+            dry_run: false,
+        }
+    }
+}
+
+/// One thing a collection removed (or, dry, would remove).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Garbage {
+    /// A tag a retention rule does not keep.
+    Tag {
+        /// Its repository.
+        repository: RepositoryName,
+        /// The tag.
+        tag: Tag,
+    },
+    /// An untagged manifest nothing live references.
+    Manifest {
+        /// Its repository.
+        repository: RepositoryName,
+        /// The manifest.
+        digest: Digest,
+    },
+    /// A repository's link to a blob no live manifest there names.
+    Link {
+        /// The repository.
+        repository: RepositoryName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A blob no repository links.
+    Blob {
+        /// The blob.
+        digest: Digest,
+        /// Its size in bytes.
+        size: u64,
+    },
+}
+
+/// What a collection found and did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Another process was collecting: this pass did nothing.
+    pub skipped: bool,
+    /// Nothing was deleted: `removed` is what would have been.
+    pub dry_run: bool,
+    /// What was removed, in the order it was.
+    pub removed: Vec<Garbage>,
+    /// Tags removed by retention rules.
+    pub tags: usize,
+    /// Untagged manifests removed.
+    pub manifests: usize,
+    /// Links removed.
+    pub links: usize,
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Bytes those blobs held.
+    pub bytes: u64,
+    /// Unreferenced, but not for the grace period yet.
+    pub pending: usize,
+    /// Found deletable, then referenced again before the delete (a push
+    /// won the race).
+    pub spared: usize,
+    /// Hosted repositories looked at.
+    pub repositories: usize,
+    /// Blobs in storage when the pass listed them.
+    pub blobs_seen: usize,
+    /// Live manifests that could not be read or parsed: their repository's
+    /// links were all kept.
+    pub unreadable: Vec<(RepositoryName, Digest)>,
+}
+
+/// How often, at most, a probe of a blob (a push asking whether a
+/// repository has it) rewrites the repository's link, so that collections
+/// in other processes see it as recently used.
+const LINK_REFRESH_MS: u64 = 10 * 60 * 1000;
+
+impl<S: Storage, H: Host> Store<S, H> {
+    /// A client asked whether `name` has blob `digest` (a HEAD), which
+    /// pushes do before they skip an upload: the manifest that follows
+    /// will name it. Mark it for this process's collections, and every
+    /// [`LINK_REFRESH_MS`] rewrite the link so that other processes'
+    /// collections see it as new.
+    pub(crate) async fn note_blob_probe(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<()> {
+        let before = self.touch_blob(digest).await;
+        let now = self.host.now_unix_ms();
+        if before.is_some_and(|at| now.saturating_sub(at) < LINK_REFRESH_MS) {
+            return Ok(());
+        }
+        let link = layout::layer_link(name, digest);
+        if self.storage.head(&link).await?.is_some() {
+            self.storage
+                .put(&link, Bytes::new(), PutMode::Overwrite)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Tag `tag` of `name` was pulled: recorded (at most every
+    /// `access_record_interval_ms` per tag and process) when a retention
+    /// rule keeps recently pulled tags there.
+    pub(crate) async fn note_tag_pull(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        let wanted = retention::rule_for(&self.config.retention, name)
+            .is_some_and(|r| r.keep_pulled_within_ms.is_some());
+        if !wanted {
+            return Ok(());
+        }
+        let now = self.host.now_unix_ms();
+        let key = layout::tag_pull(name, tag);
+        {
+            let mut noted = self.pulls_noted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = noted.get(&key) {
+                if now.saturating_sub(*at) < self.config.access_record_interval_ms {
+                    return Ok(());
+                }
+            }
+            if noted.len() >= 100_000 {
+                noted.clear();
+            }
+            noted.insert(key.clone(), now);
+        }
+        self.storage
+            .put(&key, Bytes::from(now.to_string()), PutMode::Overwrite)
+            .await?;
+        Ok(())
+    }
+
+    /// One garbage collection; see the module's documentation.
+    /// `is_mirrored` tells mirrored repositories, which are left alone.
+    pub(crate) async fn collect_garbage(
+        &self,
+        opts: &GcOptions,
+        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+    ) -> Result<GcReport> {
+        self.gc_longest_grace
+            .fetch_max(opts.grace_ms, std::sync::atomic::Ordering::Relaxed);
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        let lease = if opts.dry_run {
+            None
+        } else {
+            let now = self.host.now_unix_ms();
+            let stamp = Stamp::encode(&self.process, now);
+            match take(&*self.storage, layout::GC_LEASE, stamp.clone()).await {
+                Taken::Held | Taken::Uncoordinated => {}
+                Taken::Elsewhere(held) => {
+                    if now.saturating_sub(Stamp::decode(held.as_deref()).at_ms) < GC_LEASE_MS {
+                        report.skipped = true;
+                        return Ok(report);
+                    }
+                    self.storage
+                        .put(layout::GC_LEASE, stamp, PutMode::Overwrite)
+                        .await?;
+                }
+            }
+            Some(ReleaseOnDrop {
+                storage: self.storage.clone(),
+                host: self.host.clone(),
+                key: layout::GC_LEASE.to_owned(),
+            })
+        };
+        let pass = self.gc_pass(opts, is_mirrored, report).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        let report = pass?;
+        use crate::metrics::add;
+        let m = &self.metrics;
+        add(&m.gc_runs, 1);
+        if !report.dry_run {
+            add(&m.gc_deleted_blobs, report.blobs as u64);
+            add(&m.gc_deleted_bytes, report.bytes);
+            add(&m.gc_deleted_manifests, report.manifests as u64);
+            add(&m.gc_deleted_tags, report.tags as u64);
+        }
+        Ok(report)
+    }
+
+    async fn gc_pass(
+        &self,
+        opts: &GcOptions,
+        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+        mut report: GcReport,
+    ) -> Result<GcReport> {
+        let now = self.host.now_unix_ms();
+        let pending: BTreeMap<String, u64> = self
+            .storage
+            .read(layout::GC_PENDING)
+            .await?
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default();
+        let mut manifests = ManifestRefs::default();
+
+        let mut repos = self.list_repositories().await?;
+        report.repositories = repos.keys().filter(|n| !is_mirrored(n)).count();
+        self.apply_retention(&mut repos, is_mirrored, now, opts.dry_run, &mut report)
+            .await?;
+
+        let ctx = PlanContext {
+            now,
+            grace_ms: opts.grace_ms,
+            pending: &pending,
+            is_mirrored,
+        };
+        let first = self.plan(&ctx, &repos, &mut manifests).await?;
+        report.pending = first.pending_count;
+        report.blobs_seen = first.blobs_seen;
+        report.unreadable = first.unreadable.clone();
+        if opts.dry_run {
+            report.removed.extend(first.deletable);
+            return Ok(report);
+        }
+
+        // Again from a fresh listing: anything referenced since the first
+        // plan (a push, a tag) is spared.
+        let fresh = self.list_repositories().await?;
+        let second = self.plan(&ctx, &fresh, &mut manifests).await?;
+        let confirmed: HashSet<&Garbage> = second.deletable.iter().collect();
+        let mut doomed = Vec::new();
+        for g in first.deletable {
+            if confirmed.contains(&g) {
+                doomed.push(g);
+            } else {
+                report.spared += 1;
+            }
+        }
+
+        // Manifests first, then links, then blobs: nothing is ever left
+        // pointing at something already gone.
+        let touched_horizon = now.saturating_sub(opts.grace_ms);
+        for g in &doomed {
+            let Garbage::Manifest { repository, digest } = g else {
+                continue;
+            };
+            if self.touched_since(digest, touched_horizon) {
+                report.spared += 1;
+                continue;
+            }
+            if let Some(keys) = fresh.get(repository) {
+                for (subject, referrers) in &keys.referrers {
+                    if referrers.contains(digest) {
+                        self.storage
+                            .delete(&layout::referrer(repository, subject, digest))
+                            .await?;
+                    }
+                }
+            }
+            self.storage
+                .delete(&layout::manifest_revision(repository, digest))
+                .await?;
+            self.recent.forget(repository, digest);
+            report.manifests += 1;
+            report.removed.push(g.clone());
+        }
+        for g in &doomed {
+            let Garbage::Link { repository, digest } = g else {
+                continue;
+            };
+            if self.touched_since(digest, touched_horizon) {
+                report.spared += 1;
+                continue;
+            }
+            self.storage
+                .delete(&layout::layer_link(repository, digest))
+                .await?;
+            report.links += 1;
+            report.removed.push(g.clone());
+        }
+        let blobs: Vec<(&Digest, u64)> = doomed
+            .iter()
+            .filter_map(|g| match g {
+                Garbage::Blob { digest, size } => Some((digest, *size)),
+                _ => None,
+            })
+            .collect();
+        for batch in blobs.chunks(DELETE_BATCH) {
+            // Claim the batch against this process's pushes: one that
+            // marked a digest since the horizon keeps it; one that marks it
+            // from now on waits until the delete is over.
+            let claimed: Vec<(Digest, u64)> = {
+                let mut g = self.gc_guard.lock().unwrap_or_else(|p| p.into_inner());
+                let mut claimed = Vec::new();
+                for (d, size) in batch {
+                    if g.touched.get(*d).is_some_and(|at| *at > touched_horizon) {
+                        report.spared += 1;
+                    } else {
+                        g.deleting.insert((*d).clone());
+                        claimed.push(((*d).clone(), *size));
+                    }
+                }
+                claimed
+            };
+            let release = Unclaim {
+                guard: &self.gc_guard,
+                digests: claimed.iter().map(|(d, _)| d.clone()).collect(),
+            };
+            let keys: Vec<String> = claimed.iter().map(|(d, _)| layout::blob(d)).collect();
+            let deleted = self.storage.delete_many(&keys).await;
+            drop(release);
+            deleted?;
+            for (digest, size) in claimed {
+                report.blobs += 1;
+                report.bytes += size;
+                report.removed.push(Garbage::Blob { digest, size });
+            }
+        }
+
+        // Remember, for storage without write times, when each candidate
+        // still within its grace period was first found.
+        if first.pending != pending {
+            if first.pending.is_empty() {
+                self.storage.delete(layout::GC_PENDING).await?;
+            } else {
+                let raw = serde_json::to_vec(&first.pending).unwrap_or_default();
+                self.storage
+                    .put(layout::GC_PENDING, Bytes::from(raw), PutMode::Overwrite)
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every key under `repositories/`, by repository, with write times.
+    async fn list_repositories(&self) -> Result<BTreeMap<RepositoryName, RepoKeys>> {
+        let mut repos: BTreeMap<RepositoryName, RepoKeys> = BTreeMap::new();
+        for e in self.storage.list_meta("repositories/").await? {
+            let Some((name, entry)) = layout::repository_entry(&e.key) else {
+                continue;
+            };
+            let keys = repos.entry(name).or_default();
+            match entry {
+                Entry::Layer(d) => {
+                    keys.links.insert(d, e.modified_ms);
+                }
+                Entry::Revision(d) => {
+                    keys.revisions.insert(d, e.modified_ms);
+                }
+                Entry::Tag(t) => keys.tags.push((t, e.modified_ms)),
+                Entry::Referrer(subject, referrer) => {
+                    keys.referrers.entry(subject).or_default().push(referrer)
+                }
+                Entry::Pull(t) => {
+                    keys.pulls.insert(t);
+                }
+                Entry::Other => {}
+            }
+        }
+        Ok(repos)
+    }
+
+    /// Remove the tags retention rules do not keep (from storage unless
+    /// `dry_run`, and from `repos` either way, so the plan sees them gone).
+    async fn apply_retention(
+        &self,
+        repos: &mut BTreeMap<RepositoryName, RepoKeys>,
+        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+        now: u64,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        for (name, keys) in repos.iter_mut() {
+            if is_mirrored(name) {
+                continue;
+            }
+            let Some(rule) = retention::rule_for(&self.config.retention, name) else {
+                continue;
+            };
+            if !rule.selects_tags() || keys.tags.is_empty() {
+                continue;
+            }
+            let mut facts = Vec::with_capacity(keys.tags.len());
+            for (tag, pushed_ms) in &keys.tags {
+                let pulled_ms = if keys.pulls.contains(tag) {
+                    self.storage
+                        .read(&layout::tag_pull(name, tag))
+                        .await?
+                        .and_then(|raw| std::str::from_utf8(&raw).ok()?.trim().parse().ok())
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                facts.push(TagFacts {
+                    tag: tag.clone(),
+                    pushed_ms: *pushed_ms,
+                    pulled_ms,
+                    immutable: retention::is_immutable(&self.config.immutable_tags, name, tag),
+                });
+            }
+            let doomed = retention::tags_to_remove(rule, &facts, now);
+            for tag in &doomed {
+                if !dry_run {
+                    self.storage.delete(&layout::tag(name, tag)).await?;
+                    self.storage.delete(&layout::tag_pull(name, tag)).await?;
+                }
+                report.tags += usize::from(!dry_run);
+                report.removed.push(Garbage::Tag {
+                    repository: name.clone(),
+                    tag: tag.clone(),
+                });
+            }
+            keys.tags.retain(|(t, _)| !doomed.contains(t));
+        }
+        Ok(())
+    }
+
+    /// What is deletable now, and what is unreferenced but not for long
+    /// enough.
+    async fn plan(
+        &self,
+        ctx: &PlanContext<'_>,
+        repos: &BTreeMap<RepositoryName, RepoKeys>,
+        manifests: &mut ManifestRefs,
+    ) -> Result<Plan> {
+        let mut plan = Plan::default();
+        // Digests something keeps that is not being deleted: every link and
+        // revision of a mirrored repository, the live ones of hosted ones.
+        let mut referenced: HashSet<Digest> = HashSet::new();
+        for (name, keys) in repos {
+            if (ctx.is_mirrored)(name) {
+                referenced.extend(keys.links.keys().cloned());
+                referenced.extend(keys.revisions.keys().cloned());
+                continue;
+            }
+            let rule = retention::rule_for(&self.config.retention, name);
+            let untagged_age = rule.and_then(|r| r.untagged_older_than_ms);
+            let mut roots: HashSet<Digest> = HashSet::new();
+            for (tag, _) in &keys.tags {
+                if let Some(raw) = self.storage.read(&layout::tag(name, tag)).await? {
+                    if let Some(d) = std::str::from_utf8(&raw)
+                        .ok()
+                        .and_then(|s| Digest::parse(s.trim()).ok())
+                    {
+                        roots.insert(d);
+                    }
+                }
+            }
+            // Marking, then the candidates not deletable yet as roots too
+            // (a manifest kept for now keeps what it names), until stable.
+            let mut doomed_manifests: Vec<(Digest, u64)>;
+            let mut waiting: Vec<(String, u64, u64)>;
+            let live = loop {
+                let live = self.mark(name, keys, &roots, manifests).await?;
+                doomed_manifests = Vec::new();
+                waiting = Vec::new();
+                let mut grown = false;
+                for (d, mtime) in &keys.revisions {
+                    if live.manifests.contains(d) {
+                        continue;
+                    }
+                    let key = format!("m {name}@{d}");
+                    let since = ctx.since(&key, *mtime);
+                    let aged = untagged_age.is_none_or(|age| {
+                        let pushed = if *mtime != 0 { *mtime } else { since };
+                        ctx.now.saturating_sub(pushed) >= age
+                    });
+                    if ctx.old_enough(since, *mtime) && aged {
+                        doomed_manifests.push((d.clone(), since));
+                    } else {
+                        waiting.push((key, *mtime, since));
+                        grown |= roots.insert(d.clone());
+                    }
+                }
+                if !grown {
+                    break live;
+                }
+            };
+            for (key, mtime, since) in waiting {
+                plan.note_pending(key, mtime, since);
+            }
+            if !live.unreadable.is_empty() {
+                plan.unreadable
+                    .extend(live.unreadable.iter().map(|d| (name.clone(), d.clone())));
+            }
+            for (d, since) in &doomed_manifests {
+                plan.inherit(d, *since);
+                plan.deletable.push(Garbage::Manifest {
+                    repository: name.clone(),
+                    digest: d.clone(),
+                });
+            }
+            let kept_revisions = keys
+                .revisions
+                .keys()
+                .filter(|d| !doomed_manifests.iter().any(|(x, _)| x == *d));
+            referenced.extend(kept_revisions.cloned());
+            for (d, mtime) in &keys.links {
+                // A repository with a live manifest that could not be read
+                // keeps every link: what that manifest names is unknown.
+                if live.blobs.contains(d) || !live.unreadable.is_empty() {
+                    referenced.insert(d.clone());
+                    continue;
+                }
+                let key = format!("l {name}@{d}");
+                let since = ctx.since(&key, *mtime);
+                if ctx.old_enough(since, *mtime) {
+                    plan.inherit(d, since);
+                    plan.deletable.push(Garbage::Link {
+                        repository: name.clone(),
+                        digest: d.clone(),
+                    });
+                } else {
+                    plan.note_pending(key, *mtime, since);
+                    referenced.insert(d.clone());
+                }
+            }
+        }
+        for e in self.storage.list_meta("blobs/").await? {
+            let Some(d) = layout::blob_digest(&e.key) else {
+                continue;
+            };
+            plan.blobs_seen += 1;
+            if referenced.contains(&d) {
+                continue;
+            }
+            let key = format!("b {d}");
+            // Unreferenced since its last references did, when storage
+            // cannot say when it was written.
+            let since = match plan.inherited.get(&d) {
+                Some(at) if e.modified_ms == 0 && !ctx.pending.contains_key(&key) => *at,
+                _ => ctx.since(&key, e.modified_ms),
+            };
+            if ctx.old_enough(since, e.modified_ms) {
+                plan.deletable.push(Garbage::Blob {
+                    digest: d,
+                    size: e.size,
+                });
+            } else {
+                plan.note_pending(key, e.modified_ms, since);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The manifests reachable in `name` from `roots` (an index's
+    /// children, the referrers of a live manifest) and the blobs they name.
+    async fn mark(
+        &self,
+        name: &RepositoryName,
+        keys: &RepoKeys,
+        roots: &HashSet<Digest>,
+        manifests: &mut ManifestRefs,
+    ) -> Result<Live> {
+        let mut live = Live::default();
+        let mut queue: Vec<Digest> = roots
+            .iter()
+            .filter(|d| keys.revisions.contains_key(*d))
+            .cloned()
+            .collect();
+        while let Some(d) = queue.pop() {
+            if !live.manifests.insert(d.clone()) {
+                continue;
+            }
+            if let Some(referrers) = keys.referrers.get(&d) {
+                queue.extend(
+                    referrers
+                        .iter()
+                        .filter(|r| keys.revisions.contains_key(*r))
+                        .cloned(),
+                );
+            }
+            match manifests.get(self, name, &d).await? {
+                Some(refs) => {
+                    live.blobs.extend(refs.blobs.iter().cloned());
+                    queue.extend(
+                        refs.children
+                            .iter()
+                            .filter(|c| keys.revisions.contains_key(*c))
+                            .cloned(),
+                    );
+                }
+                None => live.unreadable.push(d),
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// The keys of one repository.
+#[derive(Default)]
+struct RepoKeys {
+    /// Tags and their write times.
+    tags: Vec<(Tag, u64)>,
+    /// Manifest revisions and their write times.
+    revisions: HashMap<Digest, u64>,
+    /// Blob links and their write times.
+    links: HashMap<Digest, u64>,
+    /// Subject → the manifests referring to it.
+    referrers: HashMap<Digest, Vec<Digest>>,
+    /// Tags with a recorded pull.
+    pulls: HashSet<Tag>,
+}
+
+struct PlanContext<'a> {
+    now: u64,
+    grace_ms: u64,
+    pending: &'a BTreeMap<String, u64>,
+    is_mirrored: &'a (dyn Fn(&RepositoryName) -> bool + Sync),
+}
+
+impl PlanContext<'_> {
+    /// Since when the candidate `key`, written at `mtime` (0: unknown), has
+    /// been unreferenced: as a previous pass recorded it, else since it
+    /// was written, else from now.
+    fn since(&self, key: &str, mtime: u64) -> u64 {
+        match self.pending.get(key) {
+            Some(first) => (*first).max(mtime),
+            None if mtime != 0 => mtime,
+            None => self.now,
+        }
+    }
+
+    fn old_enough(&self, since: u64, mtime: u64) -> bool {
+        let age = |t: u64| self.now.saturating_sub(t) >= self.grace_ms;
+        age(since) && (mtime == 0 || age(mtime))
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    deletable: Vec<Garbage>,
+    /// Candidates within their grace period on storage without write
+    /// times, and since when (the next pass's `pending`).
+    pending: BTreeMap<String, u64>,
+    /// Candidates within their grace period.
+    pending_count: usize,
+    /// Digests whose deleted references had been unreferenced since when.
+    inherited: HashMap<Digest, u64>,
+    blobs_seen: usize,
+    unreadable: Vec<(RepositoryName, Digest)>,
+}
+
+impl Plan {
+    /// A reference to `d` unreferenced since `since` is deleted: the
+    /// blob has been unreferenced at least since then if nothing else
+    /// references it.
+    fn inherit(&mut self, d: &Digest, since: u64) {
+        let at = self.inherited.entry(d.clone()).or_insert(since);
+        *at = (*at).max(since);
+    }
+
+    fn note_pending(&mut self, key: String, mtime: u64, since: u64) {
+        // Write times say it all where storage keeps them: only what it
+        // cannot tell is remembered.
+        if mtime == 0 {
+            self.pending.insert(key, since);
+        } else {
+            self.pending.remove(&key);
+        }
+        self.pending_count += 1;
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    manifests: HashSet<Digest>,
+    blobs: HashSet<Digest>,
+    unreadable: Vec<Digest>,
+}
+
+/// What a manifest names, read once per collection (manifests never
+/// change under their digest).
+#[derive(Default)]
+struct ManifestRefs {
+    known: HashMap<Digest, Option<Arc<Refs>>>,
+}
+
+struct Refs {
+    /// An index's manifests.
+    children: Vec<Digest>,
+    /// A manifest's config and layers.
+    blobs: Vec<Digest>,
+}
+
+impl ManifestRefs {
+    async fn get<S: Storage, H: Host>(
+        &mut self,
+        store: &Store<S, H>,
+        name: &RepositoryName,
+        d: &Digest,
+    ) -> Result<Option<Arc<Refs>>> {
+        if let Some(known) = self.known.get(d) {
+            return Ok(known.clone());
+        }
+        let media_type = store
+            .storage
+            .read(&layout::manifest_revision(name, d))
+            .await?
+            .and_then(|b| String::from_utf8(b.to_vec()).ok());
+        let refs = match store.storage.read(&layout::blob(d)).await? {
+            None => None,
+            Some(bytes) => manifest::parse(&bytes, media_type.as_deref())
+                .ok()
+                .map(|m| {
+                    Arc::new(Refs {
+                        children: m.manifests.iter().map(|c| c.digest.clone()).collect(),
+                        blobs: m
+                            .config
+                            .iter()
+                            .chain(m.layers.iter())
+                            .map(|b| b.digest.clone())
+                            .collect(),
+                    })
+                }),
+        };
+        // Unreadable is not remembered: the next look may succeed.
+        if refs.is_some() {
+            self.known.insert(d.clone(), refs.clone());
+        }
+        Ok(refs)
+    }
+}

@@ -283,6 +283,29 @@ fn a_push_that_probed_a_blob_wins_against_a_collection() {
 }
 
 #[test]
+fn untagged_manifests_can_be_kept() {
+    let mut config = RegistryConfig::default();
+    let mut rule = RetentionRule::new(Pattern::parse("scratch/**").unwrap());
+    rule.untagged_older_than_ms = Some(GRACE);
+    config.retention = vec![rule];
+    let (reg, clock) = registry_with(config);
+    let pinned = push_image(&reg, "team/app", None, &[1]);
+    let scratch = push_image(&reg, "scratch/app", None, &[2]);
+    advance(&reg, &clock, 2 * GRACE);
+    let mut opts = GcOptions::default();
+    opts.grace_ms = GRACE;
+    opts.delete_untagged = false;
+    let r = block_on(reg.collect_garbage(&opts)).unwrap();
+    // Kept where no rule says otherwise; collected where one does.
+    assert_eq!(r.manifests, 1, "{:?}", r.removed);
+    assert!(r.removed.contains(&Garbage::Manifest {
+        repository: kura_core::RepositoryName::parse("scratch/app").unwrap(),
+        digest: scratch.manifest.clone(),
+    }));
+    assert_pullable(&reg, "team/app", &pinned.manifest.to_string(), &pinned);
+}
+
+#[test]
 fn storage_without_write_times_counts_from_the_first_pass_that_saw_it() {
     let reg: Reg = Registry::new(
         MemoryStorage::new(),

@@ -56,6 +56,10 @@ pub struct GcOptions {
     pub grace_ms: u64,
     /// Only report what would go.
     pub dry_run: bool,
+    /// Collect untagged manifests nothing live references (zot's default;
+    /// distribution's `--delete-untagged`). Off, they are kept, except in
+    /// repositories whose retention rule sets `untagged_older_than_ms`.
+    pub delete_untagged: bool,
 }
 
 impl Default for GcOptions {
@@ -63,6 +67,7 @@ impl Default for GcOptions {
         GcOptions {
             grace_ms: crate::config::DEFAULT_GC_GRACE_MS,
             dry_run: false,
+            delete_untagged: true,
         }
     }
 }
@@ -270,6 +275,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         let ctx = PlanContext {
             now,
             grace_ms: opts.grace_ms,
+            delete_untagged: opts.delete_untagged,
             pending: &pending,
             is_mirrored,
         };
@@ -495,6 +501,9 @@ impl<S: Storage, H: Host> Store<S, H> {
             let rule = retention::rule_for(&self.config.retention, name);
             let untagged_age = rule.and_then(|r| r.untagged_older_than_ms);
             let mut roots: HashSet<Digest> = HashSet::new();
+            if !ctx.delete_untagged && untagged_age.is_none() {
+                roots.extend(keys.revisions.keys().cloned());
+            }
             for (tag, _) in &keys.tags {
                 if let Some(raw) = self.storage.read(&layout::tag(name, tag)).await? {
                     if let Some(d) = std::str::from_utf8(&raw)
@@ -664,6 +673,7 @@ struct RepoKeys {
 struct PlanContext<'a> {
     now: u64,
     grace_ms: u64,
+    delete_untagged: bool,
     pending: &'a BTreeMap<String, u64>,
     is_mirrored: &'a (dyn Fn(&RepositoryName) -> bool + Sync),
 }

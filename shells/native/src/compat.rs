@@ -68,6 +68,8 @@ pub fn translate(doc: &Value) -> anyhow::Result<Option<Translated>> {
         &["registry", "upload_max_idle_secs"],
         Value::from(UPLOAD_PURGE_AGE_SECS),
     );
+    // registry:2 collects garbage only when an operator runs it offline.
+    t.registry2_default(&["gc", "interval_secs"], Value::from(0));
     Ok(Some(Translated {
         config: Value::Mapping(t.out),
         warnings: t.warnings,
@@ -532,7 +534,10 @@ proxy:
             );
         }
         // Only what the recipe leaves unset takes registry:2's default.
-        assert_eq!(defaults, ["registry.upload_max_idle_secs"]);
+        assert_eq!(
+            defaults,
+            ["registry.upload_max_idle_secs", "gc.interval_secs"]
+        );
     }
 
     /// registry:2's defaults where they differ from kura's, for a file
@@ -554,6 +559,7 @@ proxy:
             d,
             [
                 "data_dir",
+                "gc.interval_secs",
                 "mirror.upstreams",
                 "registry.delete_enabled",
                 "registry.upload_max_idle_secs"

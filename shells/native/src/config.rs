@@ -23,6 +23,11 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub log: LogConfig,
     pub server: ServerSection,
+    pub gc: GcSection,
+    /// Which tags of hosted repositories garbage collection keeps.
+    pub retention: Vec<RetentionSection>,
+    /// Tags that never move once pushed.
+    pub immutable_tags: Vec<ImmutableSection>,
     /// Keys of a registry:2 file that were ignored.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -43,6 +48,9 @@ impl Default for Config {
             mirror: MirrorConfig::default(),
             log: LogConfig::default(),
             server: ServerSection::default(),
+            gc: GcSection::default(),
+            retention: Vec::new(),
+            immutable_tags: Vec::new(),
             warnings: Vec::new(),
             origins: Origins::default(),
         }
@@ -166,6 +174,103 @@ impl Default for ServerSection {
             header_read_timeout_secs: 30,
             idle_timeout_secs: 300,
         }
+    }
+}
+
+/// Garbage collection of hosted repositories, inside `kura serve` and by
+/// `kura gc`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSection {
+    /// Seconds between collections inside `kura serve`; 0 turns them off
+    /// (`kura gc` still runs).
+    pub interval_secs: u64,
+    /// Seconds something stays unreferenced before it goes.
+    pub grace_secs: u64,
+    /// Collect untagged manifests nothing live references.
+    pub delete_untagged: bool,
+}
+
+impl Default for GcSection {
+    fn default() -> Self {
+        GcSection {
+            interval_secs: 3600,
+            grace_secs: kura_core::config::DEFAULT_GC_GRACE_MS / 1000,
+            delete_untagged: true,
+        }
+    }
+}
+
+/// One retention rule, as written in the file (durations as `30d`, `12h`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Repositories it governs: a glob (`ci/**`).
+    pub repositories: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_newest: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_pushed_within: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_pulled_within: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untagged_older_than: Option<String>,
+}
+
+/// Immutable tags, as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableSection {
+    pub repositories: String,
+    pub tags: String,
+}
+
+fn pattern(field: &str, s: &str) -> anyhow::Result<kura_core::pattern::Pattern> {
+    kura_core::pattern::Pattern::parse(s).map_err(|e| anyhow::anyhow!("{field}: {e}"))
+}
+
+fn duration_ms(field: &str, s: &Option<String>) -> anyhow::Result<Option<u64>> {
+    s.as_deref()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|e| {
+                    anyhow::anyhow!("{field}: {s:?} is not a duration like 30d or 12h ({e})")
+                })
+        })
+        .transpose()
+}
+
+impl RetentionSection {
+    pub fn to_core(&self, i: usize) -> anyhow::Result<kura_core::RetentionRule> {
+        let at = |f: &str| format!("retention[{i}].{f}");
+        let mut r =
+            kura_core::RetentionRule::new(pattern(&at("repositories"), &self.repositories)?);
+        r.keep_newest = self.keep_newest;
+        r.keep_tags = self
+            .keep_tags
+            .iter()
+            .map(|t| pattern(&at("keep_tags"), t))
+            .collect::<anyhow::Result<_>>()?;
+        r.keep_pushed_within_ms = duration_ms(&at("keep_pushed_within"), &self.keep_pushed_within)?;
+        r.keep_pulled_within_ms = duration_ms(&at("keep_pulled_within"), &self.keep_pulled_within)?;
+        r.untagged_older_than_ms =
+            duration_ms(&at("untagged_older_than"), &self.untagged_older_than)?;
+        Ok(r)
+    }
+}
+
+impl ImmutableSection {
+    pub fn to_core(&self, i: usize) -> anyhow::Result<kura_core::ImmutableTags> {
+        Ok(kura_core::ImmutableTags::new(
+            pattern(
+                &format!("immutable_tags[{i}].repositories"),
+                &self.repositories,
+            )?,
+            pattern(&format!("immutable_tags[{i}].tags"), &self.tags)?,
+        ))
     }
 }
 
@@ -510,6 +615,12 @@ impl Config {
                 bail!("storage.s3: access_key_id and secret_access_key go together");
             }
         }
+        for (i, r) in self.retention.iter().enumerate() {
+            r.to_core(i)?;
+        }
+        for (i, r) in self.immutable_tags.iter().enumerate() {
+            r.to_core(i)?;
+        }
         if let Some(auth) = &self.auth {
             crate::auth::Htpasswd::load(&auth.htpasswd)
                 .with_context(|| format!("auth.htpasswd {}", auth.htpasswd.display()))?;
@@ -727,6 +838,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "tls:\n  cert: /a\n");
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn gc_retention_and_immutable_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!((c.gc.interval_secs, c.gc.grace_secs), (3600, 3600));
+        assert!(c.gc.delete_untagged);
+        let f = write(
+            dir.path(),
+            "gc:\n  interval_secs: 60\n  grace_secs: 10\nretention:\n  - repositories: ci/**\n    keep_newest: 5\n    keep_tags: [\"v*\"]\n    keep_pulled_within: 30d\n    untagged_older_than: 12h\nimmutable_tags:\n  - repositories: releases/**\n    tags: v*\n",
+        );
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.gc.interval_secs, 60);
+        let r = c.retention[0].to_core(0).unwrap();
+        assert_eq!(r.keep_newest, Some(5));
+        assert_eq!(r.keep_pulled_within_ms, Some(30 * 24 * 3600 * 1000));
+        assert_eq!(r.untagged_older_than_ms, Some(12 * 3600 * 1000));
+        assert!(r.repositories.matches("ci/app/x"));
+        assert!(c.immutable_tags[0].to_core(0).unwrap().tags.matches("v1"));
+        for (text, names) in [
+            (
+                "retention:\n  - repositories: ci/**\n    keep_pushed_within: soon\n",
+                "retention[0].keep_pushed_within",
+            ),
+            (
+                "retention:\n  - repositories: \"\"\n",
+                "retention[0].repositories",
+            ),
+            (
+                "immutable_tags:\n  - repositories: a/**\n    tags: \"v***\"\n",
+                "immutable_tags[0].tags",
+            ),
+        ] {
+            let f = write(dir.path(), text);
+            let err = format!(
+                "{:#}",
+                Config::load(Some(&f), &Overrides::default()).unwrap_err()
+            );
+            assert!(err.contains(names), "{text}: {err}");
+        }
     }
 
     #[test]

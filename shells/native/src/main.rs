@@ -8,6 +8,7 @@ mod config;
 mod doctor;
 mod fetch;
 mod fsck;
+mod gc;
 mod host;
 mod metrics;
 mod prefetch;
@@ -54,6 +55,32 @@ enum Command {
     /// reference and referrer; report interrupted uploads and fills. Exit
     /// status 0 clean, 1 damage repaired, 4 damage left, 8 could not check.
     Fsck(FsckArgs),
+    /// Collect the garbage of hosted repositories: tags retention rules do
+    /// not keep, untagged manifests, blobs nothing references, each once
+    /// unreferenced for the grace period. Safe beside a running kura serve.
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// The configuration whose storage to collect (as `kura serve
+    /// --config` takes it); without it, the built-in defaults and KURA_*
+    /// variables.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Collect this data directory (local disk) instead of the configured one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long something must have been unreferenced (e.g. 30m, 2h, 0s)
+    /// [default: gc.grace_secs].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// List every removal, not only the first few.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -222,6 +249,36 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Gc(args) => {
+            let status = (|| {
+                let config = Config::load(
+                    args.config.as_deref(),
+                    &Overrides {
+                        listen: None,
+                        data_dir: args.data_dir.clone(),
+                    },
+                )?;
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(gc::run(
+                        &config,
+                        &gc::GcArgs {
+                            dry_run: args.dry_run,
+                            grace: args.grace,
+                            verbose: args.verbose,
+                        },
+                    ))
+            })();
+            match status {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("kura gc: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Serve(args) => {
             let mut config = Config::load(
                 args.config.as_deref(),
@@ -321,6 +378,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ),
             Err(e) => tracing::warn!(error = %e, "releasing a stale eviction lease failed"),
         }
+        match app.registry.release_gc_lease().await {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
+                "released the garbage collection lease of a pass interrupted by an unclean shutdown"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing a stale garbage collection lease failed")
+            }
+        }
     }
     server::spawn_upload_janitor(
         app.clone(),
@@ -335,6 +401,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.mirror.eviction_grace_secs.saturating_mul(1000),
         );
     }
+    gc::spawn(app.clone(), &config);
     let router = server::router(app);
     // TLS material first: once the port answers, the certificate exists.
     let tls_config = match &config.tls {

@@ -64,6 +64,18 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     registry_config.fill_lease_ms = config.mirror.fill_lease_secs.max(1) * 1000;
     // With a size bound, eviction passes run: tell them what changed.
     registry_config.records_changes = config.mirror.max_size.is_some();
+    registry_config.retention = config
+        .retention
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.to_core(i))
+        .collect::<anyhow::Result<_>>()?;
+    registry_config.immutable_tags = config
+        .immutable_tags
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.to_core(i))
+        .collect::<anyhow::Result<_>>()?;
     let upstreams = config.mirror.upstreams.iter().map(|u| u.to_core());
     let metrics = Arc::new(ServerMetrics::new());
     let registry = Registry::builder(storage, SystemHost)

@@ -229,8 +229,12 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             }
             Route::Manifest(name, r) if is(&[Method::PUT]) => {
                 let ct = wire::header(&parts.headers, "content-type");
+                let granted = parts
+                    .extensions
+                    .get::<crate::access::Granted>()
+                    .map(|g| g.0);
                 self.store
-                    .put_manifest(&name, &r, &parts.uri, ct, body)
+                    .put_manifest(&name, &r, &parts.uri, ct, body, granted)
                     .await
             }
             Route::Manifest(name, r) if is(&[Method::DELETE]) => {

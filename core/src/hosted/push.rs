@@ -27,6 +27,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         uri: &http::Uri,
         content_type: Option<&str>,
         body: ByteStream,
+        granted: Option<crate::access::Rights>,
     ) -> Result<Response<S::Body>> {
         // A push by digest may tag it too (`?tag=a&tag=b`): every tag is
         // checked before anything is stored.
@@ -78,6 +79,9 @@ impl<S: Storage, H: Host> Store<S, H> {
 
         self.check_immutable_tags(name, &tags, Some(&digest))
             .await?;
+        if granted.is_some_and(|r| !r.overwrite) {
+            self.check_no_tag_moves(name, &tags, &digest).await?;
+        }
         // Marked before they are checked: a collection in this process
         // spares them from here on.
         self.touch_blob(&digest).await;
@@ -188,6 +192,27 @@ impl<S: Storage, H: Host> Store<S, H> {
                 ));
             }
             self.link_blob(name, &d.digest).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuse to point an existing tag at another manifest, for a pusher
+    /// without the `overwrite` right.
+    async fn check_no_tag_moves(
+        &self,
+        name: &RepositoryName,
+        tags: &[Tag],
+        digest: &Digest,
+    ) -> Result<()> {
+        for t in tags {
+            if let Some(raw) = self.storage.read(&layout::tag(name, t)).await? {
+                if raw.as_ref() != digest.to_string().as_bytes() {
+                    return Err(RegistryError::new(
+                        ErrorCode::Denied,
+                        format!("tag {t} of {name} exists; moving it needs the overwrite right"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -223,7 +223,13 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
             Route::Manifest(name, r) if is(&[Method::GET, Method::HEAD]) => {
                 let resp = self.store.get_manifest(&name, &r).await?;
                 if let Reference::Tag(t) = &r {
-                    self.store.note_tag_pull(&name, t).await?;
+                    // A record for retention rules: a failure to write it
+                    // must not fail the pull.
+                    if let Err(e) = self.store.note_tag_pull(&name, t).await {
+                        self.store
+                            .host
+                            .warn(&format!("recording a pull of {name}:{t}: {e}"));
+                    }
                 }
                 Ok(resp)
             }
@@ -248,7 +254,11 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     .get_blob(&name, &d, range, m == Method::HEAD)
                     .await?;
                 if m == Method::HEAD {
-                    self.store.note_blob_probe(&name, &d).await?;
+                    if let Err(e) = self.store.note_blob_probe(&name, &d).await {
+                        self.store
+                            .host
+                            .warn(&format!("refreshing the link of {d} in {name}: {e}"));
+                    }
                 }
                 Ok(resp)
             }

@@ -328,6 +328,23 @@ fn storage_without_write_times_counts_from_the_first_pass_that_saw_it() {
 }
 
 #[test]
+fn untagged_manifests_on_storage_without_write_times_go_after_the_grace_period() {
+    let reg: Reg = Registry::new(
+        MemoryStorage::new(),
+        TestHost::at(START),
+        RegistryConfig::default(),
+    );
+    let untagged = push_image(&reg, "team/app", None, &[5]);
+    let r = gc(&reg, GRACE);
+    assert!(r.removed.is_empty());
+    assert_eq!(r.pending, 1, "the manifest waits; its blobs are its");
+    reg.host().clock.fetch_add(GRACE, Ordering::SeqCst);
+    let r = gc(&reg, GRACE);
+    assert_eq!(r.manifests, 1, "{:?}", r.removed);
+    assert!(!stored(&reg, &untagged.manifest));
+}
+
+#[test]
 fn mirrored_repositories_are_left_to_eviction() {
     let clock = Arc::new(AtomicU64::new(START));
     let c = clock.clone();

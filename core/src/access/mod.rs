@@ -281,18 +281,22 @@ impl AccessPolicy {
         }
     }
 
-    /// Whether `who` may do anything at all somewhere: `/v2/` (the
-    /// version check clients start with) answers 200 to them, else 401
-    /// so that clients learn how to authenticate.
-    pub fn knows(&self, who: &Principal) -> bool {
-        who.user.is_some()
+    /// Whether `who` may pull every repository (a rule for `**` says
+    /// so): then the catalog, which names them all, is theirs to read.
+    fn pulls_everywhere(&self, who: &Principal) -> bool {
+        who.scope.is_none()
+            && self.rules.iter().any(|r| {
+                r.repositories.as_str() == "**"
+                    && r.rights.pull
+                    && r.subjects.iter().any(|s| s.covers(who))
+            })
     }
 
-    /// The answer to `method` on `path` from `who`. The catalog lists
-    /// only to principals who authenticated (each repository name is
-    /// information); `/v2/` challenges anonymous callers so that clients
-    /// send their credentials; a repository's routes need the right the
-    /// request needs there.
+    /// The answer to `method` on `path` from `who`. The catalog (which
+    /// names every repository) is for principals who authenticated, or
+    /// who may pull everywhere; `/v2/` challenges anonymous callers so
+    /// that clients send their credentials; a repository's routes need
+    /// the right the request needs there.
     pub fn decide(&self, who: &Principal, method: &Method, path: &str) -> Decision {
         let route = Route::parse(path).ok().flatten();
         let access = wire::required_access(method, route.as_ref());
@@ -313,8 +317,13 @@ impl AccessPolicy {
                     refuse()
                 }
             }
-            (Some(Route::Base), None) | (Some(Route::Catalog), None) => {
-                if self.knows(who) {
+            // `/v2/` (the version check clients start with) challenges
+            // callers without credentials, so that clients learn how to
+            // authenticate.
+            (Some(Route::Base), None) if who.user.is_none() => Decision::Challenge,
+            (Some(Route::Base), None) => Decision::Allow(Rights::NONE),
+            (Some(Route::Catalog), None) => {
+                if who.user.is_some() || self.pulls_everywhere(who) {
                     Decision::Allow(Rights::NONE)
                 } else {
                     Decision::Challenge

@@ -237,7 +237,14 @@ impl<S: Storage, H: Host> Store<S, H> {
         };
         let pass = self.gc_pass(opts, is_mirrored, report).await;
         if let Some(lease) = lease {
-            lease.release().await;
+            // Another process may have taken over a lease this pass held
+            // too long: leave its lease alone.
+            let ours = self.storage.read(layout::GC_LEASE).await.ok().flatten();
+            if Stamp::decode(ours.as_deref()).holder == self.process.as_str() {
+                lease.release().await;
+            } else {
+                lease.forget();
+            }
         }
         let report = pass?;
         use crate::metrics::add;
@@ -517,11 +524,12 @@ impl<S: Storage, H: Host> Store<S, H> {
             // Marking, then the candidates not deletable yet as roots too
             // (a manifest kept for now keeps what it names), until stable.
             let mut doomed_manifests: Vec<(Digest, u64)>;
-            let mut waiting: Vec<(String, u64, u64)>;
+            // Kept for now, across the rounds: a round's waiting manifests
+            // are roots, so live, in the next.
+            let mut waiting: Vec<(String, u64, u64)> = Vec::new();
             let live = loop {
                 let live = self.mark(name, keys, &roots, manifests).await?;
                 doomed_manifests = Vec::new();
-                waiting = Vec::new();
                 let mut grown = false;
                 for (d, mtime) in &keys.revisions {
                     if live.manifests.contains(d) {

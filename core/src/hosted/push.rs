@@ -206,7 +206,7 @@ impl<S: Storage, H: Host> Store<S, H> {
     ) -> Result<()> {
         for t in tags {
             if let Some(raw) = self.storage.read(&layout::tag(name, t)).await? {
-                if raw.as_ref() != digest.to_string().as_bytes() {
+                if raw.trim_ascii() != digest.to_string().as_bytes() {
                     return Err(RegistryError::new(
                         ErrorCode::Denied,
                         format!("tag {t} of {name} exists; moving it needs the overwrite right"),
@@ -236,7 +236,7 @@ impl<S: Storage, H: Host> Store<S, H> {
             let Some(raw) = self.storage.read(&layout::tag(name, t)).await? else {
                 continue;
             };
-            let same = target.is_some_and(|d| raw.as_ref() == d.to_string().as_bytes());
+            let same = target.is_some_and(|d| raw.trim_ascii() == d.to_string().as_bytes());
             if !same {
                 return Err(RegistryError::new(
                     ErrorCode::Denied,
@@ -262,6 +262,7 @@ impl<S: Storage, H: Host> Store<S, H> {
                 self.check_immutable_tags(name, std::slice::from_ref(t), None)
                     .await?;
                 self.storage.delete(&key).await?;
+                self.storage.delete(&layout::tag_pull(name, t)).await?;
             }
             Reference::Digest(d) => {
                 let rev = layout::manifest_revision(name, d);

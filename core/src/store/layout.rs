@@ -6,6 +6,7 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>     "this repository has this manifest" (its media type)
 //! repositories/<name>/_manifests/tags/<tag>                the digest the tag points at
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>   a referrer's descriptor (JSON), by subject
+//! repositories/<name>/_pulls/<tag>                         when a hosted tag was last pulled (ms, decimal; for retention rules)
 //! repositories/<name>/_cache/tags/<tag>                    mirrored tags: when last checked upstream (JSON)
 //! repositories/<name>/_cache/tag-lists/<page>              a mirrored tag list page and when it was fetched (JSON)
 //! repositories/<name>/_cache/tag-checks/<tag>              the lease of an upstream check of a tag in progress
@@ -15,6 +16,8 @@
 //! cache/changes/<ms>-<random>                              a blob filled, used or kept by a hosted repository since the last eviction pass (JSON)
 //! cache/ledger                                             the evictor's record of cached blobs: sizes, last uses, what is kept (JSON)
 //! leases/evictor                                           held by the process running an eviction pass
+//! leases/gc                                                held by the process running a garbage collection
+//! gc/pending                                               when a collection first found each candidate unreferenced, on storage without write times (JSON)
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
 //! ```

@@ -66,6 +66,11 @@ pub(crate) struct ReleaseOnDrop<S: Storage, H: Host> {
 }
 
 impl<S: Storage, H: Host> ReleaseOnDrop<S, H> {
+    /// Leave the lease as it is (it is no longer this holder's).
+    pub(crate) fn forget(mut self) {
+        self.key.clear();
+    }
+
     /// Delete the lease now (the usual end), not on a task later.
     pub(crate) async fn release(mut self) {
         let key = std::mem::take(&mut self.key);

@@ -1,6 +1,7 @@
 //! kura's configuration: defaults, then a YAML file, then `KURA_*`
 //! environment variables, then command-line flags. Unknown keys are errors.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -116,13 +117,103 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// An htpasswd file with bcrypt hashes (`htpasswd -B`).
-    pub htpasswd: PathBuf,
-    /// Let clients without credentials pull.
+    /// An htpasswd file with bcrypt hashes (`htpasswd -B`), reloaded when
+    /// it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// Let clients without credentials pull (every repository; `rules`
+    /// say it per repository instead).
     #[serde(default)]
     pub anonymous_pull: bool,
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Group → its members.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Who may do what where. Without rules: anyone who authenticates may
+    /// do anything, and anonymous callers may pull if `anonymous_pull`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AccessRuleSection>,
+    /// Robot accounts for CI: a name and the SHA-256 of a token (`kura
+    /// token new` makes both), a scope, an expiry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub robots: Vec<RobotSection>,
+    /// Docker token auth: clients get short-lived bearer tokens from a
+    /// token service (kura's own, or an external issuer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSection>,
+}
+
+/// One access rule as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRuleSection {
+    /// Repositories (a glob: `team-a/**`).
+    pub repositories: String,
+    /// `*`, `authenticated`, `anonymous`, `group:NAME`, `user:NAME`.
+    pub subjects: Vec<String>,
+    /// `pull`, `push`, `delete`, `overwrite`, or `*`.
+    pub rights: Vec<String>,
+}
+
+/// A robot account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotSection {
+    pub name: String,
+    /// Hex SHA-256 of the token; the token itself is never stored.
+    pub token_sha256: String,
+    /// Limits on top of the rules; none: the rules alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<ScopeSection>,
+    /// When the token stops working (RFC 3339, `2027-06-30T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSection {
+    pub repositories: String,
+    pub rights: Vec<String>,
+}
+
+/// Docker token auth.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// The token service clients are sent to. Default: kura's own,
+    /// `/auth/token` on the address the client used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// The `service` tokens are for (their audience).
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// The issuer tokens name (`iss`).
+    #[serde(default = "default_service")]
+    pub issuer: String,
+    /// Seconds kura's tokens last.
+    #[serde(default = "default_token_lifetime")]
+    pub lifetime_secs: u64,
+    /// kura's signing key (PEM, P-256, PKCS#8). Default: one generated in
+    /// the data directory. Instances behind one name share one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<PathBuf>,
+    /// Accept tokens of an external issuer instead, verified with these
+    /// public keys (PEM, EC or RSA)...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuer_keys: Vec<PathBuf>,
+    /// ...or the keys of this JWKS document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<PathBuf>,
+}
+
+fn default_service() -> String {
+    "kura".into()
+}
+
+fn default_token_lifetime() -> u64 {
+    300
 }
 
 fn default_realm() -> String {
@@ -622,8 +713,7 @@ impl Config {
             r.to_core(i)?;
         }
         if let Some(auth) = &self.auth {
-            crate::auth::Htpasswd::load(&auth.htpasswd)
-                .with_context(|| format!("auth.htpasswd {}", auth.htpasswd.display()))?;
+            crate::auth::Authenticator::from_config(auth, None).context("auth")?;
         }
         Ok(())
     }

@@ -57,7 +57,8 @@ enum Command {
     Fsck(FsckArgs),
     /// Collect the garbage of hosted repositories: tags retention rules do
     /// not keep, untagged manifests, blobs nothing references, each once
-    /// unreferenced for the grace period. Safe beside a running kura serve.
+    /// unreferenced and unwritten for the grace period. Safe beside a
+    /// running kura serve; give it the same configuration file.
     Gc(GcArgs),
 }
 
@@ -74,8 +75,8 @@ struct GcArgs {
     /// List what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// How long something must have been unreferenced (e.g. 30m, 2h, 0s)
-    /// [default: gc.grace_secs].
+    /// How long something must have been unreferenced and unwritten (e.g.
+    /// 30m, 2h, 0s) [default: gc.grace_secs].
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
     /// List every removal, not only the first few.
@@ -402,6 +403,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     gc::spawn(app.clone(), &config);
+    if app.auth.is_some() {
+        // A changed htpasswd file (a user added, a password rotated) is
+        // picked up within seconds, without a restart.
+        let app = app.clone();
+        tokio::spawn(async move {
+            let auth = app.auth.as_ref().expect("checked");
+            let mut seen = auth.reload_htpasswd(None);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                seen = auth.reload_htpasswd(seen).or(seen);
+            }
+        });
+    }
     let router = server::router(app);
     // TLS material first: once the port answers, the certificate exists.
     let tls_config = match &config.tls {

@@ -13,12 +13,13 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use kura_core::wire::{self, Route};
 use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryError};
 
-use crate::auth::{Authenticator, Decision, Htpasswd};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fetch::HttpFetch;
 use crate::host::SystemHost;
 use crate::metrics::ServerMetrics;
 use crate::storage::ObjectStorage;
+use kura_core::access::{Decision, Granted};
 
 pub type KuraRegistry = Registry<ObjectStorage, SystemHost, HttpFetch>;
 
@@ -89,11 +90,7 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
         .map_err(|e| anyhow::anyhow!("mirror configuration: {e}"))?;
     let auth = match &config.auth {
         None => None,
-        Some(a) => Some(Authenticator::new(
-            Htpasswd::load(&a.htpasswd)?,
-            a.anonymous_pull,
-            a.realm.clone(),
-        )),
+        Some(a) => Some(Authenticator::from_config(a, Some(&config.data_dir))?),
     };
     Ok(Arc::new(App {
         registry,
@@ -411,29 +408,135 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .route("/", axum::routing::get(crate::status::page))
         .route("/_kura/status", axum::routing::get(crate::status::json))
+        .route("/auth/token", axum::routing::get(token))
         .fallback(handle)
         .with_state(app)
 }
 
 /// Whether a request for the operator's pages (`/metrics`, the status
-/// page) may see them: whoever may pull may (anyone, with anonymous pulls
-/// on). Otherwise the 401 challenge to answer.
+/// page) may see them: whoever authenticated may, and anyone when
+/// `auth.anonymous_pull` is on. Otherwise the 401 challenge to answer.
 pub fn operator_access(app: &App, headers: &http::HeaderMap) -> Option<Response<AxumBody>> {
     let auth = app.auth.as_ref()?;
-    if auth.decide(headers, wire::Access::Pull, false) == Decision::Allow {
-        return None;
+    let anonymous_ok = app.config.auth.as_ref().is_some_and(|a| a.anonymous_pull);
+    match auth.authenticate(headers) {
+        Ok(who) if who.user.is_some() || anonymous_ok => None,
+        _ => Some(basic_challenge(auth)),
     }
-    Some(challenge(auth))
 }
 
-fn challenge(auth: &Authenticator) -> Response<AxumBody> {
+/// 401 with a Basic challenge (the operator's pages and the token
+/// service take passwords, never tokens).
+fn basic_challenge(auth: &Authenticator) -> Response<AxumBody> {
+    let value = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
+    unauthorized(&value)
+}
+
+fn unauthorized(challenge: &str) -> Response<AxumBody> {
     let err = RegistryError::new(ErrorCode::Unauthorized, "authentication required");
     let mut resp = kura_core::error_response::<ByteStream>(&err);
-    let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', ""));
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
+    if let Ok(v) = HeaderValue::from_str(challenge) {
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
     to_axum(resp)
+}
+
+/// The challenge for a registry request: Basic, or with token auth the
+/// token service to get a token from and the scope the request needs.
+fn challenge(app: &App, auth: &Authenticator, req: &Request<AxumBody>) -> Response<AxumBody> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let value = auth.challenge(
+        req.method(),
+        req.uri().path(),
+        host,
+        app.config.tls.is_some(),
+    );
+    unauthorized(&value)
+}
+
+/// The token service (Docker token auth): `GET /auth/token?service=…&
+/// scope=repository:NAME:ACTIONS` with the client's password (or none,
+/// for what anonymous callers may do) answers a short-lived bearer token.
+async fn token(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<AxumBody> {
+    let Some(auth) = app
+        .auth
+        .as_ref()
+        .filter(|a| a.tokens.as_ref().is_some_and(|t| t.issuer.is_some()))
+    else {
+        let err = RegistryError::new(ErrorCode::Unsupported, "this registry issues no tokens")
+            .with_status(StatusCode::NOT_FOUND);
+        return to_axum(kura_core::error_response::<ByteStream>(&err));
+    };
+    // Bearer tokens do not buy more tokens: a password, or nothing.
+    let is_bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer "));
+    let who = match auth.authenticate(req.headers()) {
+        Ok(who) if !is_bearer => who,
+        _ => return basic_challenge(auth),
+    };
+    let scopes: Vec<String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(percent_decode)
+        .collect();
+    match auth.issue(&who, &scopes) {
+        Ok((token, lifetime)) => {
+            let body = serde_json::json!({
+                "token": token,
+                "access_token": token,
+                "expires_in": lifetime,
+                "issued_at": httpdate::fmt_http_date(std::time::SystemTime::now()),
+            });
+            let mut resp = Response::new(AxumBody::from(body.to_string()));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "issuing a token failed");
+            let err = RegistryError::internal("issuing a token failed");
+            to_axum(kura_core::error_response::<ByteStream>(&err))
+        }
+    }
+}
+
+/// `%XX` and `+` decoded (query values of the token request).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Prometheus metrics: the binary's histograms and upstream counters and
@@ -482,12 +585,29 @@ async fn handle(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response
 }
 
 async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
+    let mut req = req;
     if let Some(auth) = &app.auth {
-        let route = Route::parse(req.uri().path()).ok().flatten();
-        let access = wire::required_access(req.method(), route.as_ref());
-        let is_base = matches!(route, Some(Route::Base));
-        if auth.decide(req.headers(), access, is_base) == Decision::Challenge {
-            return challenge(auth);
+        let who = match auth.authenticate(req.headers()) {
+            Ok(who) => who,
+            Err(_) => return challenge(app, auth, &req),
+        };
+        match auth.policy.decide(&who, req.method(), req.uri().path()) {
+            Decision::Allow(rights) => {
+                req.extensions_mut().insert(Granted(rights));
+            }
+            Decision::Challenge => return challenge(app, auth, &req),
+            Decision::Deny => {
+                let err = RegistryError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "{} may not {} {}",
+                        who.user.as_deref().unwrap_or("anonymous"),
+                        req.method(),
+                        req.uri().path()
+                    ),
+                );
+                return to_axum(kura_core::error_response::<ByteStream>(&err));
+            }
         }
     }
     let (parts, body) = req.into_parts();

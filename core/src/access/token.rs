@@ -283,7 +283,8 @@ fn principal(c: Claims) -> Principal {
         scope.push((pattern, rights));
     }
     Principal {
-        user: Some(c.sub),
+        // Tokens for callers without credentials name nobody.
+        user: Some(c.sub).filter(|s| !s.is_empty()),
         groups: Vec::new(),
         scope: Some(scope),
     }
@@ -380,6 +381,16 @@ DpFAFYnPE/wFVaZEq4UyGWy/zs+PRNtaTea6VfvdIIgnjhEMur56jalT
         let spliced = format!("{}.{}.{}", good[0], bad[1], good[2]);
         assert!(verifier().verify(&spliced, 1_000_000).is_err());
         assert!(verifier().verify("not.a.token", 1_000_000).is_err());
+    }
+
+    #[test]
+    fn anonymous_tokens_name_nobody() {
+        let t = issuer()
+            .issue("", access("public/x", &["pull"]), 1_000_000, "j")
+            .unwrap();
+        let p = verifier().verify(&t, 1_000_000).unwrap();
+        assert_eq!(p.user, None);
+        assert_eq!(p.scope.unwrap().len(), 1);
     }
 
     #[test]

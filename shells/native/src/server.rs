@@ -471,13 +471,8 @@ async fn token(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<
         return to_axum(kura_core::error_response::<ByteStream>(&err));
     };
     // Bearer tokens do not buy more tokens: a password, or nothing.
-    let is_bearer = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer "));
     let who = match auth.authenticate(req.headers()) {
-        Ok(who) if !is_bearer => who,
+        Ok(who) if !is_bearer(req.headers()) => who,
         _ => return basic_challenge(auth),
     };
     let scopes: Vec<String> = req
@@ -490,11 +485,18 @@ async fn token(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<
         .collect();
     match auth.issue(&who, &scopes) {
         Ok((token, lifetime)) => {
+            tracing::info!(
+                target: "kura::access",
+                user = who.user.as_deref().unwrap_or("anonymous"),
+                scope = scopes.join(" "),
+                "token issued"
+            );
             let body = serde_json::json!({
                 "token": token,
                 "access_token": token,
                 "expires_in": lifetime,
-                "issued_at": httpdate::fmt_http_date(std::time::SystemTime::now()),
+                // RFC 3339: containers/image refuses any other form.
+                "issued_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             });
             let mut resp = Response::new(AxumBody::from(body.to_string()));
             resp.headers_mut().insert(
@@ -509,6 +511,13 @@ async fn token(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<
             to_axum(kura_core::error_response::<ByteStream>(&err))
         }
     }
+}
+
+fn is_bearer(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer "))
 }
 
 /// `%XX` and `+` decoded (query values of the token request).
@@ -596,6 +605,22 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
                 req.extensions_mut().insert(Granted(rights));
             }
             Decision::Challenge => return challenge(app, auth, &req),
+            // A token without this repository's scope: 401 naming the
+            // scope, so that the client fetches a token that has it (as
+            // a copy between repositories does), if the rules allow it.
+            Decision::Deny
+                if who.scope.is_some() && is_bearer(req.headers()) && {
+                    let mut unscoped = who.clone();
+                    unscoped.scope = None;
+                    matches!(
+                        auth.policy
+                            .decide(&unscoped, req.method(), req.uri().path()),
+                        Decision::Allow(_)
+                    )
+                } =>
+            {
+                return challenge(app, auth, &req)
+            }
             Decision::Deny => {
                 let err = RegistryError::new(
                     ErrorCode::Denied,

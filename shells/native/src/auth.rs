@@ -475,6 +475,45 @@ impl Authenticator {
     }
 }
 
+/// A new robot token and the `auth.robots` entry for it (YAML), for
+/// `kura token new`. The token is 32 random bytes, hex; only its SHA-256
+/// goes into the configuration.
+pub fn new_robot(name: &str, scopes: &[String], expires: Option<&str>) -> anyhow::Result<String> {
+    if name.is_empty() || name.contains(':') {
+        bail!("a robot name must be non-empty and without ':' (it is the user name of basic auth)");
+    }
+    if let Some(e) = expires {
+        humantime::parse_rfc3339_weak(e).with_context(|| format!("--expires {e:?}"))?;
+    }
+    let mut entry = format!(
+        "  - name: {name}\n    token_sha256: {{sha}}\n"
+    );
+    if !scopes.is_empty() {
+        entry.push_str("    scope:\n");
+        for s in scopes {
+            let (repos, rights) = s
+                .rsplit_once(':')
+                .with_context(|| format!("--scope {s:?}: expected REPOSITORIES:RIGHTS"))?;
+            Pattern::parse(repos).map_err(|e| anyhow::anyhow!("--scope {s:?}: {e}"))?;
+            Rights::parse(rights.split(',')).map_err(|e| anyhow::anyhow!("--scope {s:?}: {e}"))?;
+            entry.push_str(&format!(
+                "      - repositories: \"{repos}\"\n        rights: [{rights}]\n"
+            ));
+        }
+    }
+    if let Some(e) = expires {
+        entry.push_str(&format!("    expires: {e}\n"));
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).context("randomness for the token")?;
+    let token = hex::encode(raw);
+    let sha = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    Ok(format!(
+        "token (shown once; the CI system logs in as {name} with it as the password):\n{token}\n\nadd to auth.robots in the configuration:\n{}",
+        entry.replace("{sha}", &sha)
+    ))
+}
+
 /// Write a private key readable by its owner only.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -656,6 +695,20 @@ mod tests {
             a.authenticate(&header("Basic", "alice", "secret")).is_err(),
             "alice was removed"
         );
+    }
+
+    #[test]
+    fn new_robot_tokens_log_in_as_their_entry_says() {
+        let out = new_robot("ci", &["ci/**:pull,push".into()], Some("2099-01-01T00:00:00Z")).unwrap();
+        let token = out.lines().nth(1).unwrap().to_owned();
+        let yaml = out.split("configuration:\n").nth(1).unwrap();
+        let (a, _d) = auth(&format!("robots:\n{yaml}"));
+        let who = a.authenticate(&header("Basic", "ci", &token)).unwrap();
+        assert_eq!(who.user.as_deref(), Some("ci"));
+        assert!(a.policy.rights(&who, "ci/app").push);
+        assert!(!a.policy.rights(&who, "other/app").pull);
+        assert!(new_robot("a:b", &[], None).is_err());
+        assert!(new_robot("ci", &["nope".into()], None).is_err());
     }
 
     #[test]

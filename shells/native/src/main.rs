@@ -60,6 +60,27 @@ enum Command {
     /// unreferenced and unwritten for the grace period. Safe beside a
     /// running kura serve; give it the same configuration file.
     Gc(GcArgs),
+    /// Robot accounts for CI.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a robot token: prints the token (give it to the CI system, as
+    /// its password) and the `auth.robots` entry holding only its hash.
+    New {
+        /// The robot's user name.
+        #[arg(long)]
+        name: String,
+        /// Limit it to these repositories and rights, e.g. 'ci/**:pull,push'
+        /// (repeatable); without it, the access rules alone decide.
+        #[arg(long)]
+        scope: Vec<String>,
+        /// When it stops working (RFC 3339, e.g. 2027-06-30T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -249,6 +270,14 @@ fn main() -> anyhow::Result<()> {
                     std::process::exit(fsck::FAILED);
                 }
             }
+        }
+        Command::Token(TokenCommand::New {
+            name,
+            scope,
+            expires,
+        }) => {
+            print!("{}", auth::new_robot(&name, &scope, expires.as_deref())?);
+            Ok(())
         }
         Command::Gc(args) => {
             let status = (|| {

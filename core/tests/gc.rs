@@ -645,3 +645,35 @@ fn push_image_arc(reg: &ArcReg) -> Image {
         Image { manifest, blobs }
     })
 }
+
+/// A pusher granted `push` but not `overwrite` creates tags and pushes
+/// the same manifest again, and cannot move a tag.
+#[test]
+fn moving_a_tag_needs_the_overwrite_right() {
+    use kura_core::access::{Granted, Rights};
+    let (reg, _clock) = registry();
+    push_image(&reg, "team/app", Some("v1"), &[1]);
+    let config_d = push_blob(&reg, "team/app", b"{}");
+    let other = image_manifest(&config_d, 2, &[]);
+    let put = |tag: &str, rights: Rights| {
+        block_on(async {
+            let mut req = http::Request::builder()
+                .method(Method::PUT)
+                .uri(format!("/v2/team/app/manifests/{tag}"))
+                .header("content-type", OCI_MANIFEST)
+                .body(kura_core::body::once(other.clone().into()))
+                .unwrap();
+            req.extensions_mut().insert(Granted(rights));
+            reg.handle(req).await.status()
+        })
+    };
+    let push_only = Rights::parse(["pull", "push"]).unwrap();
+    assert_eq!(put("v1", push_only), StatusCode::FORBIDDEN);
+    assert_eq!(put("v2", push_only), StatusCode::CREATED, "a new tag");
+    assert_eq!(
+        put("v2", push_only),
+        StatusCode::CREATED,
+        "the same manifest again"
+    );
+    assert_eq!(put("v1", Rights::ALL), StatusCode::CREATED);
+}

@@ -485,9 +485,7 @@ pub fn new_robot(name: &str, scopes: &[String], expires: Option<&str>) -> anyhow
     if let Some(e) = expires {
         humantime::parse_rfc3339_weak(e).with_context(|| format!("--expires {e:?}"))?;
     }
-    let mut entry = format!(
-        "  - name: {name}\n    token_sha256: {{sha}}\n"
-    );
+    let mut entry = format!("  - name: {name}\n    token_sha256: {{sha}}\n");
     if !scopes.is_empty() {
         entry.push_str("    scope:\n");
         for s in scopes {
@@ -699,7 +697,12 @@ mod tests {
 
     #[test]
     fn new_robot_tokens_log_in_as_their_entry_says() {
-        let out = new_robot("ci", &["ci/**:pull,push".into()], Some("2099-01-01T00:00:00Z")).unwrap();
+        let out = new_robot(
+            "ci",
+            &["ci/**:pull,push".into()],
+            Some("2099-01-01T00:00:00Z"),
+        )
+        .unwrap();
         let token = out.lines().nth(1).unwrap().to_owned();
         let yaml = out.split("configuration:\n").nth(1).unwrap();
         let (a, _d) = auth(&format!("robots:\n{yaml}"));

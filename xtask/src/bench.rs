@@ -81,7 +81,7 @@ impl Plan {
 pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let quick = args.contains(&"--quick");
     let plan = Plan::new(quick);
-    // `--only warm|cold|herd|fleet|memory` runs one phase; `--perf` records a
+    // `--only warm|cold|herd|fleet|memory|gc` runs one phase; `--perf` records a
     // CPU profile (perf record -g) of every kura started, kept in
     // target/bench-perf/ for `perf report -i`.
     let only = args
@@ -95,6 +95,8 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         PERF_DIR.set(dir).ok();
     }
+    // The gc phase needs no upstream, images or load tools (bench_gc.rs).
+    let gc_only = only == Some("gc");
     for (tool, package) in [
         ("docker-registry", "docker-registry"),
         ("skopeo", "skopeo"),
@@ -103,13 +105,17 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         ("nginx", "nginx-light"),
     ] {
         ensure!(
-            kura_tests::have(tool),
+            gc_only || kura_tests::have(tool),
             "{tool} is missing: apt-get install {package} (scripts/test-env.sh installs it)"
         );
     }
     let kura_bin = build_kura(root, quick)?;
     let work = tempfile::Builder::new().prefix("kura-bench").tempdir()?;
     let w = work.path();
+    if gc_only {
+        let report = machine_line()? + &crate::bench_gc::gc(&kura_bin, w, quick)?;
+        return write_report(root, &report, true);
+    }
 
     eprintln!("bench: generating images");
     let images = Images::generate(&w.join("oci"), &plan, phase("memory"))?;
@@ -118,7 +124,7 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     images.push(&w.join("oci"), &upstream)?;
 
     let mut t = Table::default();
-    let kura = MirrorKind::Kura(kura_bin);
+    let kura = MirrorKind::Kura(kura_bin.clone());
     let reg = MirrorKind::Registry2;
 
     // Warm serving: one long-lived instance of each, primed.
@@ -340,15 +346,24 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         }
     }
 
-    let report = t.render(&plan)?;
+    let mut report = t.render(&plan)?;
+    if phase("gc") {
+        report.push_str(&crate::bench_gc::gc(&kura_bin, w, quick)?);
+    }
+    write_report(root, &report, quick || only.is_some())
+}
+
+/// Print the report and splice it into docs/benchmarks.md, or into
+/// target/bench-partial.md for a `--quick` or `--only` run.
+fn write_report(root: &Path, report: &str, partial: bool) -> anyhow::Result<()> {
     println!("{report}");
-    let out = if quick || only.is_some() {
+    let out = if partial {
         root.join("target/bench-partial.md")
     } else {
         root.join("docs/benchmarks.md")
     };
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    std::fs::write(&out, splice_report(&previous, &report))?;
+    std::fs::write(&out, splice_report(&previous, report))?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())
 }

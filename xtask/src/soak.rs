@@ -5,6 +5,8 @@
 //! size bound). Every request must succeed; kura's resident memory and
 //! open file descriptors are sampled every 2 s and plotted to an SVG.
 //! `--quick` uses the debug build (CI); the recorded run uses release.
+//! `--gc` runs the garbage-collection soak instead (`soak_gc.rs`): M
+//! minutes (default 10) on local disk and M/2 on S3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,18 +27,26 @@ const MIB: usize = 1024 * 1024;
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 pub fn soak(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let mut minutes = 30.0f64;
+    let mut minutes = None;
     let mut quick = false;
+    let mut gc = false;
+    let mut serve_only = false;
     let mut svg = root.join("target/soak.svg");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
-            "--minutes" => minutes = it.next().context("--minutes M")?.parse()?,
+            "--minutes" => minutes = Some(it.next().context("--minutes M")?.parse::<f64>()?),
             "--quick" => quick = true,
+            "--gc" => gc = true,
+            "--serve-only" => serve_only = true,
             "--svg" => svg = PathBuf::from(it.next().context("--svg PATH")?),
             other => bail!("soak: unknown argument {other}"),
         }
     }
+    if gc {
+        return crate::soak_gc::gc_soak(root, minutes.unwrap_or(10.0), quick, serve_only);
+    }
+    let minutes = minutes.unwrap_or(30.0);
     let duration = Duration::from_secs_f64(minutes * 60.0);
     let built = crate::bench::build_kura(root, quick)?;
     let work = tempfile::tempdir()?;

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::retention::{self, TagFacts};
 use crate::io::host::Host;
@@ -47,6 +48,9 @@ const GC_LEASE_MS: u64 = 30 * 60 * 1000;
 
 /// Blobs deleted per storage request (S3's DeleteObjects takes 1,000).
 const DELETE_BATCH: usize = 1000;
+
+/// Tags and manifests read at once while marking.
+const READS_AT_ONCE: usize = 16;
 
 /// How a collection runs.
 #[derive(Debug, Clone)]
@@ -312,6 +316,8 @@ impl<S: Storage, H: Host> Store<S, H> {
         // Manifests first, then links, then blobs: nothing is ever left
         // pointing at something already gone.
         let touched_horizon = now.saturating_sub(opts.grace_ms);
+        let mut keys = Vec::new();
+        let mut gone = Vec::new();
         for g in &doomed {
             let Garbage::Manifest { repository, digest } = g else {
                 continue;
@@ -320,22 +326,26 @@ impl<S: Storage, H: Host> Store<S, H> {
                 report.spared += 1;
                 continue;
             }
-            if let Some(keys) = fresh.get(repository) {
-                for (subject, referrers) in &keys.referrers {
+            if let Some(repo) = fresh.get(repository) {
+                for (subject, referrers) in &repo.referrers {
                     if referrers.contains(digest) {
-                        self.storage
-                            .delete(&layout::referrer(repository, subject, digest))
-                            .await?;
+                        keys.push(layout::referrer(repository, subject, digest));
                     }
                 }
             }
-            self.storage
-                .delete(&layout::manifest_revision(repository, digest))
-                .await?;
-            self.recent.forget(repository, digest);
+            keys.push(layout::manifest_revision(repository, digest));
+            gone.push(g);
+        }
+        self.storage.delete_many(&keys).await?;
+        for g in gone {
+            if let Garbage::Manifest { repository, digest } = g {
+                self.recent.forget(repository, digest);
+            }
             report.manifests += 1;
             report.removed.push(g.clone());
         }
+        let mut keys = Vec::new();
+        let mut gone = Vec::new();
         for g in &doomed {
             let Garbage::Link { repository, digest } = g else {
                 continue;
@@ -344,12 +354,12 @@ impl<S: Storage, H: Host> Store<S, H> {
                 report.spared += 1;
                 continue;
             }
-            self.storage
-                .delete(&layout::layer_link(repository, digest))
-                .await?;
-            report.links += 1;
-            report.removed.push(g.clone());
+            keys.push(layout::layer_link(repository, digest));
+            gone.push(g);
         }
+        self.storage.delete_many(&keys).await?;
+        report.links += gone.len();
+        report.removed.extend(gone.into_iter().cloned());
         let blobs: Vec<(&Digest, u64)> = doomed
             .iter()
             .filter_map(|g| match g {
@@ -511,14 +521,29 @@ impl<S: Storage, H: Host> Store<S, H> {
             if !ctx.delete_untagged && untagged_age.is_none() {
                 roots.extend(keys.revisions.keys().cloned());
             }
-            for (tag, _) in &keys.tags {
-                if let Some(raw) = self.storage.read(&layout::tag(name, tag)).await? {
-                    if let Some(d) = std::str::from_utf8(&raw)
+            // Several reads at once: on an object store each is a round trip.
+            // Built before the first await: a closure over borrowed items
+            // held across it would make the future not Send.
+            let reads: Vec<_> = keys
+                .tags
+                .iter()
+                .map(|(tag, _)| {
+                    let key = layout::tag(name, tag);
+                    let storage = self.storage.clone();
+                    async move { storage.read(&key).await }
+                })
+                .collect();
+            let reads = futures::stream::iter(reads)
+                .buffer_unordered(READS_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await;
+            for raw in reads {
+                if let Some(d) = raw?.and_then(|raw| {
+                    std::str::from_utf8(&raw)
                         .ok()
                         .and_then(|s| Digest::parse(s.trim()).ok())
-                    {
-                        roots.insert(d);
-                    }
+                }) {
+                    roots.insert(d);
                 }
             }
             // Marking, then the candidates not deletable yet as roots too
@@ -634,29 +659,37 @@ impl<S: Storage, H: Host> Store<S, H> {
             .filter(|d| keys.revisions.contains_key(*d))
             .cloned()
             .collect();
-        while let Some(d) = queue.pop() {
-            if !live.manifests.insert(d.clone()) {
-                continue;
-            }
-            if let Some(referrers) = keys.referrers.get(&d) {
-                queue.extend(
-                    referrers
-                        .iter()
-                        .filter(|r| keys.revisions.contains_key(*r))
-                        .cloned(),
-                );
-            }
-            match manifests.get(self, name, &d).await? {
-                Some(refs) => {
-                    live.blobs.extend(refs.blobs.iter().cloned());
+        while !queue.is_empty() {
+            // Read the whole wave's manifests at once, then walk them.
+            let wave: Vec<Digest> = std::mem::take(&mut queue)
+                .into_iter()
+                .filter(|d| !live.manifests.contains(d))
+                .collect();
+            manifests.prefetch(self, name, &wave).await?;
+            for d in wave {
+                if !live.manifests.insert(d.clone()) {
+                    continue;
+                }
+                if let Some(referrers) = keys.referrers.get(&d) {
                     queue.extend(
-                        refs.children
+                        referrers
                             .iter()
-                            .filter(|c| keys.revisions.contains_key(*c))
+                            .filter(|r| keys.revisions.contains_key(*r))
                             .cloned(),
                     );
                 }
-                None => live.unreadable.push(d),
+                match manifests.get(self, name, &d).await? {
+                    Some(refs) => {
+                        live.blobs.extend(refs.blobs.iter().cloned());
+                        queue.extend(
+                            refs.children
+                                .iter()
+                                .filter(|c| keys.revisions.contains_key(*c))
+                                .cloned(),
+                        );
+                    }
+                    None => live.unreadable.push(d),
+                }
             }
         }
         Ok(live)
@@ -761,23 +794,52 @@ struct Refs {
 }
 
 impl ManifestRefs {
-    async fn get<S: Storage, H: Host>(
+    /// Read the manifests of `digests` not known yet, several at once.
+    async fn prefetch<S: Storage, H: Host>(
         &mut self,
         store: &Store<S, H>,
         name: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<()> {
+        let unknown: Vec<&Digest> = digests
+            .iter()
+            .filter(|d| !self.known.contains_key(*d))
+            .collect();
+        // Owned and built before the first await, so that the future is
+        // Send whatever borrows them.
+        let reads: Vec<_> = unknown
+            .into_iter()
+            .map(|d| {
+                let (storage, name, d) = (store.storage.clone(), name.clone(), d.clone());
+                async move {
+                    let refs = Self::read(storage, &name, &d).await;
+                    (d, refs)
+                }
+            })
+            .collect();
+        let read = futures::stream::iter(reads)
+            .buffer_unordered(READS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        for (d, refs) in read {
+            // Unreadable is not remembered: the next look may succeed.
+            if let Some(refs) = refs? {
+                self.known.insert(d, Some(refs));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read<S: Storage>(
+        storage: Arc<S>,
+        name: &RepositoryName,
         d: &Digest,
     ) -> Result<Option<Arc<Refs>>> {
-        if let Some(known) = self.known.get(d) {
-            return Ok(known.clone());
-        }
-        let media_type = store
-            .storage
-            .read(&layout::manifest_revision(name, d))
-            .await?
-            .and_then(|b| String::from_utf8(b.to_vec()).ok());
-        let refs = match store.storage.read(&layout::blob(d)).await? {
-            None => None,
-            Some(bytes) => manifest::parse(&bytes, media_type.as_deref())
+        let (revision, blob) = (layout::manifest_revision(name, d), layout::blob(d));
+        let (media_type, bytes) = futures::try_join!(storage.read(&revision), storage.read(&blob))?;
+        let media_type = media_type.and_then(|b| String::from_utf8(b.to_vec()).ok());
+        Ok(bytes.and_then(|bytes| {
+            manifest::parse(&bytes, media_type.as_deref())
                 .ok()
                 .map(|m| {
                     Arc::new(Refs {
@@ -789,8 +851,20 @@ impl ManifestRefs {
                             .map(|b| b.digest.clone())
                             .collect(),
                     })
-                }),
-        };
+                })
+        }))
+    }
+
+    async fn get<S: Storage, H: Host>(
+        &mut self,
+        store: &Store<S, H>,
+        name: &RepositoryName,
+        d: &Digest,
+    ) -> Result<Option<Arc<Refs>>> {
+        if let Some(known) = self.known.get(d) {
+            return Ok(known.clone());
+        }
+        let refs = Self::read(store.storage.clone(), name, d).await?;
         // Unreadable is not remembered: the next look may succeed.
         if refs.is_some() {
             self.known.insert(d.clone(), refs.clone());

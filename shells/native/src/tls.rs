@@ -320,6 +320,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As on plain connections (see main.rs): no Nagle delay.
+                let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let conn_tx = tx.clone();
                 tokio::spawn(async move {

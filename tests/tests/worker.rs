@@ -3,7 +3,9 @@
 //! (`shells/worker/dev.mjs`: what `wrangler dev --local` runs, workerd with
 //! its local R2 persisted to a temp dir, minus the devtools inspector),
 //! mirroring CNCF distribution (`docker-registry`) and a lying upstream
-//! (`kura_tests::faulty`), pulled with skopeo.
+//! (`kura_tests::faulty`), pulled with skopeo; and who may pull through it
+//! (pull tokens from `.dev.vars`, where `wrangler dev` reads secrets, and
+//! anonymous pull).
 //!
 //! Needs: `worker-build` and the wasm32 toolchain (../shared/toolchain or
 //! `rustup target add wasm32-unknown-unknown`), Node >= 20.3 with npm (the
@@ -28,7 +30,7 @@ use kura_tests::image::{
     layer_tar, oci_blobs, oci_ref, ImageSpec, OciLayout, XorShift, OCI_CONFIG, OCI_INDEX,
     OCI_LAYER_TAR, OCI_MANIFEST, REF_NAME,
 };
-use kura_tests::peers::Skopeo;
+use kura_tests::peers::{Containerd, Podman, Skopeo};
 use kura_tests::upstream::{Access, Distribution};
 use kura_tests::{free_port, have, http_client, sha256, workspace_root};
 use serde_json::json;
@@ -38,6 +40,11 @@ const MIB: usize = 1024 * 1024;
 /// go in 5 MiB parts (R2's smallest).
 const SINGLE_PUT_MAX: usize = 8 * MIB;
 const PART: usize = 5 * MIB;
+/// The Worker's answer to requests without (the right) credentials.
+const CHALLENGE: &str = "Basic realm=\"kura\"";
+/// Pull tokens, as an owner would `wrangler secret put` them.
+const TOKEN_CI: &str = "ci-4f0c2a9d1e7b3c5a8d6e0f1a2b3c4d5e";
+const TOKEN_LAPTOP: &str = "laptop-9a8b7c6d5e4f30211f2e3d4c5b6a7980";
 const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -127,10 +134,10 @@ fn prepared() -> &'static Result<(PathBuf, PathBuf), String> {
 }
 
 /// The Worker in wrangler's local runtime (`dev.mjs`: `wrangler dev --local`
-/// without the devtools inspector, see there why) with these vars, its R2
-/// persisted in a temporary directory (or a shared one: `start_on`), its
-/// Cron Trigger run by a GET of `/__scheduled`. Killed (with workerd) on
-/// drop.
+/// without the devtools inspector, see there why) with these vars (and
+/// secrets: `launch`), its R2 persisted in a temporary directory (or a
+/// shared one: `start_on`), its Cron Trigger run by a GET of
+/// `/__scheduled`. Killed (with workerd) on drop.
 struct Worker {
     child: Option<Child>,
     url: String,
@@ -140,6 +147,8 @@ struct Worker {
 }
 
 impl Worker {
+    /// An open mirror (`ANONYMOUS_PULL`): these tests are about the cache;
+    /// who may pull is `pull_tokens_*` and `anonymous_pull_*` below.
     fn start(vars: &[(&str, String)]) -> Worker {
         Worker::start_on(vars, None)
     }
@@ -148,6 +157,15 @@ impl Worker {
     /// which other Workers may share: each is its own workerd process, so
     /// its own isolate, on one bucket.
     fn start_on(vars: &[(&str, String)], state: Option<&Path>) -> Worker {
+        let mut vars = vars.to_vec();
+        vars.push(("ANONYMOUS_PULL", "true".to_owned()));
+        Worker::launch(&vars, &[], state)
+    }
+
+    /// With exactly these vars, and `secrets` in `.dev.vars` beside the
+    /// configuration: where `wrangler dev` takes what `wrangler secret put`
+    /// gives a deployed Worker.
+    fn launch(vars: &[(&str, String)], secrets: &[(&str, String)], state: Option<&Path>) -> Worker {
         let (launcher, shim) = match prepared() {
             Ok(p) => p,
             Err(e) => panic!("preparing the Worker: {e}"),
@@ -163,6 +181,13 @@ impl Worker {
         }
         let config = dir.path().join("wrangler.toml");
         std::fs::write(&config, &toml).expect("writing wrangler.toml");
+        if !secrets.is_empty() {
+            let dev_vars: String = secrets
+                .iter()
+                .map(|(k, v)| format!("{k}='{v}'\n"))
+                .collect();
+            std::fs::write(dir.path().join(".dev.vars"), dev_vars).expect("writing .dev.vars");
+        }
         let port = free_port();
         let log = dir.path().join("wrangler.log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -199,6 +224,9 @@ impl Worker {
         w
     }
 
+    /// Until the Worker answers `/v2/`: 401 with its challenge (what it
+    /// answers callers without credentials, open mirror or not), 200, or
+    /// the 500 of a Worker whose configuration is refused.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         kura_tests::init_crypto();
@@ -211,7 +239,15 @@ impl Worker {
                 panic!("wrangler exited with {status}; log:\n{}", self.log_text());
             }
             if let Ok(r) = client.get(format!("{}/v2/", self.url)).send() {
-                if r.status().as_u16() == 200 {
+                let status = r.status().as_u16();
+                let challenged = status == 401
+                    && r.headers()
+                        .get("www-authenticate")
+                        .is_some_and(|v| v == CHALLENGE);
+                let refused = status == 500
+                    && r.text()
+                        .is_ok_and(|t| t.contains("kura-worker configuration"));
+                if status == 200 || challenged || refused {
                     return;
                 }
             }
@@ -1076,12 +1112,407 @@ fn a_lying_upstream_is_never_cached_and_fills_are_single_flight() {
     assert!(!log.contains("panicked"), "the Worker panicked:\n{log}");
 }
 
+/// `Authorization` for `user:password` with HTTP Basic, as reqwest
+/// encodes it.
+fn basic(user: &str, password: &str) -> String {
+    let req = http_client()
+        .get("http://127.0.0.1/")
+        .basic_auth(user, Some(password))
+        .build()
+        .unwrap();
+    req.headers()["authorization"].to_str().unwrap().to_owned()
+}
+
+/// A GET of `url` with this `Authorization` (none for `None`).
+fn get_as(url: &str, authorization: Option<&str>) -> Resp {
+    let mut rb = http_client().get(url).header("accept", ACCEPT_ALL);
+    if let Some(a) = authorization {
+        rb = rb.header("authorization", a);
+    }
+    send_lenient(rb)
+}
+
+/// Docker distribution holding `team/private:v1` (two small layers), and
+/// the image.
+fn upstream_with_private_image(seed: u64) -> (Distribution, kura_tests::image::Image) {
+    let up = Distribution::start().unwrap();
+    let sk = Skopeo::new().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(src.path()).unwrap();
+    let img = layout
+        .add_image("v1", &ImageSpec::new(2, 200 * 1024, seed))
+        .unwrap();
+    copy(
+        &sk,
+        &[],
+        &oci(src.path(), "v1"),
+        &format!("docker://{}/team/private:v1", up.host),
+    );
+    (up, img)
+}
+
+/// Requests the upstream got for `team/private` since `before`.
+fn private_requests(up: &Distribution, before: usize) -> Vec<Access> {
+    new_access(up, before)
+        .into_iter()
+        .filter(|a| a.path().starts_with("/v2/team/private"))
+        .collect()
+}
+
+/// The Worker's default as documented: `PULL_TOKENS` set with `wrangler
+/// secret put` (here `.dev.vars`), no anonymous pull. Without a token, or
+/// with a wrong one, every path answers 401 with the Basic challenge
+/// clients need to send theirs, and nothing reaches the upstream (or R2);
+/// with a token (Basic password under any user name, any spelling of the
+/// scheme, or Bearer) the pull works end to end, for curl-like requests
+/// and for skopeo with `--creds`.
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn pull_tokens_keep_strangers_out_and_let_holders_pull() {
+    require_worker_tools!();
+    let (up, img) = upstream_with_private_image(951);
+    let upstreams = json!([{ "name": "up.local", "url": up.url, "tag_ttl_secs": 300 }]);
+    let tokens = json!({ "ci": TOKEN_CI, "laptop": TOKEN_LAPTOP });
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+        ],
+        &[("PULL_TOKENS", tokens.to_string())],
+        None,
+    );
+    let manifest = format!("{}/v2/team/private/manifests/v1", worker.url);
+    let blob = |d: &str| format!("{}/v2/team/private/blobs/{d}", worker.url);
+    let before = up.access_log().len();
+
+    // Strangers: 401 and the challenge everywhere, the metrics included.
+    let wrong = [
+        None,
+        Some(basic("ci", "ci-not-the-token-0123456789abcdef")),
+        Some(format!("Bearer {TOKEN_CI}x")),
+        // The token as the user name is not the token as the password.
+        Some(basic(TOKEN_CI, "")),
+        Some(format!("Token {TOKEN_CI}")),
+    ];
+    for auth in &wrong {
+        for url in [
+            format!("{}/v2/", worker.url),
+            manifest.clone(),
+            blob(&img.layers[0].digest),
+            format!("{}/metrics", worker.url),
+        ] {
+            let r = get_as(&url, auth.as_deref());
+            assert_eq!(r.status, 401, "{url} with {auth:?}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some(CHALLENGE),
+                "{url} with {auth:?}"
+            );
+            assert_eq!(r.json()["errors"][0]["code"], "UNAUTHORIZED", "{url}");
+        }
+    }
+    let r = http_client().head(&manifest).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        private_requests(&up, before).is_empty(),
+        "a refused request reached the upstream: {:#?}",
+        private_requests(&up, before)
+    );
+    // Pushes are refused as before: the mirror is read-only for everyone.
+    let r = http_client()
+        .post(format!("{}/v2/team/private/blobs/uploads/", worker.url))
+        .header("authorization", format!("Bearer {TOKEN_CI}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+
+    // Holders: the version check, then the pull through to the upstream.
+    let r = get_as(
+        &format!("{}/v2/", worker.url),
+        Some(&basic("any", TOKEN_CI)),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let upper = basic("x", TOKEN_LAPTOP).replacen("Basic", "BASIC", 1);
+    let r = get_as(&manifest, Some(&upper));
+    assert_eq!((r.status, r.cache()), (200, "miss"), "{:?}", r.failure);
+    assert_eq!(r.digest(), img.manifest.digest);
+    for (d, auth) in [
+        (&img.layers[0].digest, format!("Bearer {TOKEN_CI}")),
+        (&img.layers[1].digest, format!("bearer {TOKEN_LAPTOP}")),
+        (
+            &img.config.digest,
+            basic("", TOKEN_CI).replacen("Basic", "basic", 1),
+        ),
+    ] {
+        let r = get_as(&blob(d), Some(&auth));
+        assert_eq!(r.status, 200, "{d} with {auth}: {:?}", r.failure);
+        assert_eq!(&r.digest(), d, "{auth}");
+    }
+    let r = get_as(
+        &format!("{}/metrics", worker.url),
+        Some(&format!("Bearer {TOKEN_CI}")),
+    );
+    assert_eq!(r.status, 200);
+
+    // skopeo: refused without credentials, byte-identical with them.
+    let sk = Skopeo::new().unwrap();
+    let src = format!("docker://{}/team/private:v1", worker.host());
+    let e = sk
+        .run(&["inspect", "--tls-verify=false", &src])
+        .expect_err("skopeo inspected without credentials");
+    let e = format!("{e:#}").to_ascii_lowercase();
+    assert!(e.contains("401") || e.contains("unauthorized"), "{e}");
+    let creds = format!("x:{TOKEN_CI}");
+    let out = sk
+        .run(&["inspect", "--tls-verify=false", "--creds", &creds, &src])
+        .unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["Digest"], img.manifest.digest.as_str());
+    let dest = tempfile::tempdir().unwrap();
+    copy(&sk, &["--src-creds", &creds], &src, &oci(dest.path(), "v1"));
+    assert_eq!(
+        oci_ref(dest.path(), "v1").unwrap().digest,
+        img.manifest.digest
+    );
+    assert_eq!(oci_blobs(dest.path()).unwrap(), img.all_digests());
+    let log = worker.log_text();
+    assert!(!log.contains(TOKEN_CI), "a token in the log:\n{log}");
+    assert!(!log.contains("panicked"), "the Worker panicked:\n{log}");
+}
+
+/// `ANONYMOUS_PULL = "true"`: anyone pulls, skopeo without credentials
+/// too (it answers the Basic challenge with empty ones); tokens still
+/// work, and a wrong token is still refused.
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn anonymous_pull_lets_anyone_pull() {
+    require_worker_tools!();
+    let (up, img) = upstream_with_private_image(952);
+    let upstreams = json!([{ "name": "up.local", "url": up.url, "tag_ttl_secs": 300 }]);
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+            ("ANONYMOUS_PULL", "true".to_owned()),
+        ],
+        &[("PULL_TOKENS", TOKEN_CI.to_owned())],
+        None,
+    );
+    let manifest = format!("{}/v2/team/private/manifests/v1", worker.url);
+    let r = get_as(&manifest, None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.digest(), img.manifest.digest);
+    let layer = format!(
+        "{}/v2/team/private/blobs/{}",
+        worker.url, img.layers[0].digest
+    );
+    let r = get_as(&layer, None);
+    assert_eq!(r.status, 200, "{:?}", r.failure);
+    assert_eq!(r.digest(), img.layers[0].digest);
+    assert_eq!(get_as(&layer, Some(&basic("x", TOKEN_CI))).status, 200);
+    let r = get_as(&layer, Some(&format!("Bearer {TOKEN_LAPTOP}")));
+    assert_eq!(r.status, 401, "a wrong token is refused, not ignored");
+    // Like the binary, /v2/ challenges callers without credentials (so
+    // that clients that have some send them); the metrics are open.
+    let r = get_as(&format!("{}/v2/", worker.url), None);
+    assert_eq!(
+        (r.status, r.header("www-authenticate")),
+        (401, Some(CHALLENGE))
+    );
+    assert_eq!(get_as(&format!("{}/metrics", worker.url), None).status, 200);
+
+    let sk = Skopeo::new().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    copy(
+        &sk,
+        &[],
+        &format!("docker://{}/team/private:v1", worker.host()),
+        &oci(dest.path(), "v1"),
+    );
+    assert_eq!(oci_blobs(dest.path()).unwrap(), img.all_digests());
+}
+
+/// containerd, as nodes pull: from the Worker by name with `ctr --user`
+/// (containerd answers the Basic challenge), and through the Worker as
+/// the mirror of another registry in `hosts.toml`, with the token in a
+/// static `Authorization` header of the mirror's entry (what the README
+/// tells node owners to write).
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn containerd_pulls_with_a_token_as_user_and_from_hosts_toml() {
+    require_worker_tools!();
+    let (up, img) = upstream_with_private_image(954);
+    let upstreams = json!([{ "name": "up.local", "url": up.url }]);
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+        ],
+        &[("PULL_TOKENS", json!({ "nodes": TOKEN_CI }).to_string())],
+        None,
+    );
+    let ctrd = Containerd::start().unwrap();
+    let pulled = |reference: &str| {
+        let images = ctrd.ctr(&["image", "ls"]).unwrap();
+        images
+            .lines()
+            .any(|l| l.starts_with(reference) && l.contains(&img.manifest.digest))
+    };
+
+    // hosts.toml: up.local mirrored by the Worker. The server itself is
+    // unreachable, so only the mirror can answer.
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path().join("up.local")).unwrap();
+    let write_hosts = |token: &str| {
+        let mirror = format!("http://{}", worker.host());
+        let toml = format!(
+            "server = \"http://127.0.0.1:1\"\n\n\
+             [host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"{mirror}\".header]\n  authorization = \"Bearer {token}\"\n"
+        );
+        std::fs::write(hosts.path().join("up.local/hosts.toml"), toml).unwrap();
+    };
+    let hosts_dir = hosts.path().display().to_string();
+    let mirrored = "up.local/team/private:v1";
+    write_hosts("not-a-token-0123456789abcdef");
+    let e = ctrd
+        .ctr(&["image", "pull", "--hosts-dir", &hosts_dir, mirrored])
+        .expect_err("containerd pulled through the mirror with a wrong token");
+    assert!(!pulled(mirrored), "{e:#}");
+    write_hosts(TOKEN_CI);
+    ctrd.ctr(&["image", "pull", "--hosts-dir", &hosts_dir, mirrored])
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_text()));
+    assert!(pulled(mirrored), "{}", ctrd.ctr(&["image", "ls"]).unwrap());
+
+    // By the Worker's own name: refused without credentials, pulled with
+    // `--user`.
+    let direct = format!("{}/team/private:v1", worker.host());
+    let e = ctrd
+        .ctr(&["image", "pull", "--plain-http", &direct])
+        .expect_err("containerd pulled without credentials");
+    let e = format!("{e:#}").to_ascii_lowercase();
+    assert!(e.contains("401") || e.contains("unauthorized"), "{e}");
+    let user = format!("anyone:{TOKEN_CI}");
+    ctrd.ctr(&["image", "pull", "--plain-http", "--user", &user, &direct])
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_text()));
+    assert!(pulled(&direct), "{}", ctrd.ctr(&["image", "ls"]).unwrap());
+}
+
+/// podman with the Worker as the mirror of another registry in
+/// `registries.conf`: the token given by `podman login` to the Worker's
+/// host is sent to the mirror, as the README says.
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn podman_pulls_through_the_worker_as_a_mirror_after_podman_login() {
+    require_worker_tools!();
+    let (up, img) = upstream_with_private_image(955);
+    let upstreams = json!([{ "name": "up.local", "url": up.url }]);
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", String::new()),
+        ],
+        &[("PULL_TOKENS", TOKEN_CI.to_owned())],
+        None,
+    );
+    let podman = Podman::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "unqualified-search-registries = []\n\n[[registry]]\nprefix = \"up.local\"\n\
+             location = \"up.local\"\n[[registry.mirror]]\nlocation = \"{}/up.local\"\n\
+             insecure = true\n",
+            worker.host()
+        ),
+    )
+    .unwrap();
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(&authfile, r#"{"auths": {}}"#).unwrap();
+    let authfile = authfile.to_str().unwrap();
+    let podman_run = |args: &[&str]| -> Result<Vec<u8>, String> {
+        let out = podman
+            .command()
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let reference = "up.local/team/private:v1";
+    // Not logged in: the mirror refuses, and up.local itself does not
+    // resolve.
+    let e = podman_run(&["pull", "--quiet", "--authfile", authfile, reference])
+        .expect_err("podman pulled without a token")
+        .to_ascii_lowercase();
+    assert!(e.contains("401") || e.contains("unauthorized"), "{e}");
+    podman_run(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "--username",
+        "podman",
+        "--password",
+        TOKEN_CI,
+        &worker.host(),
+    ])
+    .unwrap_or_else(|e| panic!("podman login: {e}"));
+    podman_run(&["pull", "--quiet", "--authfile", authfile, reference])
+        .unwrap_or_else(|e| panic!("podman pull: {e}"));
+    let out = podman_run(&["image", "inspect", "--format", "{{.Digest}}", reference]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        img.manifest.digest.as_str()
+    );
+}
+
+/// Neither `PULL_TOKENS` nor `ANONYMOUS_PULL`: no silent open mirror. Every
+/// request gets a 500 telling the owner what to set, and nothing reaches
+/// the upstream.
+#[test]
+#[ignore = "builds and runs the Worker (minutes cold); cargo xtask runs it"]
+fn a_worker_that_says_nothing_about_access_refuses_to_serve() {
+    require_worker_tools!();
+    let (up, _img) = upstream_with_private_image(953);
+    let upstreams = json!([{ "name": "up.local", "url": up.url }]);
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+        ],
+        &[],
+        None,
+    );
+    let before = up.access_log().len();
+    for path in ["/v2/", "/v2/team/private/manifests/v1", "/metrics"] {
+        for auth in [None, Some(format!("Bearer {TOKEN_CI}"))] {
+            let r = get_as(&format!("{}{path}", worker.url), auth.as_deref());
+            assert_eq!(r.status, 500, "{path}");
+            let message = r.json()["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            for needle in ["wrangler secret put PULL_TOKENS", "ANONYMOUS_PULL"] {
+                assert!(message.contains(needle), "{path}: {message}");
+            }
+        }
+    }
+    assert!(private_requests(&up, before).is_empty());
+}
+
 /// Not a pass/fail test: what a warm blob request costs the local runtime.
 /// Prints wall time per request (sequential, keep-alive) and the CPU time
 /// the wrangler/workerd processes used per request. The CPU includes
 /// workerd's HTTP handling, miniflare's R2 simulation (a Worker of its own
 /// in the same workerd, plus SQLite and file reads) and moving the bytes;
-/// the `GET /v2/` line (no storage at all) is the floor. Run on the deployed
+/// the `GET /v2/` line (no storage at all) is the floor. Every request
+/// carries a pull token, as a deployed Worker's do. Run on the deployed
 /// build with `KURA_WORKER_SHIM=shells/worker/build/worker/shim.mjs`.
 #[test]
 #[ignore = "a measurement; run by hand"]
@@ -1091,15 +1522,21 @@ fn warm_blob_request_cost() {
     let small = f.add_blob(XorShift::new(921).bytes(4096));
     let large = f.add_blob(XorShift::new(922).bytes(8 * MIB));
     let upstreams = json!([{ "name": "up.local", "url": f.url }]);
-    let worker = Worker::start(&[
-        ("UPSTREAMS", upstreams.to_string()),
-        ("DEFAULT_UPSTREAM", "up.local".to_owned()),
-    ]);
+    // As deployed by default: a pull token checked on every request.
+    let worker = Worker::launch(
+        &[
+            ("UPSTREAMS", upstreams.to_string()),
+            ("DEFAULT_UPSTREAM", "up.local".to_owned()),
+        ],
+        &[("PULL_TOKENS", TOKEN_CI.to_owned())],
+        None,
+    );
     let client = http_client();
     let url = |d: &str| format!("{}/v2/team/cost/blobs/{d}", worker.url);
     for d in [&small, &large] {
-        assert_eq!(get_blob(&url(d), None).digest(), *d);
-        assert!(eventually(20, || get_blob(&url(d), None).cache() == "hit"));
+        let get = || send_lenient(client.get(url(d)).bearer_auth(TOKEN_CI));
+        assert_eq!(get().digest(), *d);
+        assert!(eventually(20, || get().cache() == "hit"));
     }
     let measure = |what: &str, head: bool, target: &str, n: usize, want: Option<&str>| {
         let (w0, a0) = worker.cpu_seconds();
@@ -1110,7 +1547,7 @@ fn warm_blob_request_cost() {
             } else {
                 client.get(target)
             };
-            let mut r = rb.send().unwrap();
+            let mut r = rb.bearer_auth(TOKEN_CI).send().unwrap();
             assert!(r.status().is_success(), "{what}: {}", r.status());
             let mut body = Vec::new();
             r.read_to_end(&mut body).unwrap();

@@ -3,10 +3,12 @@
 //! - [`build_worker`] — `shells/worker/build.sh`: worker-build `--release`
 //!   (LTO, opt-level s, wasm-opt -Oz) into `shells/worker/build/`, then the
 //!   module's size (raw and gzip -9).
-//! - [`worker_test`] — the worker's unit tests (config, routing), a wasm32
-//!   clippy of the crate, and the end-to-end tests (`tests/tests/worker.rs`:
-//!   the Worker in wrangler's local runtime with its local R2, mirroring
-//!   docker-registry and a lying upstream, pulled with skopeo).
+//! - [`worker_test`] — the worker's unit tests (config, access, routing), a
+//!   wasm32 clippy of the crate, and the end-to-end tests
+//!   (`tests/tests/worker.rs`: the Worker in wrangler's local runtime with
+//!   its local R2, mirroring docker-registry and a lying upstream, pulled
+//!   with skopeo and containerd; pull tokens from `.dev.vars`, anonymous
+//!   pull, and the error of a Worker configured with neither).
 //! - [`edge_dev`] — the Worker in wrangler's local runtime mirroring one
 //!   upstream, on `127.0.0.1:<port>`, until interrupted.
 //!
@@ -179,8 +181,10 @@ fn upstream_name(url: &str) -> anyhow::Result<String> {
 /// The Worker in wrangler's local runtime (`dev.mjs`) on
 /// `127.0.0.1:<port>` mirroring `upstream` (also the default, so
 /// `127.0.0.1:<port>/library/alpine:3.20` works), R2 kept in
-/// `shells/worker/.wrangler/state`. wrangler builds the Worker first (the
-/// build command in wrangler.toml). Runs until interrupted.
+/// `shells/worker/.wrangler/state`. Open to anyone (`ANONYMOUS_PULL`: it
+/// listens on loopback only); pull tokens in `shells/worker/.dev.vars`
+/// work too. wrangler builds the Worker first (the build command in
+/// wrangler.toml). Runs until interrupted.
 pub fn edge_dev(upstream: &str, port: u16) -> anyhow::Result<()> {
     require(
         "worker-build",
@@ -212,6 +216,8 @@ pub fn edge_dev(upstream: &str, port: u16) -> anyhow::Result<()> {
         .arg(format!("DEFAULT_UPSTREAM:{name}"))
         .arg("--var")
         .arg("HOSTS:{}")
+        .arg("--var")
+        .arg("ANONYMOUS_PULL:true")
         .env("WRANGLER_SEND_METRICS", "false")
         .env("WRANGLER_SEND_ERROR_REPORTS", "false")
         .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")

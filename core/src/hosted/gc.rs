@@ -205,10 +205,10 @@ impl<S: Storage, H: Host> Store<S, H> {
 
     /// One garbage collection; see the module's documentation.
     /// `is_mirrored` tells mirrored repositories, which are left alone.
-    pub(crate) async fn collect_garbage(
+    pub(crate) async fn collect_garbage<M: IsMirrored>(
         &self,
         opts: &GcOptions,
-        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+        is_mirrored: &M,
     ) -> Result<GcReport> {
         self.gc_longest_grace
             .fetch_max(opts.grace_ms, std::sync::atomic::Ordering::Relaxed);
@@ -263,10 +263,10 @@ impl<S: Storage, H: Host> Store<S, H> {
         Ok(report)
     }
 
-    async fn gc_pass(
+    async fn gc_pass<M: IsMirrored>(
         &self,
         opts: &GcOptions,
-        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+        is_mirrored: &M,
         mut report: GcReport,
     ) -> Result<GcReport> {
         let now = self.host.now_unix_ms();
@@ -444,10 +444,10 @@ impl<S: Storage, H: Host> Store<S, H> {
 
     /// Remove the tags retention rules do not keep (from storage unless
     /// `dry_run`, and from `repos` either way, so the plan sees them gone).
-    async fn apply_retention(
+    async fn apply_retention<M: IsMirrored>(
         &self,
         repos: &mut BTreeMap<RepositoryName, RepoKeys>,
-        is_mirrored: &(dyn Fn(&RepositoryName) -> bool + Sync),
+        is_mirrored: &M,
         now: u64,
         dry_run: bool,
         report: &mut GcReport,
@@ -499,9 +499,9 @@ impl<S: Storage, H: Host> Store<S, H> {
 
     /// What is deletable now, and what is unreferenced but not for long
     /// enough.
-    async fn plan(
+    async fn plan<M: IsMirrored>(
         &self,
-        ctx: &PlanContext<'_>,
+        ctx: &PlanContext<'_, M>,
         repos: &BTreeMap<RepositoryName, RepoKeys>,
         manifests: &mut ManifestRefs,
     ) -> Result<Plan> {
@@ -711,15 +711,21 @@ struct RepoKeys {
     pulls: HashSet<Tag>,
 }
 
-struct PlanContext<'a> {
+/// Which repositories are mirrored (the registry knows; hosted code does
+/// not depend on the mirror). `Sync` natively, so that a collection's
+/// future is `Send`; nothing on wasm32.
+pub(crate) trait IsMirrored: Fn(&RepositoryName) -> bool + crate::MaybeSync {}
+impl<T: Fn(&RepositoryName) -> bool + crate::MaybeSync> IsMirrored for T {}
+
+struct PlanContext<'a, M> {
     now: u64,
     grace_ms: u64,
     delete_untagged: bool,
     pending: &'a BTreeMap<String, u64>,
-    is_mirrored: &'a (dyn Fn(&RepositoryName) -> bool + Sync),
+    is_mirrored: &'a M,
 }
 
-impl PlanContext<'_> {
+impl<M: IsMirrored> PlanContext<'_, M> {
     /// Since when the candidate `key`, written at `mtime` (0: unknown), has
     /// been unreferenced: as a previous pass recorded it, else since it
     /// was written, else from now.

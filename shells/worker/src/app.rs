@@ -4,6 +4,11 @@
 //! tag revalidation, stale-if-error, hits, ranges, errors) is the core's.
 //! The Cron Trigger (`scheduled`) keeps R2 under `MAX_SIZE`.
 //!
+//! Access. Before a request costs anything (an R2 read, an upstream
+//! request), `auth::Gate` checks its token against `PULL_TOKENS` and asks
+//! kura-core's access policy; a Worker configured with neither tokens nor
+//! `ANONYMOUS_PULL` answers every request with an error saying so.
+//!
 //! Single flight. Workers give each request its own I/O context: a request
 //! woken from another request's context would do its I/O there (and its
 //! response body would belong to the wrong request). So no request here
@@ -27,12 +32,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::StatusCode;
+use kura_core::access::Granted;
 use kura_core::{error_response, Response};
 use kura_core::{BlobMiss, Edge, FillClaim, FillLease, Followed};
 use kura_core::{Body, ErrorCode, Registry, RegistryConfig, RegistryError};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{event, Context, Env};
 
+use crate::auth::{Gate, Verdict, CHALLENGE};
 use crate::config::Config;
 use crate::fetch::WorkerFetch;
 use crate::host::WorkerHost;
@@ -50,6 +57,7 @@ struct App {
     registry: Kura,
     storage: R2Storage,
     config: Config,
+    gate: Gate,
 }
 
 thread_local! {
@@ -142,10 +150,12 @@ fn app(env: &Env) -> Result<Rc<App>, String> {
         .default_upstream(config.default_upstream.clone())
         .build()
         .map_err(|e| e.to_string())?;
+    let gate = Gate::new(config.pull_tokens.clone(), config.anonymous_pull);
     let app = Rc::new(App {
         registry,
         storage,
         config,
+        gate,
     });
     APP.with(|a| *a.borrow_mut() = Some(app.clone()));
     Ok(app)
@@ -155,7 +165,11 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
     let url = req.url();
     let (host, target) = split_url(&url);
     let path = target.split('?').next().unwrap_or("");
+    let authorization = req.headers().get("authorization").ok().flatten();
     if path == "/metrics" {
+        if let Err(refused) = admit(app.gate.check_operator(authorization.as_deref())) {
+            return refused;
+        }
         let mut r = Response::new(Body::Full(app.registry.metrics().render().into()));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -190,13 +204,22 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
             }
         }
     }
-    let parts = match builder.body(()) {
+    let mut parts = match builder.body(()) {
         Ok(r) => r.into_parts().0,
         Err(e) => {
             let e = RegistryError::new(ErrorCode::Unsupported, format!("bad request: {e}"))
                 .with_status(StatusCode::BAD_REQUEST);
             return to_web(error_response(&e));
         }
+    };
+    // On the target the core will route (aliases resolved), before
+    // anything touches R2 or an upstream.
+    let verdict = app
+        .gate
+        .check(authorization.as_deref(), &parts.method, parts.uri.path());
+    match admit(verdict) {
+        Ok(granted) => parts.extensions.insert(granted),
+        Err(refused) => return refused,
     };
     // A fill another request led (or that failed) is looked at again.
     for _ in 0..3 {
@@ -211,6 +234,21 @@ async fn handle(app: Rc<App>, req: web_sys::Request, ctx: Context) -> web_sys::R
     }
     let e = RegistryError::new(ErrorCode::Unavailable, "blob fill did not settle");
     to_web(error_response(&e))
+}
+
+/// The rights a request passed the gate with, or the answer to it.
+fn admit(verdict: Verdict) -> Result<Granted, web_sys::Response> {
+    let e = match verdict {
+        Verdict::Pass(granted) => return Ok(granted),
+        Verdict::Unauthorized => RegistryError::new(
+            ErrorCode::Unauthorized,
+            "authentication required: a pull token as the password (any user name), \
+             or as a Bearer token",
+        )
+        .with_header(http::header::WWW_AUTHENTICATE, CHALLENGE),
+        Verdict::Denied(why) => RegistryError::new(ErrorCode::Denied, why),
+    };
+    Err(to_web(error_response(&e)))
 }
 
 /// `https://host:port/path?q` → (`host:port`, `/path?q`).

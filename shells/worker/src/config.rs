@@ -6,6 +6,8 @@
 //! | `DEFAULT_UPSTREAM` | var | where names without a registry prefix or `?ns=` go (`docker.io` unless set; `""` for none) |
 //! | `HOSTS` | var, JSON object | hostname → upstream name: requests to that host are mirrored from that upstream |
 //! | `UPSTREAM_CREDENTIALS` | secret, JSON object | upstream name → `{"username","password"}` |
+//! | `PULL_TOKENS` | secret | who may pull: one token, or a JSON object `{"name": "token", ...}` (one per client; at least 16 visible ASCII characters each); clients send one as the Basic password (any user name) or as `Bearer` |
+//! | `ANONYMOUS_PULL` | var | `"true"`: anyone may pull, without a token (default `"false"`). With neither this nor `PULL_TOKENS` the Worker serves nothing but an error saying so |
 //! | `R2_SINGLE_PUT_MAX_BYTES` | var | blobs up to this size are stored with one R2 put (default 4 GiB) |
 //! | `R2_PART_BYTES` | var | larger blobs go through an R2 multipart upload in parts of this size (default 256 MiB) |
 //! | `MAX_SIZE` | var | keep cached layers in R2 under this many bytes (`50GiB`, `500MB`), least recently used evicted first by each Cron Trigger run; unset: R2 grows |
@@ -18,6 +20,8 @@ use std::collections::BTreeMap;
 
 use kura_core::UpstreamConfig;
 use serde::Deserialize;
+
+use crate::auth::PullTokens;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -65,6 +69,10 @@ pub struct Config {
     /// Lowercase hostname (no port) → upstream name.
     pub hosts: BTreeMap<String, String>,
     pub credentials: BTreeMap<String, Credentials>,
+    /// Who may pull with a token.
+    pub pull_tokens: PullTokens,
+    /// Whether anyone may pull without one.
+    pub anonymous_pull: bool,
     pub single_put_max: u64,
     pub part_size: u64,
     /// Eviction bound for the Cron Trigger, in bytes.
@@ -107,6 +115,20 @@ impl Config {
                 })?,
             None => BTreeMap::new(),
         };
+        let pull_tokens = match json("PULL_TOKENS") {
+            Some(raw) => PullTokens::parse(&raw)?,
+            None => PullTokens::default(),
+        };
+        let anonymous_pull = match get("ANONYMOUS_PULL").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if v.is_empty() || v == "false" => false,
+            Some(v) if v == "true" => true,
+            Some(v) => {
+                return Err(format!(
+                    "ANONYMOUS_PULL: {v:?} is neither \"true\" nor \"false\""
+                ))
+            }
+        };
         // A whole number (`unit` says of what, for the error), `default`
         // when unset.
         let number = |name: &str, default: u64, unit: &str| -> Result<u64, String> {
@@ -134,6 +156,8 @@ impl Config {
             default_upstream,
             hosts,
             credentials,
+            pull_tokens,
+            anonymous_pull,
             single_put_max: size("R2_SINGLE_PUT_MAX_BYTES", 4 * GIB)?,
             part_size: size("R2_PART_BYTES", 256 * MIB)?,
             max_size,
@@ -148,6 +172,11 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        // No open default: a Worker's URL is public, and every pull through
+        // it is paid by its owner (R2, requests, the upstream's quota).
+        if self.pull_tokens.is_empty() && !self.anonymous_pull {
+            return Err(NO_ACCESS.into());
+        }
         let known = |n: &str| self.upstreams.iter().any(|u| u.name == n);
         if let Some(d) = &self.default_upstream {
             if !known(d) {
@@ -211,6 +240,12 @@ impl Config {
     }
 }
 
+/// The answer of a Worker that says nothing about who may pull.
+pub const NO_ACCESS: &str = "nobody may pull: set pull tokens with \
+    `npx wrangler secret put PULL_TOKENS` (one token, or {\"name\": \"token\", ...}), \
+    or set ANONYMOUS_PULL = \"true\" in wrangler.toml [vars] to let anyone pull \
+    through this Worker at your expense";
+
 /// The same public registries the native binary mirrors out of the box
 /// (kura-core's list), with Docker Hub's other names as namespaces.
 fn defaults() -> Vec<Upstream> {
@@ -232,12 +267,46 @@ fn defaults() -> Vec<Upstream> {
 mod tests {
     use super::*;
 
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// With `vars`, and anonymous pull unless they say who may pull.
     fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
-        let map: BTreeMap<String, String> = vars
+        let mut map: BTreeMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if !map.contains_key("PULL_TOKENS") {
+            map.entry("ANONYMOUS_PULL".into())
+                .or_insert_with(|| "true".into());
+        }
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn who_may_pull_must_be_said() {
+        let e = Config::from_lookup(|_| None).unwrap_err();
+        assert_eq!(e, NO_ACCESS);
+        assert!(e.contains("wrangler secret put PULL_TOKENS") && e.contains("ANONYMOUS_PULL"));
+        for anonymous in ["false", "FALSE", ""] {
+            let e = config(&[("ANONYMOUS_PULL", anonymous)]).unwrap_err();
+            assert_eq!(e, NO_ACCESS, "{anonymous:?}");
+        }
+        let e = config(&[("ANONYMOUS_PULL", "false"), ("PULL_TOKENS", "  ")]).unwrap_err();
+        assert_eq!(e, NO_ACCESS, "a blank secret is no token");
+        let c = config(&[("PULL_TOKENS", TOKEN)]).unwrap();
+        assert!(!c.anonymous_pull);
+        assert_eq!(c.pull_tokens.names().collect::<Vec<_>>(), ["token"]);
+        let c = config(&[("ANONYMOUS_PULL", " True ")]).unwrap();
+        assert!(c.anonymous_pull && c.pull_tokens.is_empty());
+        let c = config(&[
+            ("PULL_TOKENS", &format!(r#"{{"ci": "{TOKEN}"}}"#)),
+            ("ANONYMOUS_PULL", "true"),
+        ])
+        .unwrap();
+        assert!(c.anonymous_pull);
+        assert_eq!(c.pull_tokens.names().collect::<Vec<_>>(), ["ci"]);
+        let e = config(&[("ANONYMOUS_PULL", "yes")]).unwrap_err();
+        assert!(e.contains("ANONYMOUS_PULL"), "{e}");
     }
 
     #[test]
@@ -300,6 +369,7 @@ mod tests {
                 vec![("UPSTREAM_CREDENTIALS", r#"{"docker.io":"hunter2"}"#)],
                 "UPSTREAM_CREDENTIALS",
             ),
+            (vec![("PULL_TOKENS", r#"{"ci":"hunter2"}"#)], "PULL_TOKENS"),
             (vec![("R2_PART_BYTES", "1000")], "R2_PART_BYTES"),
             (
                 vec![("R2_SINGLE_PUT_MAX_BYTES", "x")],

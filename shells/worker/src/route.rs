@@ -87,6 +87,7 @@ mod tests {
             "HOSTS" => {
                 Some(r#"{"docker.example.com":"docker.io","ghcr.example.com":"ghcr.io"}"#.into())
             }
+            "ANONYMOUS_PULL" => Some("true".into()),
             _ => None,
         })
         .unwrap()

@@ -18,9 +18,11 @@
 //! each digest it is about to use, and a collector's batch in deletion
 //! makes that push wait for it and then write the blob again. Between
 //! processes (`kura gc` beside `kura serve`, or several instances on one
-//! bucket) the grace period and the re-plan make it a window of one
-//! delete request, and a manifest push re-links anything it checked that
-//! vanished meanwhile.
+//! bucket) the race is NOT closed: a pass deletes what its plans agreed on
+//! some time after it listed storage, and pushes in another process
+//! meanwhile go unseen (the GC soak, `cargo xtask soak --gc`, shows
+//! failed pushes and pulls). The grace period, the link refresh on a
+//! probe and a manifest push re-linking what vanished narrow it only.
 //!
 //! Mirrored repositories are not collected: their links keep their blobs,
 //! and the mirror's own size bound evicts them.

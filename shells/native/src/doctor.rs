@@ -325,7 +325,14 @@ async fn check_upstreams(r: &mut Report, config: &Config, dates: &mut Vec<(Strin
     let client = crate::fetch::upstream_client(&config.mirror).ok();
     for u in &config.mirror.upstreams {
         let what = format!("upstream {}", u.name);
-        let result = app.registry.probe_upstream(&u.name).await;
+        let mut result = app.registry.probe_upstream(&u.name).await;
+        // A pooled connection the proxy or the upstream closed meanwhile
+        // fails once ("connection closed before message completed"): ask
+        // again before calling the upstream unavailable.
+        if matches!(result, Err(kura_core::UpstreamError::Unavailable { .. })) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            result = app.registry.probe_upstream(&u.name).await;
+        }
         match result {
             Ok(auth) => {
                 let how = match auth {

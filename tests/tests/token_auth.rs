@@ -79,6 +79,21 @@ fn layout(
     (path, one, two)
 }
 
+/// `skopeo login` as `user` (the password every test user has).
+fn login(skopeo: &Skopeo, user: &str, host: &str) {
+    skopeo
+        .run(&[
+            "login",
+            "--tls-verify=false",
+            "-u",
+            user,
+            "-p",
+            PASSWORD,
+            host,
+        ])
+        .unwrap();
+}
+
 fn copy(skopeo: &Skopeo, src: &str, dest: &str) -> anyhow::Result<()> {
     skopeo.copy(&["--preserve-digests"], src, dest)
 }
@@ -184,17 +199,7 @@ fn skopeo_and_podman_log_in_push_and_pull_with_kuras_tokens() {
         "{err:#}"
     );
 
-    skopeo
-        .run(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "alice",
-            "-p",
-            PASSWORD,
-            &host,
-        ])
-        .unwrap();
+    login(&skopeo, "alice", &host);
     copy(
         &skopeo,
         &src("one"),
@@ -228,17 +233,7 @@ fn skopeo_and_podman_log_in_push_and_pull_with_kuras_tokens() {
 
     // podman, as bob: may pull public content only.
     let admin = Skopeo::new().unwrap();
-    admin
-        .run(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "admin",
-            "-p",
-            PASSWORD,
-            &host,
-        ])
-        .unwrap();
+    login(&admin, "admin", &host);
     copy(
         &admin,
         &src("two"),
@@ -325,17 +320,7 @@ fn containerd_pulls_with_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let (layout, one, _) = layout(dir.path());
     let admin = Skopeo::new().unwrap();
-    admin
-        .run(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "admin",
-            "-p",
-            PASSWORD,
-            &host,
-        ])
-        .unwrap();
+    login(&admin, "admin", &host);
     copy(
         &admin,
         &format!("oci:{}:one", layout.display()),

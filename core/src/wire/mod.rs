@@ -243,8 +243,9 @@ pub(crate) fn query_param(uri: &Uri, key: &str) -> Option<Result<String, Registr
     })
 }
 
-/// Every value of query parameter `key` (`?tag=a&tag=b`), percent-decoded.
-pub(crate) fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> {
+/// Every value of query parameter `key` (`?tag=a&tag=b`), percent-decoded
+/// (`+` is a space); an error for a value that is not UTF-8 once decoded.
+pub fn query_params(uri: &Uri, key: &str) -> Result<Vec<String>, RegistryError> {
     let Some(query) = uri.query() else {
         return Ok(Vec::new());
     };

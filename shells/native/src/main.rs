@@ -242,27 +242,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fsck(args) => {
-            let status = (|| {
-                let config = Config::load(
-                    args.config.as_deref(),
-                    &Overrides {
-                        listen: None,
-                        data_dir: args.data_dir.clone(),
+            let status = maintenance(args.config.as_deref(), &args.data_dir).and_then(|(c, rt)| {
+                rt.block_on(fsck::run(
+                    &c,
+                    &fsck::FsckArgs {
+                        repair: args.repair,
+                        jobs: args.jobs,
+                        verbose: args.verbose,
                     },
-                )?;
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(fsck::run(
-                        &config,
-                        &fsck::FsckArgs {
-                            repair: args.repair,
-                            jobs: args.jobs,
-                            verbose: args.verbose,
-                        },
-                    ))
-            })();
+                ))
+            });
             match status {
                 Ok(code) => std::process::exit(code),
                 Err(e) => {
@@ -280,27 +269,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc(args) => {
-            let status = (|| {
-                let config = Config::load(
-                    args.config.as_deref(),
-                    &Overrides {
-                        listen: None,
-                        data_dir: args.data_dir.clone(),
+            let status = maintenance(args.config.as_deref(), &args.data_dir).and_then(|(c, rt)| {
+                rt.block_on(gc::run(
+                    &c,
+                    &gc::GcArgs {
+                        dry_run: args.dry_run,
+                        grace: args.grace,
+                        verbose: args.verbose,
                     },
-                )?;
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(gc::run(
-                        &config,
-                        &gc::GcArgs {
-                            dry_run: args.dry_run,
-                            grace: args.grace,
-                            verbose: args.verbose,
-                        },
-                    ))
-            })();
+                ))
+            });
             match status {
                 Ok(code) => std::process::exit(code),
                 Err(e) => {
@@ -339,6 +317,27 @@ fn main() -> anyhow::Result<()> {
                 .block_on(serve(config))
         }
     }
+}
+
+/// The configuration at `file` (or the defaults), `data_dir` overriding
+/// its directory, and a runtime: what a maintenance command (`kura fsck`,
+/// `kura gc`) runs on.
+fn maintenance(
+    file: Option<&std::path::Path>,
+    data_dir: &Option<PathBuf>,
+) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
+    let config = Config::load(
+        file,
+        &Overrides {
+            listen: None,
+            data_dir: data_dir.clone(),
+        },
+    )?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok((config, runtime))
 }
 
 fn init_logging(config: &Config) {

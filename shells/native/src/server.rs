@@ -475,14 +475,10 @@ async fn token(State(app): State<Arc<App>>, req: Request<AxumBody>) -> Response<
         Ok(who) if !is_bearer(req.headers()) => who,
         _ => return basic_challenge(auth),
     };
-    let scopes: Vec<String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("scope="))
-        .map(percent_decode)
-        .collect();
+    let scopes = match wire::query_params(req.uri(), "scope") {
+        Ok(s) => s,
+        Err(e) => return to_axum(kura_core::error_response::<ByteStream>(&e)),
+    };
     match auth.issue(&who, &scopes) {
         Ok((token, lifetime)) => {
             tracing::info!(
@@ -518,34 +514,6 @@ fn is_bearer(headers: &http::HeaderMap) -> bool {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer "))
-}
-
-/// `%XX` and `+` decoded (query values of the token request).
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(x)) => {
-                out.push(x);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Prometheus metrics: the binary's histograms and upstream counters and

@@ -15,18 +15,23 @@ pub mod compat;
 #[path = "../../shells/native/src/config.rs"]
 pub mod config;
 
-/// Stands in for `shells/native/src/auth.rs`, which `Config::load` calls to
-/// read the htpasswd file a configuration names. A fuzzed configuration
-/// must not make the fuzzer read files (`/dev/zero`, `/dev/stdin`), and the
-/// file's format is not what the config targets test.
+/// Stands in for `shells/native/src/auth.rs`, whose `Authenticator` the
+/// configuration's validation builds (reading the htpasswd file, the
+/// token signing key and the issuer keys a configuration names). A fuzzed
+/// configuration must not make the fuzzer read files (`/dev/zero`,
+/// `/dev/stdin`), and those files' formats are not what the config targets
+/// test.
 pub mod auth {
     use std::path::Path;
 
-    pub struct Htpasswd;
+    pub struct Authenticator;
 
-    impl Htpasswd {
-        pub fn load(_path: &Path) -> anyhow::Result<Self> {
-            Ok(Htpasswd)
+    impl Authenticator {
+        pub fn from_config(
+            _auth: &crate::config::AuthConfig,
+            _data_dir: Option<&Path>,
+        ) -> anyhow::Result<Self> {
+            Ok(Authenticator)
         }
     }
 }

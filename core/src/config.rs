@@ -175,6 +175,12 @@ pub struct RegistryConfig {
     pub retention: Vec<crate::hosted::RetentionRule>,
     /// Tags that never move once pushed.
     pub immutable_tags: Vec<crate::hosted::ImmutableTags>,
+    /// The grace period of the garbage collections of this storage (the
+    /// shortest, if they differ): a push's probe of a blob (a HEAD)
+    /// rewrites the repository's link at least every quarter of it, so
+    /// that the manifest which follows the probe finds the link still
+    /// there.
+    pub gc_grace_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -189,6 +195,7 @@ impl Default for RegistryConfig {
             records_changes: false,
             retention: Vec::new(),
             immutable_tags: Vec::new(),
+            gc_grace_ms: DEFAULT_GC_GRACE_MS,
         }
     }
 }

@@ -254,10 +254,20 @@ impl<S: Storage, H: Host, F: Fetch> Registry<S, H, F> {
                     .get_blob(&name, &d, range, m == Method::HEAD)
                     .await?;
                 if m == Method::HEAD {
-                    if let Err(e) = self.store.note_blob_probe(&name, &d).await {
-                        self.store
+                    match self.store.note_blob_probe(&name, &d).await {
+                        Ok(true) => {}
+                        // Collected under the probe: the push uploads it.
+                        Ok(false) => {
+                            return Err(RegistryError::new(
+                                ErrorCode::BlobUnknown,
+                                format!("blob {d} is not in {name}"),
+                            )
+                            .with_status(StatusCode::NOT_FOUND))
+                        }
+                        Err(e) => self
+                            .store
                             .host
-                            .warn(&format!("refreshing the link of {d} in {name}: {e}"));
+                            .warn(&format!("refreshing the link of {d} in {name}: {e}")),
                     }
                 }
                 Ok(resp)

@@ -59,7 +59,12 @@ struct Image {
 
 /// Push an image of `layers` (seeds) to `repo`, tagged `tag` (or by
 /// digest when `None`).
-fn push_image(reg: &Reg, repo: &str, tag: Option<&str>, layers: &[u32]) -> Image {
+fn push_image<S: Storage>(
+    reg: &Registry<S, TestHost>,
+    repo: &str,
+    tag: Option<&str>,
+    layers: &[u32],
+) -> Image {
     let config = format!("{{\"layers\":{layers:?}}}").into_bytes();
     let config_d = push_blob(reg, repo, &config);
     let mut descs = Vec::new();
@@ -87,11 +92,16 @@ fn push_image(reg: &Reg, repo: &str, tag: Option<&str>, layers: &[u32]) -> Image
     }
 }
 
-fn status(reg: &Reg, method: Method, uri: &str) -> StatusCode {
+fn status<S: Storage>(reg: &Registry<S, TestHost>, method: Method, uri: &str) -> StatusCode {
     call(reg, method, uri, &[], "").status
 }
 
-fn assert_pullable(reg: &Reg, repo: &str, reference: &str, image: &Image) {
+fn assert_pullable<S: Storage>(
+    reg: &Registry<S, TestHost>,
+    repo: &str,
+    reference: &str,
+    image: &Image,
+) {
     let r = call(
         reg,
         Method::GET,
@@ -107,7 +117,7 @@ fn assert_pullable(reg: &Reg, repo: &str, reference: &str, image: &Image) {
     }
 }
 
-fn stored(reg: &Reg, d: &Digest) -> bool {
+fn stored<S: Storage>(reg: &Registry<S, TestHost>, d: &Digest) -> bool {
     let key = format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
     block_on(reg.storage().head(&key)).unwrap().is_some()
 }
@@ -676,4 +686,276 @@ fn moving_a_tag_needs_the_overwrite_right() {
         "the same manifest again"
     );
     assert_eq!(put("v1", Rights::ALL), StatusCode::CREATED);
+}
+
+/// A value one thread leaves for another.
+type Slot<T> = Arc<std::sync::Mutex<Option<T>>>;
+
+/// Shared storage that runs a hook before the first batch delete of its
+/// registry: the moment a collection has confirmed its plan and is about
+/// to delete.
+struct BeforeDelete {
+    inner: Arc<MemoryStorage>,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for BeforeDelete {
+    type Body = <MemoryStorage as Storage>::Body;
+
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<kura_core::storage::ObjectMeta>, kura_core::storage::StorageError> {
+        self.inner.head(key).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<
+        Option<(kura_core::storage::ObjectMeta, Self::Body)>,
+        kura_core::storage::StorageError,
+    > {
+        self.inner.get(key, range).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        mode: kura_core::storage::PutMode,
+    ) -> Result<(), kura_core::storage::StorageError> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: kura_core::ByteStream,
+    ) -> Result<u64, kura_core::storage::StorageError> {
+        self.inner.put_stream(key, data).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), kura_core::storage::StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), kura_core::storage::StorageError> {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.delete_many(keys).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, kura_core::storage::StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn list_meta(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<kura_core::storage::ListEntry>, kura_core::storage::StorageError> {
+        self.inner.list_meta(prefix).await
+    }
+    fn body_stream(body: Self::Body) -> kura_core::ByteStream {
+        MemoryStorage::body_stream(body)
+    }
+}
+
+/// Two processes on one storage with write times: one serving pushes, one
+/// collecting (its storage runs `hook` just before it deletes), content of
+/// an image pushed and deleted long ago, and the clock past the grace
+/// period.
+fn two_processes(
+    hook: Box<dyn FnOnce() + Send>,
+) -> (
+    Arc<ArcReg>,
+    Registry<BeforeDelete, TestHost>,
+    Arc<MemoryStorage>,
+    Image,
+) {
+    let clock = Arc::new(AtomicU64::new(START));
+    let c = clock.clone();
+    let storage = Arc::new(MemoryStorage::with_clock(Arc::new(move || {
+        c.load(Ordering::SeqCst)
+    })));
+    let serving = Arc::new(Registry::new(
+        storage.clone(),
+        TestHost::at(START),
+        RegistryConfig::default(),
+    ));
+    let old = push_image(&*serving, "team/app", Some("v1"), &[1, 2]);
+    assert_eq!(
+        status(&*serving, Method::DELETE, "/v2/team/app/manifests/v1"),
+        StatusCode::ACCEPTED
+    );
+    let later = START + 2 * GRACE;
+    clock.store(later, Ordering::SeqCst);
+    serving.host().clock.store(later, Ordering::SeqCst);
+    let collecting = Registry::new(
+        BeforeDelete {
+            inner: storage.clone(),
+            hook: std::sync::Mutex::new(Some(hook)),
+        },
+        TestHost::at(later).seeded(2),
+        RegistryConfig::default(),
+    );
+    (serving, collecting, storage, old)
+}
+
+/// Wait (really) until a push in progress has said what it uses (or has
+/// finished), then give it time to write whatever it would write without
+/// waiting.
+fn until_in_use(storage: &Arc<MemoryStorage>, finished: impl Fn() -> bool) {
+    // On a thread of its own: the hook runs inside the collection's
+    // executor, which does not nest.
+    let listed = |s: Arc<MemoryStorage>| {
+        std::thread::spawn(move || block_on(s.list("gc/in-use/")).unwrap())
+            .join()
+            .unwrap()
+    };
+    for _ in 0..500 {
+        if finished() || !listed(storage.clone()).is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the push never said what it uses");
+}
+
+#[test]
+fn a_push_in_another_process_waits_out_a_collection_that_was_deleting_its_blobs() {
+    // The push starts once the collection has confirmed its plan (its
+    // sweep announced) and is about to delete the old image's blobs and
+    // links: the push uploads the same content again and tags it.
+    let slot: Slot<Arc<ArcReg>> = Arc::default();
+    let pushed: Slot<std::thread::JoinHandle<Image>> = Arc::default();
+    let (s, p) = (slot.clone(), pushed.clone());
+    let storage_seen: Slot<Arc<MemoryStorage>> = Arc::default();
+    let st = storage_seen.clone();
+    let hook = Box::new(move || {
+        let serving = s.lock().unwrap().clone().unwrap();
+        let push =
+            std::thread::spawn(move || push_image(&*serving, "team/app", Some("v2"), &[1, 2]));
+        let storage = st.lock().unwrap().clone().unwrap();
+        until_in_use(&storage, || push.is_finished());
+        *p.lock().unwrap() = Some(push);
+    });
+    let (serving, collecting, storage, old) = two_processes(hook);
+    *slot.lock().unwrap() = Some(serving.clone());
+    *storage_seen.lock().unwrap() = Some(storage.clone());
+
+    let mut opts = GcOptions::default();
+    opts.grace_ms = GRACE;
+    let r = block_on(collecting.collect_garbage(&opts)).unwrap();
+    assert!(r.blobs >= 3, "the old image was collected: {:?}", r.removed);
+    let again = pushed
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the hook ran")
+        .join()
+        .unwrap();
+    assert_eq!(again.blobs, old.blobs, "the same content");
+    assert_pullable(&*serving, "team/app", "v2", &again);
+    assert!(
+        block_on(storage.list("gc/")).unwrap().is_empty(),
+        "sweep and in-use records are removed"
+    );
+    let fsck = fsck(&*serving);
+    assert!(fsck.findings.is_empty(), "{:?}", fsck.findings);
+}
+
+#[test]
+fn a_probe_in_another_process_during_a_sweep_answers_from_what_is_left() {
+    // A push asks whether team/app has a layer while a collection elsewhere
+    // is deleting it: the answer must not be "yes" (the push would skip the
+    // upload and its manifest would name a blob that is gone).
+    let slot: Slot<(Arc<ArcReg>, Digest)> = Arc::default();
+    let answer: Slot<std::thread::JoinHandle<StatusCode>> = Arc::default();
+    let (s, a) = (slot.clone(), answer.clone());
+    let hook = Box::new(move || {
+        let (serving, layer) = s.lock().unwrap().clone().unwrap();
+        let uri = format!("/v2/team/app/blobs/{layer}");
+        *a.lock().unwrap() = Some(std::thread::spawn(move || {
+            status(&*serving, Method::HEAD, &uri)
+        }));
+        // The probe writes no in-use record: give it time to answer if it
+        // does not wait.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    });
+    let (serving, collecting, _storage, old) = two_processes(hook);
+    let layer = old.blobs[1].clone();
+    *slot.lock().unwrap() = Some((serving.clone(), layer.clone()));
+
+    let mut opts = GcOptions::default();
+    opts.grace_ms = GRACE;
+    let r = block_on(collecting.collect_garbage(&opts)).unwrap();
+    assert!(
+        r.removed.contains(&Garbage::Blob {
+            digest: layer.clone(),
+            size: 1001,
+        }),
+        "{:?}",
+        r.removed
+    );
+    let probed = answer
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the hook ran")
+        .join()
+        .unwrap();
+    assert_eq!(probed, StatusCode::NOT_FOUND, "the layer was collected");
+    assert_eq!(
+        status(
+            &*serving,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{layer}")
+        ),
+        StatusCode::NOT_FOUND
+    );
+    let fsck = fsck(&*serving);
+    assert!(fsck.findings.is_empty(), "{:?}", fsck.findings);
+}
+
+#[test]
+fn a_collection_spares_what_pushes_elsewhere_have_in_use_and_drops_stale_records() {
+    let (reg, clock) = registry();
+    let old = push_image(&reg, "team/app", Some("v1"), &[1]);
+    assert_eq!(
+        status(&reg, Method::DELETE, "/v2/team/app/manifests/v1"),
+        StatusCode::ACCEPTED
+    );
+    advance(&reg, &clock, 2 * GRACE);
+    let now = reg.host().clock.load(Ordering::SeqCst);
+    // A push in another process, under way; and one that died 7 hours ago.
+    let record = |at: u64, d: &Digest| {
+        bytes::Bytes::from(
+            serde_json::to_vec(&json!({"at_ms": at, "digests": [d.to_string()]})).unwrap(),
+        )
+    };
+    let put = |key: &str, raw| {
+        block_on(
+            reg.storage()
+                .put(key, raw, kura_core::storage::PutMode::Create),
+        )
+        .unwrap()
+    };
+    put("gc/in-use/elsewhere-1", record(now, &old.blobs[1]));
+    put(
+        "gc/in-use/dead-1",
+        record(now - 7 * 3600 * 1000, &old.blobs[0]),
+    );
+    let r = gc(&reg, GRACE);
+    assert!(
+        stored(&reg, &old.blobs[1]),
+        "in use elsewhere: {:?}",
+        r.removed
+    );
+    assert!(!stored(&reg, &old.blobs[0]), "named only by a dead push");
+    assert!(r.spared >= 1);
+    let left = block_on(reg.storage().list("gc/in-use/")).unwrap();
+    assert_eq!(left, vec!["gc/in-use/elsewhere-1".to_owned()]);
+
+    block_on(reg.storage().delete("gc/in-use/elsewhere-1")).unwrap();
+    gc(&reg, GRACE);
+    assert!(!stored(&reg, &old.blobs[1]), "the push is over");
 }

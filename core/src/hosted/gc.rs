@@ -12,17 +12,16 @@
 //! touched by a push that asked whether it exists) or, on storage that
 //! keeps no write times, from when a pass first found it unreferenced.
 //!
-//! Then it plans again from a fresh listing, and deletes only what both
-//! plans found deletable: a push that referenced something in between
-//! wins. Within this process the race is closed completely: a push marks
-//! each digest it is about to use, and a collector's batch in deletion
-//! makes that push wait for it and then write the blob again. Between
-//! processes (`kura gc` beside `kura serve`, or several instances on one
-//! bucket) the race is NOT closed: a pass deletes what its plans agreed on
-//! some time after it listed storage, and pushes in another process
-//! meanwhile go unseen (the GC soak, `cargo xtask soak --gc`, shows
-//! failed pushes and pulls). The grace period, the link refresh on a
-//! probe and a manifest push re-linking what vanished narrow it only.
+//! Then it announces what it may delete (`gc/sweep`), lists the pushes in
+//! progress (`gc/in-use/`), plans again from a fresh listing, and deletes
+//! only what both plans found deletable and no push in progress names: a
+//! push that referenced something in between wins, in this process or in
+//! another sharing the storage (`kura gc` beside `kura serve`, several
+//! instances on one bucket). `crate::store::sweep` says why that order
+//! closes the race; within one process, marks (`crate::store::marks`) do
+//! the same without storage. A probe of a blob (the HEAD a push sends
+//! before it skips an upload) rewrites the link, so that the manifest
+//! which follows within the grace period finds it.
 //!
 //! Mirrored repositories are not collected: their links keep their blobs,
 //! and the mirror's own size bound evicts them.
@@ -112,6 +111,19 @@ pub enum Garbage {
     },
 }
 
+impl Garbage {
+    /// What a collection sweeping this names in `gc/sweep`: a tag is
+    /// removed before planning, and names nothing.
+    fn digest(&self) -> Option<&Digest> {
+        match self {
+            Garbage::Tag { .. } => None,
+            Garbage::Manifest { digest, .. }
+            | Garbage::Link { digest, .. }
+            | Garbage::Blob { digest, .. } => Some(digest),
+        }
+    }
+}
+
 /// What a collection found and did.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -148,32 +160,63 @@ pub struct GcReport {
 
 /// How often, at most, a probe of a blob (a push asking whether a
 /// repository has it) rewrites the repository's link, so that collections
-/// in other processes see it as recently used.
+/// in other processes see it as recently used; more often with a grace
+/// period under four times this (`RegistryConfig::gc_grace_ms`).
 const LINK_REFRESH_MS: u64 = 10 * 60 * 1000;
 
 impl<S: Storage, H: Host> Store<S, H> {
-    /// A client asked whether `name` has blob `digest` (a HEAD), which
-    /// pushes do before they skip an upload: the manifest that follows
-    /// will name it. Mark it for this process's collections, and every
-    /// [`LINK_REFRESH_MS`] rewrite the link so that other processes'
-    /// collections see it as new.
+    /// A client asked whether `name` has blob `digest` (a HEAD that found
+    /// it), which pushes do before they skip an upload: the manifest that
+    /// follows will name it. Mark it for this process's collections and
+    /// rewrite the link (at most every quarter of the grace period) for
+    /// other processes'; then, if a collection elsewhere was sweeping the
+    /// digest, wait it out. Returns whether the blob is still in `name`.
     pub(crate) async fn note_blob_probe(
         &self,
         name: &RepositoryName,
         digest: &Digest,
-    ) -> Result<()> {
-        let before = self.touch_blob(digest).await;
+    ) -> Result<bool> {
+        self.touch_blob(digest).await;
         let now = self.host.now_unix_ms();
-        if before.is_some_and(|at| now.saturating_sub(at) < LINK_REFRESH_MS) {
-            return Ok(());
-        }
         let link = layout::layer_link(name, digest);
-        if self.storage.head(&link).await?.is_some() {
-            self.storage
-                .put(&link, Bytes::new(), PutMode::Overwrite)
-                .await?;
+        let every = (self.config.gc_grace_ms / 4).min(LINK_REFRESH_MS);
+        {
+            let mut noted = self.probes_noted.lock().unwrap_or_else(|p| p.into_inner());
+            if noted
+                .get(&link)
+                .is_some_and(|at| now.saturating_sub(*at) < every)
+            {
+                return Ok(true);
+            }
+            if noted.len() >= 100_000 {
+                noted.retain(|_, at| now.saturating_sub(*at) < every);
+            }
+            noted.insert(link.clone(), now);
         }
-        Ok(())
+        // Rewritten only while it exists: a link a collection removed since
+        // the request's look stays removed.
+        if self.storage.head(&link).await?.is_none() {
+            return Ok(false);
+        }
+        self.storage
+            .put(&link, Bytes::new(), PutMode::Overwrite)
+            .await?;
+        let named = HashSet::from([digest.to_string()]);
+        if !self.wait_out_sweep(&named).await? {
+            return Ok(true);
+        }
+        // A collection elsewhere may have removed the link (the rewrite
+        // then put back a link it had already removed) or the blob.
+        self.probes_noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&link);
+        if self.storage.head(&layout::blob(digest)).await?.is_some() {
+            return Ok(self.storage.head(&link).await?.is_some());
+        }
+        // Put back by the rewrite after the collection removed the blob.
+        self.storage.delete(&link).await?;
+        Ok(false)
     }
 
     /// Tag `tag` of `name` was pulled: recorded (at most every
@@ -301,14 +344,30 @@ impl<S: Storage, H: Host> Store<S, H> {
             return Ok(report);
         }
 
-        // Again from a fresh listing: anything referenced since the first
-        // plan (a push, a tag) is spared.
+        if first.deletable.is_empty() {
+            self.remember_pending(&first.pending, &pending).await?;
+            return Ok(report);
+        }
+
+        // Announce what may go, then list the pushes in progress and plan
+        // again from a fresh listing: anything referenced since the first
+        // plan (a push, a tag), or being referenced now, is spared. The
+        // order matters (`crate::store::sweep`).
+        let named = first
+            .deletable
+            .iter()
+            .filter_map(Garbage::digest)
+            .map(Digest::to_string)
+            .collect();
+        let sweep = self.begin_sweep(named).await?;
+        let in_use = self.digests_in_use().await?;
         let fresh = self.list_repositories().await?;
         let second = self.plan(&ctx, &fresh, &mut manifests).await?;
         let confirmed: HashSet<&Garbage> = second.deletable.iter().collect();
         let mut doomed = Vec::new();
         for g in first.deletable {
-            if confirmed.contains(&g) {
+            let used = g.digest().is_some_and(|d| in_use.contains(&d.to_string()));
+            if confirmed.contains(&g) && !used {
                 doomed.push(g);
             } else {
                 report.spared += 1;
@@ -401,19 +460,30 @@ impl<S: Storage, H: Host> Store<S, H> {
             }
         }
 
-        // Remember, for storage without write times, when each candidate
-        // still within its grace period was first found.
-        if first.pending != pending {
-            if first.pending.is_empty() {
-                self.storage.delete(layout::GC_PENDING).await?;
-            } else {
-                let raw = serde_json::to_vec(&first.pending).unwrap_or_default();
-                self.storage
-                    .put(layout::GC_PENDING, Bytes::from(raw), PutMode::Overwrite)
-                    .await?;
-            }
-        }
+        sweep.end().await;
+        self.remember_pending(&first.pending, &pending).await?;
         Ok(report)
+    }
+
+    /// Remember, for storage without write times, when each candidate
+    /// still within its grace period was first found.
+    async fn remember_pending(
+        &self,
+        now: &BTreeMap<String, u64>,
+        before: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        if now == before {
+            return Ok(());
+        }
+        if now.is_empty() {
+            self.storage.delete(layout::GC_PENDING).await?;
+        } else {
+            let raw = serde_json::to_vec(now).unwrap_or_default();
+            self.storage
+                .put(layout::GC_PENDING, Bytes::from(raw), PutMode::Overwrite)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Every key under `repositories/`, by repository, with write times.

@@ -82,12 +82,13 @@ impl<S: Storage, H: Host> Store<S, H> {
         if granted.is_some_and(|r| !r.overwrite) {
             self.check_no_tag_moves(name, &tags, &digest).await?;
         }
-        // Marked before they are checked: a collection in this process
-        // spares them from here on.
-        self.touch_blob(&digest).await;
-        for d in parsed.required_blobs().chain(&parsed.manifests) {
-            self.touch_blob(&d.digest).await;
-        }
+        // Announced before they are checked: a collection in this process
+        // or another spares them from here on (`crate::store::sweep`).
+        let named: Vec<&Digest> = std::iter::once(&digest)
+            .chain(parsed.required_blobs().map(|d| &d.digest))
+            .chain(parsed.manifests.iter().map(|d| &d.digest))
+            .collect();
+        let in_use = self.announce_use(&named).await?;
         for d in parsed.required_blobs() {
             self.check_blob_reference(name, d).await?;
         }
@@ -108,6 +109,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         self.store_manifest(name, &digest, bytes, &parsed, &tags)
             .await?;
         self.relink_collected(name, &parsed).await?;
+        in_use.release().await;
 
         let mut resp = response(StatusCode::CREATED, Body::Empty);
         let h = resp.headers_mut();

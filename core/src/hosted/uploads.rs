@@ -41,11 +41,13 @@ impl<S: Storage, H: Host> Store<S, H> {
                     .await?
                     .is_some();
                 if linked && self.storage.head(&layout::blob(&digest)).await?.is_some() {
+                    let in_use = self.announce_use(&[&digest]).await?;
                     self.keep_blob(&digest).await?;
                     self.link_blob(name, &digest).await?;
-                    // Evicted between the look and the keep: not mountable
-                    // after all.
+                    // Evicted or collected between the look and the
+                    // announcement: not mountable after all.
                     if self.storage.head(&layout::blob(&digest)).await?.is_some() {
+                        in_use.release().await;
                         return Ok(self.blob_created(name, &digest));
                     }
                     self.storage
@@ -56,9 +58,11 @@ impl<S: Storage, H: Host> Store<S, H> {
             // Not mountable: the spec says fall back to a normal session.
         } else if let Some(d) = wire::query_param(uri, "digest") {
             let digest = Digest::parse(&d?)?;
+            let in_use = self.announce_use(&[&digest]).await?;
             self.keep_blob(&digest).await?;
             self.store_blob(&digest, body).await?;
             self.link_blob(name, &digest).await?;
+            in_use.release().await;
             return Ok(self.blob_created(name, &digest));
         }
 
@@ -262,7 +266,9 @@ impl<S: Storage, H: Host> Store<S, H> {
         })?;
 
         // Before the blob is written: an eviction pass that did not see
-        // this yet cannot have chosen the blob we are about to write.
+        // this yet cannot have chosen the blob we are about to write, nor a
+        // collection (`crate::store::sweep`).
+        let in_use = self.announce_use(&[&digest]).await?;
         self.keep_blob(&digest).await?;
         if state.chunks.is_empty() {
             // Monolithic: nothing staged, so the body goes straight to its
@@ -291,6 +297,7 @@ impl<S: Storage, H: Host> Store<S, H> {
             }
         }
         self.link_blob(name, &digest).await?;
+        in_use.release().await;
         self.remove_upload(id).await?;
         Ok(self.blob_created(name, &digest))
     }

@@ -18,6 +18,8 @@
 //! leases/evictor                                           held by the process running an eviction pass
 //! leases/gc                                                held by the process running a garbage collection
 //! gc/pending                                               when a collection first found each candidate unreferenced, on storage without write times (JSON)
+//! gc/sweep                                                 what the collection in progress may delete: its process, when, digests (JSON)
+//! gc/in-use/<process>-<n>                                  digests a push in progress is making referenced: when, digests (JSON)
 //! uploads/<id>/state                                        upload session state (JSON)
 //! uploads/<id>/chunk-<offset>-<nonce>                       one received chunk
 //! ```
@@ -149,6 +151,18 @@ pub(crate) const GC_LEASE: &str = "leases/gc";
 /// What garbage collection remembers between passes: when it first found
 /// each object unreferenced, for storage that keeps no write times (JSON).
 pub(crate) const GC_PENDING: &str = "gc/pending";
+
+/// What the collection in progress may delete, written before it confirms
+/// its plan (see `crate::store::sweep`).
+pub(crate) const GC_SWEEP: &str = "gc/sweep";
+
+/// Where pushes in progress say which digests they are making referenced.
+pub(crate) const GC_IN_USE_PREFIX: &str = "gc/in-use/";
+
+/// The in-use record of push `n` of `process`.
+pub(crate) fn gc_in_use(process: &UploadId, n: u64) -> String {
+    format!("{GC_IN_USE_PREFIX}{process}-{n}")
+}
 
 /// A key under `repositories/` that code reads back, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,7 @@ pub(crate) mod lease;
 pub(crate) mod marks;
 pub(crate) mod memo;
 mod repo;
+pub(crate) mod sweep;
 
 pub(crate) use crate::error::Result;
 
@@ -52,6 +53,10 @@ pub(crate) struct Store<S, H> {
     pub(crate) gc_longest_grace: std::sync::atomic::AtomicU64,
     /// Tag pulls recorded for retention rules: key → when (ms).
     pub(crate) pulls_noted: Mutex<HashMap<String, u64>>,
+    /// Links a probe rewrote: key → when (ms).
+    pub(crate) probes_noted: Mutex<HashMap<String, u64>>,
+    /// Numbers this process's in-use records (see [`sweep`]).
+    pub(crate) in_use_counter: std::sync::atomic::AtomicU64,
 }
 
 impl<S, H: crate::io::host::Host> Store<S, H> {
@@ -75,6 +80,8 @@ impl<S, H: crate::io::host::Host> Store<S, H> {
             gc_guard: Mutex::default(),
             gc_longest_grace: std::sync::atomic::AtomicU64::new(0),
             pulls_noted: Mutex::default(),
+            probes_noted: Mutex::default(),
+            in_use_counter: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }

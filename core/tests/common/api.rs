@@ -38,8 +38,8 @@ impl Resp {
     }
 }
 
-pub fn call(
-    reg: &Reg,
+pub fn call<S: Storage>(
+    reg: &Registry<S, TestHost>,
     method: Method,
     uri: &str,
     headers: &[(&str, &str)],
@@ -61,8 +61,12 @@ pub fn call(
         let body = match body {
             Body::Empty => Bytes::new(),
             Body::Full(b) => b,
-            Body::Stream(s) | Body::Relay(s) => {
-                let mut s = <MemoryStorage as Storage>::body_stream(s);
+            Body::Stream(_) | Body::Relay(_) => {
+                let mut s = match body {
+                    Body::Stream(s) => S::body_stream(s),
+                    Body::Relay(s) => s,
+                    _ => unreachable!(),
+                };
                 let mut out = Vec::new();
                 while let Some(c) = s.next().await {
                     out.extend_from_slice(&c.unwrap());
@@ -84,7 +88,7 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-pub fn push_blob(reg: &Reg, repo: &str, bytes: &[u8]) -> Digest {
+pub fn push_blob<S: Storage>(reg: &Registry<S, TestHost>, repo: &str, bytes: &[u8]) -> Digest {
     let d = Digest::sha256(bytes);
     let r = call(
         reg,
@@ -114,7 +118,7 @@ pub fn image_manifest(config: &Digest, config_len: usize, layers: &[(Digest, usi
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `kura fsck` over the registry's storage, every blob verified.
-pub fn fsck(reg: &Reg) -> kura_core::fsck::FsckReport {
+pub fn fsck<S: Storage>(reg: &Registry<S, TestHost>) -> kura_core::fsck::FsckReport {
     use kura_core::fsck;
     block_on(async {
         let inventory = reg.fsck_inventory().await.unwrap();

@@ -71,6 +71,7 @@ pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
         .enumerate()
         .map(|(i, r)| r.to_core(i))
         .collect::<anyhow::Result<_>>()?;
+    registry_config.gc_grace_ms = config.gc.grace_secs.saturating_mul(1000);
     registry_config.immutable_tags = config
         .immutable_tags
         .iter()

@@ -662,6 +662,27 @@ fn fsck_finds_corrupt_and_dangling_content_and_repairs_only_what_it_can_prove() 
         "{:#?}",
         problems(&report)
     );
+
+    // The repository's link to the config goes (a client's blob DELETE):
+    // the bytes are there, but pulls of the manifest fail.
+    assert_eq!(
+        call(
+            &reg,
+            Method::DELETE,
+            &format!("/v2/team/app/blobs/{cd}"),
+            &[],
+            ""
+        )
+        .status,
+        StatusCode::ACCEPTED
+    );
+    let found = problems(&fsck(&reg));
+    assert!(
+        found.contains(&format!(
+            "DAMAGE team/app@{md} needs blob {cd}, which team/app does not link"
+        )),
+        "{found:#?}"
+    );
 }
 
 /// CVE-2026-41888 (distribution): a tag DELETE went through with deletes

@@ -165,6 +165,17 @@ pub enum Problem {
         /// The blob it needs.
         digest: Digest,
     },
+    /// A hosted manifest's config or layer that its repository does not
+    /// link: pulls of the manifest fail with `BLOB_UNKNOWN` (a client
+    /// deleted the blob from the repository, or it was lost).
+    UnlinkedReference {
+        /// The repository.
+        repository: RepositoryName,
+        /// The manifest.
+        manifest: Digest,
+        /// The blob it needs.
+        digest: Digest,
+    },
     /// A repository's link to a blob whose bytes are gone: lost data in a
     /// hosted repository, an evicted layer in a mirrored one.
     DanglingLayerLink {
@@ -249,6 +260,14 @@ impl fmt::Display for Problem {
             } => write!(
                 f,
                 "{repository}@{manifest} needs blob {digest}, whose bytes are missing"
+            ),
+            Problem::UnlinkedReference {
+                repository,
+                manifest,
+                digest,
+            } => write!(
+                f,
+                "{repository}@{manifest} needs blob {digest}, which {repository} does not link"
             ),
             Problem::DanglingLayerLink { repository, digest } => {
                 write!(
@@ -557,19 +576,26 @@ impl<S: Storage, H: Host> Store<S, H> {
                 for d in parsed.required_blobs() {
                     referenced.insert(d.digest.clone());
                     // A mirror fills layers on demand; a hosted repository
-                    // had them all when the manifest was pushed. A link
-                    // removed since (a blob DELETE) was the client's doing.
-                    if !mirrored && keys.layers.contains_key(&d.digest) && !stored(&d.digest) {
-                        found(
-                            Severity::Damage,
-                            Problem::MissingReference {
-                                repository: name.clone(),
-                                manifest: digest.clone(),
-                                digest: d.digest.clone(),
-                            },
-                            key.clone(),
-                        );
+                    // had them all linked when the manifest was pushed.
+                    if mirrored {
+                        continue;
                     }
+                    let problem = if !keys.layers.contains_key(&d.digest) {
+                        Problem::UnlinkedReference {
+                            repository: name.clone(),
+                            manifest: digest.clone(),
+                            digest: d.digest.clone(),
+                        }
+                    } else if !stored(&d.digest) {
+                        Problem::MissingReference {
+                            repository: name.clone(),
+                            manifest: digest.clone(),
+                            digest: d.digest.clone(),
+                        }
+                    } else {
+                        continue;
+                    };
+                    found(Severity::Damage, problem, key.clone());
                 }
                 referenced.extend(parsed.manifests.iter().map(|d| d.digest.clone()));
             }

@@ -152,8 +152,8 @@ fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
         "{out}"
     );
 
-    // A write interrupted by a crash long ago: kura serve sweeps it at
-    // startup and says to run fsck.
+    // A write interrupted by a crash long ago: kura serve sweeps it once
+    // started (in the background: it answers first) and says to run fsck.
     let staging = data.join("blobs/sha256/00");
     std::fs::create_dir_all(&staging).unwrap();
     let leftover = staging.join("0000#12");
@@ -170,9 +170,16 @@ fn fsck_names_flipped_blobs_repairs_what_it_can_prove_and_the_store_heals() {
     std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
     std::fs::write(&lease, "0123456789abcdef0123456789abcdef 1").unwrap();
     kura.restart().unwrap();
-    assert!(!leftover.exists());
+    assert!(kura_tests::stream::eventually(10, || !leftover.exists()));
     assert!(!lease.exists());
     assert!(kura.log_text().contains("released the eviction lease"));
+    assert!(
+        kura_tests::stream::eventually(10, || kura
+            .log_text()
+            .contains("removed files of writes interrupted")),
+        "{}",
+        kura.log_text()
+    );
     let log = kura.log_text();
     assert!(
         log.contains("unclean shutdown") && log.contains("kura fsck"),

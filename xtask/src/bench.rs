@@ -143,10 +143,19 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         let mut nginx_1 = Vec::new();
         for round in 0..plan.rounds {
             for (name, m) in alternate(round, [("kura", &k), ("registry:2", &r)]) {
+                let cpu = m.cpu_secs()?;
                 let one = wrk(&blob(&m.url), 1, 1, plan.secs, None)?;
                 t.add("warm blob GET, 1 client (MB/s)", name, one.mb_per_sec());
                 let eight = wrk(&blob(&m.url), 2, 8, plan.secs, None)?;
                 t.add("warm blob GET, 8 clients (MB/s)", name, eight.mb_per_sec());
+                // What serving those bytes cost the server (wrk's own CPU
+                // is not in it).
+                let served_gb = (one.bytes_per_sec + eight.bytes_per_sec) * plan.secs as f64 / 1e9;
+                t.add(
+                    "CPU-seconds per GB served, warm blobs",
+                    name,
+                    (m.cpu_secs()? - cpu) / served_gb,
+                );
                 let tag = wrk(&by_tag(&m.url), 2, 32, plan.secs, Some(ACCEPT))?;
                 t.add(
                     "manifest GET by tag, 32 conns (req/s)",
@@ -189,10 +198,23 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         for round in 0..plan.rounds {
             let direct = images.pull(&upstream.url, &["big"])?;
             t.add("cold pull of the big image (s)", "direct", direct);
+            let layer = format!("/v2/bench/medium/blobs/{}", images.medium_layer);
+            let (ttfb_ms, _) = curl_timing(&format!("{}{layer}", upstream.url))?;
+            t.add("cold blob GET, time to first byte (ms)", "direct", ttfb_ms);
             for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
                 let mut m = Mirror::start(kind, w, &format!("cold-{round}"), &upstream.url)?;
                 t.add("startup to first response (ms)", name, m.startup_ms);
+                // One cold GET of a layer the big image does not have.
+                let layer = format!("/v2/bench/medium/blobs/{}", images.medium_layer);
+                let (ttfb_ms, _) = curl_timing(&format!("{}{layer}", m.url))?;
+                t.add("cold blob GET, time to first byte (ms)", name, ttfb_ms);
+                let cpu = m.cpu_secs()?;
                 let secs = images.pull(&m.url, &["big"])?;
+                t.add(
+                    "CPU-seconds per GB served, cold pull",
+                    name,
+                    (m.cpu_secs()? - cpu) / (images.bytes_of("big") as f64 / 1e9),
+                );
                 t.add("cold pull of the big image (s)", name, secs);
                 t.add("cold pull ÷ direct", name, secs / direct);
                 t.add("peak RSS, cold pull (MiB)", name, m.hwm_mib()?);
@@ -210,7 +232,7 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                 let before = upstream.blob_gets_of("bench/medium", digest);
                 let url = format!("{}/v2/bench/medium/blobs/{digest}", m.url);
                 let started = Instant::now();
-                let sizes = curl_parallel(&vec![url; 64], 64)?;
+                let sizes = curl_parallel(&vec![url.clone(); 64], 64)?;
                 let secs = started.elapsed().as_secs_f64();
                 ensure!(
                     sizes.iter().all(|s| *s == images.medium_size),
@@ -219,6 +241,20 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                 let gets = upstream.blob_gets_of("bench/medium", digest) - before;
                 t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
                 t.add("64 concurrent cold GETs: last byte (s)", name, secs);
+                t.add(
+                    "64 concurrent cold GETs: peak RSS (MiB)",
+                    name,
+                    m.hwm_mib()?,
+                );
+                // The same 64 again, warm: what followers of a fill should
+                // come close to.
+                let started = Instant::now();
+                curl_parallel(&vec![url; 64], 64)?;
+                t.add(
+                    "64 concurrent warm GETs: last byte (s)",
+                    name,
+                    started.elapsed().as_secs_f64(),
+                );
                 m.stop();
             }
         }
@@ -433,6 +469,13 @@ struct Images {
 }
 
 impl Images {
+    /// The bytes of every blob of image `tag`.
+    fn bytes_of(&self, tag: &str) -> u64 {
+        self.contents
+            .get(tag)
+            .map_or(0, |blobs| blobs.iter().map(|(_, size)| size).sum())
+    }
+
     fn generate(dir: &Path, plan: &Plan, with_huge: bool) -> anyhow::Result<Images> {
         let mut oci = OciLayout::create(dir)?;
         let blobs = |i: &kura_tests::image::Image| -> Vec<(String, u64)> {
@@ -522,6 +565,27 @@ impl Images {
 
 /// GET every URL (at most `parallel` at once, each body discarded) with
 /// curl; the byte count of each, in order. Any non-200 is an error.
+/// One GET of `url` with curl: (time to first byte in ms, whole transfer
+/// in s).
+fn curl_timing(url: &str) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_starttransfer} %{time_total}",
+        ])
+        .arg(url)
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(out.status.success(), "curl failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    ensure!(f.len() == 3 && f[0] == "200", "GET {url}: {text}");
+    Ok((f[1].parse::<f64>()? * 1000.0, f[2].parse()?))
+}
+
 fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
     let mut cmd = Command::new("curl");
     cmd.args([
@@ -677,6 +741,13 @@ impl Mirror {
         })
     }
 
+    /// CPU time the process has used so far, user and system, in seconds
+    /// (its own accounting: /proc/<pid>/stat).
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let pid = self.child.as_ref().context("stopped")?.id();
+        process_cpu_secs(pid)
+    }
+
     /// The process's peak resident set so far (VmHWM), in MiB.
     fn hwm_mib(&self) -> anyhow::Result<f64> {
         let pid = self.child.as_ref().context("stopped")?.id();
@@ -797,6 +868,36 @@ fn running_as_root() -> bool {
 }
 
 // ----- wrk -----------------------------------------------------------------
+
+/// utime + stime of process `pid`, in seconds.
+fn process_cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // fields count from after its closing one.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: f64 = fields
+        .get(11)
+        .zip(fields.get(12))
+        .context("short stat")
+        .and_then(|(u, s)| Ok(u.parse::<f64>()? + s.parse::<f64>()?))?;
+    Ok(ticks / clock_ticks_per_sec())
+}
+
+/// sysconf(_SC_CLK_TCK), through getconf (100 on Linux everywhere here).
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
 
 struct WrkResult {
     req_per_sec: f64,

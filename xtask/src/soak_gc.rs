@@ -7,7 +7,8 @@
 //! separate process every interval beside a `kura serve` that collects
 //! nothing itself; then the same two on S3 (s3s-fs) for M/4 minutes each.
 //! Both paths matter: within one process a push's marks close the race
-//! with a collection, between processes only storage does. The grace
+//! with a collection, between processes only records in storage do
+//! (`gc/sweep`, `gc/in-use/`). The grace
 //! period is a few seconds, so content is collectable moments after it
 //! stops being referenced.
 //!
@@ -109,8 +110,7 @@ impl Collector {
     }
 }
 
-/// `serve_only`: skip the runs with a separate `kura gc` process (CI:
-/// those still lose races with pushes, see docs/reliability.md).
+/// `serve_only`: skip the runs with a separate `kura gc` process.
 pub fn gc_soak(root: &Path, minutes: f64, quick: bool, serve_only: bool) -> anyhow::Result<()> {
     let settings = if quick {
         Settings {

@@ -136,17 +136,9 @@ pub fn spawn(app: Arc<App>, config: &Config) {
     if every.is_zero() {
         return;
     }
-    // Instances sharing a store collect in turn, and a collection in one
-    // does not see the pushes in flight in another (a race the GC soak
-    // shows): only where the operator asked for it.
-    if config.storage.shared
-        && config.origins.of("gc.interval_secs") == crate::config::Origin::Default
-    {
-        tracing::info!(
-            "storage.shared: no scheduled garbage collection unless gc.interval_secs is set              (see docs/garbage-collection.md)"
-        );
-        return;
-    }
+    // Instances sharing a store collect in turn (the lease `leases/gc`);
+    // pushes to any of them win against a collection in another
+    // (kura_core's `store::sweep`).
     let opts = options(config, None, false);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

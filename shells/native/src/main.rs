@@ -359,19 +359,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let app = server::build_app(&config)?;
     let local_root = config.storage.s3.is_none().then(|| config.data_dir.clone());
-    if let Some(root) = &local_root {
-        // Before serving. Another instance may share the directory and be
+    if let Some(root) = local_root.clone() {
+        // In the background: a walk of the whole data directory, which
+        // must not hold up the first answer on a store of millions of
+        // files. Another instance (or this one, once serving) may be
         // writing: a staging file still written to has a fresh mtime.
-        match storage::sweep_staging_files(root, Duration::from_secs(60)) {
-            Ok((0, _)) => {}
-            Ok((n, bytes)) => tracing::warn!(
-                files = n,
-                bytes,
-                "removed files of writes interrupted by an unclean shutdown; \
-                 `kura fsck` checks the rest of the store"
-            ),
-            Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
-        }
+        tokio::task::spawn_blocking(move || {
+            match storage::sweep_staging_files(&root, Duration::from_secs(60)) {
+                Ok((0, _)) => {}
+                Ok((n, bytes)) => tracing::warn!(
+                    files = n,
+                    bytes,
+                    "removed files of writes interrupted by an unclean shutdown; \
+                     `kura fsck` checks the rest of the store"
+                ),
+                Err(e) => tracing::warn!(error = %e, "sweeping interrupted writes failed"),
+            }
+        });
     }
     match app.registry.shares_fills().await {
         Ok(true) => {}

@@ -620,7 +620,15 @@ async fn dispatch(app: &App, req: Request<AxumBody>) -> Response<AxumBody> {
         .handle(Request::from_parts(parts, stream))
         .await;
     match resp.status() {
-        StatusCode::INTERNAL_SERVER_ERROR => tracing::error!("internal error answered with 500"),
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            // The error's text is in the body the client gets; the
+            // operator needs it too.
+            let detail = match resp.body() {
+                kura_core::Body::Full(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            };
+            tracing::error!(%detail, "internal error answered with 500")
+        }
         StatusCode::INSUFFICIENT_STORAGE => {
             tracing::warn!("storage is full: a write was refused with 507")
         }

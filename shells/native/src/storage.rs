@@ -190,6 +190,50 @@ fn path(key: &str) -> Result<Path, StorageError> {
     Path::parse(key).map_err(StorageError::backend)
 }
 
+/// Run a write again when a directory it created vanished under it (or
+/// was created beside it): on local disk a delete removes the directories
+/// it empties (`with_automatic_cleanup`), so a write into a directory
+/// that another request is emptying, or creating, at that moment fails
+/// with "No such file or directory" or "File exists" while creating it.
+/// (S3 has no directories: nothing is retried there.)
+async fn retry_lost_directory<T, F, Fut>(mut write: F) -> object_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    for _ in 0..16 {
+        match write().await {
+            Err(e) if lost_directory(&e) => continue,
+            done => return done,
+        }
+    }
+    write().await
+}
+
+/// Whether `e` is a directory that vanished (or appeared) while the write
+/// created it, not a missing or existing object.
+fn lost_directory(e: &object_store::Error) -> bool {
+    if matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+    ) {
+        return false;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+            );
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn map_err(e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound,
@@ -277,10 +321,13 @@ impl Storage for ObjectStorage {
             mode,
             ..Default::default()
         };
-        self.store
-            .put_opts(&path(key)?, PutPayload::from(data), opts)
-            .await
-            .map_err(map_err)?;
+        let (location, payload) = (path(key)?, PutPayload::from(data));
+        retry_lost_directory(|| {
+            self.store
+                .put_opts(&location, payload.clone(), opts.clone())
+        })
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -294,8 +341,8 @@ impl Storage for ObjectStorage {
                 Some(Err(e)) => return Err(StorageError::Input(e)),
                 None => {
                     let n = head.len() as u64;
-                    self.store
-                        .put(&location, head.freeze().into())
+                    let payload = PutPayload::from(head.freeze());
+                    retry_lost_directory(|| self.store.put(&location, payload.clone()))
                         .await
                         .map_err(map_err)?;
                     return Ok(n);
@@ -342,8 +389,8 @@ impl Storage for ObjectStorage {
                 Some(_) => {}
             }
         }
-        self.store
-            .rename(&path(from)?, &path(to)?)
+        let (from, to) = (path(from)?, path(to)?);
+        retry_lost_directory(|| self.store.rename(&from, &to))
             .await
             .map_err(map_err)
     }
@@ -365,7 +412,15 @@ impl Storage for ObjectStorage {
             };
             if offset == 0 {
                 if let Some(dir) = file.parent() {
-                    std::fs::create_dir_all(dir).map_err(io)?;
+                    // A delete emptying a parent may remove it meanwhile
+                    // (see `retry_lost_directory`).
+                    let mut tries = 0;
+                    while let Err(e) = std::fs::create_dir_all(dir) {
+                        tries += 1;
+                        if e.kind() != io::ErrorKind::NotFound || tries > 16 {
+                            return Err(io(e));
+                        }
+                    }
                 }
             }
             let mut f = match std::fs::OpenOptions::new()

@@ -62,6 +62,7 @@ const PUT_STREAM_ATOMIC: &str = "put_stream is atomic";
 const RENAME: &str = "rename moves and replaces";
 const DELETE: &str = "delete removes and tolerates missing keys";
 const DELETE_MANY: &str = "delete_many removes exactly the keys given";
+const CHURN: &str = "writes land while deletes empty their prefix";
 const LIST: &str = "list is recursive and sorted";
 const LIST_PAGES: &str = "list returns more than a page of keys";
 const APPEND: &str = "append grows an object in place";
@@ -95,6 +96,7 @@ pub async fn check_all<S: Storage>(s: &S) -> Vec<Failure> {
         (RENAME, rename_check(s).await),
         (DELETE, delete_check(s).await),
         (DELETE_MANY, delete_many_check(s).await),
+        (CHURN, churn_check(s).await),
         (LIST, list_check(s).await),
         (LIST_PAGES, list_pages_check(s).await),
     ];
@@ -652,6 +654,33 @@ async fn delete_many_check<S: Storage>(s: &S) -> Check {
     );
     s.delete_many(&[]).await.step("delete_many of nothing")?;
     s.delete(kept).await.step("delete")
+}
+
+async fn churn_check<S: Storage>(s: &S) -> Check {
+    // Local disk removes a directory once a delete empties it; a write
+    // into it at that moment must still land. kura's small records (a
+    // push's in-use record, a lease) come and go like this all the time,
+    // and so do blobs under garbage collection.
+    let worker = |w: usize| async move {
+        for i in 0..100 {
+            let (staged, key) = (
+                format!("conformance/churn/staging/{w}-{i}"),
+                format!("conformance/churn/a/b/{w}-{i}"),
+            );
+            s.put(&staged, Bytes::from_static(b"x"), PutMode::Overwrite)
+                .await
+                .step("put")?;
+            s.rename(&staged, &key).await.step("rename")?;
+            s.delete(&key).await.step("delete")?;
+        }
+        Ok::<(), String>(())
+    };
+    for outcome in futures::future::join_all((0..4).map(worker)).await {
+        outcome?;
+    }
+    let left = s.list("conformance/churn/").await.step("list")?;
+    ensure!(left.is_empty(), "after the churn, {left:?} are left");
+    Ok(())
 }
 
 async fn list_check<S: Storage>(s: &S) -> Check {

@@ -46,6 +46,10 @@ struct Plan {
     index_layer: usize,
     tiny_blob: usize,
     huge_blob: usize,
+    /// Objects in the store of the startup phase.
+    many_objects: usize,
+    /// Bytes per second of the WAN phase's link.
+    wan_rate: f64,
 }
 
 impl Plan {
@@ -61,6 +65,8 @@ impl Plan {
                 index_layer: 256 * 1024,
                 tiny_blob: 2 * MIB,
                 huge_blob: 32 * MIB,
+                many_objects: 10_000,
+                wan_rate: 20e6,
             }
         } else {
             Plan {
@@ -73,6 +79,8 @@ impl Plan {
                 index_layer: 4 * MIB,
                 tiny_blob: 10 * 1000 * 1000,
                 huge_blob: 1024 * MIB,
+                many_objects: 1_000_000,
+                wan_rate: 50e6,
             }
         }
     }
@@ -81,7 +89,7 @@ impl Plan {
 pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let quick = args.contains(&"--quick");
     let plan = Plan::new(quick);
-    // `--only warm|cold|herd|fleet|memory|gc` runs one phase; `--perf` records a
+    // `--only warm|cold|herd|fleet|memory|wan|startup|gc` runs one phase; `--perf` records a
     // CPU profile (perf record -g) of every kura started, kept in
     // target/bench-perf/ for `perf report -i`.
     let only = args
@@ -382,11 +390,148 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         }
     }
 
+    if phase("wan") {
+        // The seed's scenario: the upstream far away. Loopback hides what a
+        // mirror is for.
+        let link = crate::wan::Link {
+            rate: plan.wan_rate,
+            delay: Duration::from_millis(20),
+        };
+        eprintln!(
+            "bench: the upstream behind a slow link ({} MB/s, 20 ms each way)",
+            plan.wan_rate / 1e6
+        );
+        let upstream_addr = upstream.url.trim_start_matches("http://").to_owned();
+        let layer = format!("/v2/bench/medium/blobs/{}", images.medium_layer);
+        for round in 0..plan.rounds {
+            let far = crate::wan::Shaper::start(&upstream_addr, link)?;
+            let direct = images.pull(&far.url(), &["big"])?;
+            t.add("WAN: pull of the big image, cold (s)", "direct", direct);
+            t.add("WAN: pull of the big image, warm (s)", "direct", direct);
+            let (ttfb, _) = curl_timing(&format!("{}{layer}", far.url()))?;
+            t.add(
+                "WAN: cold blob GET, time to first byte (ms)",
+                "direct",
+                ttfb,
+            );
+            for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+                let mut m = Mirror::start(kind, w, &format!("wan-{round}"), &far.url())?;
+                let (ttfb, _) = curl_timing(&format!("{}{layer}", m.url))?;
+                t.add("WAN: cold blob GET, time to first byte (ms)", name, ttfb);
+                let cold = images.pull(&m.url, &["big"])?;
+                t.add("WAN: pull of the big image, cold (s)", name, cold);
+                t.add("WAN: cold pull ÷ direct", name, cold / direct);
+                let warm = images.pull(&m.url, &["big"])?;
+                t.add("WAN: pull of the big image, warm (s)", name, warm);
+                t.add("WAN: warm pull ÷ direct", name, warm / direct);
+                m.stop();
+            }
+        }
+    }
+
+    if phase("startup") {
+        eprintln!("bench: startup on a store of many objects");
+        startup_at_scale(&kura, w, &upstream.url, &plan, &mut t)?;
+    }
+
     let mut report = t.render(&plan)?;
     if phase("gc") {
         report.push_str(&crate::bench_gc::gc(&kura_bin, w, quick)?);
     }
     write_report(root, &report, quick || only.is_some())
+}
+
+/// kura on an empty store, then on one of `plan.many_objects` objects
+/// (half blobs, half a mirrored repository's links to them, as a long-lived
+/// mirror has), with a size bound so that its first eviction pass lists
+/// the whole cache: time to the first answer on each, and that pass's
+/// cost, from kura's log.
+fn startup_at_scale(
+    kura: &MirrorKind,
+    w: &Path,
+    upstream: &str,
+    plan: &Plan,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    use sha2::{Digest as _, Sha256};
+    let bound = "  max_size: 1TiB\n";
+    let mut empty = Mirror::start_bounded(kura, w, "startup-empty", upstream, bound)?;
+    t.add(
+        "startup to first response, empty store (ms)",
+        "kura",
+        empty.startup_ms,
+    );
+    empty.stop();
+
+    let name = "startup-many";
+    let data = w.join(format!("kura-{name}/data"));
+    let blobs = plan.many_objects / 2;
+    eprintln!("bench: writing {} objects", 2 * blobs);
+    let links = data.join("repositories/up.local/bench/many/_layers/sha256");
+    std::fs::create_dir_all(&links)?;
+    for fan in 0..=255u8 {
+        std::fs::create_dir_all(data.join(format!("blobs/sha256/{fan:02x}")))?;
+    }
+    for i in 0..blobs {
+        let hex = hex::encode(Sha256::digest((i as u64).to_le_bytes()));
+        let file = data.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+        std::fs::write(file, (i as u64).to_le_bytes())?;
+        std::fs::write(links.join(&hex), b"")?;
+    }
+    let mut many = Mirror::start_bounded(kura, w, name, upstream, bound)?;
+    t.add(
+        &format!(
+            "startup to first response, {} objects (ms)",
+            thousands(2 * blobs)
+        ),
+        "kura",
+        many.startup_ms,
+    );
+    let log = w.join(format!("kura-{name}/log"));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let seconds = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("eviction pass listed the whole cache"))
+        {
+            break line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("seconds="))
+                .and_then(|v| v.parse::<f64>().ok())
+                .context("no seconds= in the eviction log line")?;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no full eviction pass logged within 10 minutes; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    t.add(
+        &format!(
+            "first eviction pass over {} objects (s)",
+            thousands(2 * blobs)
+        ),
+        "kura",
+        seconds,
+    );
+    t.add("peak RSS after that pass (MiB)", "kura", many.hwm_mib()?);
+    many.stop();
+    std::fs::remove_dir_all(w.join(format!("kura-{name}")))?;
+    Ok(())
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Print the report and splice it into docs/benchmarks.md, or into
@@ -563,8 +708,6 @@ impl Images {
     }
 }
 
-/// GET every URL (at most `parallel` at once, each body discarded) with
-/// curl; the byte count of each, in order. Any non-200 is an error.
 /// One GET of `url` with curl: (time to first byte in ms, whole transfer
 /// in s).
 fn curl_timing(url: &str) -> anyhow::Result<(f64, f64)> {
@@ -586,6 +729,8 @@ fn curl_timing(url: &str) -> anyhow::Result<(f64, f64)> {
     Ok((f[1].parse::<f64>()? * 1000.0, f[2].parse()?))
 }
 
+/// GET every URL (at most `parallel` at once, each body discarded) with
+/// curl; the byte count of each, in order. Any non-200 is an error.
 fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
     let mut cmd = Command::new("curl");
     cmd.args([
@@ -647,6 +792,18 @@ impl Mirror {
         Self::start_with(kind, work, name, upstream, "")
     }
 
+    /// [`Mirror::start`] with `mirror` YAML added to kura's `mirror:`
+    /// section (a `max_size`, say).
+    fn start_bounded(
+        kind: &MirrorKind,
+        work: &Path,
+        name: &str,
+        upstream: &str,
+        mirror: &str,
+    ) -> anyhow::Result<Mirror> {
+        Self::start_configured(kind, work, name, upstream, mirror, "")
+    }
+
     /// [`Mirror::start`] with `extra` top-level YAML in kura's config (a
     /// `storage:` section, say).
     fn start_with(
@@ -654,6 +811,17 @@ impl Mirror {
         work: &Path,
         name: &str,
         upstream: &str,
+        extra: &str,
+    ) -> anyhow::Result<Mirror> {
+        Self::start_configured(kind, work, name, upstream, "", extra)
+    }
+
+    fn start_configured(
+        kind: &MirrorKind,
+        work: &Path,
+        name: &str,
+        upstream: &str,
+        mirror: &str,
         extra: &str,
     ) -> anyhow::Result<Mirror> {
         let port = kura_tests::free_port();
@@ -671,7 +839,7 @@ impl Mirror {
                     format!(
                         "listen: 127.0.0.1:{port}\ndata_dir: {data}\n\
                          mirror:\n  default: up.local\n  upstreams:\n    \
-                         - name: up.local\n      url: {upstream}\n{extra}",
+                         - name: up.local\n      url: {upstream}\n{mirror}{extra}",
                         data = dir.join("data").display()
                     ),
                 )?;

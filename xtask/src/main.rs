@@ -40,6 +40,7 @@ mod fuzz;
 mod image;
 mod soak;
 mod soak_gc;
+mod wan;
 mod worker;
 
 use std::path::PathBuf;

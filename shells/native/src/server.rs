@@ -693,7 +693,21 @@ pub fn spawn_evictor(app: Arc<App>, max_size: u64, every: Duration, grace_ms: u6
         let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
         loop {
             tick.tick().await;
-            match app.registry.evict(max_size, grace_ms).await {
+            let started = std::time::Instant::now();
+            let pass = app.registry.evict(max_size, grace_ms).await;
+            if let Ok(r) = &pass {
+                if r.full_listing {
+                    // The costly pass (at startup, then daily): say what
+                    // it cost.
+                    tracing::info!(
+                        cached_bytes = r.cached_bytes,
+                        evicted_blobs = r.evicted_blobs,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "eviction pass listed the whole cache"
+                    );
+                }
+            }
+            match pass {
                 Ok(r) if r.evicted_blobs > 0 => tracing::info!(
                     evicted_blobs = r.evicted_blobs,
                     evicted_bytes = r.evicted_bytes,

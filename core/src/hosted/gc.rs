@@ -308,6 +308,27 @@ impl<S: Storage, H: Host> Store<S, H> {
         Ok(report)
     }
 
+    /// Rewrite the GC lease if a quarter of its lifetime has passed since
+    /// `renewed_ms` (and it is still this process's), so that a long pass
+    /// (a big store on a slow bucket) is never taken for a dead one: a
+    /// second collector beside it would announce its own sweep over this
+    /// one's. Called between the steps of a pass.
+    async fn keep_gc_lease(&self, renewed_ms: &mut u64) -> Result<()> {
+        let now = self.host.now_unix_ms();
+        if now.saturating_sub(*renewed_ms) < GC_LEASE_MS / 4 {
+            return Ok(());
+        }
+        let held = self.storage.read(layout::GC_LEASE).await?;
+        if Stamp::decode(held.as_deref()).holder == self.process.as_str() {
+            let stamp = Stamp::encode(&self.process, now);
+            self.storage
+                .put(layout::GC_LEASE, stamp, PutMode::Overwrite)
+                .await?;
+        }
+        *renewed_ms = now;
+        Ok(())
+    }
+
     async fn gc_pass<M: IsMirrored>(
         &self,
         opts: &GcOptions,
@@ -315,6 +336,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         mut report: GcReport,
     ) -> Result<GcReport> {
         let now = self.host.now_unix_ms();
+        let mut renewed = now;
         let pending: BTreeMap<String, u64> = self
             .storage
             .read(layout::GC_PENDING)
@@ -348,6 +370,7 @@ impl<S: Storage, H: Host> Store<S, H> {
             self.remember_pending(&first.pending, &pending).await?;
             return Ok(report);
         }
+        self.keep_gc_lease(&mut renewed).await?;
 
         // Announce what may go, then list the pushes in progress and plan
         // again from a fresh listing: anything referenced since the first
@@ -363,6 +386,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         let in_use = self.digests_in_use().await?;
         let fresh = self.list_repositories().await?;
         let second = self.plan(&ctx, &fresh, &mut manifests).await?;
+        self.keep_gc_lease(&mut renewed).await?;
         let confirmed: HashSet<&Garbage> = second.deletable.iter().collect();
         let mut doomed = Vec::new();
         for g in first.deletable {
@@ -429,6 +453,7 @@ impl<S: Storage, H: Host> Store<S, H> {
             })
             .collect();
         for batch in blobs.chunks(DELETE_BATCH) {
+            self.keep_gc_lease(&mut renewed).await?;
             // Claim the batch against this process's pushes: one that
             // marked a digest since the horizon keeps it; one that marks it
             // from now on waits until the delete is over.

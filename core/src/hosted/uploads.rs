@@ -58,11 +58,13 @@ impl<S: Storage, H: Host> Store<S, H> {
             // Not mountable: the spec says fall back to a normal session.
         } else if let Some(d) = wire::query_param(uri, "digest") {
             let digest = Digest::parse(&d?)?;
-            let in_use = self.announce_use(&[&digest]).await?;
+            let in_use = self.announce_upload(&digest).await?;
             self.keep_blob(&digest).await?;
             self.store_blob(&digest, body).await?;
             self.link_blob(name, &digest).await?;
-            in_use.release().await;
+            if let Some(in_use) = in_use {
+                in_use.release().await;
+            }
             return Ok(self.blob_created(name, &digest));
         }
 
@@ -268,7 +270,7 @@ impl<S: Storage, H: Host> Store<S, H> {
         // Before the blob is written: an eviction pass that did not see
         // this yet cannot have chosen the blob we are about to write, nor a
         // collection (`crate::store::sweep`).
-        let in_use = self.announce_use(&[&digest]).await?;
+        let in_use = self.announce_upload(&digest).await?;
         self.keep_blob(&digest).await?;
         if state.chunks.is_empty() {
             // Monolithic: nothing staged, so the body goes straight to its
@@ -297,7 +299,9 @@ impl<S: Storage, H: Host> Store<S, H> {
             }
         }
         self.link_blob(name, &digest).await?;
-        in_use.release().await;
+        if let Some(in_use) = in_use {
+            in_use.release().await;
+        }
         self.remove_upload(id).await?;
         Ok(self.blob_created(name, &digest))
     }

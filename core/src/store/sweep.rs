@@ -134,6 +134,19 @@ impl<S: Storage, H: Host> Store<S, H> {
         Ok(in_use)
     }
 
+    /// [`Store::announce_use`] for an upload of blob `digest`, when it
+    /// needs one: only a blob already in storage can be in a collection's
+    /// plan. One that is not yet is new when written (young for a grace
+    /// period), and the pass that deleted it, if one did, deletes nothing
+    /// twice. A look instead of three requests, for most uploads.
+    pub(crate) async fn announce_upload(&self, digest: &Digest) -> Result<Option<InUse<S, H>>> {
+        if self.storage.head(&layout::blob(digest)).await?.is_none() {
+            self.touch_blob(digest).await;
+            return Ok(None);
+        }
+        Ok(Some(self.announce_use(&[digest]).await?))
+    }
+
     /// Wait while a collection in another process may delete one of
     /// `digests`. Returns whether it waited.
     pub(crate) async fn wait_out_sweep(&self, digests: &HashSet<String>) -> Result<bool> {

@@ -335,11 +335,11 @@ fn maintenance(
     )?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Run beside `kura serve` on the same machine, these yield the CPU to
-    // it: nice 10, set before the runtime's threads exist (Linux keeps a
+    // it: nice 19, set before the runtime's threads exist (Linux keeps a
     // nice value per thread; new threads inherit it). Best effort.
     // SAFETY: setpriority only reads its arguments.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -92,6 +92,22 @@ fn push_image<S: Storage>(
     }
 }
 
+/// An image pushed as `repo:tag`, then its manifest deleted through the
+/// API: garbage once the grace period has passed.
+fn garbage_image<S: Storage>(
+    reg: &Registry<S, TestHost>,
+    repo: &str,
+    tag: &str,
+    layers: &[u32],
+) -> Image {
+    let image = push_image(reg, repo, Some(tag), layers);
+    assert_eq!(
+        status(reg, Method::DELETE, &format!("/v2/{repo}/manifests/{tag}")),
+        StatusCode::ACCEPTED
+    );
+    image
+}
+
 fn status<S: Storage>(reg: &Registry<S, TestHost>, method: Method, uri: &str) -> StatusCode {
     call(reg, method, uri, &[], "").status
 }
@@ -266,11 +282,7 @@ fn index_children_and_referrers_of_live_subjects_stay_until_the_index_goes() {
 #[test]
 fn a_push_that_probed_a_blob_wins_against_a_collection() {
     let (reg, clock) = registry();
-    let old = push_image(&reg, "team/app", Some("old"), &[7]);
-    assert_eq!(
-        status(&reg, Method::DELETE, "/v2/team/app/manifests/old"),
-        StatusCode::ACCEPTED
-    );
+    let old = garbage_image(&reg, "team/app", "old", &[7]);
     advance(&reg, &clock, 2 * GRACE);
     let layer = &old.blobs[1];
     assert_eq!(
@@ -780,11 +792,7 @@ fn two_processes(
         TestHost::at(START),
         RegistryConfig::default(),
     ));
-    let old = push_image(&*serving, "team/app", Some("v1"), &[1, 2]);
-    assert_eq!(
-        status(&*serving, Method::DELETE, "/v2/team/app/manifests/v1"),
-        StatusCode::ACCEPTED
-    );
+    let old = garbage_image(&*serving, "team/app", "v1", &[1, 2]);
     let later = START + 2 * GRACE;
     clock.store(later, Ordering::SeqCst);
     serving.host().clock.store(later, Ordering::SeqCst);
@@ -919,11 +927,7 @@ fn a_probe_in_another_process_during_a_sweep_answers_from_what_is_left() {
 #[test]
 fn a_collection_spares_what_pushes_elsewhere_have_in_use_and_drops_stale_records() {
     let (reg, clock) = registry();
-    let old = push_image(&reg, "team/app", Some("v1"), &[1]);
-    assert_eq!(
-        status(&reg, Method::DELETE, "/v2/team/app/manifests/v1"),
-        StatusCode::ACCEPTED
-    );
+    let old = garbage_image(&reg, "team/app", "v1", &[1]);
     advance(&reg, &clock, 2 * GRACE);
     let now = reg.host().clock.load(Ordering::SeqCst);
     // A push in another process, under way; and one that died 7 hours ago.

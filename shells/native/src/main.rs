@@ -7,6 +7,7 @@ mod compat;
 mod config;
 mod doctor;
 mod fetch;
+mod file_window;
 mod fsck;
 mod gc;
 mod host;

@@ -351,6 +351,13 @@ impl Collector for Process {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::try_from(self.uptime_secs).unwrap_or(i64::MAX)).encode(up)?;
+        let sent = encoder.encode_descriptor(
+            "kura_sent_from_file_bytes",
+            "Response bytes the kernel sent straight from stored files (sendfile, plain HTTP).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(crate::file_window::sent_from_files()).encode(sent)?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryE
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::file_window::{SendFile, Window};
 use crate::fetch::HttpFetch;
 use crate::host::SystemHost;
 use crate::metrics::ServerMetrics;
@@ -122,7 +123,7 @@ pub async fn serve<L>(
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     L: axum::serve::Listener,
-    L::Io: Unpin + Send + 'static,
+    L::Io: SendFile + Unpin + Send + 'static,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -162,15 +163,16 @@ pub async fn serve<L>(
         };
         let service = TowerToHyperService::new(router.clone());
         let io = Guarded::new(io, header_timeout, idle_timeout);
+        let sends_files = io.sends_files;
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        tokio::spawn(crate::file_window::SENDS_FILES.scope(sends_files, async move {
             // A client going away mid-request is not an error here.
             let _ = conn.await;
             drop(slot);
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;
@@ -258,8 +260,14 @@ fn raise_open_file_limit() -> Option<u64> {
 ///   stalled request body or a client that stopped reading its response
 ///   loses the connection. Waits on anything else (storage, an upstream)
 ///   do not poll the connection and never count.
+///
+/// It is also where a stored file's bytes leave without a copy: on a
+/// connection that can, bytes of a mapped window of a local file go out
+/// with `sendfile` (`crate::file_window`), whatever protocol wrote them.
 struct Guarded<I> {
     io: I,
+    /// The connection sends windows of files itself.
+    sends_files: bool,
     /// Preface bytes still to come.
     preface_left: usize,
     accepted: tokio::time::Instant,
@@ -276,9 +284,13 @@ struct Guarded<I> {
 const PREFACE: usize = 24;
 
 impl<I> Guarded<I> {
-    fn new(io: I, header_timeout: Duration, idle_timeout: Duration) -> Self {
+    fn new(io: I, header_timeout: Duration, idle_timeout: Duration) -> Self
+    where
+        I: SendFile,
+    {
         let now = tokio::time::Instant::now();
         Guarded {
+            sends_files: io.sends_files(),
             io,
             preface_left: PREFACE,
             accepted: now,
@@ -346,13 +358,19 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<I> {
     }
 }
 
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<I> {
+impl<I> tokio::io::AsyncWrite for Guarded<I>
+where
+    I: tokio::io::AsyncWrite + SendFile + Unpin,
+{
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        let r = match self.sends_files.then(|| Window::find(buf)).flatten() {
+            Some((fd, offset)) => self.io.poll_send_file(cx, fd, offset, buf.len()),
+            None => std::pin::Pin::new(&mut self.io).poll_write(cx, buf),
+        };
         self.after_write(cx, r)
     }
 
@@ -361,7 +379,25 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<I> {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        // Plain buffers up to the first one in a file window go in one
+        // write; a window's bytes go on their own, from the file.
+        let mut plain = bufs.len();
+        if self.sends_files {
+            let mut plain_bytes = 0;
+            for (i, buf) in bufs.iter().enumerate() {
+                if let Some((fd, offset)) = Window::find(buf) {
+                    // Empty buffers before it are nothing to write.
+                    if plain_bytes == 0 {
+                        let r = self.io.poll_send_file(cx, fd, offset, buf.len());
+                        return self.after_write(cx, r);
+                    }
+                    plain = i;
+                    break;
+                }
+                plain_bytes += buf.len();
+            }
+        }
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, &bufs[..plain]);
         self.after_write(cx, r)
     }
 
@@ -760,4 +796,64 @@ pub fn spawn_upload_janitor(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file_window;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A window's bytes written to a plain connection leave from the file
+    /// (`sendfile`), in order with the ordinary bytes around them.
+    #[tokio::test]
+    async fn a_plain_connection_sends_windows_from_their_file() {
+        let data = file_window::tests::pattern(20 * 1024 * 1024 + 77);
+        let (_dir, file) = file_window::tests::file_of(&data);
+        let range = 4097..data.len() as u64;
+        let chunks = file_window::tests::windows(file, range.clone(), true).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut conn = Guarded::new(socket, Duration::from_secs(10), Duration::from_secs(10));
+        assert!(conn.sends_files);
+        let before = file_window::sent_from_files();
+        // Headers and the first window in one vectored write, as hyper
+        // queues them; then the rest, window by window and between them
+        // ordinary bytes.
+        let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        let mut expected = head.clone();
+        let mut first = chunks[0].clone();
+        let mut head_left = &head[..];
+        while !head_left.is_empty() || !first.is_empty() {
+            let bufs = [io::IoSlice::new(head_left), io::IoSlice::new(&first)];
+            let n = conn.write_vectored(&bufs).await.unwrap();
+            let from_head = n.min(head_left.len());
+            head_left = &head_left[from_head..];
+            first = first.slice(n - from_head..);
+        }
+        expected.extend_from_slice(&chunks[0]);
+        for c in &chunks[1..] {
+            conn.write_all(b"--").await.unwrap();
+            conn.write_all(c).await.unwrap();
+            expected.extend_from_slice(b"--");
+            expected.extend_from_slice(c);
+        }
+        conn.shutdown().await.unwrap();
+        drop(conn);
+        let got = reader.await.unwrap();
+        assert!(got == expected, "the bytes sent differ from the file's");
+        let windows: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        assert_eq!(windows, range.end - range.start);
+        assert!(
+            file_window::sent_from_files() - before >= windows,
+            "the windows were copied, not sent from the file"
+        );
+    }
 }

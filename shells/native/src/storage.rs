@@ -79,52 +79,6 @@ impl ObjectStorage {
     }
 }
 
-/// Bytes of a local file mapped at a time. Mapped pages count as resident
-/// while a window is being sent, so this bounds a reader's footprint.
-const MAP_WINDOW: u64 = 2 * 1024 * 1024;
-
-/// A local file's `range` as memory-mapped windows: the socket write reads
-/// the page cache directly, with no copy into a buffer of ours.
-///
-/// Safety of the mapping: kura never changes a file's existing bytes.
-/// Objects are written to a staging file and renamed into place, and
-/// appends only add bytes past what readers are told exists; deletes
-/// unlink, which leaves a mapping valid.
-fn mapped_stream(file: std::fs::File, range: Range<u64>) -> ByteStream {
-    let file = Arc::new(file);
-    let windows = futures::stream::try_unfold(range.start, move |pos| {
-        let file = file.clone();
-        let end = range.end;
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let len = MAP_WINDOW.min(end - pos);
-            // Faulting pages in may wait for the disk: not on a runtime thread.
-            let window = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                let aligned = pos - pos % MAP_ALIGN;
-                // SAFETY: see above; the range is within the file.
-                let map = unsafe {
-                    memmap2::MmapOptions::new()
-                        .offset(aligned)
-                        .len((pos - aligned + len) as usize)
-                        .populate()
-                        .map(&*file)?
-                };
-                Ok(Bytes::from_owner(map).slice((pos - aligned) as usize..))
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Ok(Some((window, pos + len)))
-        }
-    });
-    Box::pin(windows)
-}
-
-/// Mapping offsets must be page-aligned; 64 KiB is a multiple of every
-/// page size Linux uses (4, 16 and 64 KiB).
-const MAP_ALIGN: u64 = 64 * 1024;
-
 /// Whether a file name is one of object_store's staging files (`<name>#<n>`),
 /// which a write renames into place when done.
 pub fn is_staging_file(name: &str) -> bool {
@@ -294,7 +248,7 @@ impl Storage for ObjectStorage {
                 let stream: ByteStream = match r.payload {
                     // object_store reads local files 8 KiB at a time, one
                     // blocking task each; mapping skips the copies too.
-                    GetResultPayload::File(file, _) => mapped_stream(file, r.range),
+                    GetResultPayload::File(file, _) => crate::file_window::stream(file, r.range),
                     GetResultPayload::Stream(s) => Box::pin(s.map_err(io::Error::other)),
                 };
                 Ok(Some((meta, stream)))

@@ -233,37 +233,52 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 
     if phase("herd") {
         eprintln!("bench: 64 concurrent cold GETs of one blob");
-        for round in 0..plan.rounds {
-            for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
-                let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
-                let digest = &images.medium_layer;
-                let before = upstream.blob_gets_of("bench/medium", digest);
-                let url = format!("{}/v2/bench/medium/blobs/{digest}", m.url);
-                let started = Instant::now();
-                let sizes = curl_parallel(&vec![url.clone(); 64], 64)?;
-                let secs = started.elapsed().as_secs_f64();
-                ensure!(
-                    sizes.iter().all(|s| *s == images.medium_size),
-                    "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
-                );
-                let gets = upstream.blob_gets_of("bench/medium", digest) - before;
-                t.add("64 concurrent cold GETs: upstream GETs", name, gets as f64);
-                t.add("64 concurrent cold GETs: last byte (s)", name, secs);
-                t.add(
-                    "64 concurrent cold GETs: peak RSS (MiB)",
-                    name,
-                    m.hwm_mib()?,
-                );
-                // The same 64 again, warm: what followers of a fill should
-                // come close to.
-                let started = Instant::now();
-                curl_parallel(&vec![url; 64], 64)?;
-                t.add(
-                    "64 concurrent warm GETs: last byte (s)",
-                    name,
-                    started.elapsed().as_secs_f64(),
-                );
-                m.stop();
+        let big_size = images.bytes_of_blob(&images.big_layer);
+        let blobs = [
+            ("bench/medium", &images.medium_layer, images.medium_size),
+            ("bench/big", &images.big_layer, big_size),
+        ];
+        for (repo, digest, size) in blobs {
+            let of = format!("{} MiB", size / MIB as u64);
+            for round in 0..plan.rounds {
+                for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
+                    let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
+                    let before = upstream.blob_gets_of(repo, digest);
+                    let url = format!("{}/v2/{repo}/blobs/{digest}", m.url);
+                    let started = Instant::now();
+                    let sizes = curl_parallel(&vec![url.clone(); 64], 64)?;
+                    let secs = started.elapsed().as_secs_f64();
+                    ensure!(
+                        sizes.iter().all(|s| *s == size),
+                        "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
+                    );
+                    let gets = upstream.blob_gets_of(repo, digest) - before;
+                    t.add(
+                        &format!("64 concurrent cold GETs of {of}: upstream GETs"),
+                        name,
+                        gets as f64,
+                    );
+                    t.add(
+                        &format!("64 concurrent cold GETs of {of}: last byte (s)"),
+                        name,
+                        secs,
+                    );
+                    t.add(
+                        &format!("64 concurrent cold GETs of {of}: peak RSS (MiB)"),
+                        name,
+                        m.hwm_mib()?,
+                    );
+                    // The same 64 again, warm: what followers of a fill
+                    // should come close to.
+                    let started = Instant::now();
+                    curl_parallel(&vec![url; 64], 64)?;
+                    t.add(
+                        &format!("64 concurrent warm GETs of {of}: last byte (s)"),
+                        name,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    m.stop();
+                }
             }
         }
     }
@@ -614,6 +629,15 @@ struct Images {
 }
 
 impl Images {
+    /// The size of blob `digest` (of any image).
+    fn bytes_of_blob(&self, digest: &str) -> u64 {
+        self.contents
+            .values()
+            .flatten()
+            .find(|(d, _)| d == digest)
+            .map_or(0, |(_, size)| *size)
+    }
+
     /// The bytes of every blob of image `tag`.
     fn bytes_of(&self, tag: &str) -> u64 {
         self.contents

@@ -247,7 +247,9 @@ pub(crate) mod tests {
     const MIB: usize = 1024 * 1024;
 
     pub(crate) fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8 ^ (i / 65536) as u8).collect()
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 65536) as u8)
+            .collect()
     }
 
     pub(crate) fn file_of(data: &[u8]) -> (tempfile::TempDir, File) {
@@ -279,7 +281,11 @@ pub(crate) mod tests {
             let fd = file.as_raw_fd();
             let range = 100_001..(data.len() as u64 - 3);
             let chunks = windows(file, range.clone(), sends_files).await;
-            let size = if sends_files { SENT_WINDOW } else { READ_WINDOW };
+            let size = if sends_files {
+                SENT_WINDOW
+            } else {
+                READ_WINDOW
+            };
             assert_eq!(
                 chunks.len() as u64,
                 (range.end - range.start).div_ceil(size),

@@ -15,8 +15,8 @@ use kura_core::{Body, ByteStream, ErrorCode, Registry, RegistryConfig, RegistryE
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::file_window::{SendFile, Window};
 use crate::fetch::HttpFetch;
+use crate::file_window::{SendFile, Window};
 use crate::host::SystemHost;
 use crate::metrics::ServerMetrics;
 use crate::storage::ObjectStorage;
@@ -168,11 +168,13 @@ pub async fn serve<L>(
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(crate::file_window::SENDS_FILES.scope(sends_files, async move {
-            // A client going away mid-request is not an error here.
-            let _ = conn.await;
-            drop(slot);
-        }));
+        tokio::spawn(
+            crate::file_window::SENDS_FILES.scope(sends_files, async move {
+                // A client going away mid-request is not an error here.
+                let _ = conn.await;
+                drop(slot);
+            }),
+        );
     }
     drop(listener);
     graceful.shutdown().await;

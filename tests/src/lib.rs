@@ -98,6 +98,18 @@ impl Kura {
         Self::start_with(KuraOptions::default())
     }
 
+    /// The value of an unlabelled metric on `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = http_client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn start_with(opts: KuraOptions) -> anyhow::Result<Kura> {
         let (tmp, data_dir) = match &opts.data_dir {
             Some(d) => (None, d.clone()),

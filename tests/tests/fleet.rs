@@ -77,17 +77,6 @@ impl Shared {
     }
 }
 
-fn metric(k: &Kura, name: &str) -> u64 {
-    let text = http_client()
-        .get(format!("{}/metrics", k.url))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// GET `url` on a thread, counting bytes into the returned counter.
 fn streaming(url: String) -> (Arc<AtomicU64>, std::thread::JoinHandle<Streamed>) {
     let progress = Arc::new(AtomicU64::new(0));
@@ -138,7 +127,7 @@ fn one_fetch_between_two_instances(shared: Shared) {
     assert_whole("second", &rb, SIZE, &digest);
     assert_eq!(rb.cache, "miss");
     assert_eq!(f.blob_gets("team/fleet", &digest), 1, "fetched twice");
-    assert_eq!(metric(&b, "kura_fills_followed_elsewhere_total"), 1);
+    assert_eq!(b.metric("kura_fills_followed_elsewhere_total"), 1);
     let r = stream_hash(&http_client(), &format!("{}{path}", b.url), None, |_| true);
     assert_whole("warm", &r, SIZE, &digest);
     assert_eq!(r.cache, "hit");
@@ -200,7 +189,7 @@ fn a_killed_instances_fill_is_taken_over() {
         killed.elapsed()
     );
     assert_eq!(f.blob_gets("team/crash", &digest), 2);
-    assert_eq!(metric(&b, "kura_fills_taken_over_total"), 1);
+    assert_eq!(b.metric("kura_fills_taken_over_total"), 1);
     let Shared::Bucket(s3, _) = &shared else {
         unreachable!()
     };
@@ -298,7 +287,7 @@ fn sixty_four_cold_gets_over_three_instances_make_one_upstream_fetch() {
     assert_eq!(f.blob_gets("team/fan", &digest), 1, "upstream GETs");
     let followed: u64 = ks
         .iter()
-        .map(|k| metric(k, "kura_fills_followed_elsewhere_total"))
+        .map(|k| k.metric("kura_fills_followed_elsewhere_total"))
         .sum();
     assert_eq!(followed, 2, "the two instances without the lease follow it");
 }
@@ -408,13 +397,13 @@ fn eviction_keeps_the_blob_another_instance_served_last() {
     }
     assert_eq!(blobs.iter().map(|d| gets(d)).collect::<Vec<_>>(), [1; 4]);
     assert!(
-        eventually(30, || metric(&ks[0], "kura_cache_evictions_total") >= 1),
+        eventually(30, || ks[0].metric("kura_cache_evictions_total") >= 1),
         "no eviction pass evicted"
     );
     // Give a pass that evicts more the chance to, before looking.
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(
-        metric(&ks[0], "kura_cache_evictions_total"),
+        ks[0].metric("kura_cache_evictions_total"),
         1,
         "20 MiB over 16: one goes"
     );

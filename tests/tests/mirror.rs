@@ -213,6 +213,7 @@ fn cold_then_warm_pull_is_identical_to_upstream_and_served_from_cache() {
 
     // Warm pull: nothing from upstream (tag within its TTL, blobs cached).
     let before = up.access_log().len();
+    let sent_before = k.metric("kura_sent_from_file_bytes_total");
     copy(
         &sk,
         &[],
@@ -234,6 +235,14 @@ fn cold_then_warm_pull_is_identical_to_upstream_and_served_from_cache() {
         direct.digest
     );
     assert_eq!(oci_blobs(&w.join("warm")).unwrap(), direct_blobs);
+    // On a plain connection the kernel sent the cached layers straight
+    // from their files (sendfile), and skopeo verified every digest.
+    let layer_bytes: u64 = img.layers.iter().map(|l| l.size).sum();
+    let sent = k.metric("kura_sent_from_file_bytes_total") - sent_before;
+    assert!(
+        sent >= layer_bytes,
+        "warm pull: {sent} bytes sent from files, the layers have {layer_bytes}"
+    );
 
     // The two-platform index, --all.
     let direct_multi = oci_ref(&w.join("direct-multi"), "v1").unwrap();

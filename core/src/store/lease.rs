@@ -184,7 +184,7 @@ mod tests {
             assert_eq!(storage.read(key).await.unwrap().unwrap(), &b"me 2"[..]);
             // Held by a live holder: reported with its record.
             let taken = take(&storage, key, Bytes::from_static(b"third 3")).await;
-            assert!(matches!(taken, Taken::Elsewhere(Some(b)) if b == &b"me 2"[..]));
+            assert!(matches!(taken, Taken::Elsewhere(Some(b)) if b == b"me 2"[..]));
         });
     }
 }

@@ -369,10 +369,12 @@ where
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let r = match self.sends_files.then(|| Window::find(buf)).flatten() {
-            Some((fd, offset)) => self.io.poll_send_file(cx, fd, offset, buf.len()),
-            None => std::pin::Pin::new(&mut self.io).poll_write(cx, buf),
-        };
+        if let Some((fd, offset)) = self.sends_files.then(|| Window::find(buf)).flatten() {
+            if let Some(r) = self.send_file(cx, fd, offset, buf.len()) {
+                return self.after_write(cx, r);
+            }
+        }
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
         self.after_write(cx, r)
     }
 
@@ -390,8 +392,11 @@ where
                 if let Some((fd, offset)) = Window::find(buf) {
                     // Empty buffers before it are nothing to write.
                     if plain_bytes == 0 {
-                        let r = self.io.poll_send_file(cx, fd, offset, buf.len());
-                        return self.after_write(cx, r);
+                        if let Some(r) = self.send_file(cx, fd, offset, buf.len()) {
+                            return self.after_write(cx, r);
+                        }
+                        // Written as ordinary bytes below.
+                        break;
                     }
                     plain = i;
                     break;
@@ -419,6 +424,33 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<I: SendFile> Guarded<I> {
+    /// Send `len` bytes of `fd` from `offset`; `None` when the file cannot
+    /// be sent this way (a filesystem without `sendfile` support): the
+    /// caller writes the window's bytes instead, as it will from now on.
+    fn send_file(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+    ) -> Option<std::task::Poll<io::Result<usize>>> {
+        let r = self.io.poll_send_file(cx, fd, offset, len);
+        if let std::task::Poll::Ready(Err(e)) = &r {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) || e.kind() == io::ErrorKind::Unsupported
+            {
+                tracing::debug!(error = %e, "sendfile refused: writing blob bytes instead");
+                self.sends_files = false;
+                return None;
+            }
+        }
+        Some(r)
     }
 }
 
@@ -806,10 +838,15 @@ mod tests {
     use crate::file_window;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A window's bytes written to a plain connection leave from the file
-    /// (`sendfile`), in order with the ordinary bytes around them.
-    #[tokio::test]
-    async fn a_plain_connection_sends_windows_from_their_file() {
+    /// Write a response head and the windows of a 20 MiB file (with
+    /// ordinary bytes between them) through `Guarded` over a loopback TCP
+    /// connection wrapped by `wrap`; whether the reader got exactly those
+    /// bytes, how many window bytes there were, and how many bytes were
+    /// sent from the file meanwhile.
+    async fn send_windows<I>(wrap: impl FnOnce(tokio::net::TcpStream) -> I) -> (bool, u64, u64)
+    where
+        I: tokio::io::AsyncWrite + SendFile + Unpin,
+    {
         let data = file_window::tests::pattern(20 * 1024 * 1024 + 77);
         let (_dir, file) = file_window::tests::file_of(&data);
         let range = 4097..data.len() as u64;
@@ -823,7 +860,11 @@ mod tests {
             got
         });
         let (socket, _) = listener.accept().await.unwrap();
-        let mut conn = Guarded::new(socket, Duration::from_secs(10), Duration::from_secs(10));
+        let mut conn = Guarded::new(
+            wrap(socket),
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+        );
         assert!(conn.sends_files);
         let before = file_window::sent_from_files();
         // Headers and the first window in one vectored write, as hyper
@@ -850,12 +891,75 @@ mod tests {
         conn.shutdown().await.unwrap();
         drop(conn);
         let got = reader.await.unwrap();
-        assert!(got == expected, "the bytes sent differ from the file's");
         let windows: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         assert_eq!(windows, range.end - range.start);
+        (
+            got == expected,
+            windows,
+            file_window::sent_from_files() - before,
+        )
+    }
+
+    /// A window's bytes written to a plain connection leave from the file
+    /// (`sendfile`), in order with the ordinary bytes around them.
+    #[tokio::test]
+    async fn a_plain_connection_sends_windows_from_their_file() {
+        let (same, windows, sent) = send_windows(|s| s).await;
+        assert!(same, "the bytes sent differ from the file's");
         assert!(
-            file_window::sent_from_files() - before >= windows,
+            sent >= windows,
             "the windows were copied, not sent from the file"
         );
+    }
+
+    /// A connection whose `sendfile` is refused (a filesystem without
+    /// support for it) writes the windows' bytes instead.
+    #[tokio::test]
+    async fn a_refused_sendfile_falls_back_to_writing_the_bytes() {
+        let (same, _, _) = send_windows(Refusing).await;
+        assert!(same, "the bytes written differ from the file's");
+    }
+
+    /// A plain connection on which `sendfile` always fails with `EINVAL`.
+    struct Refusing(tokio::net::TcpStream);
+
+    impl SendFile for Refusing {
+        fn sends_files(&self) -> bool {
+            true
+        }
+
+        fn poll_send_file(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+            _: std::os::fd::RawFd,
+            _: u64,
+            _: usize,
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(io::Error::from_raw_os_error(libc::EINVAL)))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Refusing {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
     }
 }

@@ -1227,14 +1227,16 @@ impl Table {
              same upstream on local disk, and nginx with `sendfile on` as the ceiling for \
              serving a file. Load: `wrk` for rates and throughput (1 thread for 1 client, 2 \
              threads otherwise), `curl --parallel` for pulls. Blobs: {} for throughput, a \
-             {}-layer image of {} per layer for the cold pull, a {} layer for the 64 \
-             concurrent cold GETs. The load generator shares the two cores with the servers.\n\n",
+             {}-layer image of {} per layer for the cold pull, a {} and a {} layer for the \
+             64 concurrent cold GETs. The load generator shares the two cores with the \
+             servers.\n\n",
             if plan.quick { " --quick" } else { "" },
             plan.rounds,
             human(plan.big_layer as u64),
             4,
             human(plan.big_layer as u64),
             human(plan.medium_layer as u64),
+            human(plan.big_layer as u64),
         ));
         out.push_str(
             "| measure | registry:2 | kura | ceiling / direct | kura ÷ registry:2 | kura ÷ ceiling |\n\

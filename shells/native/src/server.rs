@@ -365,17 +365,12 @@ where
     I: tokio::io::AsyncWrite + SendFile + Unpin,
 {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        if let Some((fd, offset)) = self.sends_files.then(|| Window::find(buf)).flatten() {
-            if let Some(r) = self.send_file(cx, fd, offset, buf.len()) {
-                return self.after_write(cx, r);
-            }
-        }
-        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        self.after_write(cx, r)
+        // One path for a window's bytes, whichever way they come.
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(

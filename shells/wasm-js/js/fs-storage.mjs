@@ -148,18 +148,14 @@ export class FsStorage {
   async rename(from, to) {
     const src = this.#path(from);
     const target = this.#path(to);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await rename(src, target);
-        break;
-      } catch (e) {
-        if (!isMissing(e)) throw e;
-        // The source is missing (the caller's problem) or the target's
-        // directory is (create it and try again).
-        if ((await this.head(from)) === null) throw codedError('ENOENT', `${from} does not exist`);
-        if (attempt >= 5) throw e;
-        await mkdir(dirname(target), { recursive: true });
-      }
+    // ENOENT: the source is missing (the caller's problem, answered
+    // before any directory is made for it) or the target's directory is.
+    const sourceGone = async () => (await this.head(from)) === null;
+    try {
+      await retryMissingDir(target, () => rename(src, target), sourceGone);
+    } catch (e) {
+      if (isMissing(e) && (await sourceGone())) throw codedError('ENOENT', `${from} does not exist`);
+      throw e;
     }
     await this.#pruneDirs(dirname(src));
   }
@@ -258,15 +254,28 @@ async function walk(dir, dirKey, out, withMeta) {
   }
 }
 
+/** How often a write recreates a directory that a concurrent delete keeps
+ * pruning before it gives up (as many as the native local-disk store). */
+const DIRECTORY_ATTEMPTS = 16;
+
 /** Run `op`, creating the target's directory and retrying when it is
- * missing (first write there, or a concurrent delete just pruned it). */
-async function retryMissingDir(target, op) {
-  for (let attempt = 0; ; attempt++) {
+ * missing (first write there, or a concurrent delete just pruned it).
+ * Creating the directory races with those deletes too: `mkdir -p` fails
+ * with ENOENT when a parent it has just made is pruned before the next
+ * level, so that counts as one more lost attempt, not as the answer.
+ * `hopeless` says when ENOENT is not about the directory (a missing
+ * source), to stop before making one. */
+async function retryMissingDir(target, op, hopeless = async () => false) {
+  for (let attempt = 1; ; attempt++) {
     try {
       return await op();
     } catch (e) {
-      if (!isMissing(e) || attempt >= 5) throw e;
+      if (!isMissing(e) || attempt >= DIRECTORY_ATTEMPTS || (await hopeless())) throw e;
+    }
+    try {
       await mkdir(dirname(target), { recursive: true });
+    } catch (e) {
+      if (!isMissing(e)) throw e;
     }
   }
 }

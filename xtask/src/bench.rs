@@ -97,7 +97,6 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         .position(|a| *a == "--only")
         .and_then(|i| args.get(i + 1))
         .copied();
-    let phase = |p: &str| only.is_none_or(|o| o == p);
     if args.contains(&"--perf") {
         let dir = root.join("target/bench-perf");
         std::fs::create_dir_all(&dir)?;
@@ -119,20 +118,43 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     }
     let kura_bin = build_kura(root, quick)?;
     let work = tempfile::Builder::new().prefix("kura-bench").tempdir()?;
-    let w = work.path();
+    let outcome = run_phases(root, &plan, only, &kura_bin, work.path());
+    if outcome.is_err() {
+        // The servers' logs say what went wrong; keep them.
+        let kept = work.keep();
+        return outcome.with_context(|| {
+            format!(
+                "the bench's work directory, with every server's log, is kept at {}",
+                kept.display()
+            )
+        });
+    }
+    outcome
+}
+
+fn run_phases(
+    root: &Path,
+    plan: &Plan,
+    only: Option<&str>,
+    kura_bin: &Path,
+    w: &Path,
+) -> anyhow::Result<()> {
+    let quick = plan.quick;
+    let phase = |p: &str| only.is_none_or(|o| o == p);
+    let gc_only = only == Some("gc");
     if gc_only {
-        let report = machine_line()? + &crate::bench_gc::gc(&kura_bin, w, quick)?;
+        let report = machine_line()? + &crate::bench_gc::gc(kura_bin, w, quick)?;
         return write_report(root, &report, true);
     }
 
     eprintln!("bench: generating images");
-    let images = Images::generate(&w.join("oci"), &plan, phase("memory"))?;
+    let images = Images::generate(&w.join("oci"), plan, phase("memory"))?;
     eprintln!("bench: loading the upstream");
     let upstream = Distribution::start()?;
     images.push(&w.join("oci"), &upstream)?;
 
     let mut t = Table::default();
-    let kura = MirrorKind::Kura(kura_bin.clone());
+    let kura = MirrorKind::Kura(kura_bin.to_path_buf());
     let reg = MirrorKind::Registry2;
 
     // Warm serving: one long-lived instance of each, primed.
@@ -240,18 +262,20 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         ];
         for (repo, digest, size) in blobs {
             let of = format!("{} MiB", size / MIB as u64);
+            // registry:2 answers some of a cold fan-out with 500s ("invalid
+            // checksum digest format": its concurrent fills of one blob
+            // collide), and goes on doing so when the GETs are repeated.
+            // Those are counted, over every round, not fatal; kura may fail
+            // none.
+            let mut failed: BTreeMap<&'static str, f64> = BTreeMap::new();
             for round in 0..plan.rounds {
                 for (name, kind) in alternate(round, [("kura", &kura), ("registry:2", &reg)]) {
                     let mut m = Mirror::start(kind, w, &format!("herd-{round}"), &upstream.url)?;
                     let before = upstream.blob_gets_of(repo, digest);
                     let url = format!("{}/v2/{repo}/blobs/{digest}", m.url);
                     let started = Instant::now();
-                    let sizes = curl_parallel(&vec![url.clone(); 64], 64)?;
+                    let cold = curl_answers(&vec![url.clone(); 64], 64)?;
                     let secs = started.elapsed().as_secs_f64();
-                    ensure!(
-                        sizes.iter().all(|s| *s == size),
-                        "{name}: a concurrent cold GET returned the wrong length: {sizes:?}"
-                    );
                     let gets = upstream.blob_gets_of(repo, digest) - before;
                     t.add(
                         &format!("64 concurrent cold GETs of {of}: upstream GETs"),
@@ -271,14 +295,42 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
                     // The same 64 again, warm: what followers of a fill
                     // should come close to.
                     let started = Instant::now();
-                    curl_parallel(&vec![url; 64], 64)?;
+                    let warm = curl_answers(&vec![url; 64], 64)?;
                     t.add(
                         &format!("64 concurrent warm GETs of {of}: last byte (s)"),
                         name,
                         started.elapsed().as_secs_f64(),
                     );
+                    let wrong: Vec<&(u16, u64)> = cold
+                        .iter()
+                        .chain(&warm)
+                        .filter(|(code, got)| *code != 200 || *got != size)
+                        .collect();
+                    if !wrong.is_empty() {
+                        eprintln!(
+                            "bench: {name} failed {} of 128 GETs of {of} (round {round}): {:?}",
+                            wrong.len(),
+                            &wrong[..wrong.len().min(4)]
+                        );
+                    }
+                    ensure!(
+                        name != "kura" || wrong.is_empty(),
+                        "kura answered {} of 128 GETs of the {of} blob with an error or the \
+                         wrong length (status, bytes; the first few): {:?}; its log is in {}",
+                        wrong.len(),
+                        &wrong[..wrong.len().min(4)],
+                        w.join(format!("kura-herd-{round}")).display()
+                    );
+                    *failed.entry(name).or_default() += wrong.len() as f64;
                     m.stop();
                 }
+            }
+            for (name, n) in failed {
+                t.add(
+                    &format!("64 concurrent GETs of {of}, cold then warm: failed, all rounds"),
+                    name,
+                    n,
+                );
             }
         }
     }
@@ -446,12 +498,12 @@ pub fn bench(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 
     if phase("startup") {
         eprintln!("bench: startup on a store of many objects");
-        startup_at_scale(&kura, w, &upstream.url, &plan, &mut t)?;
+        startup_at_scale(&kura, w, &upstream.url, plan, &mut t)?;
     }
 
-    let mut report = t.render(&plan)?;
+    let mut report = t.render(plan)?;
     if phase("gc") {
-        report.push_str(&crate::bench_gc::gc(&kura_bin, w, quick)?);
+        report.push_str(&crate::bench_gc::gc(kura_bin, w, quick)?);
     }
     write_report(root, &report, quick || only.is_some())
 }
@@ -756,6 +808,19 @@ fn curl_timing(url: &str) -> anyhow::Result<(f64, f64)> {
 /// GET every URL (at most `parallel` at once, each body discarded) with
 /// curl; the byte count of each, in order. Any non-200 is an error.
 fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
+    curl_answers(urls, parallel)?
+        .into_iter()
+        .zip(urls)
+        .map(|((code, size), url)| {
+            ensure!(code == 200, "GET {url}: HTTP {code}");
+            Ok(size)
+        })
+        .collect()
+}
+
+/// GET every URL as [`curl_parallel`] does; the status and byte count of
+/// each, in order, whatever the status.
+fn curl_answers(urls: &[String], parallel: usize) -> anyhow::Result<Vec<(u16, u64)>> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -773,15 +838,16 @@ fn curl_parallel(urls: &[String], parallel: usize) -> anyhow::Result<Vec<u64>> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
     ensure!(out.status.success(), "curl failed: {}", out.status);
     // --parallel reports transfers as they finish; put them back in order.
-    let mut done: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut done: BTreeMap<&str, Vec<(u16, u64)>> = BTreeMap::new();
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines() {
         let mut f = line.split_whitespace();
         let (Some(url), Some(code), Some(size)) = (f.next(), f.next(), f.next()) else {
             bail!("unexpected curl output: {line}");
         };
-        ensure!(code == "200", "GET {url}: HTTP {code}");
-        done.entry(url).or_default().push(size.parse()?);
+        done.entry(url)
+            .or_default()
+            .push((code.parse()?, size.parse()?));
     }
     urls.iter()
         .map(|u| {
